@@ -1,0 +1,43 @@
+"""Write a data dir with synthetic patterns (no torch needed): for render, index and site tests."""
+from pathlib import Path
+
+import numpy as np
+
+import lens
+
+TEXTS = [
+    "The cat sat on the mat.",
+    "When Mary and John went to the store, John gave a drink to Mary.",
+    "def add(a, b):\n    return a + b",
+    "Attention is all you need.",
+]
+
+
+def fake_patterns(n_layers: int, n_heads: int, n: int, rng: np.random.Generator) -> np.ndarray:
+    """Causal softmax patterns with sharp and diffuse heads, float32 [layers, heads, n, n]."""
+    logits = rng.normal(0, 1, (n_layers, n_heads, n, n)) * rng.uniform(0.5, 4, (n_layers, n_heads, 1, 1))
+    logits = np.where(np.tril(np.ones((n, n), bool)), logits, -np.inf)
+    p = np.exp(logits - logits.max(-1, keepdims=True))
+    return (p / p.sum(-1, keepdims=True)).astype(np.float32)
+
+
+def make_data(save_path: Path, model: str = "fake-model", n_layers: int = 2, n_heads: int = 3,
+              texts: list[str] = TEXTS, seed: int = 0) -> list[str]:
+    """Write model_cfg.json and, per text, prompt.json + patterns.bin; return the prompt hashes."""
+    rng = np.random.default_rng(seed)
+    lens.write_json(Path(save_path) / model / "model_cfg.json", {
+        "model_name": model, "model_dir": model, "n_layers": n_layers, "n_heads": n_heads,
+        "d_model": 16 * n_heads, "d_head": 16, "n_ctx": 256, "default_prepend_bos": True,
+    })
+    hashes = []
+    for text in texts:
+        tokens = ["<|endoftext|>"] + [t for t in text.replace(" ", "\u0120 ").split(" ") if t]
+        tokens = [t.replace("\u0120", " ") for t in tokens]
+        h = lens.prompt_hash(text)
+        d = lens.prompt_dir(save_path, model, h)
+        lens.write_atomic(d / lens.PATTERN_FILE,
+                          lens.encode_patterns(fake_patterns(n_layers, n_heads, len(tokens), rng)))
+        lens.write_json(d / "prompt.json", {"text": text, "hash": h, "tokens": tokens,
+                                            "n_tokens": len(tokens), "meta": {}})
+        hashes.append(h)
+    return hashes
