@@ -1,4 +1,5 @@
 """Write a data dir with synthetic patterns (no torch needed): for render, index and site tests."""
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -38,7 +39,7 @@ def make_data(save_path: Path, model: str = "fake-model", n_layers: int = 2, n_h
         lens.write_atomic(d / lens.PATTERN_FILE,
                           lens.encode_patterns(fake_patterns(n_layers, n_heads, len(tokens), rng)))
         lens.write_json(d / "prompt.json", {"text": text, "hash": h, "tokens": tokens,
-                                            "token_ids": [hash(t) % 1000 for t in tokens],
+                                            "token_ids": [zlib.crc32(t.encode()) % 1000 for t in tokens],
                                             "n_tokens": len(tokens), "meta": {}})
         hashes.append(h)
     return hashes
