@@ -60,8 +60,11 @@ def write_jsonl(path: Path, rows) -> None:
 
 
 def read_jsonl(path: Path) -> list[dict]:
-    """Read a JSONL file of objects; a bad line is a UserError naming file and line."""
-    rows = []
+    return [row for _, row in iter_jsonl(path)]
+
+
+def iter_jsonl(path: Path):
+    """Yield (line number, object) of a JSONL file; a bad line is a UserError naming file and line."""
     with open(path, encoding="utf-8") as f:
         for lineno, line in enumerate(f, 1):
             if not line.strip():
@@ -72,8 +75,7 @@ def read_jsonl(path: Path) -> list[dict]:
                 raise UserError(f"{path}:{lineno}: not valid JSON ({e.msg})") from None
             if not isinstance(row, dict):
                 raise UserError(f"{path}:{lineno}: expected a JSON object, got {type(row).__name__}")
-            rows.append(row)
-    return rows
+            yield lineno, row
 
 
 def encode_patterns(patterns: np.ndarray, level: int = 1) -> bytes:
