@@ -1,0 +1,191 @@
+"""Serve a data dir (patterns, figures and the site) over HTTP on this machine only.
+
+    python serve.py                        # http://127.0.0.1:8000/ for attn_data/
+    python serve.py --path runs/gpt2 --port 8080
+    python serve.py --host 0.0.0.0         # expose to the network, deliberately
+
+Standard library only. Never serves a file outside the data dir (no `..`, no symlinks
+pointing out), never lists a directory, answers single byte ranges (the single view
+reads one head out of patterns.bin) and serves .svgz as gzip-encoded SVG.
+"""
+import argparse
+import email.utils
+import errno
+import http.server
+import os
+import sys
+import threading
+from pathlib import Path
+from urllib.parse import unquote, urlsplit
+
+DEFAULT_SAVE_PATH = Path("attn_data")  # same as lens.DEFAULT_SAVE_PATH; serve.py stays stdlib-only
+
+CONTENT_TYPES = {
+    ".html": "text/html; charset=utf-8",
+    ".js": "text/javascript; charset=utf-8",
+    ".mjs": "text/javascript; charset=utf-8",
+    ".css": "text/css; charset=utf-8",
+    ".json": "application/json",
+    ".jsonl": "application/x-ndjson; charset=utf-8",
+    ".txt": "text/plain; charset=utf-8",
+    ".svg": "image/svg+xml",
+    ".svgz": "image/svg+xml",
+    ".png": "image/png",
+    ".ico": "image/x-icon",
+    ".bin": "application/octet-stream",
+    ".f32": "application/octet-stream",
+}
+
+
+class Handler(http.server.SimpleHTTPRequestHandler):
+    """Static files from `self.directory`, confined to it; quiet except for errors."""
+
+    def resolve(self, url_path: str) -> Path | None:
+        """The real file or directory a URL path names, or None when missing or outside the root."""
+        root = Path(self.directory).resolve()
+        rel = unquote(url_path)
+        if "\x00" in rel:
+            return None
+        path = (root / rel.lstrip("/")).resolve()
+        return path if path.is_relative_to(root) and path.exists() else None
+
+    def send_head(self):
+        url_path = urlsplit(self.path).path
+        path = self.resolve(url_path)
+        if path is not None and path.is_dir():
+            if not url_path.endswith("/"):  # redirect so the page's relative URLs work
+                self.send_response(301)
+                self.send_header("Location", url_path + "/")
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+                return None
+            path = path / "index.html"
+        if path is None or not path.is_file():
+            self.send_error(404, "File not found")
+            return None
+        f = open(path, "rb")
+        size = os.fstat(f.fileno()).st_size
+        start, end = self.byte_range(size)
+        if start is None:
+            f.close()
+            self.send_response(416)
+            self.send_header("Content-Range", f"bytes */{size}")
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+            return None
+        mtime = os.fstat(f.fileno()).st_mtime
+        if self.not_modified(mtime) and (start, end) == (0, size):
+            f.close()
+            self.send_response(304)
+            self.end_headers()
+            return None
+        self.send_response(206 if (start, end) != (0, size) else 200)
+        self.send_header("Content-Type", CONTENT_TYPES.get(path.suffix.lower(), "application/octet-stream"))
+        if path.suffix.lower() == ".svgz":
+            self.send_header("Content-Encoding", "gzip")
+        if (start, end) != (0, size):
+            self.send_header("Content-Range", f"bytes {start}-{end - 1}/{size}")
+        self.send_header("Content-Length", str(end - start))
+        self.send_header("Accept-Ranges", "bytes")
+        self.send_header("Last-Modified", self.date_time_string(mtime))
+        self.send_header("Cache-Control", "no-cache")  # revalidate: re-rendered figures show up at once
+        self.end_headers()
+        f.seek(start)
+        self.remaining = end - start
+        return f
+
+    def copyfile(self, source, outputfile):
+        """Copy only the requested range of the file."""
+        remaining = getattr(self, "remaining", None)
+        while remaining is None or remaining > 0:
+            chunk = source.read(65536 if remaining is None else min(65536, remaining))
+            if not chunk:
+                break
+            outputfile.write(chunk)
+            if remaining is not None:
+                remaining -= len(chunk)
+
+    def byte_range(self, size: int) -> tuple[int | None, int]:
+        """[start, end) of a single `Range: bytes=a-b` request; the whole file without one."""
+        spec = self.headers.get("Range", "")
+        if not spec.startswith("bytes=") or "," in spec:
+            return 0, size
+        first, _, last = spec[6:].strip().partition("-")
+        try:
+            if first == "":
+                start, end = max(0, size - int(last)), size
+            else:
+                start, end = int(first), min(size, int(last) + 1) if last else size
+        except ValueError:
+            return 0, size
+        return (start, end) if start < end else (None, size)
+
+    def not_modified(self, mtime: float) -> bool:
+        since = self.headers.get("If-Modified-Since")
+        if not since:
+            return False
+        try:
+            return int(mtime) <= email.utils.parsedate_to_datetime(since).timestamp()
+        except (TypeError, ValueError):
+            return False
+
+    def list_directory(self, path):
+        self.send_error(404, "File not found")
+        return None
+
+    def log_message(self, format, *args):
+        pass
+
+    def log_error(self, format, *args):
+        if args and args[0] == 404:  # missing images are normal (the site shows a placeholder)
+            return
+        sys.stderr.write(f"{self.address_string()} {format % args}\n")
+
+
+def make_server(root: Path, host: str = "127.0.0.1", port: int = 8000) -> http.server.ThreadingHTTPServer:
+    """A threaded server for `root`, not yet serving; port 0 picks a free port."""
+    handler = lambda *a, **kw: Handler(*a, directory=str(root), **kw)  # noqa: E731
+    server = http.server.ThreadingHTTPServer((host, port), handler)
+    server.daemon_threads = True
+    return server
+
+
+def serve_in_thread(root: Path, host: str = "127.0.0.1", port: int = 0) -> tuple[http.server.ThreadingHTTPServer, str]:
+    """Start a server in a background thread (tests, benchmarks); returns it and its base URL."""
+    server = make_server(root, host, port)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    return server, f"http://{host}:{server.server_address[1]}/"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--save-path", "--path", dest="path", type=Path, default=DEFAULT_SAVE_PATH,
+                        help="data dir to serve (default: attn_data)")
+    parser.add_argument("--port", type=int, default=8000)
+    parser.add_argument("--host", default="127.0.0.1",
+                        help="interface to bind (default: 127.0.0.1, this machine only; 0.0.0.0 exposes it)")
+    args = parser.parse_args()
+
+    if not args.path.is_dir():
+        sys.exit(f"serve.py: data dir {args.path} does not exist (compute_activations.py writes it)")
+    if not (args.path / "index.html").is_file():
+        print(f"serve.py: warning: {args.path}/index.html missing; run `python build_index.py --save-path {args.path}`",
+              file=sys.stderr)
+    try:
+        server = make_server(args.path, args.host, args.port)
+    except OSError as e:
+        if e.errno == errno.EADDRINUSE:
+            sys.exit(f"serve.py: port {args.port} on {args.host} is already in use; pick another with --port")
+        sys.exit(f"serve.py: cannot listen on {args.host}:{args.port}: {e.strerror}")
+    host = "127.0.0.1" if args.host in ("", "0.0.0.0") else args.host
+    print(f"Serving {args.path.resolve()} at http://{host}:{server.server_address[1]}/  (Ctrl-C stops)", flush=True)
+    try:
+        server.serve_forever()
+    except KeyboardInterrupt:
+        print("stopped")
+    finally:
+        server.server_close()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,79 @@
+"""Browser tests' helper: serve a data dir with serve.py, drive Debian's chromium headless, offline.
+
+    with browser_session(data_dir) as s:
+        s.page.goto(s.url + "index.html")
+        ...
+        assert_only_local(s)
+
+Every request the page makes is recorded; requests to any other host are aborted (the
+network is off) and make `assert_only_local` fail. Page errors and console errors (other than
+failed loads) are kept.
+"""
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import serve
+
+CHROMIUM = "/usr/bin/chromium"
+CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking"]
+SCREENSHOTS = Path(__file__).resolve().parent.parent / "screenshots"
+
+
+@dataclass
+class Session:
+    page: object  # playwright Page
+    url: str  # the server's base URL, ending in "/"
+    requests: list[str] = field(default_factory=list)
+    errors: list[str] = field(default_factory=list)  # uncaught page errors and console.error lines
+
+
+@contextmanager
+def served(data_dir: Path):
+    """Serve `data_dir` on a free localhost port in a thread; yields the base URL."""
+    server, url = serve.serve_in_thread(Path(data_dir))
+    try:
+        yield url
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+@contextmanager
+def browser_session(data_dir: Path, dark: bool = False, width: int = 1280, height: int = 900):
+    """A served data dir and a fresh chromium page on it, with every request recorded."""
+    from playwright.sync_api import sync_playwright
+
+    with served(data_dir) as url, sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS, headless=True)
+        context = browser.new_context(color_scheme="dark" if dark else "light",
+                                      viewport={"width": width, "height": height})
+        page = context.new_page()
+        session = Session(page=page, url=url)
+        context.on("request", lambda r: session.requests.append(r.url))
+        context.route("**/*", lambda route: route.continue_() if route.request.url.startswith(url)
+                      else route.abort("internetdisconnected"))
+        page.on("pageerror", lambda e: session.errors.append(f"pageerror: {e}"))
+        # a 404 is expected (missing images, optional stats files): only real errors count
+        page.on("console", lambda m: m.type == "error" and not m.text.startswith("Failed to load resource")
+                and session.errors.append(f"console: {m.text}"))
+        try:
+            yield session
+        finally:
+            context.close()
+            browser.close()
+
+
+def assert_only_local(session: Session) -> None:
+    """Every request went to our server (zero requests to any other host) and some were made."""
+    assert session.requests, "the page made no requests at all"
+    foreign = [u for u in session.requests if not u.startswith(session.url) and not u.startswith(("data:", "blob:"))]
+    assert not foreign, f"requests to other hosts: {foreign[:5]}"
+
+
+def screenshot(session: Session, name: str, full_page: bool = False) -> Path:
+    """Save a screenshot into screenshots/ (gitignored; the README points there)."""
+    SCREENSHOTS.mkdir(exist_ok=True)
+    path = SCREENSHOTS / f"{name}.png"
+    session.page.screenshot(path=str(path), full_page=full_page)
+    return path
