@@ -246,7 +246,7 @@ def compute_activations(prompts: list[dict | str], model, save_path: Path | str 
     jobs = list(zip(todo, token_ids, truncated))
     start, n_bytes, n_tokens = time.perf_counter(), 0, 0
     device = next(model.parameters()).device if hasattr(model, "parameters") else "cpu"
-    bar = tqdm(total=len(jobs), unit="prompt", desc=model_name, disable=not progress)
+    bar = tqdm(total=len(jobs), unit="prompt", desc=model_dir, disable=not progress)
     # Encoding and writing run in a thread (zlib releases the GIL) while the next batch computes.
     with ThreadPoolExecutor(max_workers=1) as writer:
         pending = []

@@ -1,0 +1,221 @@
+"""compute_activations.py: batched patterns equal single-prompt ones, storage, resume, sharding, bad input."""
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+import compute_activations as ca
+import lens
+
+ROOT = Path(__file__).resolve().parent.parent
+TEXTS = [
+    "The cat sat on the mat.",
+    "When Mary and John went to the store, John gave a drink to Mary.",
+    "def add(a, b):\n    return a + b",
+    "Hi",
+    "Attention patterns show which earlier tokens each token reads from, and how strongly.",
+]
+
+
+@pytest.fixture(scope="module")
+def model(tiny_checkpoint):
+    return ca.load_model(str(tiny_checkpoint), "cpu", "float32")
+
+
+def single_patterns(model, text: str) -> np.ndarray:
+    """Oracle: an unbatched, full run_with_cache of one prompt, [layers, heads, n, n] float32."""
+    _, cache = model.run_with_cache(text, names_filter=ca.is_pattern_hook)
+    return torch.stack([cache[f"blocks.{l}.attn.hook_pattern"][0]
+                        for l in range(model.cfg.n_layers)]).numpy()
+
+
+def write_prompts(path: Path, texts: list[str]) -> Path:
+    path.write_text("".join(json.dumps({"text": t, "meta": {"i": i}}) + "\n" for i, t in enumerate(texts)))
+    return path
+
+
+def run_script(*args: str, cwd: Path) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, str(ROOT / "compute_activations.py"), *args],
+                          cwd=cwd, capture_output=True, text=True, timeout=300)
+
+
+def prompt_dirs(save_path: Path) -> list[Path]:
+    return sorted(save_path.glob("*/prompts/*"))
+
+
+def test_batched_patterns_equal_single_prompt_patterns(model):
+    ids = [ca.tokenize(model, t) for t in TEXTS]
+    width = max(map(len, ids))
+    tokens = torch.full((len(ids), width), model.tokenizer.pad_token_id)
+    for i, row in enumerate(ids):
+        tokens[i, :len(row)] = torch.tensor(row)
+    batched = ca.batch_patterns(model, tokens).numpy()
+    assert batched.shape == (2, len(TEXTS), 4, width, width)
+    for i, text in enumerate(TEXTS):
+        n = len(ids[i])
+        single = single_patterns(model, text)
+        assert single.shape == (2, 4, n, n)
+        np.testing.assert_allclose(batched[:, i, :, :n, :n], single, atol=1e-4, rtol=0)
+
+
+def test_library_call_stores_patterns_and_prompt_json(model, tmp_path):
+    summary = ca.compute_activations([{"text": t, "meta": {"i": i}} for i, t in enumerate(TEXTS)],
+                                     model, tmp_path, model_name="tiny", batch_size=2, progress=False)
+    assert summary["done"] == len(TEXTS) and summary["skipped"] == 0
+    cfg = json.loads((tmp_path / "tiny" / "model_cfg.json").read_text())
+    assert {k: cfg[k] for k in ["n_layers", "n_heads", "d_model", "d_head", "n_ctx"]} == \
+        {"n_layers": 2, "n_heads": 4, "d_model": 32, "d_head": 8, "n_ctx": 128}
+    assert cfg["model_name"] == "tiny" and cfg["default_prepend_bos"] is True
+    for i, text in enumerate(TEXTS):
+        h = lens.prompt_hash(text)
+        info = json.loads((lens.prompt_dir(tmp_path, "tiny", h) / "prompt.json").read_text())
+        assert info["text"] == text and info["hash"] == h and info["meta"] == {"i": i}
+        assert info["tokens"][0] == "<|endoftext|>" and "".join(info["tokens"][1:]) == text
+        assert info["n_tokens"] == len(info["tokens"]) == len(info["token_ids"])
+        stored = lens.load_patterns(tmp_path, "tiny", h)
+        single = single_patterns(model, text)
+        assert np.abs(stored.all() - single).max() < 1e-3
+        np.testing.assert_array_equal(stored.head(1, 3), stored.all()[1, 3])
+
+
+class InterfaceOnly:
+    """Exposes only the shared TransformerLens interface, like a wrapper (auto_circuit's PatchableModel)."""
+
+    def __init__(self, model):
+        self._model = model
+        self.cfg, self.tokenizer = model.cfg, model.tokenizer
+
+    def run_with_cache(self, *args, **kwargs):
+        return self._model.run_with_cache(*args, **kwargs)
+
+    def to_tokens(self, *args, **kwargs):
+        return self._model.to_tokens(*args, **kwargs)
+
+    def to_str_tokens(self, *args, **kwargs):
+        return self._model.to_str_tokens(*args, **kwargs)
+
+
+def test_any_object_with_the_interface_works(model, tmp_path):
+    ca.compute_activations(TEXTS[:3], InterfaceOnly(model), tmp_path, model_name="wrapped", progress=False)
+    for text in TEXTS[:3]:
+        stored = lens.load_patterns(tmp_path, "wrapped", lens.prompt_hash(text)).all()
+        assert np.abs(stored - single_patterns(model, text)).max() < 1e-3
+
+
+def test_long_prompt_is_truncated_with_warning(model, tmp_path, capsys):
+    text = "word " * 300
+    ca.compute_activations([text], model, tmp_path, model_name="tiny", progress=False)
+    assert "longer than n_ctx=128 tokens: truncated" in capsys.readouterr().err
+    info = json.loads((lens.prompt_dir(tmp_path, "tiny", lens.prompt_hash(text)) / "prompt.json").read_text())
+    assert info["n_tokens"] == 128 and info["truncated"] is True
+    assert lens.load_patterns(tmp_path, "tiny", info["hash"]).n_tokens == 128
+
+
+def test_script_runs_skips_and_forces(tiny_checkpoint, tmp_path):
+    prompts = write_prompts(tmp_path / "p.jsonl", TEXTS)
+    first = run_script(str(tiny_checkpoint), str(prompts), "--save-path", "data", cwd=tmp_path)
+    assert first.returncode == 0, first.stderr
+    assert f"{len(TEXTS)} prompts computed, 0 skipped" in first.stdout
+    assert len(prompt_dirs(tmp_path / "data")) == len(TEXTS)
+    assert "prompts/s" in first.stderr or "prompt/s" in first.stderr  # the progress bar
+    again = run_script(str(tiny_checkpoint), str(prompts), "--save-path", "data", cwd=tmp_path)
+    assert f"0 prompts computed, {len(TEXTS)} skipped" in again.stdout
+    forced = run_script(str(tiny_checkpoint), str(prompts), "--save-path", "data", "--force",
+                        "--n-samples", "2", cwd=tmp_path)
+    assert "2 prompts computed, 0 skipped" in forced.stdout
+
+
+def test_shards_partition_the_prompts(model, tmp_path):
+    texts = [f"Prompt number {i} about something." for i in range(20)]
+    prompts = [{"text": t} for t in texts]
+    shards = [ca.select_prompts(prompts, None, False, 0, (k, 3)) for k in (1, 2, 3)]
+    assert sorted(p["text"] for s in shards for p in s) == sorted(texts)
+    assert all(len(s) > 0 for s in shards)
+    for shard in shards:  # three jobs, one data dir
+        ca.compute_activations(shard, model, tmp_path, model_name="tiny", progress=False)
+    assert len(prompt_dirs(tmp_path)) == 20
+
+
+def test_interrupted_run_resumes_without_redoing_finished_prompts(model, tmp_path):
+    ca.compute_activations(TEXTS, model, tmp_path, model_name="tiny", progress=False)
+    # What a kill leaves: a temp file mid-write, and a prompt whose prompt.json was not yet written.
+    victim = lens.prompt_dir(tmp_path, "tiny", lens.prompt_hash(TEXTS[2]))
+    (victim / "prompt.json").unlink()
+    (victim / f".{lens.PATTERN_FILE}.tmp123").write_bytes(b"half")
+    before = {d: (d / lens.PATTERN_FILE).stat().st_mtime_ns for d in prompt_dirs(tmp_path) if d != victim}
+    summary = ca.compute_activations(TEXTS, model, tmp_path, model_name="tiny", progress=False)
+    assert (summary["done"], summary["skipped"]) == (1, len(TEXTS) - 1)
+    assert {d: (d / lens.PATTERN_FILE).stat().st_mtime_ns for d in before} == before
+    assert json.loads((victim / "prompt.json").read_text())["text"] == TEXTS[2]
+
+
+def test_write_atomic_leaves_nothing_when_interrupted(tmp_path, monkeypatch):
+    target = tmp_path / "x" / "patterns.bin"
+    lens.write_atomic(target, b"old")
+
+    def killed(*args):
+        raise KeyboardInterrupt
+    monkeypatch.setattr(lens.os, "replace", killed)
+    with pytest.raises(KeyboardInterrupt):
+        lens.write_atomic(target, b"new")
+    assert target.read_bytes() == b"old"
+
+
+def test_pattern_storage_round_trip_and_size(tmp_path):
+    rng = np.random.default_rng(0)
+    n = 50
+    logits = np.where(np.tril(np.ones((n, n), bool)), rng.normal(0, 3, (3, 4, n, n)), -np.inf)
+    p = np.exp(logits - logits.max(-1, keepdims=True))
+    p = (p / p.sum(-1, keepdims=True)).astype(np.float32)
+    data = lens.encode_patterns(p)
+    assert len(data) < p.size  # under half the bytes of float16 for the full square
+    lens.write_atomic(tmp_path / "p.bin", data)
+    stored = lens.Patterns(tmp_path / "p.bin")
+    assert (stored.n_layers, stored.n_heads, stored.n_tokens, stored.layout) == (3, 4, n, "tril")
+    assert np.abs(stored.all() - p).max() <= 0.5 / lens.PATTERN_SCALE + 1e-7
+    full = rng.uniform(0, 1, (1, 2, 7, 7)).astype(np.float32)  # bidirectional: upper triangle kept
+    lens.write_atomic(tmp_path / "f.bin", lens.encode_patterns(full))
+    assert np.abs(lens.Patterns(tmp_path / "f.bin").head(0, 1) - full[0, 1]).max() < 1e-4
+
+
+def test_raw_documents_split_at_whitespace():
+    doc = " ".join(f"word{i}" for i in range(400))
+    pieces = ca.split_document(doc, 50, 200)
+    assert all(50 <= len(p) <= 200 for p in pieces)
+    assert " ".join(pieces) == doc
+
+
+@pytest.mark.parametrize("content, message", [
+    (None, "no such prompts file"),
+    ("", "no prompts in file"),
+    ('{"text": "ok"}\n{"text": broken\n', "p.jsonl:2: not valid JSON"),
+    ('{"text": "ok"}\n\n{"meta": {}}\n', 'p.jsonl:3: needs a non-empty string "text"'),
+    ('["a list"]\n', "p.jsonl:1: expected a JSON object"),
+])
+def test_bad_prompt_files_fail_with_one_line(tmp_path, content, message):
+    if content is not None:
+        (tmp_path / "p.jsonl").write_text(content)
+    r = run_script("gpt2", "p.jsonl", "--save-path", "data", cwd=tmp_path)
+    assert r.returncode != 0
+    assert message in r.stderr and len(r.stderr.strip().splitlines()) == 1, r.stderr
+    assert not (tmp_path / "data").exists()
+
+
+@pytest.mark.parametrize("model_arg, extra, message", [
+    ("no-such-model-xyz", [], "cannot load model 'no-such-model-xyz'"),
+    ("EMPTY_DIR", [], "is not a Hugging Face checkpoint"),
+    ("./missing-dir", [], "no such model directory"),
+    ("CKPT", ["--shard", "3/2"], "--shard 3/2: expected K/N"),
+])
+def test_bad_model_or_flags_fail_with_one_line(tiny_checkpoint, tmp_path, model_arg, extra, message):
+    write_prompts(tmp_path / "p.jsonl", TEXTS[:2])
+    (tmp_path / "EMPTY_DIR").mkdir()
+    model_arg = str(tiny_checkpoint) if model_arg == "CKPT" else model_arg
+    r = run_script(model_arg, "p.jsonl", "--save-path", "data", *extra, cwd=tmp_path)
+    assert r.returncode != 0
+    assert message in r.stderr and r.stderr.strip().splitlines()[-1].startswith("error:"), r.stderr
+    assert prompt_dirs(tmp_path / "data") == []
