@@ -7,13 +7,18 @@ uint16 fixed point (value = q / scale, scale 2**14, max abs error 3.1e-5), low b
 first, then high bytes: attention values are small, so the high bytes are nearly all
 zero and compress to almost nothing. One head is read without touching the others.
 """
+import base64
 import hashlib
+import importlib.util
+import inspect
 import json
 import os
 import re
 import struct
 import zlib
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 
@@ -138,3 +143,186 @@ def load_patterns(save_path: Path, model: str, phash: str) -> Patterns:
     if not path.exists():
         raise UserError(f"{path}: no patterns stored for prompt {phash} of model {model}")
     return Patterns(path)
+
+
+# ---- Colormaps and matrix images (numpy + pillow only; no matplotlib) -----------------
+
+# Evenly spaced anchor colours, linearly interpolated to 256 entries. viridis and magma:
+# every 8th entry of matplotlib's 256-colour tables (max error 2/255); Blues, Greys and
+# RdBu: the ColorBrewer schemes matplotlib itself interpolates, so those tables match it.
+_COLORMAP_ANCHORS = {
+    "viridis": "440154 470d60 48186a 482374 472d7b 453781 424086 3e4989 3b528b 375b8d 33638d "
+               "2f6b8e 2c728e 297a8e 26828e 23898e 21918c 1f988b 1fa088 22a785 28ae80 32b67a "
+               "3fbc73 4ec36b 5ec962 70cf57 84d44b 98d83e addc30 c2df23 d8e219 ece51b fde725",
+    "magma": "000004 030312 0a0822 130d34 1d1147 29115a 36106b 440f76 51127c 5d177f 6a1c81 "
+             "762181 832681 902a81 9c2e7f aa337d b73779 c43c75 d0416f dc4869 e75263 ef5d5e "
+             "f56b5c f9795d fc8961 fd9869 fea772 feb67c fec488 fed395 fde2a3 fcf0b2 fcfdbf",
+    "Blues": "f7fbff deebf7 c6dbef 9ecae1 6baed6 4292c6 2171b5 08519c 08306b",
+    "Greys": "ffffff f0f0f0 d9d9d9 bdbdbd 969696 737373 525252 252525 000000",
+    "RdBu": "67001f b2182b d6604d f4a582 fddbc7 f7f7f7 d1e5f0 92c5de 4393c3 2166ac 053061",
+}
+COLORMAPS = tuple(_COLORMAP_ANCHORS) + tuple(f"{name}_r" for name in _COLORMAP_ANCHORS)
+IMAGE_FORMATS = ("svg", "svgz", "png")
+_COLORMAP_CACHE: dict[str, np.ndarray] = {}
+
+
+def colormap_table(name: str) -> np.ndarray:
+    """The colormap as a read-only uint8 [256, 3] RGB table; a "_r" suffix reverses it."""
+    if name not in COLORMAPS:
+        raise UserError(f"unknown colormap {name!r} (known: {', '.join(COLORMAPS)})")
+    if name not in _COLORMAP_CACHE:
+        hexes = "".join(_COLORMAP_ANCHORS[name.removesuffix("_r")].split())
+        anchors = np.frombuffer(bytes.fromhex(hexes), np.uint8).reshape(-1, 3).astype(np.float64)
+        x = np.linspace(0, 1, 256)
+        xp = np.linspace(0, 1, len(anchors))
+        table = np.stack([np.interp(x, xp, anchors[:, c]) for c in range(3)], 1)
+        table = np.round(table[::-1] if name.endswith("_r") else table).astype(np.uint8)
+        table.flags.writeable = False
+        _COLORMAP_CACHE[name] = table
+    return _COLORMAP_CACHE[name]
+
+
+def quantize(matrix: np.ndarray, normalize: bool = False, diverging: bool = False,
+             normalize_min: float | None = None) -> np.ndarray:
+    """Map a matrix to colormap indices 0..255 (uint8).
+
+    Without normalize, values must lie in [0, 1] ([-1, 1] when diverging); with it the
+    range is the matrix's own (symmetric around 0 when diverging; normalize_min fixes the low end)."""
+    m = np.asarray(matrix, np.float32)
+    if m.ndim != 2 or m.size == 0:
+        raise ValueError(f"expected a non-empty 2-D matrix, got shape {m.shape}")
+    if not np.isfinite(m).all():
+        raise ValueError("matrix contains NaN or infinite values")
+    if diverging:
+        lim = float(np.abs(m).max()) if normalize else 1.0
+        lo, hi = -(lim or 1.0), (lim or 1.0)
+    elif normalize:
+        lo = float(m.min()) if normalize_min is None else float(normalize_min)
+        hi = float(m.max())
+        hi = hi if hi > lo else lo + 1.0
+    else:
+        lo, hi = 0.0, 1.0
+    if not normalize and (m.min() < lo - 1e-6 or m.max() > hi + 1e-6):
+        raise ValueError(f"values in [{m.min():.4g}, {m.max():.4g}] outside [{lo:g}, {hi:g}]; use normalize=True")
+    scaled = (m - np.float32(lo)) * np.float32(255.0 / (hi - lo)) + np.float32(0.5)
+    return np.clip(scaled, 0, 255).astype(np.uint8)
+
+
+def _png_chunk(kind: bytes, data: bytes) -> bytes:
+    return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+
+def indices_as_png(indices: np.ndarray, cmap: str = "viridis") -> bytes:
+    """An 8-bit palette PNG whose palette is the colormap: 3x smaller raw data than RGB."""
+    h, w = indices.shape
+    raw = np.empty((h, w + 1), np.uint8)
+    raw[:, 0] = 0  # PNG filter "None": on attention patterns, filters cost size and time
+    raw[:, 1:] = indices
+    # Z_RLE: long zero runs (the causal upper triangle) plus Huffman-coded values; on
+    # attention patterns it is both smaller and faster than the default strategy at any level.
+    z = zlib.compressobj(1, zlib.DEFLATED, 15, 8, zlib.Z_RLE)
+    palette = colormap_table(cmap)[: int(indices.max()) + 1]  # unused tail entries are dead weight
+    return (b"\x89PNG\r\n\x1a\n" + _png_chunk(b"IHDR", struct.pack(">IIBBBBB", w, h, 8, 3, 0, 0, 0))
+            + _png_chunk(b"PLTE", palette.tobytes()) + _png_chunk(b"IDAT", z.compress(raw.tobytes()) + z.flush())
+            + _png_chunk(b"IEND", b""))
+
+
+def matrix_as_png(matrix: np.ndarray, cmap: str = "viridis", normalize: bool = False,
+                  diverging: bool = False, normalize_min: float | None = None) -> bytes:
+    """A matrix as a palette PNG, one pixel per entry (see quantize for the value range)."""
+    return indices_as_png(quantize(matrix, normalize, diverging, normalize_min), cmap)
+
+
+def matrix_as_svg(matrix: np.ndarray, cmap: str = "viridis", normalize: bool = False,
+                  diverging: bool = False, normalize_min: float | None = None) -> str:
+    """A matrix as an <svg> holding its PNG (base64), drawn pixelated at width x height = columns x rows."""
+    png = matrix_as_png(matrix, cmap, normalize, diverging, normalize_min)
+    h, w = np.shape(matrix)
+    return (f'<svg xmlns="http://www.w3.org/2000/svg" width="{w}" height="{h}" viewBox="0 0 {w} {h}">'
+            f'<image width="{w}" height="{h}" style="image-rendering:pixelated" preserveAspectRatio="none" '
+            f'href="data:image/png;base64,{base64.b64encode(png).decode("ascii")}"/></svg>')
+
+
+# ---- Figure registry: plug-ins in figures/*.py --------------------------------------
+
+FIGURES_DIR = Path(__file__).resolve().parent / "figures"
+_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_-]*$")
+
+
+@dataclass
+class Figure:
+    """One registered function: a figure (matrix -> image), a multi-figure, or a statistic."""
+    name: str
+    func: Callable
+    kind: str  # "figure" | "multi" | "statistic"
+    outputs: list[str]  # image names it writes; [] for statistics
+    format: str = "svg"
+    options: dict = field(default_factory=dict)
+    source: str = ""  # the file it came from, e.g. "figures/raw.py"
+
+
+_REGISTERING: list[Figure] = []  # filled by the decorators while load_figures imports one file
+
+
+def figure(func: Callable | None = None, *, cmap: str | None = None, normalize: bool = False,
+           diverging: bool = False, normalize_min: float | None = None, format: str = "svg",
+           outputs: list[str] | tuple[str, ...] | None = None):
+    """Register `func(attn) -> 2-D matrix` as a figure; with outputs=[names], func returns {name: matrix}.
+
+    Usable bare (@figure) or with options (@figure(cmap="Blues", normalize=True))."""
+    cmap = cmap or ("RdBu" if diverging else "viridis")
+    colormap_table(cmap)
+    if format not in IMAGE_FORMATS:
+        raise UserError(f"unknown format {format!r} (known: {', '.join(IMAGE_FORMATS)})")
+    if outputs is not None and (not outputs or len(set(outputs)) != len(outputs)
+                                or not all(_NAME_RE.match(o) for o in outputs)):
+        raise UserError(f"outputs must be distinct names made of letters, digits, _ and -, got {outputs!r}")
+    options = {"cmap": cmap, "normalize": normalize, "diverging": diverging, "normalize_min": normalize_min}
+
+    def register(f: Callable) -> Callable:
+        outs = [f.__name__] if outputs is None else [f"{f.__name__}.{o}" for o in outputs]
+        _REGISTERING.append(Figure(f.__name__, f, "figure" if outputs is None else "multi", outs, format, options))
+        return f
+    return register(func) if func is not None else register
+
+
+def statistic(func: Callable) -> Callable:
+    """Register `func(attn) -> float` (or `func(attn, token_ids)`) as a head statistic."""
+    needs_tokens = len(inspect.signature(func).parameters) > 1
+    _REGISTERING.append(Figure(func.__name__, func, "statistic", [], "", {"needs_tokens": needs_tokens}))
+    return func
+
+
+def load_figures(figures_dir: Path = FIGURES_DIR) -> tuple[dict[str, Figure], list[str]]:
+    """Import every figures_dir/*.py; return the registry and one message per file that failed to import."""
+    figures_dir = Path(figures_dir)
+    if not figures_dir.is_dir():
+        raise UserError(f"{figures_dir}: no figures directory")
+    figures: dict[str, Figure] = {}
+    errors = []
+    for path in sorted(figures_dir.glob("*.py")):
+        if path.name.startswith("_"):
+            continue
+        _REGISTERING.clear()
+        spec = importlib.util.spec_from_file_location(f"lens_figures.{path.stem}", path)
+        module = importlib.util.module_from_spec(spec)
+        try:
+            spec.loader.exec_module(module)
+        except Exception as e:  # a user's broken figure file must not stop the others
+            errors.append(f"{path}: {type(e).__name__}: {e}")
+            continue
+        for fig in _REGISTERING:
+            fig.source = f"{figures_dir.name}/{path.name}"
+            if fig.name in figures:
+                raise UserError(f"figure name {fig.name!r} is defined twice: in {figures[fig.name].source} "
+                                f"and in {fig.source}; rename one")
+            figures[fig.name] = fig
+    _REGISTERING.clear()
+    return figures, errors
+
+
+def figure_records(figures: dict[str, Figure]) -> list[dict]:
+    """One figures.jsonl row per registered function: what the site shows and needs to find images."""
+    return [{"name": f.name, "kind": f.kind, "outputs": f.outputs, "format": f.format,
+             "doc": inspect.getdoc(f.func) or "", "source": f.source,
+             "code": inspect.getsource(f.func), "options": f.options} for f in figures.values()]

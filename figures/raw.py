@@ -1,0 +1,8 @@
+"""The attention pattern itself."""
+from lens import figure
+
+
+@figure(cmap="viridis")
+def raw(attn):
+    "The attention pattern: row = query token, column = key token, colour = attention weight (0 to 1)."
+    return attn
