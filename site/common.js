@@ -224,3 +224,26 @@ export function themeToggle() {
   applyTheme();
   return button;
 }
+
+// ---- colormaps: the same tables as lens.colormap_table, for pages that draw from values ----
+
+// viridis anchors as in lens.py, interpolated to 256 entries the same way.
+const VIRIDIS_ANCHORS =
+  "440154 470d60 48186a 482374 472d7b 453781 424086 3e4989 3b528b 375b8d 33638d " +
+  "2f6b8e 2c728e 297a8e 26828e 23898e 21918c 1f988b 1fa088 22a785 28ae80 32b67a " +
+  "3fbc73 4ec36b 5ec962 70cf57 84d44b 98d83e addc30 c2df23 d8e219 ece51b fde725";
+
+/** A 256-entry [[r, g, b], ...] table linearly interpolated between hex anchor colours. */
+export function colormapFromAnchors(anchors) {
+  const rgb = anchors.trim().split(/\s+/).map((h) => [0, 2, 4].map((i) => parseInt(h.slice(i, i + 2), 16)));
+  return range(256).map((i) => {
+    const x = (i / 255) * (rgb.length - 1), j = Math.min(rgb.length - 2, Math.floor(x)), t = x - j;
+    return [0, 1, 2].map((c) => Math.round(rgb[j][c] * (1 - t) + rgb[j + 1][c] * t));
+  });
+}
+
+/** A colormap table by name: the data dir's colormaps.json ({name: [[r, g, b] x 256]}) when present, else built-in viridis. */
+export async function loadColormap(name = "viridis") {
+  const tables = await fetchJsonOptional("colormaps.json").catch(() => null);
+  return tables?.[name] || colormapFromAnchors(VIRIDIS_ANCHORS);
+}

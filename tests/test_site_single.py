@@ -1,0 +1,222 @@
+"""The single view in a real (offline) chromium: hover values equal the stored patterns, keys, URL state, long prompts."""
+import json
+import shutil
+import time
+from decimal import ROUND_HALF_UP, Decimal
+from pathlib import Path
+from urllib.parse import parse_qs, urlsplit
+
+import numpy as np
+import pytest
+
+import lens
+from browser import assert_only_local, browser_session, screenshot
+from fake_data import TEXTS, make_data
+
+SITE = Path(__file__).resolve().parent.parent / "site"
+MODEL = "fake-model"
+
+
+def publish(data_dir: Path, models: tuple[str, ...] = (MODEL,)) -> None:
+    """What build_index.py does, minimally: models.jsonl, per-model prompts.jsonl, the site's files."""
+    cfgs = [json.loads((data_dir / m / "model_cfg.json").read_text()) for m in models]
+    lens.write_jsonl(data_dir / "models.jsonl", cfgs)
+    for m in models:
+        rows = [json.loads(p.read_text()) for p in (data_dir / m / "prompts").glob("*/prompt.json")]
+        lens.write_jsonl(data_dir / m / "prompts.jsonl", sorted(rows, key=lambda r: r["hash"]))
+    for f in SITE.iterdir():
+        shutil.copy(f, data_dir / f.name)
+
+
+def write_stats(data_dir: Path, model: str = MODEL, seed: int = 1) -> dict[str, np.ndarray]:
+    """Fake head statistics in the contract's format: stats.json, stats/<name>.f32, per-prompt stats.json."""
+    prompts = sorted(json.loads(line)["hash"] for line in (data_dir / model / "prompts.jsonl").read_text().splitlines())
+    cfg = json.loads((data_dir / model / "model_cfg.json").read_text())
+    rng = np.random.default_rng(seed)
+    tables = {name: rng.uniform(0, 1, (len(prompts), cfg["n_layers"], cfg["n_heads"])).astype("<f4")
+              for name in ("bos", "induction")}
+    tables["induction"][1] = np.nan  # a missing value stays missing
+    lens.write_json(data_dir / model / "stats.json", {
+        "prompts": prompts, "n_layers": cfg["n_layers"], "n_heads": cfg["n_heads"],
+        "stats": {name: {"doc": f"{name} score", "mean": np.nanmean(t, 0).tolist()} for name, t in tables.items()},
+    })
+    for name, t in tables.items():
+        lens.write_atomic(data_dir / model / "stats" / f"{name}.f32", t.tobytes())
+    for i, h in enumerate(prompts):
+        lens.write_json(lens.prompt_dir(data_dir, model, h) / "stats.json",
+                        {name: [[None if np.isnan(v) else float(v) for v in row] for row in t[i]]
+                         for name, t in tables.items()})
+    return tables
+
+
+def formatted(v: float) -> str:
+    """What the page shows: JS toFixed(5) (round half up on the exact float value)."""
+    return str(Decimal(float(v)).quantize(Decimal("0.00001"), ROUND_HALF_UP))
+
+
+def open_single(s, **params) -> None:
+    query = "&".join(f"{k}={v}" for k, v in params.items())
+    s.page.goto(f"{s.url}single.html?{query}")
+    s.page.wait_for_selector("body[data-ready='1']")
+
+
+def hover_cell(page, q: int, k: int) -> None:
+    """Move the mouse to the centre of cell (q, k) using the geometry the canvas publishes."""
+    box = page.locator("#matrix").bounding_box()
+    d = page.eval_on_selector("#matrix", "c => ({...c.dataset})")
+    cs = float(d["cell"])
+    x = box["x"] + float(d["marginLeft"]) + (k - float(d["ox"]) + 0.5) * cs
+    y = box["y"] + float(d["marginTop"]) + (q - float(d["oy"]) + 0.5) * cs
+    page.mouse.move(x, y)
+
+
+def shown(page) -> tuple[str, int, int]:
+    d = page.eval_on_selector("#cell-value", "e => [e.textContent, e.dataset.q, e.dataset.k]")
+    return d[0], int(d[1]), int(d[2])
+
+
+def url_state(page) -> dict[str, str]:
+    return {k: v[0] for k, v in parse_qs(urlsplit(page.url).query).items()}
+
+
+@pytest.fixture
+def site(fake_data_dir) -> Path:
+    publish(fake_data_dir)
+    write_stats(fake_data_dir)
+    return fake_data_dir
+
+
+def prompt_hashes(data_dir: Path) -> list[str]:
+    return [json.loads(line)["hash"] for line in (data_dir / MODEL / "prompts.jsonl").read_text().splitlines()]
+
+
+def test_hover_shows_stored_values(site):
+    h = lens.prompt_hash(TEXTS[1])  # the longest fake prompt (15 tokens)
+    stored = lens.load_patterns(site, MODEL, h).head(1, 2)
+    n = len(stored)
+    with browser_session(site) as s:
+        open_single(s, model=MODEL, prompt=h, layer=1, head=2)
+        for q, k in [(0, 0), (n - 1, 0), (n - 1, n - 1), (5, 3), (7, 7), (2, 9)]:
+            hover_cell(s.page, q, k)
+            text, sq, sk = shown(s.page)
+            assert (sq, sk) == (q, k)
+            assert text == formatted(stored[q, k]), (q, k)
+            exact = float(s.page.eval_on_selector("#cell-value", "e => e.dataset.value"))
+            assert exact == float(stored[q, k])
+        tokens = json.loads((lens.prompt_dir(site, MODEL, h) / "prompt.json").read_text())["tokens"]
+        hover_cell(s.page, 5, 3)
+        assert s.page.text_content("#cell-q") == f"5 {json.dumps(tokens[5])}"
+        assert s.page.text_content("#cell-k") == f"3 {json.dumps(tokens[3])}"
+        # the prompt's text: token i shaded by query 5's attention to it, relative to the row's max
+        weights = s.page.eval_on_selector_all("#prompt-text .tok", "ts => ts.map(t => +t.style.getPropertyValue('--w'))")
+        assert np.allclose(weights, stored[5] / stored[5].max(), atol=1e-3)
+        assert "".join(s.page.eval_on_selector_all("#prompt-text .tok", "ts => ts.map(t => t.textContent)")) \
+            == "".join(tokens)
+        s.page.keyboard.press("r")  # shade by the key column instead
+        weights = s.page.eval_on_selector_all("#prompt-text .tok", "ts => ts.map(t => +t.style.getPropertyValue('--w'))")
+        assert np.allclose(weights, stored[:, 3] / stored[:, 3].max(), atol=1e-3)
+        assert url_state(s.page)["shade"] == "col"
+        screenshot(s, "single-light")
+        assert not s.errors
+        assert_only_local(s)
+
+
+def test_keys_pin_and_url_state(site):
+    hashes = prompt_hashes(site)
+    with browser_session(site, dark=True) as s:
+        open_single(s, model=MODEL, prompt=hashes[0], layer=0, head=0, q=4, k=2)
+        assert shown(s.page)[1:] == (4, 2)  # the pinned cell comes back from the URL
+        s.page.keyboard.press("ArrowDown")
+        s.page.keyboard.press("ArrowRight")
+        s.page.keyboard.press("ArrowRight")
+        assert shown(s.page)[1:] == (5, 4)
+        assert (url_state(s.page)["q"], url_state(s.page)["k"]) == ("5", "4")
+        s.page.keyboard.press("h")  # next head
+        s.page.wait_for_function("() => new URLSearchParams(location.search).get('head') === '1'")
+        text, q, k = shown(s.page)
+        assert text == formatted(lens.load_patterns(site, MODEL, hashes[0]).head(0, 1)[5, 4])
+        s.page.keyboard.press("l")  # next layer
+        s.page.wait_for_function("() => new URLSearchParams(location.search).get('layer') === '1'")
+        s.page.keyboard.press("p")  # next prompt
+        s.page.wait_for_function(f"() => new URLSearchParams(location.search).get('prompt') === '{hashes[1]}'")
+        s.page.wait_for_function("() => document.querySelector('#title').textContent.endsWith('L1H1')")
+        stored = lens.load_patterns(site, MODEL, hashes[1]).head(1, 1)
+        q, k = min(5, len(stored) - 1), min(4, len(stored) - 1)
+        s.page.wait_for_function(f"() => document.querySelector('#cell-value').textContent === '{formatted(stored[q, k])}'")
+        s.page.keyboard.press("H")  # previous head wraps to the previous layer's last head
+        s.page.wait_for_function("() => document.querySelector('#title').textContent.endsWith('L1H0')")
+        s.page.keyboard.press("Escape")
+        assert "q" not in url_state(s.page)
+        s.page.keyboard.press("?")
+        assert s.page.is_visible("#help")
+        # a link reproduces the view
+        s.page.goto(f"{s.url}single.html?model={MODEL}&prompt={hashes[2]}&layer=1&head=2&q=3&k=3&shade=col")
+        s.page.wait_for_selector("body[data-ready='1']")
+        assert s.page.text_content("#title").endswith("L1H2")
+        assert s.page.input_value("#shade") == "col"
+        assert shown(s.page)[0] == formatted(lens.load_patterns(site, MODEL, hashes[2]).head(1, 2)[3, 3])
+        screenshot(s, "single-dark")
+        assert not s.errors
+        assert_only_local(s)
+
+
+def test_head_statistics_panel(site):
+    tables = write_stats(site)
+    h = prompt_hashes(site)[2]
+    i = sorted(prompt_hashes(site)).index(h)
+    with browser_session(site) as s:
+        open_single(s, model=MODEL, prompt=h, layer=1, head=0)
+        rows = s.page.eval_on_selector_all(".stats-table tbody tr", "rs => rs.map(r => [...r.cells].map(c => c.textContent))")
+        by_name = {r[0]: r[1:] for r in rows}
+        assert by_name["bos"][0] == f"{tables['bos'][i, 1, 0]:.4f}"
+        mean = np.nanmean(tables["bos"], 0)
+        assert by_name["bos"][1] == f"{mean[1, 0]:.4f}"
+        assert by_name["bos"][2] == f"{1 + (mean > mean[1, 0]).sum()} / {mean.size}"
+        assert s.page.get_attribute(".stats-table a", "href").startswith("heads.html?")
+        assert not s.errors
+
+
+def test_figure_image_or_error(site):
+    h = prompt_hashes(site)[0]
+    d = lens.prompt_dir(site, MODEL, h) / "L0" / "H1"
+    lens.write_atomic(d / "raw.error.txt", "ValueError: boom")
+    with browser_session(site) as s:
+        open_single(s, model=MODEL, prompt=h, layer=0, head=1, figure="raw")
+        s.page.wait_for_selector("#figure-view .error-text")
+        assert "boom" in s.page.text_content("#figure-view")
+        assert not s.errors
+
+
+def test_long_prompt_stays_usable(tmp_path):
+    """A 1,000-token prompt: loads fast, thins its labels, zooms, and still hovers exact values."""
+    data = tmp_path / "data"
+    text = " ".join(f"w{i}" for i in range(999))
+    (h,) = make_data(data, n_layers=2, n_heads=2, texts=[text])
+    publish(data)
+    stored = lens.load_patterns(data, MODEL, h).head(1, 1)
+    assert stored.shape == (1000, 1000)
+    with browser_session(data) as s:
+        t0 = time.perf_counter()
+        open_single(s, model=MODEL, prompt=h, layer=1, head=1)
+        load_s = time.perf_counter() - t0
+        hover_cell(s.page, 700, 300)
+        text, q, k = shown(s.page)
+        assert text == formatted(stored[q, k])
+        for _ in range(8):
+            s.page.keyboard.press("+")
+        assert float(s.page.eval_on_selector("#matrix", "c => c.dataset.cell")) > 10  # labels readable again
+        s.page.keyboard.press("End")  # no-op key: nothing breaks
+        for key in ["ArrowDown"] * 3 + ["Shift+ArrowRight"]:
+            s.page.keyboard.press(key)
+        text, q, k = shown(s.page)
+        assert text == formatted(stored[q, k])
+        hover_cell(s.page, q, k)  # the pinned cell was scrolled into view
+        assert shown(s.page)[1:] == (q, k)
+        t0 = time.perf_counter()
+        s.page.keyboard.press("h")
+        s.page.wait_for_function("() => document.querySelector('#title').textContent.endsWith('L0H0')")
+        step_s = time.perf_counter() - t0
+        screenshot(s, "single-long")
+        assert not s.errors
+    print(f"1,000-token prompt: single view ready in {load_s:.2f} s, next head in {step_s:.2f} s")
+    assert load_s < 10
