@@ -13,6 +13,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import lens
 import serve
 
 CHROMIUM = "/usr/bin/chromium"
@@ -77,3 +78,18 @@ def screenshot(session: Session, name: str, full_page: bool = False) -> Path:
     path = SCREENSHOTS / f"{name}.png"
     session.page.screenshot(path=str(path), full_page=full_page)
     return path
+
+
+def render_fake_images(save_path: Path, outputs: tuple[str, ...] = ("raw",)) -> int:
+    """Write `<output>.svg` of every head of every prompt from its stored pattern (no render_figures.py needed)."""
+    n = 0
+    for model_dir in Path(save_path).glob("*/model_cfg.json"):
+        for prompt in model_dir.parent.glob("prompts/*/patterns.bin"):
+            patterns = lens.Patterns(prompt)
+            for layer in range(patterns.n_layers):
+                for head in range(patterns.n_heads):
+                    svg = lens.matrix_as_svg(patterns.head(layer, head))
+                    for output in outputs:
+                        lens.write_atomic(prompt.parent / f"L{layer}" / f"H{head}" / f"{output}.svg", svg)
+                        n += 1
+    return n

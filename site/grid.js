@@ -1,0 +1,517 @@
+// Grid view: choose models, heads, prompts and figures; see their images side by side.
+// Everything the view shows is in the URL (see DEFAULTS), so a link reproduces it.
+import {
+  MODELS_URL, FIGURES_URL, promptsUrl, statsUrl, statTableUrl, imageUrl, errorUrl, singleUrl,
+  fetchJsonl, fetchJsonOptional, fetchOk, figureOutputs, readState, writeState, parseHeads, formatHeads,
+  el, range, showError, debounce, themeToggle,
+} from "./common.js";
+
+/** URL parameters of the grid and their defaults; lists are comma separated. */
+const DEFAULTS = {
+  models: "",     // model dirs; default: the first model
+  heads: "L*H*",  // head spec, see parseHeads
+  prompts: "",    // prompt hashes; default: the first prompt
+  figures: "",    // figure outputs; default: the first one
+  q: "",          // prompt search
+  page: "0",      // prompt table page
+  size: "160",    // tile width in px
+  group: "",      // model | prompt | layer | head | figure | "" (none)
+  sort: "",       // primary sort key (model | prompt | layer | head | figure | stat); "" keeps the natural order
+  stat: "",       // statistic shown in captions, used by sort=stat and the range filter
+  min: "",
+  max: "",
+  desc: "",       // "1": statistic sort descending
+};
+const KEYS = ["model", "prompt", "layer", "head", "figure"];
+const PAGE_SIZE = 100;
+const CHUNK = 500;  // tiles added to the page at a time; more are added as the last ones scroll into view
+const MAX_SELECT = 1000;  // "select all matching" cap: keeps the URL and the grid a sensible size
+
+let state = readState(DEFAULTS);
+const data = {
+  models: [],              // rows of models.jsonl
+  outputs: [],             // [{output, format, figure}] of figures.jsonl
+  promptsByModel: new Map(),  // model dir -> rows of its prompts.jsonl
+  prompts: [],             // union of the selected models' prompts, by hash
+  promptByHash: new Map(),
+  stats: new Map(),        // model dir -> its stats.json (or null)
+  statTables: new Map(),   // `${model}/${stat}` -> {index: Map(hash -> row), values: Float32Array, nL, nH}
+};
+const $ = (id) => document.getElementById(id);
+const list = (value) => (value ? value.split(",") : []);
+
+function setState(patch, ...renders) {
+  Object.assign(state, patch);
+  writeState(state, DEFAULTS);
+  for (const render of renders) render();
+}
+
+// ---- loading ----
+
+async function main() {
+  $("theme").append(themeToggle());
+  const [models, figures] = await Promise.all([fetchJsonl(MODELS_URL), fetchJsonl(FIGURES_URL)]);
+  data.models = models;
+  data.outputs = figureOutputs(figures);
+  if (!models.length) throw new Error("no models in this data dir yet: run compute_activations.py, then build_index.py");
+  const known = new Set(models.map((m) => m.model_dir));
+  if (!list(state.models).some((m) => known.has(m))) state.models = models[0].model_dir;
+  if (!state.figures && data.outputs.length) {
+    state.figures = data.outputs.some((o) => o.output === "raw") ? "raw" : data.outputs[0].output;
+  }
+  await loadModels();
+  if (!state.prompts && data.prompts.length) state.prompts = data.prompts[0].hash;
+  writeState(state, DEFAULTS);
+  bindControls();
+  renderAll();
+}
+
+/** Fetch the prompts (and stats.json) of every selected model not loaded yet, then merge the prompts. */
+async function loadModels() {
+  const models = selectedModels();
+  await Promise.all(models.map(async (m) => {
+    if (!data.promptsByModel.has(m.model_dir)) {
+      const rows = await fetchJsonl(promptsUrl(m.model_dir));
+      for (const row of rows) row.search = `${row.text}\n${JSON.stringify(row.meta ?? {})}\n${row.hash}`.toLowerCase();
+      data.promptsByModel.set(m.model_dir, rows);
+    }
+    if (!data.stats.has(m.model_dir)) data.stats.set(m.model_dir, await fetchJsonOptional(statsUrl(m.model_dir)));
+  }));
+  data.promptByHash = new Map();
+  for (const m of models) {
+    for (const row of data.promptsByModel.get(m.model_dir)) {
+      if (!data.promptByHash.has(row.hash)) data.promptByHash.set(row.hash, { ...row, models: new Set() });
+      data.promptByHash.get(row.hash).models.add(m.model_dir);
+    }
+  }
+  data.prompts = [...data.promptByHash.values()];
+  await loadStatTables();
+}
+
+/** The chosen statistic's table of every selected model that has it: [prompts, layers, heads] float32. */
+async function loadStatTables() {
+  if (!state.stat) return;
+  await Promise.all(selectedModels().map(async (m) => {
+    const key = `${m.model_dir}/${state.stat}`;
+    const stats = data.stats.get(m.model_dir);
+    if (data.statTables.has(key) || !stats?.stats?.[state.stat]) return;
+    const buffer = await (await fetchOk(statTableUrl(m.model_dir, state.stat))).arrayBuffer();
+    data.statTables.set(key, {
+      index: new Map(stats.prompts.map((h, i) => [h, i])),
+      values: new Float32Array(buffer), nL: stats.n_layers, nH: stats.n_heads,
+    });
+  }));
+}
+
+/** The chosen statistic of one tile's head on its prompt; NaN when it was not computed. */
+function statValue(tile) {
+  const table = data.statTables.get(`${tile.model}/${state.stat}`);
+  const row = table?.index.get(tile.prompt);
+  if (row === undefined) return NaN;
+  return table.values[(row * table.nL + tile.layer) * table.nH + tile.head];
+}
+
+const selectedModels = () => {
+  const chosen = new Set(list(state.models));
+  return data.models.filter((m) => chosen.has(m.model_dir));
+};
+
+/** The largest layer x head shape among the selected models (the picker's size). */
+function headShape() {
+  const models = selectedModels();
+  return [Math.max(1, ...models.map((m) => m.n_layers)), Math.max(1, ...models.map((m) => m.n_heads))];
+}
+
+function selectedHeads() {
+  const [nL, nH] = headShape();
+  try {
+    return parseHeads(state.heads, nL, nH);
+  } catch {
+    return [];
+  }
+}
+
+// ---- controls ----
+
+function bindControls() {
+  $("heads-spec").addEventListener("keydown", (e) => e.key === "Enter" && applyHeadSpec());
+  $("heads-spec").addEventListener("change", applyHeadSpec);
+  $("head-picker").addEventListener("click", onPickerClick);
+  $("search").value = state.q;
+  $("search").addEventListener("input", debounce(() => setState({ q: $("search").value, page: "0" }, renderPrompts), 120));
+  $("select-page").addEventListener("click", () => selectPrompts(pagePrompts()));
+  $("select-matching").addEventListener("click", () => selectPrompts(matchingPrompts().slice(0, MAX_SELECT)));
+  $("clear-prompts").addEventListener("click", () => setState({ prompts: "" }, renderPrompts, renderGrid));
+  $("prev-page").addEventListener("click", () => setState({ page: String(Math.max(0, +state.page - 1)) }, renderPrompts));
+  $("next-page").addEventListener("click", () => setState({ page: String(+state.page + 1) }, renderPrompts));
+  $("prompt-table").tBodies[0].addEventListener("click", onPromptClick);
+  $("size").addEventListener("input", () => setState({ size: $("size").value }, applySize));
+  $("group").addEventListener("change", () => setState({ group: $("group").value }, renderGrid));
+  $("sort").addEventListener("change", () => setState({ sort: $("sort").value }, renderGrid));
+  $("stat").addEventListener("change", async () => {
+    setState({ stat: $("stat").value });
+    await loadStatTables();
+    renderLayout();
+    renderGrid();
+  });
+  const onRange = debounce(() => setState({ min: $("stat-min").value.trim(), max: $("stat-max").value.trim() }, renderGrid), 250);
+  $("stat-min").addEventListener("input", onRange);
+  $("stat-max").addEventListener("input", onRange);
+  $("desc").addEventListener("change", () => setState({ desc: $("desc").checked ? "1" : "" }, renderGrid));
+}
+
+function renderAll() {
+  renderModels();
+  renderHeads();
+  renderFigures();
+  renderPrompts();
+  renderLayout();
+  applySize();
+  renderGrid();
+}
+
+function renderModels() {
+  const chosen = new Set(list(state.models));
+  $("models").replaceChildren(...data.models.map((m) => el("label", { class: "choice" },
+    el("input", {
+      type: "checkbox", value: m.model_dir, checked: chosen.has(m.model_dir),
+      onchange: (e) => toggleModel(m.model_dir, e.target.checked),
+    }),
+    ` ${m.model_name ?? m.model_dir} `,
+    el("span", { class: "muted" }, `${m.n_layers}\u00d7${m.n_heads}, ${m.n_prompts ?? "?"} prompts`),
+  )));
+}
+
+async function toggleModel(model, on) {
+  const chosen = list(state.models).filter((m) => m !== model);
+  if (on) chosen.push(model);
+  setState({ models: data.models.map((m) => m.model_dir).filter((m) => chosen.includes(m)).join(",") });
+  try {
+    await loadModels();
+  } catch (e) {
+    showError(e.message);
+  }
+  renderHeads();
+  renderPrompts();
+  renderLayout();
+  renderGrid();
+}
+
+function renderHeads() {
+  const [nL, nH] = headShape();
+  const spec = $("heads-spec");
+  if (document.activeElement !== spec) spec.value = state.heads;
+  try {
+    parseHeads(state.heads, nL, nH);
+    $("heads-error").textContent = "";
+  } catch (e) {
+    $("heads-error").textContent = e.message;
+  }
+  const on = new Set(selectedHeads().map(([l, h]) => `${l},${h}`));
+  const picker = $("head-picker");
+  picker.style.gridTemplateColumns = `auto repeat(${nH}, 16px)`;
+  picker.replaceChildren(
+    el("div", { class: "label", dataset: { all: "1" }, title: "all / none" }, "*"),
+    ...range(nH).map((h) => el("div", { class: "label", dataset: { h }, title: `head ${h} in every layer` }, h)),
+    ...range(nL).flatMap((l) => [
+      el("div", { class: "label", dataset: { l }, title: `every head of layer ${l}` }, `L${l}`),
+      ...range(nH).map((h) => el("div", {
+        class: on.has(`${l},${h}`) ? "cell on" : "cell", dataset: { l, h }, title: `L${l}H${h}`,
+      })),
+    ]),
+  );
+}
+
+function applyHeadSpec() {
+  const [nL, nH] = headShape();
+  const spec = $("heads-spec").value.replace(/\s+/g, "");
+  try {
+    parseHeads(spec, nL, nH);
+  } catch (e) {
+    $("heads-error").textContent = e.message;
+    return;
+  }
+  setState({ heads: spec }, renderHeads, renderGrid);
+}
+
+/** Toggle a cell, a layer row, a head column or everything; the spec is rewritten in its shortest form. */
+function onPickerClick(event) {
+  const target = event.target.closest("[data-l],[data-h],[data-all]");
+  if (!target) return;
+  const [nL, nH] = headShape();
+  const { l, h } = target.dataset;
+  const group = range(nL).flatMap((li) => range(nH).map((hi) => [li, hi]))
+    .filter(([li, hi]) => (l === undefined || +l === li) && (h === undefined || +h === hi));
+  const on = new Set(selectedHeads().map(([li, hi]) => li * nH + hi));
+  const allOn = group.every(([li, hi]) => on.has(li * nH + hi));
+  for (const [li, hi] of group) allOn ? on.delete(li * nH + hi) : on.add(li * nH + hi);
+  const heads = [...on].sort((a, b) => a - b).map((i) => [Math.floor(i / nH), i % nH]);
+  setState({ heads: formatHeads(heads, nL, nH) }, renderHeads, renderGrid);
+}
+
+function renderFigures() {
+  const chosen = new Set(list(state.figures));
+  if (!data.outputs.length) {
+    $("figures").replaceChildren(el("div", { class: "muted" }, "no figures registered: run render_figures.py"));
+    return;
+  }
+  $("figures").replaceChildren(...data.outputs.map(({ output, figure }) => el("label", {
+    class: "choice", title: figure.doc || "",
+  },
+  el("input", {
+    type: "checkbox", value: output, checked: chosen.has(output),
+    onchange: (e) => {
+      const next = data.outputs.map((o) => o.output)
+        .filter((o) => (o === output ? e.target.checked : chosen.has(o)));
+      setState({ figures: next.join(",") }, renderFigures, renderGrid);
+    },
+  }),
+  ` ${output}`)));
+}
+
+// ---- prompts table ----
+
+function matchingPrompts() {
+  const terms = state.q.toLowerCase().split(/\s+/).filter(Boolean);
+  if (!terms.length) return data.prompts;
+  return data.prompts.filter((p) => terms.every((t) => p.search.includes(t)));
+}
+
+function pagePrompts() {
+  const page = Math.max(0, +state.page || 0);
+  return matchingPrompts().slice(page * PAGE_SIZE, (page + 1) * PAGE_SIZE);
+}
+
+function selectPrompts(rows) {
+  const chosen = list(state.prompts);
+  const seen = new Set(chosen);
+  for (const row of rows) if (!seen.has(row.hash)) chosen.push(row.hash);
+  setState({ prompts: chosen.join(",") }, renderPrompts, renderGrid);
+}
+
+function onPromptClick(event) {
+  const tr = event.target.closest("tr[data-hash]");
+  if (!tr) return;
+  const chosen = list(state.prompts);
+  const hash = tr.dataset.hash;
+  const next = chosen.includes(hash) ? chosen.filter((h) => h !== hash) : [...chosen, hash];
+  setState({ prompts: next.join(",") }, renderPrompts, renderGrid);
+}
+
+function renderPrompts() {
+  const matching = matchingPrompts();
+  const pages = Math.max(1, Math.ceil(matching.length / PAGE_SIZE));
+  if (+state.page >= pages) state.page = String(pages - 1);
+  const chosen = new Set(list(state.prompts));
+  $("prompt-table").tBodies[0].replaceChildren(...pagePrompts().map((p) => el("tr", {
+    class: chosen.has(p.hash) ? "selected" : null, dataset: { hash: p.hash },
+  },
+  el("td", { class: "check" }, el("input", { type: "checkbox", checked: chosen.has(p.hash), tabindex: -1 })),
+  el("td", { class: "text", title: p.text }, oneLine(p.text)),
+  el("td", { class: "num" }, p.n_tokens),
+  el("td", { class: "meta mono" }, metaText(p.meta)))));
+  $("prompt-count").textContent = `${chosen.size} selected \u00b7 ${matching.length} of ${data.prompts.length} match`;
+  $("page-info").textContent = `page ${+state.page + 1} / ${pages}`;
+  $("prev-page").disabled = +state.page <= 0;
+  $("next-page").disabled = +state.page >= pages - 1;
+}
+
+/** Text on one line: newlines and tabs shown as ↵ and →. */
+const oneLine = (text) => text.replace(/\n/g, "\u21b5").replace(/\t/g, "\u2192");
+
+function metaText(meta) {
+  if (!meta || !Object.keys(meta).length) return "";
+  return Object.entries(meta).map(([k, v]) => `${k}: ${typeof v === "string" ? v : JSON.stringify(v)}`).join(", ");
+}
+
+// ---- layout ----
+
+function renderLayout() {
+  const option = (value, label, current) => el("option", { value, selected: value === current }, label);
+  $("size").value = state.size;
+  $("group").replaceChildren(option("", "nothing", state.group), ...KEYS.map((k) => option(k, k, state.group)));
+  const statNames = [...new Set(selectedModels().flatMap((m) => Object.keys(data.stats.get(m.model_dir)?.stats ?? {})))];
+  const sortKeys = statNames.length ? [...KEYS, "stat"] : KEYS;
+  $("sort").replaceChildren(option("", "natural order", state.sort), ...sortKeys.map((k) => option(k, k, state.sort)));
+  $("stat").replaceChildren(option("", statNames.length ? "none" : "none computed", state.stat),
+    ...statNames.map((s) => option(s, s, state.stat)));
+  $("stat").disabled = !statNames.length;
+  for (const node of document.querySelectorAll(".stat-only")) node.classList.toggle("hidden", !state.stat);
+  $("stat-min").value = state.min;
+  $("stat-max").value = state.max;
+  $("desc").checked = state.desc === "1";
+}
+
+function applySize() {
+  $("grid").style.setProperty("--tile-size", `${Math.max(40, +state.size || 160)}px`);
+}
+
+// ---- tiles ----
+
+/** Every (model, prompt, head, figure output) the state selects, filtered by the statistic range and sorted. */
+function tiles() {
+  const heads = selectedHeads();
+  const outputs = data.outputs.filter((o) => list(state.figures).includes(o.output));
+  const prompts = list(state.prompts).filter((h) => data.promptByHash.has(h));
+  const out = [];
+  for (const m of selectedModels()) {
+    for (const hash of prompts) {
+      if (!data.promptByHash.get(hash).models.has(m.model_dir)) continue;
+      for (const [layer, head] of heads) {
+        if (layer >= m.n_layers || head >= m.n_heads) continue;
+        for (const o of outputs) {
+          out.push({ model: m.model_dir, prompt: hash, layer, head, figure: o.output, format: o.format });
+        }
+      }
+    }
+  }
+  if (state.stat) for (const t of out) t.value = statValue(t);
+  return sortTiles(filterTiles(out));
+}
+
+function filterTiles(all) {
+  const min = state.min === "" ? -Infinity : Number(state.min);
+  const max = state.max === "" ? Infinity : Number(state.max);
+  if (!state.stat || (min === -Infinity && max === Infinity)) return all;
+  return all.filter((t) => t.value >= min && t.value <= max);
+}
+
+/** Order: the group key, then the sort key, then model, prompt, layer, head, figure; NaN statistics last. */
+function sortTiles(all) {
+  const rank = {
+    model: new Map(data.models.map((m, i) => [m.model_dir, i])),
+    prompt: new Map(list(state.prompts).map((h, i) => [h, i])),
+    figure: new Map(data.outputs.map((o, i) => [o.output, i])),
+  };
+  const keyOf = {
+    model: (t) => rank.model.get(t.model), prompt: (t) => rank.prompt.get(t.prompt),
+    layer: (t) => t.layer, head: (t) => t.head, figure: (t) => rank.figure.get(t.figure),
+    stat: (t) => (Number.isNaN(t.value) ? Infinity : state.desc === "1" ? -t.value : t.value),
+  };
+  const order = [...new Set([state.group, state.sort, ...KEYS].filter((k) => keyOf[k] && (k !== "stat" || state.stat)))];
+  return all.sort((a, b) => {
+    for (const k of order) {
+      const d = keyOf[k](a) - keyOf[k](b);
+      if (d) return d;
+    }
+    return 0;
+  });
+}
+
+function groupLabel(tile, key) {
+  if (key === "model") return tile.model;
+  if (key === "prompt") return oneLine(data.promptByHash.get(tile.prompt).text);
+  if (key === "layer") return `layer ${tile.layer}`;
+  if (key === "head") return `head ${tile.head}`;
+  return tile.figure;
+}
+
+let imageObserver = null;
+let moreObserver = null;
+let firstImageMarked = false;
+
+/** Rebuild the grid: tiles are added CHUNK at a time and load their image when near the viewport. */
+function renderGrid() {
+  const all = tiles();
+  const grid = $("grid");
+  imageObserver?.disconnect();
+  moreObserver?.disconnect();
+  grid.replaceChildren();
+  imageObserver = new IntersectionObserver(onTilesVisible, { rootMargin: "300px 0px" });
+  const models = new Set(all.map((t) => t.model));
+  $("summary").textContent = `${all.length} image${all.length === 1 ? "" : "s"}`;
+  $("grid-info").textContent = all.length ? "" : emptyReason();
+  let shown = 0;
+  let lastGroup = null;
+  const addChunk = () => {
+    const nodes = [];
+    for (const t of all.slice(shown, shown + CHUNK)) {
+      const group = state.group ? groupLabel(t, state.group) : null;
+      if (group !== null && group !== lastGroup) nodes.push(el("h3", { class: "group-title" }, group));
+      lastGroup = group;
+      nodes.push(tileElement(t, models.size > 1));
+    }
+    shown += CHUNK;
+    grid.append(...nodes);
+    for (const node of nodes) if (node.classList.contains("tile")) imageObserver.observe(node);
+    if (shown < all.length) {
+      const sentinel = el("div", { class: "more muted" }, `${all.length - shown} more\u2026`);
+      grid.append(sentinel);
+      moreObserver = new IntersectionObserver((entries) => {
+        if (!entries.some((e) => e.isIntersecting)) return;
+        moreObserver.disconnect();
+        sentinel.remove();
+        addChunk();
+      }, { rootMargin: "600px 0px" });
+      moreObserver.observe(sentinel);
+    }
+  };
+  addChunk();
+}
+
+function emptyReason() {
+  if (!selectedModels().length) return "Select a model.";
+  if (!list(state.prompts).length) return "Select prompts in the table above.";
+  if (!selectedHeads().length) return "Select heads (picker or spec like L0-3H*).";
+  if (!list(state.figures).length) return "Select a figure.";
+  return "No image matches the statistic range.";
+}
+
+const tileData = new WeakMap();
+
+function tileElement(t, showModel) {
+  const prompt = data.promptByHash.get(t.prompt);
+  const where = `L${t.layer}H${t.head}`;
+  const node = el("a", {
+    class: "tile", href: singleUrl({ model: t.model, prompt: t.prompt, layer: t.layer, head: t.head, figure: t.figure }),
+    title: `${t.model} ${where} ${t.figure}\n${prompt.text}`,
+    dataset: { model: t.model, prompt: t.prompt, layer: t.layer, head: t.head, figure: t.figure },
+  },
+  el("div", { class: "frame" }),
+  el("div", { class: "caption" },
+    el("div", {},
+      t.value !== undefined ? el("span", { class: "stat" }, formatValue(t.value)) : null,
+      el("span", { class: "where" }, where), ` \u00b7 ${t.figure}`,
+      showModel ? el("span", { class: "muted" }, ` \u00b7 ${t.model}`) : null),
+    el("div", { class: "prompt" }, oneLine(prompt.text))));
+  tileData.set(node, t);
+  return node;
+}
+
+const formatValue = (v) => (Number.isNaN(v) ? "n/a" : Math.abs(v) >= 100 ? v.toFixed(0) : v.toPrecision(3));
+
+function onTilesVisible(entries) {
+  for (const entry of entries) {
+    if (!entry.isIntersecting) continue;
+    imageObserver.unobserve(entry.target);
+    loadImage(entry.target);
+  }
+}
+
+function loadImage(node) {
+  const t = tileData.get(node);
+  const frame = node.querySelector(".frame");
+  const img = el("img", { alt: `L${t.layer}H${t.head} ${t.figure}`, decoding: "async", draggable: "false" });
+  img.addEventListener("load", () => {
+    if (!firstImageMarked) {
+      firstImageMarked = true;
+      performance.mark("first-image");  // read by the browser tests and bench/bench_site.py
+    }
+  });
+  img.addEventListener("error", () => showMissing(frame, t));
+  img.src = imageUrl(t.model, t.prompt, t.layer, t.head, t.figure, t.format);
+  frame.replaceChildren(img);
+}
+
+/** A failed figure shows its error text; an image never rendered shows a placeholder naming it. */
+async function showMissing(frame, t) {
+  const response = await fetch(errorUrl(t.model, t.prompt, t.layer, t.head, t.figure));
+  if (response.ok) {
+    const text = await response.text();
+    frame.replaceChildren(el("div", { class: "error-text", title: text }, `figure failed:\n${text}`));
+  } else {
+    frame.replaceChildren(el("div", { class: "placeholder" }, "no image", el("br"), `${t.figure}.${t.format}`));
+  }
+}
+
+main().catch((e) => showError(e.message));
