@@ -153,7 +153,7 @@ def make_server(root: Path, host: str = "127.0.0.1", port: int = 8000) -> http.s
 def serve_in_thread(root: Path, host: str = "127.0.0.1", port: int = 0) -> tuple[http.server.ThreadingHTTPServer, str]:
     """Start a server in a background thread (tests, benchmarks); returns it and its base URL."""
     server = make_server(root, host, port)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
+    threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True).start()
     return server, f"http://{host}:{server.server_address[1]}/"
 
 
