@@ -30,15 +30,19 @@ def train_tokenizer(vocab_size: int = 512):
 
 
 def make_checkpoint(path: Path, n_layer: int = 2, n_head: int = 4, n_embd: int = 32,
-                    n_positions: int = 128, vocab_size: int = 512, seed: int = 0) -> Path:
-    """Save a random-weight GPT2LMHeadModel and its tokenizer to `path` (a Hugging Face checkpoint dir)."""
+                    n_positions: int = 128, vocab_size: int = 512, model_vocab_size: int | None = None,
+                    seed: int = 0) -> Path:
+    """Save a random-weight GPT2LMHeadModel and its tokenizer to `path` (a Hugging Face checkpoint dir).
+
+    model_vocab_size > vocab_size pads the embedding to a real model's size (GPT-2: 50257) for benchmarks.
+    """
     import torch
     from transformers import GPT2Config, GPT2LMHeadModel
 
     torch.manual_seed(seed)
     tokenizer = train_tokenizer(vocab_size)
     config = GPT2Config(
-        vocab_size=len(tokenizer), n_positions=n_positions, n_embd=n_embd, n_layer=n_layer,
+        vocab_size=max(len(tokenizer), model_vocab_size or 0), n_positions=n_positions, n_embd=n_embd, n_layer=n_layer,
         n_head=n_head, bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
     )
     path = Path(path)
