@@ -248,6 +248,7 @@ function shadeText(cell) {
     const s = spans[i];
     const w = cell && max > 0 ? weight(i) / max : 0;
     s.style.setProperty("--w", w.toFixed(3));
+    s.classList.toggle("strong", w > 0.6);
     s.title = cell ? `${i}: ${formatValue(weight(i))}` : String(i);
     s.classList.toggle("query", !!cell && cell.q === i);
     s.classList.toggle("key", !!cell && cell.k === i);
@@ -361,7 +362,18 @@ function pin(cell) {
   if (cell) scrollTo(cell);
   draw();
   showCell();
+  if (cell) revealToken(state.shade === "row" ? cell.q : cell.k);
   saveUrl();
+}
+
+/** Scroll the prompt text box (only it, not the page) so token i is in view. */
+function revealToken(i) {
+  const box = $("prompt-text"), tok = box.children[i];
+  if (!tok) return;
+  const top = tok.offsetTop; // the box is positioned, so this is relative to it
+  if (top < box.scrollTop || top + tok.offsetHeight > box.scrollTop + box.clientHeight) {
+    box.scrollTop = top - box.clientHeight / 2;
+  }
 }
 
 /** Pan so a cell is visible (when zoomed in). */
