@@ -283,6 +283,8 @@ def main(argv=None) -> None:
         shard = parse_shard(args.shard)
         if args.batch_size < 1:
             raise lens.UserError("--batch-size must be at least 1")
+        if args.n_samples is not None and args.n_samples < 1:
+            raise lens.UserError("--n-samples must be at least 1")
         prompts = load_prompts(args.prompts, args.raw, args.min_chars, args.max_chars)
         prompts = select_prompts(prompts, args.n_samples, args.shuffle, args.seed, shard)
         import torch
@@ -297,6 +299,8 @@ def main(argv=None) -> None:
         build_index(args.save_path)
     except lens.UserError as e:
         sys.exit(f"error: {e}")
+    except KeyboardInterrupt:
+        sys.exit("interrupted: finished prompts are saved; run the same command again to resume")
 
 
 if __name__ == "__main__":
