@@ -106,7 +106,7 @@ function renderHeatmap(values) {
       const v = values[l][h], c = colour(v, lo, hi);
       const info = `L${l}H${h}: ${fmt(v)}${rank.has(l * nH + h) ? ` (rank ${rank.get(l * nH + h)} / ${ranked.length})` : ""}`;
       grid.append(el("a", {
-        class: `cell${c ? "" : " missing"}${c && c[0] * 0.3 + c[1] * 0.59 + c[2] * 0.11 > 140 ? " light" : ""}`,
+        class: `cell${c ? "" : " missing"}${c && c[0] * 0.3 + c[1] * 0.59 + c[2] * 0.11 > 120 ? " light" : ""}`,
         href: headUrl(l, h), title: info, dataset: { layer: l, head: h, value: String(v) },
         style: c ? { background: `rgb(${c[0]}, ${c[1]}, ${c[2]})` } : {},
         onmouseenter: () => { $("hover-info").textContent = info; },
@@ -119,6 +119,10 @@ function renderHeatmap(values) {
 }
 
 function renderLegend(lo, hi) {
+  if (!Number.isFinite(lo)) {
+    $("legend").replaceChildren(el("span", { class: "muted" }, "no values for this statistic here"));
+    return;
+  }
   const stops = data.colormap.filter((_, i) => i % 32 === 0 || i === 255).map((c) => `rgb(${c.join(",")})`);
   $("legend").replaceChildren(el("span", { class: "mono" }, fmt(lo)),
     el("span", { class: "bar", style: { background: `linear-gradient(to right, ${stops.join(",")})` } }),
@@ -139,6 +143,7 @@ function renderTop(ranked) {
   const heads = top.map(([, i]) => [Math.floor(i / nH), i % nH]);
   $("top-grid").href = gridUrl(heads, [state.prompt]);
   $("top-grid").textContent = `open these ${heads.length} heads in the grid (prompt ${promptIndex() + 1})`;
+  $("top-grid").classList.toggle("hidden", !heads.length);
 }
 
 function promptIndex() {

@@ -323,7 +323,8 @@ function syncControls() {
   $("next-prompt").disabled = i < 0 || i >= view.prompts.length - 1;
   $("title").textContent = `${state.model} L${state.layer}H${state.head}`;
   document.title = `L${state.layer}H${state.head} ${state.model}: attention lens`;
-  $("grid-link").href = `index.html?${stateQuery({ models: state.model, heads: `L${state.layer}H${state.head}` })}`;
+  // the grid shows every head of this prompt, the view one usually comes from
+  $("grid-link").href = `index.html?${stateQuery({ models: state.model, prompts: state.prompt, figures: state.figure })}`;
   $("heads-link").href = `heads.html?${stateQuery({ model: state.model })}`;
 }
 

@@ -88,3 +88,22 @@ def test_model_without_stats(fake_data_dir):
         s.page.wait_for_selector("body[data-ready='1']")
         assert "no head statistics yet" in s.page.text_content("#heatmap")
         assert not s.errors
+
+
+def test_gpt2_shaped_heatmap(tmp_path):
+    """144 heads: every cell drawn, the top list is the mean's order; screenshots of a realistic size."""
+    from fake_data import make_data
+    data = tmp_path / "data"
+    make_data(data, n_layers=12, n_heads=12, texts=["one two three", "four five six seven"])
+    publish(data)
+    tables = write_stats(data)
+    mean = np.nanmean(tables["bos"], 0)
+    order = [f"L{i // 12}H{i % 12}" for i in np.argsort(-mean.ravel(), kind="stable")[:10]]
+    for dark in (False, True):
+        with browser_session(data, dark=dark) as s:
+            s.page.goto(f"{s.url}heads.html?model={MODEL}&stat=bos")
+            s.page.wait_for_selector("body[data-ready='1'] .heatmap-grid")
+            assert s.page.locator(".heatmap-grid .cell").count() == 144
+            assert s.page.eval_on_selector_all(".top-table tbody a", "as => as.map(a => a.textContent)") == order
+            screenshot(s, "heads-144-dark" if dark else "heads-144-light")
+            assert not s.errors
