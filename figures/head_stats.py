@@ -1,4 +1,6 @@
 """Head statistics: one number per head and prompt, used to rank heads (the site's head grid)."""
+from functools import lru_cache
+
 import numpy as np
 
 from lens import statistic
@@ -26,18 +28,25 @@ def prev_token(attn):
 def entropy(attn):
     "Mean entropy of a query's attention in bits: 0 when a head looks at one token, log2(n) when uniform."
     p = attn[1:]
-    return float(-(p * np.log2(np.where(p > 0, p, 1.0))).sum(-1).mean()) if len(attn) > 1 else float("nan")
+    return float(-(p * np.log2(p + 1e-30)).sum(-1).mean()) if len(attn) > 1 else float("nan")  # 0 log 0 = 0
 
 
 @statistic
 def induction(attn, token_ids):
     "Mean attention from a repeated token to the token right after its earlier occurrences (NaN if no token repeats)."
-    ids = np.asarray(token_ids)
-    same = (ids[:, None] == ids[None, :]) & np.tri(len(ids), k=-1, dtype=bool)  # earlier occurrence j of token i
-    same[:, 0] = False  # BOS is not part of a repeated sequence
-    queries, earlier = np.nonzero(same)
+    queries, keys, rows = induction_targets(tuple(token_ids))
     if not len(queries):
         return float("nan")
-    scores = np.zeros(len(ids))
-    np.add.at(scores, queries, attn[queries, earlier + 1])
-    return float(scores[np.unique(queries)].mean())
+    return float(np.bincount(rows, attn[queries, keys]).mean())
+
+
+@lru_cache(maxsize=8)
+def induction_targets(token_ids: tuple) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(query, key) pairs where key follows an earlier occurrence of the query's token, and each pair's query number.
+
+    Cached because every head of a prompt asks for the same token ids."""
+    ids = np.asarray(token_ids)
+    earlier = (ids[:, None] == ids[None, :]) & np.tri(len(ids), k=-1, dtype=bool)
+    earlier[:, 0] = False  # BOS is not part of a repeated sequence
+    queries, positions = np.nonzero(earlier)
+    return queries, positions + 1, np.unique(queries, return_inverse=True)[1]

@@ -1,0 +1,101 @@
+"""Benchmark render_figures.py on GPT-2-small-shaped synthetic patterns (no torch needed).
+
+    python bench/bench_render.py                # 32 prompts x 141 tokens x 12 layers x 12 heads
+    python bench/bench_render.py --prompts 8 --repeats 1
+
+Prints head-images/s and bytes per image for the `raw` figure, the same numbers for an
+emulation of the predecessor's encoding (colormap -> RGB PNG at PIL's default level -> base64
+SVG) on the same heads, and the time the head statistics add.
+"""
+import argparse
+import base64
+import io
+import math
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
+import lens  # noqa: E402
+import render_figures  # noqa: E402
+from fake_data import make_data  # noqa: E402
+
+
+def make_texts(n_prompts: int, n_words: int, seed: int = 0) -> list[str]:
+    """Distinct texts of n_words words (fake_data makes one token per word, plus BOS)."""
+    rng = np.random.default_rng(seed)
+    vocab = [f"w{i}" for i in range(500)]
+    return [" ".join(rng.choice(vocab, n_words)) for _ in range(n_prompts)]
+
+
+def time_render(save_path: Path, names: list[str], jobs: int) -> tuple[float, dict]:
+    """Seconds to render the named figures/statistics of every prompt into an empty data dir (a first run)."""
+    registry, _ = lens.load_figures()
+    render_figures._FIGURES[:] = [registry[n] for n in names]
+    args = argparse.Namespace(force=False, jobs=jobs, figures_dir=lens.FIGURES_DIR)
+    hashes = render_figures.find_prompts(save_path, "bench-model")
+    for h in hashes:
+        pdir = lens.prompt_dir(save_path, "bench-model", h)
+        for d in pdir.glob("L*"):
+            shutil.rmtree(d)
+        (pdir / "stats.json").unlink(missing_ok=True)
+    start = time.perf_counter()
+    counts = render_figures.render_model(save_path, "bench-model", hashes, names, args)
+    return time.perf_counter() - start, counts
+
+
+def predecessor_svg(attn: np.ndarray) -> str:
+    """What pattern-lens writes for `raw`: colormap -> RGB PNG (PIL default level 6) -> base64 in an SVG."""
+    buf = io.BytesIO()
+    Image.fromarray(lens.colormap_table("viridis")[lens.quantize(attn)], "RGB").save(buf, format="PNG")
+    n = attn.shape[0]
+    return (f'<svg xmlns="http://www.w3.org/2000/svg" width="{n}" height="{n}"><image href="data:image/png;base64,'
+            f'{base64.b64encode(buf.getvalue()).decode()}" width="{n}" height="{n}"/></svg>')
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--prompts", type=int, default=32)
+    p.add_argument("--tokens", type=int, default=141, help="tokens per prompt, BOS included")
+    p.add_argument("--jobs", type=int, default=2)
+    p.add_argument("--repeats", type=int, default=3, help="best of this many runs")
+    p.add_argument("--dir", help="where to write the data (default: a temp dir; try /dev/shm to leave the disk out)")
+    args = p.parse_args()
+    with tempfile.TemporaryDirectory(dir=args.dir) as tmp:
+        save_path = Path(tmp)
+        make_data(save_path, "bench-model", 12, 12, make_texts(args.prompts, args.tokens - 1))
+        n_heads = args.prompts * 144
+        registry, _ = lens.load_figures()
+        stats = [n for n, f in registry.items() if f.kind == "statistic"]
+        raw_s, both_s = math.inf, math.inf
+        for _ in range(args.repeats):  # interleaved, so a burst of load elsewhere hits both alike
+            raw_s = min(raw_s, time_render(save_path, ["raw"], args.jobs)[0])
+            both_s = min(both_s, time_render(save_path, ["raw"] + stats, args.jobs)[0])
+        sizes = [f.stat().st_size for f in save_path.glob("bench-model/prompts/*/L*/H*/raw.svg")]
+        all_s, counts = time_render(save_path, list(registry), args.jobs)
+
+        heads = [lens.Patterns(f).head(l, h) for f in list(save_path.glob("bench-model/prompts/*/patterns.bin"))[:4]
+                 for l in range(12) for h in range(12)]
+        start = time.perf_counter()
+        old_sizes = [len(predecessor_svg(a)) for a in heads]
+        old_rate = len(heads) / (time.perf_counter() - start)
+
+    print(f"{args.prompts} prompts x {args.tokens} tokens x 144 heads = {n_heads} head images, --jobs {args.jobs}, "
+          f"in {args.dir or tempfile.gettempdir()}")
+    print(f"raw:                 {raw_s:.2f} s  {n_heads / raw_s:,.0f} head-images/s  "
+          f"{np.mean(sizes) / 1024:.2f} KiB per image")
+    print(f"raw + {len(stats)} statistics: {both_s:.2f} s  (statistics add {100 * (both_s / raw_s - 1):.0f}%)")
+    print(f"all {len(registry)} figures+stats: {all_s:.2f} s  {counts['images'] / all_s:,.0f} images/s, "
+          f"{counts['failed']} failed")
+    print(f"predecessor encoding, 1 process: {old_rate:,.0f} head-images/s  {np.mean(old_sizes) / 1024:.2f} KiB per image "
+          f"(ours: {100 * np.mean(sizes) / np.mean(old_sizes):.0f}% of its size)")
+
+
+if __name__ == "__main__":
+    main()
