@@ -242,8 +242,11 @@ export function colormapFromAnchors(anchors) {
   });
 }
 
-/** A colormap table by name: the data dir's colormaps.json ({name: [[r, g, b] x 256]}) when present, else built-in viridis. */
+/** A colormap as [[r, g, b] x 256]: from the data dir's colormaps.json ({name: ["#rrggbb" x 256]}, written by
+ * render_figures.py) when present, else built-in viridis. */
 export async function loadColormap(name = "viridis") {
   const tables = await fetchJsonOptional("colormaps.json").catch(() => null);
-  return tables?.[name] || colormapFromAnchors(VIRIDIS_ANCHORS);
+  const table = tables?.[name];
+  if (!table) return colormapFromAnchors(VIRIDIS_ANCHORS);
+  return table.map((c) => (typeof c === "string" ? [1, 3, 5].map((i) => parseInt(c.slice(i, i + 2), 16)) : c));
 }

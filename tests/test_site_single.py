@@ -220,3 +220,36 @@ def test_long_prompt_stays_usable(tmp_path):
         assert not s.errors
     print(f"1,000-token prompt: single view ready in {load_s:.2f} s, next head in {step_s:.2f} s")
     assert load_s < 10
+
+
+def test_real_pipeline_output(fake_data_dir):
+    """render_figures.py's real statistics, images, colormaps.json and build_index.py's site, end to end."""
+    import subprocess
+    import sys
+    root = SITE.parent
+    subprocess.run([sys.executable, str(root / "render_figures.py"), "--save-path", str(fake_data_dir), "--jobs", "1"],
+                   check=True, capture_output=True, cwd=root)
+    h = lens.prompt_hash(TEXTS[1])
+    stored = lens.load_patterns(fake_data_dir, MODEL, h).head(0, 1)
+    names = list(json.loads((fake_data_dir / MODEL / "stats.json").read_text())["stats"])
+    with browser_session(fake_data_dir) as s:
+        open_single(s, model=MODEL, prompt=h, layer=0, head=1, q=9, k=4)
+        assert shown(s.page)[0] == formatted(stored[9, 4])
+        rows = s.page.eval_on_selector_all(".stats-table tbody tr td:first-child", "ts => ts.map(t => t.textContent)")
+        assert rows == names
+        s.page.wait_for_function("() => document.querySelector('#figure-view img')?.naturalWidth > 0")
+        # the canvas colours the cell with the same viridis table the images use
+        d = s.page.eval_on_selector("#matrix", "c => ({...c.dataset})")
+        x = float(d["marginLeft"]) + 0.5 * float(d["cell"])
+        y = float(d["marginTop"]) + 12.5 * float(d["cell"])  # row 12: outside the pinned crosshair
+        rgb = s.page.eval_on_selector("#matrix", f"""c => {{
+            const r = c.width / c.getBoundingClientRect().width;
+            return [...c.getContext('2d').getImageData(Math.round({x} * r), Math.round({y} * r), 1, 1).data].slice(0, 3);
+        }}""")
+        expected = lens.colormap_table("viridis")[round(float(stored[12, 0]) * 255)]
+        assert np.abs(np.array(rgb) - expected).max() <= 2
+        s.page.goto(f"{s.url}heads.html?model={MODEL}&stat=prev_token")
+        s.page.wait_for_selector("body[data-ready='1'] .heatmap-grid")
+        assert s.page.locator(".heatmap-grid .cell").count() == 6
+        assert not s.errors
+        assert_only_local(s)
