@@ -1,0 +1,287 @@
+"""render_figures.py and the lens helpers it brings: colormaps, matrix_as_svg, figure plug-ins."""
+import base64
+import gzip
+import io
+import json
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+import lens
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def run_render(*args, ok: bool = True) -> subprocess.CompletedProcess:
+    """Run render_figures.py as a user would; assert on its exit status."""
+    r = subprocess.run([sys.executable, str(ROOT / "render_figures.py"), *map(str, args)],
+                       capture_output=True, text=True, cwd=ROOT, timeout=120)
+    assert (r.returncode == 0) == ok, r.stdout + r.stderr
+    return r
+
+
+def svg_png(svg: str) -> tuple[tuple[int, int], np.ndarray]:
+    """(width, height) of an <svg> and its embedded PNG decoded to RGB."""
+    width, height = (int(re.search(rf'<svg[^>]* {a}="(\d+)"', svg).group(1)) for a in ("width", "height"))
+    png = base64.b64decode(re.search(r'href="data:image/png;base64,([^"]+)"', svg).group(1))
+    return (width, height), np.array(Image.open(io.BytesIO(png)).convert("RGB"))
+
+
+def write_figure_file(figures_dir: Path, name: str, code: str) -> None:
+    figures_dir.mkdir(exist_ok=True)
+    (figures_dir / name).write_text(code)
+
+
+# ---- colormaps and images ----
+
+@pytest.mark.parametrize("cmap, at, hex_colour", [
+    ("viridis", 0.0, "440154"), ("viridis", 0.5, "21918c"), ("viridis", 1.0, "fde725"),
+    ("magma", 0.0, "000004"), ("magma", 0.5, "b73779"), ("magma", 1.0, "fcfdbf"),
+    ("Blues", 0.0, "f7fbff"), ("Blues", 1.0, "08306b"),
+    ("Greys", 0.0, "ffffff"), ("Greys", 1.0, "000000"),
+    ("RdBu", 0.0, "67001f"), ("RdBu", 0.5, "f7f7f7"), ("RdBu", 1.0, "053061"),
+    ("viridis_r", 0.0, "fde725"),
+])
+def test_colormap_anchor_colours(cmap, at, hex_colour):
+    table = lens.colormap_table(cmap)
+    assert table.shape == (256, 3) and table.dtype == np.uint8
+    got = table[int(round(at * 255))].astype(int)
+    assert np.abs(got - np.frombuffer(bytes.fromhex(hex_colour), np.uint8)).max() <= 2, (cmap, at, got)
+
+
+def test_colormaps_are_smooth_and_unknown_names_fail():
+    for name in lens.COLORMAPS:
+        steps = np.abs(np.diff(lens.colormap_table(name).astype(int), axis=0)).max()
+        assert steps <= 8, name
+    with pytest.raises(lens.UserError, match="unknown colormap 'jet'"):
+        lens.colormap_table("jet")
+
+
+def test_matrix_as_svg_round_trip():
+    rng = np.random.default_rng(0)
+    m = np.tril(rng.random((13, 9))).astype(np.float32)
+    svg = lens.matrix_as_svg(m, cmap="magma")
+    (width, height), rgb = svg_png(svg)
+    assert (width, height) == (9, 13) and rgb.shape == (13, 9, 3)
+    assert "pixelated" in svg
+    expected = lens.colormap_table("magma")[np.round(m * 255).astype(int)]
+    np.testing.assert_array_equal(rgb, expected)
+
+
+def test_matrix_value_ranges():
+    table = lens.colormap_table("viridis")
+    _, rgb = svg_png(lens.matrix_as_svg(np.array([[0.0, 1.0]])))
+    np.testing.assert_array_equal(rgb[0], table[[0, 255]])
+    _, rgb = svg_png(lens.matrix_as_svg(np.array([[2.0, 3.0, 4.0]]), normalize=True))
+    np.testing.assert_array_equal(rgb[0], table[[0, 128, 255]])
+    _, rgb = svg_png(lens.matrix_as_svg(np.array([[2.0, 4.0]]), normalize=True, normalize_min=0.0))
+    np.testing.assert_array_equal(rgb[0], table[[128, 255]])
+    rdbu = lens.colormap_table("RdBu")
+    _, rgb = svg_png(lens.matrix_as_svg(np.array([[-0.5, 0.0, 0.5]]), cmap="RdBu", diverging=True, normalize=True))
+    np.testing.assert_array_equal(rgb[0], rdbu[[0, 128, 255]])
+    with pytest.raises(ValueError, match="use normalize=True"):
+        lens.matrix_as_svg(np.array([[0.0, 2.0]]))
+    with pytest.raises(ValueError, match="NaN"):
+        lens.matrix_as_svg(np.array([[0.0, np.nan]]))
+    with pytest.raises(ValueError, match="2-D"):
+        lens.matrix_as_svg(np.zeros(4))
+
+
+def test_palette_png_is_small():
+    """A causal 141-token pattern as palette PNG: far below RGB PNG's ~7 KiB."""
+    rng = np.random.default_rng(1)
+    logits = np.where(np.tri(141, dtype=bool), rng.normal(0, 2, (141, 141)), -np.inf)
+    p = np.exp(logits - logits.max(-1, keepdims=True))
+    png = lens.matrix_as_png(p / p.sum(-1, keepdims=True))
+    buf = io.BytesIO()
+    Image.fromarray(lens.colormap_table("viridis")[lens.quantize(p / p.sum(-1, keepdims=True))]).save(buf, "PNG")
+    assert len(png) < 0.7 * len(buf.getvalue())
+
+
+# ---- plug-in discovery ----
+
+GOOD = '''
+from lens import figure, statistic
+
+@figure(cmap="Blues", normalize=True)
+def doubled(attn):
+    "twice the pattern"
+    return attn * 2
+
+@figure(outputs=["upper", "lower"])
+def halves(attn):
+    "the two triangles"
+    import numpy as np
+    return {"upper": np.triu(attn), "lower": np.tril(attn)}
+
+@statistic
+def first_key(attn):
+    "attention to key 0"
+    return float(attn[:, 0].mean())
+'''
+
+
+def test_load_figures_reports_broken_files_and_keeps_the_rest(tmp_path):
+    d = tmp_path / "figs"
+    write_figure_file(d, "good.py", GOOD)
+    write_figure_file(d, "syntax.py", "def broken(:\n")
+    write_figure_file(d, "imports.py", "import no_such_module_xyz\n")
+    figures, errors = lens.load_figures(d)
+    assert list(figures) == ["doubled", "halves", "first_key"]
+    assert len(errors) == 2
+    assert any("syntax.py" in e and "SyntaxError" in e for e in errors)
+    assert any("imports.py" in e and "no_such_module_xyz" in e for e in errors)
+    records = {r["name"]: r for r in lens.figure_records(figures)}
+    assert records["doubled"] == {
+        "name": "doubled", "kind": "figure", "outputs": ["doubled"], "format": "svg", "doc": "twice the pattern",
+        "source": "figs/good.py", "code": records["doubled"]["code"],
+        "options": {"cmap": "Blues", "normalize": True, "diverging": False, "normalize_min": None}}
+    assert records["doubled"]["code"].startswith('@figure(cmap="Blues", normalize=True)\ndef doubled(attn):')
+    assert records["halves"]["kind"] == "multi" and records["halves"]["outputs"] == ["halves.upper", "halves.lower"]
+    assert records["first_key"]["kind"] == "statistic" and records["first_key"]["outputs"] == []
+
+
+def test_duplicate_names_are_an_error(tmp_path):
+    d = tmp_path / "figs"
+    write_figure_file(d, "a.py", "from lens import figure\n@figure\ndef same(attn):\n    return attn\n")
+    write_figure_file(d, "b.py", "from lens import statistic\n@statistic\ndef same(attn):\n    return 0.0\n")
+    with pytest.raises(lens.UserError, match=r"'same' is defined twice: in figs/a.py and in figs/b.py"):
+        lens.load_figures(d)
+
+
+def test_bad_decorator_options_are_reported_as_that_files_error(tmp_path):
+    d = tmp_path / "figs"
+    write_figure_file(d, "a.py", "from lens import figure\n@figure(cmap='nope')\ndef f(attn):\n    return attn\n")
+    write_figure_file(d, "b.py", "from lens import figure\n@figure(format='jpg')\ndef g(attn):\n    return attn\n")
+    figures, errors = lens.load_figures(d)
+    assert figures == {}
+    assert "a.py" in errors[0] and "unknown colormap 'nope'" in errors[0]
+    assert "b.py" in errors[1] and "unknown format 'jpg'" in errors[1]
+
+
+def test_builtin_figures_load_cleanly():
+    figures, errors = lens.load_figures()
+    assert errors == []
+    assert {"raw", "no_bos", "log_scale", "vs_uniform", "bos", "prev_token", "induction"} <= set(figures)
+    assert all(r["source"].startswith("figures/") and r["doc"] for r in lens.figure_records(figures))
+
+
+# ---- the script ----
+
+def prompt_dirs(data: Path) -> list[Path]:
+    return sorted((data / "fake-model" / "prompts").iterdir())
+
+
+def test_render_writes_every_head_and_the_indexes(fake_data_dir):
+    r = run_render("--save-path", fake_data_dir, "--jobs", "2")
+    n_images = 4 * 2 * 3 * 5  # prompts x layers x heads x outputs (raw, no_bos, log_scale, vs_uniform x2)
+    assert f"{n_images} images" in r.stdout and "0 failed" in r.stdout
+    for pdir in prompt_dirs(fake_data_dir):
+        attn = lens.Patterns(pdir / lens.PATTERN_FILE).head(1, 2)
+        (w, h), rgb = svg_png((pdir / "L1" / "H2" / "raw.svg").read_text())
+        assert (w, h) == attn.shape[::-1]
+        np.testing.assert_array_equal(rgb, lens.colormap_table("viridis")[lens.quantize(attn)])
+        assert (pdir / "L0" / "H0" / "vs_uniform.excess.svg").exists()
+        assert (pdir / "L0" / "H0" / "vs_uniform.log_ratio.svg").exists()
+    colormaps = json.loads((fake_data_dir / "colormaps.json").read_text())
+    assert colormaps["viridis"][0] == "#440154" and len(colormaps["RdBu"]) == 256
+    names = [json.loads(line)["name"] for line in (fake_data_dir / "figures.jsonl").read_text().splitlines()]
+    assert "raw" in names and "bos" in names
+
+
+def test_skip_existing_unless_force(fake_data_dir):
+    run_render("--save-path", fake_data_dir, "--figures", "raw", "--jobs", "1")
+    image = prompt_dirs(fake_data_dir)[0] / "L0" / "H1" / "raw.svg"
+    image.write_text("kept")
+    r = run_render("--save-path", fake_data_dir, "--figures", "raw", "--jobs", "1")
+    assert "0 images" in r.stdout and "24 already there" in r.stdout and image.read_text() == "kept"
+    image.unlink()
+    r = run_render("--save-path", fake_data_dir, "--figures", "raw", "--jobs", "1")
+    assert "1 images" in r.stdout and image.read_text().startswith("<svg")
+    r = run_render("--save-path", fake_data_dir, "--figures", "raw", "--force", "--jobs", "2")
+    assert "24 images" in r.stdout
+
+
+def test_figure_selection_by_glob_and_n_samples(fake_data_dir):
+    r = run_render("--save-path", fake_data_dir, "--figures", "vs_*,raw", "--n-samples", "2", "--jobs", "1")
+    assert f"{2 * 6 * 3} images" in r.stdout
+    done = [p for p in prompt_dirs(fake_data_dir) if (p / "L0").exists()]
+    assert len(done) == 2
+    files = {f.name for f in (done[0] / "L1" / "H1").iterdir()}
+    assert files == {"raw.svg", "vs_uniform.excess.svg", "vs_uniform.log_ratio.svg"}
+
+
+FAILING = '''
+import numpy as np
+from lens import figure
+
+@figure
+def fine(attn):
+    "works"
+    return attn
+
+@figure
+def boom(attn):
+    "raises on sharp heads only"
+    if attn[1:, :].max() > 0.9:
+        raise RuntimeError("too sharp")
+    return attn
+
+@figure
+def flat(attn):
+    return attn.sum(-1)
+
+@figure
+def nan(attn):
+    return attn * np.nan
+
+@figure(outputs=["a", "b"])
+def wrong_keys(attn):
+    return {"a": attn}
+
+@figure(format="svgz")
+def zipped(attn):
+    return attn
+
+@figure(format="png", cmap="Greys")
+def plain_png(attn):
+    return attn
+'''
+
+
+def test_failing_figures_write_error_files_and_the_run_goes_on(fake_data_dir, tmp_path):
+    write_figure_file(tmp_path / "figs", "mixed.py", FAILING)
+    write_figure_file(tmp_path / "figs", "broken.py", "def broken(:\n")
+    r = run_render("--save-path", fake_data_dir, "--figures-dir", tmp_path / "figs", "--jobs", "2")
+    assert "broken.py" in r.stderr and "SyntaxError" in r.stderr
+    heads = [p / f"L{l}" / f"H{h}" for p in prompt_dirs(fake_data_dir) for l in range(2) for h in range(3)]
+    sharp = [d for d in heads if (d / "boom.error.txt").exists()]
+    assert 0 < len(sharp) < len(heads)
+    assert all((d / "boom.svg").exists() != (d / "boom.error.txt").exists() for d in heads)
+    assert "too sharp" in (sharp[0] / "boom.error.txt").read_text()
+    for d in heads:
+        assert (d / "fine.svg").exists()
+        assert "2-D" in (d / "flat.error.txt").read_text()
+        assert "NaN" in (d / "nan.error.txt").read_text()
+        assert (d / "wrong_keys.a.error.txt").exists() and (d / "wrong_keys.b.error.txt").exists()
+        assert (d / "plain_png.png").read_bytes().startswith(b"\x89PNG")
+    assert gzip.decompress((heads[0] / "zipped.svgz").read_bytes()).startswith(b"<svg")
+    n_failed = len(sharp) + 2 * len(heads) + 2 * len(heads)  # boom, flat, nan, wrong_keys (2 outputs)
+    assert f"{n_failed} failed" in r.stdout
+
+
+def test_bad_input_is_one_clear_error(tmp_path, fake_data_dir):
+    r = run_render("--save-path", tmp_path / "nowhere", ok=False)
+    assert "no data dir" in r.stderr and "Traceback" not in r.stderr
+    r = run_render("--save-path", fake_data_dir, "--figures", "rawx", ok=False)
+    assert "unknown figure 'rawx'" in r.stderr and "Traceback" not in r.stderr
+    r = run_render("--save-path", fake_data_dir, "--model", "gpt2", ok=False)
+    assert "no model 'gpt2'" in r.stderr and "Traceback" not in r.stderr
+    lens.write_json(fake_data_dir / "empty-model" / "model_cfg.json", {"n_layers": 1, "n_heads": 1})
+    r = run_render("--save-path", fake_data_dir, "--model", "empty-model", ok=False)
+    assert "no patterns yet" in r.stderr and "Traceback" not in r.stderr
