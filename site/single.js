@@ -2,7 +2,7 @@
 // value, keys to step through cells, heads, layers and prompts. State lives in the URL.
 import {
   FIGURES_URL, MODELS_URL, applyTheme, el, errorUrl, fetchJson, fetchJsonOptional, fetchJsonl,
-  figureOutputs, imageUrl, loadColormap, modelCfgUrl, patternsUrl, promptStatsUrl, promptsUrl,
+  figureOutputs, imageUrl, loadColormap, modelCfgUrl, patternsUrl, promptJsonUrl, promptStatsUrl, promptsUrl,
   readState, showError, singleUrl, statsUrl, stateQuery, themeToggle, visibleToken,
 } from "./common.js";
 import { loadHead } from "./patterns.js";
@@ -32,19 +32,20 @@ async function loadModel(model) {
   Object.assign(view, { cfg, prompts, stats });
 }
 
-async function loadPrompt() {
-  const { model, prompt } = state;
-  view.promptIndex = view.prompts.findIndex((p) => p.hash === prompt);
-  view.prompt = view.promptIndex >= 0 ? view.prompts[view.promptIndex]
-    : await fetchJson(`${model}/prompts/${prompt}/prompt.json`);
-  view.promptStats = await fetchJsonOptional(promptStatsUrl(model, prompt));
+/** The prompt's record (from prompts.jsonl, else its prompt.json), its index and its statistics. */
+async function loadPrompt(model, prompt) {
+  const promptIndex = view.prompts.findIndex((p) => p.hash === prompt);
+  const [record, promptStats] = await Promise.all([
+    promptIndex >= 0 ? view.prompts[promptIndex] : fetchJson(promptJsonUrl(model, prompt)),
+    fetchJsonOptional(promptStatsUrl(model, prompt)),
+  ]);
+  return { promptIndex, prompt: record, promptStats };
 }
 
-async function loadPattern() {
-  const layer = Number(state.layer), head = Number(state.head);
-  view.pattern = await loadHead(patternsUrl(state.model, state.prompt), layer, head);
-  view.headMax = view.pattern.values.reduce((m, v) => (v > m ? v : m), 0) || 1;
-  view.image = patternImage(view.pattern);
+function setPattern(pattern) {
+  view.pattern = pattern;
+  view.headMax = pattern.values.reduce((m, v) => (v > m ? v : m), 0) || 1;
+  view.image = patternImage(pattern);
 }
 
 // ---- drawing the matrix ----
@@ -335,16 +336,24 @@ function saveUrl(push = false) {
   history[push ? "pushState" : "replaceState"](null, "", url);
 }
 
-/** (Re)load what changed and redraw: `what` is "model", "prompt" or "head". */
+/** (Re)load what changed and redraw: `what` is "prompt" or "head". */
+let updates = 0;
+
 async function update(what, push = true) {
+  const mine = ++updates, { model, prompt } = state;
+  let loaded, pattern;
   try {
-    if (what === "model") await loadModel(state.model);
-    if (what === "model" || what === "prompt") await loadPrompt();
-    await loadPattern();
+    [loaded, pattern] = await Promise.all([
+      what === "head" ? {} : loadPrompt(model, prompt),
+      loadHead(patternsUrl(model, prompt), Number(state.layer), Number(state.head)),
+    ]);
   } catch (e) {
     showError(e.message);
     return;
   }
+  if (mine !== updates) return; // a newer key press is loading: only its head gets drawn
+  Object.assign(view, loaded);
+  setPattern(pattern);
   const n = view.pattern.n;
   if (view.pinned) view.pinned = { q: Math.min(view.pinned.q, n - 1), k: Math.min(view.pinned.k, n - 1) };
   if (what !== "head") buildText();

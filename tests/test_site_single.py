@@ -156,6 +156,13 @@ def test_keys_pin_and_url_state(site):
         assert s.page.input_value("#shade") == "col"
         assert shown(s.page)[0] == formatted(lens.load_patterns(site, MODEL, hashes[2]).head(1, 2)[3, 3])
         screenshot(s, "single-dark")
+        for _ in range(5):  # fast key presses: the last head asked for is the one drawn
+            s.page.keyboard.press("h")
+        s.page.wait_for_function("() => document.querySelector('#title').textContent.endsWith('L1H1')")
+        s.page.wait_for_timeout(300)  # L1H2 + 5 heads (of 6) is L1H1, and stays so
+        assert s.page.text_content("#title").endswith("L1H1")
+        assert (url_state(s.page)["layer"], url_state(s.page)["head"]) == ("1", "1")
+        assert shown(s.page)[0] == formatted(lens.load_patterns(site, MODEL, hashes[2]).head(1, 1)[3, 3])
         assert not s.errors
         assert_only_local(s)
 
