@@ -255,6 +255,7 @@ def test_real_pipeline_output(fake_data_dir):
         }}""")
         expected = lens.colormap_table("viridis")[round(float(stored[12, 0]) * 255)]
         assert np.abs(np.array(rgb) - expected).max() <= 2
+        screenshot(s, "single-rendered")
         s.page.goto(f"{s.url}heads.html?model={MODEL}&stat=prev_token")
         s.page.wait_for_selector("body[data-ready='1'] .heatmap-grid")
         assert s.page.locator(".heatmap-grid .cell").count() == 6
