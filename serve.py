@@ -142,15 +142,21 @@ class Handler(http.server.SimpleHTTPRequestHandler):
         sys.stderr.write(f"{self.address_string()} {format % args}\n")
 
 
-def make_server(root: Path, host: str = "127.0.0.1", port: int = 8000) -> http.server.ThreadingHTTPServer:
+class Server(http.server.ThreadingHTTPServer):
+    daemon_threads = True
+
+    def handle_error(self, request, client_address):
+        if isinstance(sys.exc_info()[1], ConnectionError):
+            return  # the browser dropped the connection (page left, image scrolled away): not an error
+        super().handle_error(request, client_address)
+
+
+def make_server(root: Path, host: str = "127.0.0.1", port: int = 8000) -> Server:
     """A threaded server for `root`, not yet serving; port 0 picks a free port."""
-    handler = lambda *a, **kw: Handler(*a, directory=str(root), **kw)  # noqa: E731
-    server = http.server.ThreadingHTTPServer((host, port), handler)
-    server.daemon_threads = True
-    return server
+    return Server((host, port), lambda *a, **kw: Handler(*a, directory=str(root), **kw))
 
 
-def serve_in_thread(root: Path, host: str = "127.0.0.1", port: int = 0) -> tuple[http.server.ThreadingHTTPServer, str]:
+def serve_in_thread(root: Path, host: str = "127.0.0.1", port: int = 0) -> tuple[Server, str]:
     """Start a server in a background thread (tests, benchmarks); returns it and its base URL."""
     server = make_server(root, host, port)
     threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True).start()

@@ -352,7 +352,7 @@ function applySize() {
 function tiles() {
   const heads = selectedHeads();
   const outputs = data.outputs.filter((o) => list(state.figures).includes(o.output));
-  const prompts = list(state.prompts).filter((h) => data.promptByHash.has(h));
+  const prompts = [...new Set(list(state.prompts))].filter((h) => data.promptByHash.has(h));
   const out = [];
   for (const m of selectedModels()) {
     for (const hash of prompts) {

@@ -1,0 +1,209 @@
+"""The grid view in a real browser (Debian's chromium, headless, network off)."""
+import json
+import re
+import time
+from pathlib import Path
+from urllib.parse import parse_qs, urlsplit
+
+import numpy as np
+import pytest
+
+import lens
+from browser import assert_only_local, browser_session, render_fake_images, screenshot
+from build_index import build_index
+from fake_data import TEXTS
+
+MODEL = "fake-model"  # 2 layers x 3 heads, 4 prompts (tests/fake_data.py)
+HASHES = sorted(lens.prompt_hash(t) for t in TEXTS)  # prompts.jsonl order
+STATS = np.arange(len(TEXTS) * 2 * 3, dtype=np.float32).reshape(len(TEXTS), 2, 3) / 10
+
+
+@pytest.fixture
+def site(fake_data_dir) -> Path:
+    """Fake data with `raw` images, one failed head, one missing image, a statistic table, and the site."""
+    render_fake_images(fake_data_dir, ("raw", "no_bos"))
+    first = lens.prompt_dir(fake_data_dir, MODEL, HASHES[0])
+    (first / "L1/H2/raw.svg").unlink()
+    (first / "L1/H2/raw.error.txt").write_text("ValueError: figure exploded on this head")
+    (first / "L0/H1/raw.svg").unlink()
+    stats = {"prompts": HASHES, "n_layers": 2, "n_heads": 3,
+             "stats": {"bos": {"doc": "attention to BOS", "mean": STATS.mean(0).tolist()}}}
+    lens.write_json(fake_data_dir / MODEL / "stats.json", stats)
+    lens.write_atomic(fake_data_dir / MODEL / "stats" / "bos.f32", STATS.astype("<f4").tobytes())
+    build_index(fake_data_dir)
+    return fake_data_dir
+
+
+def tiles(page) -> list[dict]:
+    """The grid's tiles as (L, H, prompt, figure, what the frame shows), in page order."""
+    return page.eval_on_selector_all(".tile", """nodes => nodes.map(n => ({
+        layer: +n.dataset.layer, head: +n.dataset.head, prompt: n.dataset.prompt, figure: n.dataset.figure,
+        src: n.querySelector('img')?.getAttribute('src') ?? null,
+        loaded: !!n.querySelector('img') && n.querySelector('img').complete && n.querySelector('img').naturalWidth > 0,
+        error: n.querySelector('.error-text')?.textContent ?? null,
+        placeholder: n.querySelector('.placeholder')?.textContent ?? null,
+        stat: n.querySelector('.stat')?.textContent ?? null}))""")
+
+
+def wait_settled(page, n: int) -> None:
+    """Wait until n tiles exist and each shows an image, an error text or a placeholder."""
+    page.wait_for_function(f"""() => {{
+        const t = [...document.querySelectorAll('.tile')];
+        return t.length === {n} && t.every(n => n.querySelector('.error-text, .placeholder')
+            || (n.querySelector('img')?.complete && n.querySelector('img').naturalWidth > 0));
+    }}""", timeout=10000)
+
+
+def params(page) -> dict:
+    return {k: v[0] for k, v in parse_qs(urlsplit(page.url).query).items()}
+
+
+def test_default_view_shows_every_head_of_the_first_prompt(site):
+    with browser_session(site) as s:
+        s.page.goto(s.url)
+        wait_settled(s.page, 6)
+        shown = tiles(s.page)
+        assert [(t["layer"], t["head"]) for t in shown] == [(l, h) for l in range(2) for h in range(3)]
+        assert {t["prompt"] for t in shown} == {HASHES[0]} and {t["figure"] for t in shown} == {"raw"}
+        by_head = {(t["layer"], t["head"]): t for t in shown}
+        for (l, h), t in by_head.items():
+            if (l, h) not in [(1, 2), (0, 1)]:
+                assert t["loaded"] and t["src"] == f"{MODEL}/prompts/{HASHES[0]}/L{l}/H{h}/raw.svg"
+        assert "ValueError: figure exploded on this head" in by_head[(1, 2)]["error"]
+        assert "no image" in by_head[(0, 1)]["placeholder"]
+        assert params(s.page) == {"models": MODEL, "prompts": HASHES[0], "figures": "raw"}
+        assert s.page.inner_text("#summary") == "6 images"
+        assert s.errors == []
+        assert_only_local(s)
+
+
+def test_select_heads_prompts_figures_and_restore_from_the_url(site):
+    with browser_session(site) as s:
+        page = s.page
+        page.goto(s.url + "index.html")
+        wait_settled(page, 6)
+        page.fill("#heads-spec", "L1H*, L0H0")
+        page.press("#heads-spec", "Enter")
+        wait_settled(page, 4)
+        assert [(t["layer"], t["head"]) for t in tiles(page)] == [(0, 0), (1, 0), (1, 1), (1, 2)]
+        page.click("#head-picker .cell[data-l='1'][data-h='1']")  # picker toggles one head off
+        wait_settled(page, 3)
+        assert params(page)["heads"] == "L0H0,L1H0,L1H2"
+        page.click("#head-picker .label[data-l='0']")  # a layer label toggles the whole layer on
+        assert params(page)["heads"] == "L0H*,L1H0,L1H2"
+
+        page.fill("#search", "cat")  # one matching prompt in the table; select it too
+        page.wait_for_function("document.querySelectorAll('#prompt-table tbody tr').length === 1")
+        page.click("#prompt-table tbody tr")
+        page.check("#figures input[value='vs_uniform.excess']")
+        n = 5 * 2 * 2  # heads x prompts x figures
+        wait_settled(page, n)
+        assert {t["prompt"] for t in tiles(page)} == {HASHES[0], lens.prompt_hash(TEXTS[0])}
+        excess = [t for t in tiles(page) if t["figure"] == "vs_uniform.excess"]
+        assert len(excess) == 10 and all(t["placeholder"] for t in excess)  # never rendered: placeholders
+
+        page.select_option("#group", "prompt")
+        page.select_option("#sort", "figure")
+        page.fill("#size", "100")
+        page.dispatch_event("#size", "input")
+        wait_settled(page, n)
+        url = page.url
+        expected = tiles(page)
+        assert page.eval_on_selector_all(".group-title", "n => n.length") == 2
+
+        page.goto("about:blank")
+        page.goto(url)  # a link reproduces the view
+        wait_settled(page, n)
+        assert tiles(page) == expected
+        assert page.input_value("#heads-spec") == "L0H*,L1H0,L1H2"
+        assert page.input_value("#search") == "cat"
+        assert page.input_value("#group") == "prompt" and page.input_value("#size") == "100"
+        assert page.eval_on_selector(".tile", "n => Math.round(n.getBoundingClientRect().width)") < 140
+        assert s.errors == []
+        assert_only_local(s)
+
+
+def test_tile_opens_the_single_view(site):
+    with browser_session(site) as s:
+        s.page.goto(s.url + f"index.html?heads=L1H0&prompts={HASHES[2]}")
+        wait_settled(s.page, 1)
+        s.page.click(".tile")
+        s.page.wait_for_url(re.compile(r"single\.html"))
+        assert params(s.page) == {"model": MODEL, "prompt": HASHES[2], "layer": "1", "head": "0", "figure": "raw"}
+
+
+def test_sort_and_filter_by_statistic(site):
+    with browser_session(site) as s:
+        page = s.page
+        page.goto(s.url + f"index.html?prompts={HASHES[1]},{HASHES[3]}&sort=stat&stat=bos&desc=1")
+        wait_settled(page, 12)
+        values = {(h, l, hd): STATS[i, l, hd] for i, h in enumerate(HASHES) for l in range(2) for hd in range(3)}
+        shown = tiles(page)
+        got = [values[(t["prompt"], t["layer"], t["head"])] for t in shown]
+        assert got == sorted(got, reverse=True)
+        assert [float(t["stat"]) for t in shown] == pytest.approx(got, abs=1e-3)
+        page.fill("#stat-min", "1.5")
+        page.wait_for_function("document.querySelectorAll('.tile').length < 12")
+        assert sorted(values[(t["prompt"], t["layer"], t["head"])] for t in tiles(page)) == \
+            sorted(v for (h, _, _), v in values.items() if h in (HASHES[1], HASHES[3]) and v >= 1.5)
+        assert params(page)["min"] == "1.5"
+        assert s.errors == []
+
+
+def test_ten_thousand_prompts_load_and_filter_fast(tmp_path):
+    """A 10k-prompt index (GPT-2-length token lists) loads, searches and pages without freezing."""
+    rng = np.random.default_rng(0)
+    words = ["alpha", "beta", "gamma", "delta", "river", "stone", "cloud", "seven", "north", "lamp"]
+    rows = []
+    for i in range(10_000):
+        text = " ".join(rng.choice(words, 120)) + (" needle" if i % 1000 == 7 else "") + f" #{i}"
+        tokens = ["<|endoftext|>"] + [" " + w for w in text.split()]
+        rows.append({"text": text, "hash": lens.prompt_hash(text), "tokens": tokens,
+                     "token_ids": list(range(len(tokens))), "n_tokens": len(tokens), "meta": {"i": i}})
+    lens.write_json(tmp_path / "big" / "model_cfg.json", {"model_name": "big", "n_layers": 12, "n_heads": 12})
+    lens.write_jsonl(tmp_path / "big" / "prompts.jsonl", sorted(rows, key=lambda r: r["hash"]))
+    lens.write_jsonl(tmp_path / "models.jsonl", [{"model_name": "big", "model_dir": "big", "n_layers": 12,
+                                                  "n_heads": 12, "n_prompts": 10_000}])
+    figures, _ = lens.load_figures()
+    lens.write_jsonl(tmp_path / "figures.jsonl", lens.figure_records(figures))
+    for src in Path(__file__).resolve().parent.parent.joinpath("site").iterdir():
+        (tmp_path / src.name).write_bytes(src.read_bytes())
+
+    with browser_session(tmp_path) as s:
+        page = s.page
+        t0 = time.perf_counter()
+        page.goto(s.url + "index.html")
+        page.wait_for_function("document.querySelectorAll('#prompt-table tbody tr').length === 100")
+        load_s = time.perf_counter() - t0
+        assert page.inner_text("#prompt-count") == "1 selected \u00b7 10000 of 10000 match"
+        assert page.inner_text("#page-info") == "page 1 / 100"
+
+        t0 = time.perf_counter()
+        page.fill("#search", "needle")
+        page.wait_for_function("document.querySelectorAll('#prompt-table tbody tr').length === 10")
+        search_s = time.perf_counter() - t0
+        assert page.inner_text("#prompt-count") == "1 selected \u00b7 10 of 10000 match"
+        texts = page.eval_on_selector_all("#prompt-table td.text", "n => n.map(x => x.title)")
+        assert sorted(int(t.split("#")[1]) for t in texts) == list(range(7, 10_000, 1000))
+
+        page.click("#clear-prompts")
+        page.click("#select-matching")  # 10 prompts x 144 heads: 1,440 tiles, added in chunks
+        page.wait_for_function("document.querySelector('#summary').textContent === '1440 images'")
+        assert page.evaluate("document.querySelectorAll('.tile').length") == 500
+        page.evaluate("document.querySelector('.grid .more').scrollIntoView()")
+        page.wait_for_function("document.querySelectorAll('.tile').length === 1000")
+        assert s.errors == []
+    print(f"10k prompts: index loaded and first page shown in {load_s:.2f} s, search in {search_s:.2f} s")
+    assert load_s < 5 and search_s < 2
+
+
+@pytest.mark.parametrize("dark", [False, True])
+def test_screenshots(site, dark):
+    """Screenshots for the README (screenshots/grid-light.png, grid-dark.png); look at them after changes."""
+    with browser_session(site, dark=dark, height=1500) as s:
+        s.page.goto(s.url + f"index.html?prompts={HASHES[0]},{HASHES[1]}&figures=raw,no_bos&group=prompt&stat=bos")
+        wait_settled(s.page, 24)
+        bg = s.page.evaluate("getComputedStyle(document.body).backgroundColor")
+        assert (bg == "rgb(22, 24, 28)") == dark
+        path = screenshot(s, "grid-dark" if dark else "grid-light", full_page=True)
+        assert path.stat().st_size > 10_000
