@@ -204,7 +204,7 @@ function cellAt(event) {
 }
 
 /** Display text of a value: what the hover test compares with lens.Patterns(...).head(l, h)[q, k]. */
-export const formatValue = (v) => v.toFixed(5);
+const formatValue = (v) => v.toFixed(5);
 
 function showCell() {
   const cell = active(), { tokens } = view.prompt;
