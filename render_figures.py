@@ -2,6 +2,7 @@
 
     python render_figures.py
     python render_figures.py --model gpt2 --figures 'raw,entropy*' --n-samples 50 --force --jobs 8
+    python render_figures.py --shard 3/8            # one of 8 array jobs, split by prompt hash
 
 Writes <model>/prompts/<hash>/L<l>/H<h>/<figure>.svg per head (or <figure>.error.txt when the
 figure failed on that head), each prompt's statistics to prompts/<hash>/stats.json, the per-model
@@ -24,6 +25,7 @@ import numpy as np
 from tqdm import tqdm
 
 import lens
+from compute_activations import in_shard, parse_shard  # light: torch is imported only where a model runs
 
 _FIGURES: list[lens.Figure] = []  # the selected figures and statistics, per process (see init_worker)
 
@@ -39,6 +41,8 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--n-samples", type=int, help="render only the first N prompts of each model (in hash order)")
     p.add_argument("--force", action="store_true", help="redo images and statistics that already exist")
     p.add_argument("--jobs", type=int, default=os.cpu_count() or 1, help="worker processes (default: all cores)")
+    p.add_argument("--shard", metavar="K/N",
+                   help="render only the prompts in shard K of N (by hash, as compute_activations.py --shard)")
     p.add_argument("--figures-dir", type=Path, default=lens.FIGURES_DIR, help="where figure plug-ins live")
     return p.parse_args()
 
@@ -234,6 +238,9 @@ class _InProcess:
 def main() -> None:
     args = parse_args()
     save_path = args.save_path
+    shard = parse_shard(args.shard)
+    if args.n_samples is not None and args.n_samples < 1:
+        raise lens.UserError(f"--n-samples {args.n_samples}: expected a positive number of prompts")
     models = find_models(save_path, args.model)
     registry, import_errors = lens.load_figures(args.figures_dir)
     for err in import_errors:
@@ -247,7 +254,8 @@ def main() -> None:
         hashes = find_prompts(save_path, model)
         if not hashes:
             raise lens.UserError(f"{save_path / model}: no patterns yet; run compute_activations.py for this model first")
-        counts = render_model(save_path, model, hashes[:args.n_samples], names, args)
+        hashes = [h for h in hashes[:args.n_samples] if in_shard(h, shard)]
+        counts = render_model(save_path, model, hashes, names, args) if hashes else dict.fromkeys(totals, 0)
         for k in totals:
             totals[k] += counts[k]
         stat_names = aggregate_stats(save_path, model, registry)

@@ -216,6 +216,17 @@ def test_figure_selection_by_glob_and_n_samples(fake_data_dir):
     assert files == {"raw.svg", "vs_uniform.excess.svg", "vs_uniform.log_ratio.svg"}
 
 
+def test_shards_split_the_prompts(fake_data_dir):
+    for k in (1, 2):
+        run_render("--save-path", fake_data_dir, "--figures", "raw,bos", "--shard", f"{k}/2", "--jobs", "1")
+        done = {p.name for p in prompt_dirs(fake_data_dir) if (p / "L0" / "H0" / "raw.svg").exists()}
+        assert 0 < len(done) <= 4 and all((int(h, 16) % 2 < k) == (h in done) for h in (p.name for p in prompt_dirs(fake_data_dir)))
+    stats = json.loads((fake_data_dir / "fake-model" / "stats.json").read_text())
+    assert all(v is not None for row in stats["stats"]["bos"]["mean"] for v in row)
+    r = run_render("--save-path", fake_data_dir, "--shard", "3/2", ok=False)
+    assert "--shard 3/2" in r.stderr and "Traceback" not in r.stderr
+
+
 FAILING = '''
 import numpy as np
 from lens import figure
@@ -278,6 +289,8 @@ def test_failing_figures_write_error_files_and_the_run_goes_on(fake_data_dir, tm
 def test_bad_input_is_one_clear_error(tmp_path, fake_data_dir):
     r = run_render("--save-path", tmp_path / "nowhere", ok=False)
     assert "no data dir" in r.stderr and "Traceback" not in r.stderr
+    r = run_render("--save-path", fake_data_dir, "--n-samples", "0", ok=False)
+    assert "--n-samples 0" in r.stderr and "Traceback" not in r.stderr
     r = run_render("--save-path", fake_data_dir, "--figures", "rawx", ok=False)
     assert "unknown figure 'rawx'" in r.stderr and "Traceback" not in r.stderr
     r = run_render("--save-path", fake_data_dir, "--model", "gpt2", ok=False)
