@@ -153,7 +153,8 @@ def render_prompt(task: tuple[Path, str, str, bool]) -> dict:
             counts["skipped"] += sum(len(f.outputs) for f in figs) - sum(len(f.outputs) for f in todo)
             if not todo and not stats:
                 continue
-            head_dir.mkdir(parents=True, exist_ok=True)
+            if todo:
+                head_dir.mkdir(parents=True, exist_ok=True)
             attn = patterns.head(layer, head)
             for fig in todo:
                 failed = render_head(fig, attn, head_dir)
