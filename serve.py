@@ -40,6 +40,8 @@ CONTENT_TYPES = {
 class Handler(http.server.SimpleHTTPRequestHandler):
     """Static files from `self.directory`, confined to it; quiet except for errors."""
 
+    protocol_version = "HTTP/1.1"  # keep-alive: a grid of images reuses a few connections
+
     def resolve(self, url_path: str) -> Path | None:
         """The real file or directory a URL path names, or None when missing or outside the root."""
         root = Path(self.directory).resolve()

@@ -69,14 +69,13 @@ async function main() {
 /** Fetch the prompts (and stats.json) of every selected model not loaded yet, then merge the prompts. */
 async function loadModels() {
   const models = selectedModels();
-  await Promise.all(models.map(async (m) => {
-    if (!data.promptsByModel.has(m.model_dir)) {
-      const rows = await fetchJsonl(promptsUrl(m.model_dir));
+  await Promise.all(models.flatMap((m) => [
+    !data.promptsByModel.has(m.model_dir) && fetchJsonl(promptsUrl(m.model_dir)).then((rows) => {
       for (const row of rows) row.search = `${row.text}\n${JSON.stringify(row.meta ?? {})}\n${row.hash}`.toLowerCase();
       data.promptsByModel.set(m.model_dir, rows);
-    }
-    if (!data.stats.has(m.model_dir)) data.stats.set(m.model_dir, await fetchJsonOptional(statsUrl(m.model_dir)));
-  }));
+    }),
+    !data.stats.has(m.model_dir) && fetchJsonOptional(statsUrl(m.model_dir)).then((s) => data.stats.set(m.model_dir, s)),
+  ]));
   data.promptByHash = new Map();
   for (const m of models) {
     for (const row of data.promptsByModel.get(m.model_dir)) {
