@@ -165,7 +165,7 @@ def render_prompt(task: tuple[Path, str, str, bool]) -> dict:
                 counts["stat_failed"] += value is None
                 values[stat.name][layer, head] = math.nan if value is None else value
     if stats:
-        new = {name: [[None if math.isnan(x) else x for x in row] for row in v.tolist()] for name, v in values.items()}
+        new = {name: [[x if math.isfinite(x) else None for x in row] for row in v.tolist()] for name, v in values.items()}
         lens.write_json(stats_path, {**old_stats, **new})
     return counts
 
@@ -276,3 +276,5 @@ if __name__ == "__main__":
         main()
     except lens.UserError as e:
         sys.exit(f"error: {e}")
+    except KeyboardInterrupt:
+        sys.exit("interrupted: finished images are kept (each is written whole or not at all); run again to go on")

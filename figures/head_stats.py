@@ -9,26 +9,30 @@ from lens import statistic
 @statistic
 def bos(attn):
     "Mean attention to the first (BOS) token, over queries after the first: high for attention-sink heads."
-    return float(attn[1:, 0].mean()) if len(attn) > 1 else float("nan")
+    n = len(attn)
+    return float(attn[1:, 0].sum()) / (n - 1) if n > 1 else float("nan")
 
 
 @statistic
 def diagonal(attn):
     "Mean attention of a token to itself, over queries after the first."
-    return float(np.diagonal(attn)[1:].mean()) if len(attn) > 1 else float("nan")
+    n = len(attn)
+    return float(np.trace(attn) - attn[0, 0]) / (n - 1) if n > 1 else float("nan")
 
 
 @statistic
 def prev_token(attn):
     "Mean attention to the previous token, over queries after the second (whose previous token is BOS)."
-    return float(np.diagonal(attn, -1)[1:].mean()) if len(attn) > 2 else float("nan")
+    n = len(attn)
+    return float(np.trace(attn, -1) - attn[1, 0]) / (n - 2) if n > 2 else float("nan")
 
 
 @statistic
 def entropy(attn):
     "Mean entropy of a query's attention in bits: 0 when a head looks at one token, log2(n) when uniform."
     p = attn[1:]
-    return float(-(p * np.log2(p + 1e-30)).sum(-1).mean()) if len(attn) > 1 else float("nan")  # 0 log 0 = 0
+    # sum of p log p over all rows, as one dot product; + 1e-30 makes 0 log 0 = 0
+    return -float(np.vdot(p, np.log2(p + np.float32(1e-30)))) / len(p) if len(p) else float("nan")
 
 
 @statistic
