@@ -118,25 +118,27 @@ export function singleUrl({ model, prompt, layer, head, figure }) {
 
 // ---- heads: the `L0-3H*,L5H1` selection syntax ----
 
-/** Heads named by a spec like `L0-3H*,L5H1,L*H0`, as sorted [layer, head] pairs; throws on bad syntax. */
-export function parseHeads(spec, nLayers, nHeads) {
+/** Heads named by a spec like `L0-3H*,L5H1,L*H0`, as sorted [layer, head] pairs; throws on bad syntax
+ * and, when `strict`, on a layer or head the model does not have (else those parts select nothing). */
+export function parseHeads(spec, nLayers, nHeads, strict = true) {
   const chosen = new Set();
   for (const part of spec.split(",").map((s) => s.trim()).filter(Boolean)) {
     const m = /^L([0-9*]+(?:-[0-9]+)?)H([0-9*]+(?:-[0-9]+)?)$/i.exec(part.replace(/\s+/g, ""));
     if (!m) throw new Error(`"${part}" is not a head spec (try L0-3H*, L5H1, L*H0)`);
-    for (const l of parseRange(m[1], nLayers)) {
-      for (const h of parseRange(m[2], nHeads)) chosen.add(l * nHeads + h);
+    for (const l of parseRange(m[1], nLayers, "layer", strict)) {
+      for (const h of parseRange(m[2], nHeads, "head", strict)) chosen.add(l * nHeads + h);
     }
   }
   return [...chosen].sort((a, b) => a - b).map((i) => [Math.floor(i / nHeads), i % nHeads]);
 }
 
-function parseRange(text, n) {
+function parseRange(text, n, what, strict) {
   if (text === "*") return range(n);
   const [a, b] = text.split("-").map(Number);
   const last = Number.isNaN(b) || b === undefined ? a : b;
-  if (a > last) throw new Error(`range ${text} runs backwards`);
-  return range(Math.min(last, n - 1) + 1).filter((i) => i >= a);
+  if (a > last) throw new Error(`${what} range ${text} runs backwards`);
+  if (a >= n && strict) throw new Error(`no ${what} ${a}: ${what}s are 0-${n - 1}`);
+  return range(Math.min(last, n - 1) + 1).filter((i) => i >= a);  // a range may run past the end: L8-99H*
 }
 
 /** The shortest spec for a set of heads: whole layers as `L0-3H*`, the rest per head. */

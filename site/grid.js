@@ -2,7 +2,7 @@
 // Everything the view shows is in the URL (see DEFAULTS), so a link reproduces it.
 import {
   MODELS_URL, FIGURES_URL, promptsUrl, statsUrl, statTableUrl, imageUrl, errorUrl, singleUrl,
-  fetchJsonl, fetchJsonOptional, fetchOk, figureOutputs, readState, writeState, parseHeads, formatHeads,
+  fetchJsonl, fetchJsonOptional, fetchOk, figureOutputs, readState, writeState, stateQuery, parseHeads, formatHeads,
   el, range, showError, debounce, themeToggle,
 } from "./common.js";
 
@@ -13,6 +13,7 @@ const DEFAULTS = {
   prompts: "",    // prompt hashes; default: the first prompt
   figures: "",    // figure outputs; default: the first one
   q: "",          // prompt search
+  order: "",      // prompt table order: "" (hash), "tokens" (shortest first), "-tokens" (longest first)
   page: "0",      // prompt table page
   size: "160",    // tile width in px
   group: "",      // model | prompt | layer | head | figure | "" (none)
@@ -121,10 +122,11 @@ function headShape() {
   return [Math.max(1, ...models.map((m) => m.n_layers)), Math.max(1, ...models.map((m) => m.n_heads))];
 }
 
+/** The heads of the spec that the selected models have (a spec kept from a larger model still works). */
 function selectedHeads() {
   const [nL, nH] = headShape();
   try {
-    return parseHeads(state.heads, nL, nH);
+    return parseHeads(state.heads, nL, nH, false);
   } catch {
     return [];
   }
@@ -144,6 +146,10 @@ function bindControls() {
   $("prev-page").addEventListener("click", () => setState({ page: String(Math.max(0, +state.page - 1)) }, renderPrompts));
   $("next-page").addEventListener("click", () => setState({ page: String(+state.page + 1) }, renderPrompts));
   $("prompt-table").tBodies[0].addEventListener("click", onPromptClick);
+  $("sort-tokens").addEventListener("click", () => {
+    const order = { "": "tokens", tokens: "-tokens", "-tokens": "" }[state.order] ?? "";
+    setState({ order, page: "0" }, renderPrompts);
+  });
   $("size").addEventListener("input", () => setState({ size: $("size").value }, applySize));
   $("group").addEventListener("change", () => setState({ group: $("group").value }, renderGrid));
   $("sort").addEventListener("change", () => setState({ sort: $("sort").value }, renderGrid));
@@ -208,7 +214,9 @@ function renderHeads() {
   }
   const on = new Set(selectedHeads().map(([l, h]) => `${l},${h}`));
   const picker = $("head-picker");
-  picker.style.gridTemplateColumns = `auto repeat(${nH}, 16px)`;
+  const cell = nL * nH > 400 ? 10 : 16;  // large models (e.g. 48 x 25 heads) get a smaller picker
+  picker.classList.toggle("small", cell < 16);
+  picker.style.gridTemplateColumns = `auto repeat(${nH}, ${cell}px)`;
   picker.replaceChildren(
     el("div", { class: "label", dataset: { all: "1" }, title: "all / none" }, "*"),
     ...range(nH).map((h) => el("div", { class: "label", dataset: { h }, title: `head ${h} in every layer` }, h)),
@@ -272,8 +280,10 @@ function renderFigures() {
 
 function matchingPrompts() {
   const terms = state.q.toLowerCase().split(/\s+/).filter(Boolean);
-  if (!terms.length) return data.prompts;
-  return data.prompts.filter((p) => terms.every((t) => p.search.includes(t)));
+  const rows = terms.length ? data.prompts.filter((p) => terms.every((t) => p.search.includes(t))) : [...data.prompts];
+  if (state.order === "tokens") rows.sort((a, b) => a.n_tokens - b.n_tokens);
+  if (state.order === "-tokens") rows.sort((a, b) => b.n_tokens - a.n_tokens);
+  return rows;
 }
 
 function pagePrompts() {
@@ -311,6 +321,7 @@ function renderPrompts() {
   el("td", { class: "meta mono" }, metaText(p.meta)))));
   $("prompt-count").textContent = `${chosen.size} selected \u00b7 ${matching.length} of ${data.prompts.length} match`;
   $("page-info").textContent = `page ${+state.page + 1} / ${pages}`;
+  $("sort-tokens").textContent = { tokens: "tokens \u2191", "-tokens": "tokens \u2193" }[state.order] ?? "tokens";
   $("prev-page").disabled = +state.page <= 0;
   $("next-page").disabled = +state.page >= pages - 1;
 }
@@ -339,6 +350,8 @@ function renderLayout() {
   $("stat-min").value = state.min;
   $("stat-max").value = state.max;
   $("desc").checked = state.desc === "1";
+  const model = list(state.models)[0];
+  $("heads-link").href = `heads.html?${stateQuery({ model, stat: state.stat })}`;
 }
 
 function applySize() {

@@ -11,7 +11,7 @@ import pytest
 import lens
 from browser import assert_only_local, browser_session, render_fake_images, screenshot
 from build_index import build_index
-from fake_data import TEXTS
+from fake_data import TEXTS, make_data
 
 MODEL = "fake-model"  # 2 layers x 3 heads, 4 prompts (tests/fake_data.py)
 HASHES = sorted(lens.prompt_hash(t) for t in TEXTS)  # prompts.jsonl order
@@ -207,3 +207,73 @@ def test_screenshots(site, dark):
         assert (bg == "rgb(22, 24, 28)") == dark
         path = screenshot(s, "grid-dark" if dark else "grid-light", full_page=True)
         assert path.stat().st_size > 10_000
+
+
+def test_two_models_of_different_shapes(site):
+    """Heads a model lacks are skipped; captions name the model; the prompt table merges both models."""
+    make_data(site, model="small-model", n_layers=1, n_heads=2, texts=TEXTS[:2], seed=3)
+    render_fake_images(site)
+    build_index(site)
+    with browser_session(site) as s:
+        page = s.page
+        page.goto(s.url + f"index.html?heads=L*H1,L1H2&prompts={HASHES[0]}")
+        wait_settled(page, 3)
+        page.check("#models input[value='small-model']")
+        wait_settled(page, 4)  # small-model (1 layer x 2 heads) has only L0H1 of these
+        shown = page.eval_on_selector_all(".tile", "n => n.map(x => [x.dataset.model, x.dataset.layer, x.dataset.head])")
+        assert shown == [[MODEL, "0", "1"], [MODEL, "1", "1"], [MODEL, "1", "2"], ["small-model", "0", "1"]]
+        assert "small-model" in page.inner_text(".tile:last-child .caption")
+        assert page.eval_on_selector_all("#head-picker .cell", "n => n.length") == 6  # the larger shape
+        page.uncheck(f"#models input[value='{MODEL}']")
+        wait_settled(page, 1)
+        assert page.inner_text("#prompt-count").endswith("2 of 2 match")
+        assert params(page)["models"] == "small-model"
+        assert s.errors == []
+
+
+def test_bad_head_spec_is_explained_and_kept_out_of_the_url(site):
+    with browser_session(site) as s:
+        page = s.page
+        page.goto(s.url + "index.html?heads=L1H0")
+        wait_settled(page, 1)
+        for spec, message in [("L7H0", "no layer 7: layers are 0-1"), ("L0H9", "no head 9: heads are 0-2"),
+                              ("X3", '"X3" is not a head spec'), ("L1-0H*", "layer range 1-0 runs backwards")]:
+            page.fill("#heads-spec", spec)
+            page.press("#heads-spec", "Enter")
+            assert message in page.inner_text("#heads-error")
+            assert params(page)["heads"] == "L1H0" and len(tiles(page)) == 1
+        page.fill("#heads-spec", "L0-9H2")  # a range may run past the last layer
+        page.press("#heads-spec", "Enter")
+        wait_settled(page, 2)
+        assert page.inner_text("#heads-error") == ""
+
+
+def test_prompt_table_sorts_by_tokens_and_theme_toggle_persists(site):
+    with browser_session(site) as s:
+        page = s.page
+        page.goto(s.url)
+        wait_settled(page, 6)
+        counts = lambda: page.eval_on_selector_all("#prompt-table td.num", "n => n.map(x => +x.textContent)")
+        assert counts() != sorted(counts())
+        page.click("#sort-tokens")
+        assert counts() == sorted(counts())
+        page.click("#sort-tokens")
+        assert counts() == sorted(counts(), reverse=True) and params(page)["order"] == "-tokens"
+
+        assert page.evaluate("document.documentElement.dataset.theme") is None  # follows the system
+        page.click(".theme-toggle")
+        page.click(".theme-toggle")
+        assert page.evaluate("document.documentElement.dataset.theme") == "dark"
+        page.reload()
+        wait_settled(page, 6)
+        assert page.evaluate("document.documentElement.dataset.theme") == "dark"
+        assert page.evaluate("getComputedStyle(document.body).backgroundColor") == "rgb(22, 24, 28)"
+
+
+def test_data_dir_without_indexes_says_what_is_missing(tmp_path):
+    for src in Path(__file__).resolve().parent.parent.joinpath("site").iterdir():
+        (tmp_path / src.name).write_bytes(src.read_bytes())
+    with browser_session(tmp_path) as s:
+        s.page.goto(s.url)
+        s.page.wait_for_selector("#errors")
+        assert "models.jsonl: HTTP 404" in s.page.inner_text("#errors")
