@@ -16,6 +16,7 @@ const DEFAULTS = {
   order: "",      // prompt table order: "" (hash), "tokens" (shortest first), "-tokens" (longest first)
   page: "0",      // prompt table page
   size: "160",    // tile width in px
+  cols: "",       // tiles per row ("" fills the width with `size`-wide tiles); e.g. 12 puts a layer's heads on one row
   group: "",      // model | prompt | layer | head | figure | "" (none)
   sort: "",       // primary sort key (model | prompt | layer | head | figure | stat); "" keeps the natural order
   stat: "",       // statistic shown in captions, used by sort=stat and the range filter
@@ -151,6 +152,7 @@ function bindControls() {
     setState({ order, page: "0" }, renderPrompts);
   });
   $("size").addEventListener("input", () => setState({ size: $("size").value }, applySize));
+  $("cols").addEventListener("input", debounce(() => setState({ cols: $("cols").value }, applySize), 200));
   $("group").addEventListener("change", () => setState({ group: $("group").value }, renderGrid));
   $("sort").addEventListener("change", () => setState({ sort: $("sort").value }, renderGrid));
   $("stat").addEventListener("change", async () => {
@@ -339,6 +341,7 @@ function metaText(meta) {
 function renderLayout() {
   const option = (value, label, current) => el("option", { value, selected: value === current }, label);
   $("size").value = state.size;
+  $("cols").value = state.cols;
   $("group").replaceChildren(option("", "nothing", state.group), ...KEYS.map((k) => option(k, k, state.group)));
   const statNames = [...new Set(selectedModels().flatMap((m) => Object.keys(data.stats.get(m.model_dir)?.stats ?? {})))];
   const sortKeys = statNames.length ? [...KEYS, "stat"] : KEYS;
@@ -355,7 +358,10 @@ function renderLayout() {
 }
 
 function applySize() {
+  const cols = Math.round(+state.cols);
   $("grid").style.setProperty("--tile-size", `${Math.max(40, +state.size || 160)}px`);
+  $("grid").style.gridTemplateColumns = cols > 0 ? `repeat(${cols}, minmax(0, 1fr))` : "";
+  $("size").disabled = cols > 0;
 }
 
 // ---- tiles ----

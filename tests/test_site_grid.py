@@ -274,6 +274,11 @@ def test_prompt_table_sorts_by_tokens_and_theme_toggle_persists(site):
         page.click("#sort-tokens")
         assert counts() == sorted(counts(), reverse=True) and params(page)["order"] == "-tokens"
 
+        page.fill("#cols", "4")  # tiles per row, e.g. one layer's heads on a row
+        page.wait_for_function("location.search.includes('cols=4')")
+        columns = "getComputedStyle(document.getElementById('grid')).gridTemplateColumns.split(' ').length"
+        assert page.evaluate(columns) == 4
+
         assert page.evaluate("document.documentElement.dataset.theme") is None  # follows the system
         page.click(".theme-toggle")
         page.click(".theme-toggle")
@@ -281,6 +286,7 @@ def test_prompt_table_sorts_by_tokens_and_theme_toggle_persists(site):
         page.reload()
         wait_settled(page, 6)
         assert page.evaluate("document.documentElement.dataset.theme") == "dark"
+        assert page.evaluate(columns) == 4 and page.input_value("#cols") == "4"
         assert page.evaluate("getComputedStyle(document.body).backgroundColor") == "rgb(22, 24, 28)"
 
 
