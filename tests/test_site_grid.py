@@ -297,3 +297,37 @@ def test_data_dir_without_indexes_says_what_is_missing(tmp_path):
         s.page.goto(s.url)
         s.page.wait_for_selector("#errors")
         assert "models.jsonl: HTTP 404" in s.page.inner_text("#errors")
+
+
+def test_whole_pipeline_on_a_tiny_model(tiny_checkpoint, tmp_path):
+    """compute_activations.py -> render_figures.py (which runs build_index.py) -> the grid, as a user runs them."""
+    import subprocess
+    import sys
+
+    root = Path(__file__).resolve().parent.parent
+    texts = ["When Mary and John went to the store, John gave a drink to Mary.", "def add(a, b):\n    return a + b"]
+    (tmp_path / "prompts.jsonl").write_text("".join(json.dumps({"text": t, "meta": {"src": "test"}}) + "\n" for t in texts))
+    for script, *args in [("compute_activations.py", str(tiny_checkpoint), "prompts.jsonl"),
+                          ("render_figures.py", "--figures", "raw,bos", "--jobs", "1")]:
+        proc = subprocess.run([sys.executable, str(root / script), *args, "--save-path", "data"],
+                              cwd=tmp_path, capture_output=True, text=True, timeout=300)
+        assert proc.returncode == 0, proc.stderr
+    data = tmp_path / "data"
+    (model,) = [m["model_dir"] for m in map(json.loads, (data / "models.jsonl").read_text().splitlines())]
+    cfg = json.loads((data / model / "model_cfg.json").read_text())
+    n_heads = cfg["n_layers"] * cfg["n_heads"]
+    prompts = {p["hash"]: p for p in map(json.loads, (data / model / "prompts.jsonl").read_text().splitlines())}
+    assert {p["text"] for p in prompts.values()} == set(texts)
+
+    with browser_session(data) as s:
+        s.page.goto(s.url + f"index.html?prompts={','.join(prompts)}&sort=stat&stat=bos&desc=1")
+        wait_settled(s.page, 2 * n_heads)
+        shown = tiles(s.page)
+        assert all(t["loaded"] for t in shown)
+        # each raw image is the pattern itself: one pixel per token, query rows x key columns
+        sizes = s.page.eval_on_selector_all(".tile img", "n => n.map(i => [i.naturalWidth, i.naturalHeight])")
+        assert sizes == [[prompts[t["prompt"]]["n_tokens"]] * 2 for t in shown]
+        values = [float(t["stat"]) for t in shown]
+        assert values == sorted(values, reverse=True)
+        assert s.errors == []
+        assert_only_local(s)
