@@ -35,7 +35,8 @@ def parse_args() -> argparse.Namespace:
                                 formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
     p.add_argument("--save-path", type=Path, default=lens.DEFAULT_SAVE_PATH, help="data dir (default: %(default)s)")
     p.add_argument("--model", action="append",
-                   help="model to render (name as given to compute_activations.py, or its dir name); repeatable; default: all")
+                   help="model to render (name as given to compute_activations.py, or its dir name); "
+                   "repeatable; default: all")
     p.add_argument("--figures", default="*",
                    help="comma-separated figure/statistic names or globs, e.g. 'raw,vs_*' (default: all)")
     p.add_argument("--n-samples", type=int, help="render only the first N prompts of each model (in hash order)")
@@ -112,7 +113,8 @@ def render_head(fig: lens.Figure, attn: np.ndarray, head_dir: Path) -> int:
     try:
         images = run_figure(fig, attn)
     except Exception:  # a user's figure failing on one head must not stop the run
-        message = f"{fig.source}: {fig.name} failed on {head_dir.name[1:]} of {head_dir.parent.name}\n{traceback.format_exc()}"
+        where = f"{head_dir.parent.name}{head_dir.name} of prompt {head_dir.parent.parent.name}"
+        message = f"{fig.source}: {fig.name} failed on {where}\n{traceback.format_exc()}"
         for out in fig.outputs:
             lens.write_atomic(head_dir / f"{out}.error.txt", message)
             (head_dir / f"{out}.{fig.format}").unlink(missing_ok=True)
@@ -130,7 +132,9 @@ def run_statistic(stat: lens.Figure, attn: np.ndarray, token_ids: list[int], hea
     try:
         return float(stat.func(attn, token_ids) if stat.options["needs_tokens"] else stat.func(attn))
     except Exception:  # same isolation as render_head: a statistic is a user's figure function too
-        lens.write_atomic(head_dir / f"{stat.name}.error.txt", f"{stat.source}: {stat.name} failed\n{traceback.format_exc()}")
+        where = f"{head_dir.parent.name}{head_dir.name} of prompt {head_dir.parent.parent.name}"
+        lens.write_atomic(head_dir / f"{stat.name}.error.txt",
+                          f"{stat.source}: {stat.name} failed on {where}\n{traceback.format_exc()}")
         return None
 
 
@@ -165,7 +169,8 @@ def render_prompt(task: tuple[Path, str, str, bool]) -> dict:
                 counts["stat_failed"] += value is None
                 values[stat.name][layer, head] = math.nan if value is None else value
     if stats:
-        new = {name: [[x if math.isfinite(x) else None for x in row] for row in v.tolist()] for name, v in values.items()}
+        new = {name: [[x if math.isfinite(x) else None for x in row] for row in v.tolist()]
+               for name, v in values.items()}
         lens.write_json(stats_path, {**old_stats, **new})
     return counts
 
