@@ -12,12 +12,14 @@ Existing images and statistics are kept unless --force.
 import argparse
 import fnmatch
 import gzip
+import inspect
 import json
 import math
 import os
 import sys
 import time
 import traceback
+from contextlib import nullcontext
 from multiprocessing import Pool
 from pathlib import Path
 
@@ -198,7 +200,7 @@ def aggregate_stats(save_path: Path, model: str, registry: dict[str, lens.Figure
         finite = np.isfinite(table)
         count = finite.sum(0)
         mean = np.where(finite, table, 0).sum(0) / np.maximum(count, 1)
-        doc = (registry[name].func.__doc__ or "").strip() if name in registry else ""
+        doc = (inspect.getdoc(registry[name].func) or "") if name in registry else ""
         out["stats"][name] = {"doc": doc, "mean": [[float(m) if c else None for m, c in zip(mr, cr)]
                                                    for mr, cr in zip(mean.tolist(), count.tolist())]}
     lens.write_json(save_path / model / "stats.json", out)
@@ -219,26 +221,14 @@ def render_model(save_path: Path, model: str, hashes: list[str], names: list[str
     totals = {"images": 0, "skipped": 0, "failed": 0, "stat_failed": 0}
     bar = tqdm(total=len(tasks) * per_prompt, desc=model, unit="img", smoothing=0.1, disable=None)
     jobs = max(1, min(args.jobs, len(tasks)))
-    with Pool(jobs, init_worker, (args.figures_dir, names)) if jobs > 1 else _InProcess() as pool:
-        for counts in pool.imap_unordered(render_prompt, tasks):
+    # --jobs 1 runs in this process: no workers, easier to debug and profile
+    with Pool(jobs, init_worker, (args.figures_dir, names)) if jobs > 1 else nullcontext() as pool:
+        for counts in pool.imap_unordered(render_prompt, tasks) if pool else map(render_prompt, tasks):
             for k in totals:
                 totals[k] += counts[k]
             bar.update(counts["images"] + counts["skipped"] + counts["failed"])
     bar.close()
     return totals
-
-
-class _InProcess:
-    """Stands in for a Pool with --jobs 1: no worker processes, easier to debug and profile."""
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        return False
-
-    def imap_unordered(self, func, tasks):
-        return map(func, tasks)
 
 
 def main() -> None:
