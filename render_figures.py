@@ -259,7 +259,8 @@ def main() -> None:
             print(f"{model}: statistics {', '.join(stat_names)} -> {save_path / model / 'stats.json'}")
     seconds = time.perf_counter() - start
     print(f"{totals['images']} images in {seconds:.1f} s ({totals['images'] / seconds:.0f}/s), "
-          f"{totals['skipped']} already there, {totals['failed']} failed (see the .error.txt files)"
+          f"{totals['skipped']} already there, {totals['failed']} failed"
+          + (" (see the .error.txt files)" if totals["failed"] else "")
           + (f", {totals['stat_failed']} statistic values failed" if totals["stat_failed"] else ""))
     write_colormaps(save_path)
     from build_index import build_index
