@@ -11,7 +11,7 @@ const DEFAULTS = {
   models: "",     // model dirs; default: the first model
   heads: "L*H*",  // head spec, see parseHeads
   prompts: "",    // prompt hashes; default: the first prompt
-  figures: "",    // figure outputs; default: the first one
+  figures: "",    // figure outputs; default: raw, else the first one
   q: "",          // prompt search
   order: "",      // prompt table order: "" (hash), "tokens" (shortest first), "-tokens" (longest first)
   page: "0",      // prompt table page
@@ -29,7 +29,7 @@ const PAGE_SIZE = 100;
 const CHUNK = 500;  // tiles added to the page at a time; more are added as the last ones scroll into view
 const MAX_SELECT = 1000;  // "select all matching" cap: keeps the URL and the grid a sensible size
 
-let state = readState(DEFAULTS);
+const state = readState(DEFAULTS);
 const data = {
   models: [],              // rows of models.jsonl
   outputs: [],             // [{output, format, figure}] of figures.jsonl
@@ -362,6 +362,7 @@ function applySize() {
   $("grid").style.setProperty("--tile-size", `${Math.max(40, +state.size || 160)}px`);
   $("grid").style.gridTemplateColumns = cols > 0 ? `repeat(${cols}, minmax(0, 1fr))` : "";
   $("size").disabled = cols > 0;
+  refitImages();
 }
 
 // ---- tiles ----
@@ -515,11 +516,32 @@ function loadImage(node) {
       firstImageMarked = true;
       performance.mark("first-image");  // read by the browser tests and bench/bench_site.py
     }
+    fitImage(frame);
   });
   img.addEventListener("error", () => showMissing(frame, t));
   img.src = imageUrl(t.model, t.prompt, t.layer, t.head, t.figure, t.format);
   frame.replaceChildren(img);
 }
+
+/** Show a tile's image as is when the tile is at least its size, else shrink it into a canvas by averaging:
+ * a browser shrinks a pixelated image by skipping rows and columns, which can hide a one-token stripe. */
+function fitImage(frame) {
+  const img = frame.querySelector("img");
+  if (!img?.naturalWidth) return;
+  frame.querySelector("canvas")?.remove();
+  const width = Math.round(frame.clientWidth * devicePixelRatio);
+  img.classList.toggle("hidden", img.naturalWidth > width);
+  if (img.naturalWidth <= width) return;
+  const full = el("canvas", { width: img.naturalWidth, height: img.naturalHeight });
+  full.getContext("2d").drawImage(img, 0, 0);  // 1:1, so every pixel is exact
+  const small = el("canvas", { width, height: Math.max(1, Math.round((width * img.naturalHeight) / img.naturalWidth)) });
+  const ctx = small.getContext("2d");
+  ctx.imageSmoothingQuality = "high";  // area averaging: a 1-pixel line stays visible, dimmer
+  ctx.drawImage(full, 0, 0, small.width, small.height);
+  frame.append(small);
+}
+
+const refitImages = debounce(() => document.querySelectorAll(".tile .frame").forEach(fitImage), 150);
 
 /** A failed figure shows its error text; an image never rendered shows a placeholder naming it. */
 async function showMissing(frame, t) {

@@ -331,3 +331,45 @@ def test_whole_pipeline_on_a_tiny_model(tiny_checkpoint, tmp_path):
         assert values == sorted(values, reverse=True)
         assert s.errors == []
         assert_only_local(s)
+
+
+def test_long_patterns_shrink_by_averaging_not_skipping(tmp_path):
+    """A 300-token pattern in a ~170 px tile: a browser shrinks a pixelated image by dropping rows and
+    columns (a one-token stripe can vanish); the grid averages instead, so every stripe stays visible."""
+    (phash,) = make_data(tmp_path, n_layers=1, n_heads=1, texts=[" ".join(["w"] * 299)])
+    stripes = np.zeros((300, 300), np.float32)
+    stripes[:, ::7] = 1.0  # one-pixel columns
+    lens.write_atomic(lens.prompt_dir(tmp_path, MODEL, phash) / "L0/H0/raw.svg", lens.matrix_as_svg(stripes))
+    build_index(tmp_path)
+    weakest_stripe = """(nearest) => {
+        let c = document.querySelector('.tile canvas');
+        if (nearest) {  // what the browser does: pick the nearest pixel
+            const img = document.querySelector('.tile img'), n = document.createElement('canvas');
+            n.width = c.width; n.height = c.height;
+            const ctx = n.getContext('2d');
+            ctx.imageSmoothingEnabled = false;
+            ctx.drawImage(img, 0, 0, n.width, n.height);
+            c = n;
+        }
+        const s = c.width / 300, px = c.getContext('2d').getImageData(0, c.height >> 1, c.width, 1).data;
+        const green = (x) => px[4 * Math.min(c.width - 1, Math.max(0, x)) + 1];
+        let weakest = 255;
+        for (let col = 0; col < 300; col += 7) {
+            const x = Math.floor(col * s);
+            weakest = Math.min(weakest, Math.max(green(x - 1), green(x), green(x + 1)));
+        }
+        return weakest;
+    }"""
+    with browser_session(tmp_path) as s:
+        page = s.page
+        page.goto(s.url + "index.html?size=160")
+        page.wait_for_selector(".tile canvas")
+        assert page.eval_on_selector(".tile img", "i => getComputedStyle(i).display") == "none"
+        # viridis: 0 -> green 1, 1 -> green 231; picking pixels loses whole stripes, averaging dims them
+        assert page.evaluate(weakest_stripe, True) < 10
+        assert page.evaluate(weakest_stripe, False) > 30
+        page.goto(s.url + "index.html?size=480")  # a tile wider than the image shows the image itself
+        wait_settled(page, 1)
+        page.wait_for_function("!document.querySelector('.tile canvas')")
+        assert page.eval_on_selector(".tile img", "i => getComputedStyle(i).display") == "block"
+        assert s.errors == []
