@@ -12,7 +12,6 @@ From a notebook, with any model object that has the TransformerLens interface:
 """
 import argparse
 import random
-import re
 import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -60,19 +59,6 @@ def parse_args(argv=None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
-def parse_shard(spec: str | None) -> tuple[int, int] | None:
-    if spec is None:
-        return None
-    m = re.fullmatch(r"(\d+)/(\d+)", spec)
-    if not m or not 1 <= int(m[1]) <= int(m[2]):
-        raise lens.UserError(f"--shard {spec}: expected K/N with 1 <= K <= N, e.g. 2/8")
-    return int(m[1]), int(m[2])
-
-
-def in_shard(phash: str, shard: tuple[int, int] | None) -> bool:
-    return shard is None or int(phash, 16) % shard[1] == shard[0] - 1
-
-
 def split_document(text: str, min_chars: int, max_chars: int) -> list[str]:
     """Cut a long text into pieces of at most max_chars at whitespace; drop pieces under min_chars."""
     pieces, start = [], 0
@@ -118,7 +104,7 @@ def select_prompts(prompts: list[dict], n_samples: int | None, shuffle: bool, se
         prompts = prompts[:]
         random.Random(seed).shuffle(prompts)
     prompts = prompts[:n_samples] if n_samples is not None else prompts
-    return [p for p in prompts if in_shard(lens.prompt_hash(p["text"]), shard)]
+    return [p for p in prompts if lens.in_shard(lens.prompt_hash(p["text"]), shard)]
 
 
 def load_model(name: str, device: str, dtype: str):
@@ -280,7 +266,7 @@ def summary_line(s: dict, save_path: Path) -> str:
 def main(argv=None) -> None:
     args = parse_args(argv)
     try:
-        shard = parse_shard(args.shard)
+        shard = lens.parse_shard(args.shard)
         if args.batch_size < 1:
             raise lens.UserError("--batch-size must be at least 1")
         if args.n_samples is not None and args.n_samples < 1:

@@ -17,6 +17,7 @@ import re
 import struct
 import zlib
 from dataclasses import dataclass, field
+from functools import lru_cache
 from pathlib import Path
 from typing import Callable
 
@@ -45,6 +46,21 @@ def model_dir_name(model_name: str) -> str:
 
 def prompt_dir(save_path: Path, model: str, phash: str) -> Path:
     return Path(save_path) / model / "prompts" / phash
+
+
+def parse_shard(spec: str | None) -> tuple[int, int] | None:
+    """--shard K/N as (K, N), 1-based; None for no sharding."""
+    if spec is None:
+        return None
+    m = re.fullmatch(r"(\d+)/(\d+)", spec)
+    if not m or not 1 <= int(m[1]) <= int(m[2]):
+        raise UserError(f"--shard {spec}: expected K/N with 1 <= K <= N, e.g. 2/8")
+    return int(m[1]), int(m[2])
+
+
+def in_shard(phash: str, shard: tuple[int, int] | None) -> bool:
+    """Whether a prompt falls in shard (K, N): by its hash, so every job agrees without talking."""
+    return shard is None or int(phash, 16) % shard[1] == shard[0] - 1
 
 
 def write_atomic(path: Path, data: bytes | str) -> None:
@@ -122,19 +138,24 @@ class Patterns:
         with open(self.path, "rb") as f:
             f.seek(self.data_start + self.offsets[i])
             raw = zlib.decompress(f.read(self.offsets[i + 1] - self.offsets[i]))
-        q = np.frombuffer(raw, np.uint8).reshape(2, -1).T.copy().view("<u2")[:, 0]
+        lo, hi = np.frombuffer(raw, np.uint8).reshape(2, -1)
+        values = (lo | (hi.astype(np.uint16) << 8)) * np.float32(1 / self.scale)
         n = self.n_tokens
+        if self.layout == "full":
+            return values.reshape(n, n)
         out = np.zeros((n, n), np.float32)
-        if self.layout == "tril":
-            out[np.tril_indices(n)] = q / np.float32(self.scale)
-        else:
-            out[:] = (q / np.float32(self.scale)).reshape(n, n)
+        out[_tril_mask(n)] = values
         return out
 
     def all(self) -> np.ndarray:
         """Every head as one [n_layers, n_heads, n_tokens, n_tokens] float32 array."""
         return np.stack([np.stack([self.head(l, h) for h in range(self.n_heads)])
                          for l in range(self.n_layers)])
+
+
+@lru_cache(maxsize=16)
+def _tril_mask(n: int) -> np.ndarray:
+    return np.tri(n, dtype=bool)
 
 
 def load_patterns(save_path: Path, model: str, phash: str) -> Patterns:

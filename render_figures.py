@@ -27,7 +27,6 @@ import numpy as np
 from tqdm import tqdm
 
 import lens
-from compute_activations import in_shard, parse_shard  # light: torch is imported only where a model runs
 
 _FIGURES: list[lens.Figure] = []  # the selected figures and statistics, per process (see init_worker)
 
@@ -234,7 +233,7 @@ def render_model(save_path: Path, model: str, hashes: list[str], names: list[str
 def main() -> None:
     args = parse_args()
     save_path = args.save_path
-    shard = parse_shard(args.shard)
+    shard = lens.parse_shard(args.shard)
     if args.n_samples is not None and args.n_samples < 1:
         raise lens.UserError(f"--n-samples {args.n_samples}: expected a positive number of prompts")
     models = find_models(save_path, args.model)
@@ -250,7 +249,7 @@ def main() -> None:
         hashes = find_prompts(save_path, model)
         if not hashes:
             raise lens.UserError(f"{save_path / model}: no patterns yet; run compute_activations.py for this model first")
-        hashes = [h for h in hashes[:args.n_samples] if in_shard(h, shard)]
+        hashes = [h for h in hashes[:args.n_samples] if lens.in_shard(h, shard)]
         counts = render_model(save_path, model, hashes, names, args) if hashes else dict.fromkeys(totals, 0)
         for k in totals:
             totals[k] += counts[k]
