@@ -96,10 +96,14 @@ async function loadStatTables() {
     const key = `${m.model_dir}/${state.stat}`;
     const stats = data.stats.get(m.model_dir);
     if (data.statTables.has(key) || !stats?.stats?.[state.stat]) return;
-    const buffer = await (await fetchOk(statTableUrl(m.model_dir, state.stat))).arrayBuffer();
+    const url = statTableUrl(m.model_dir, state.stat);
+    const values = new Float32Array(await (await fetchOk(url)).arrayBuffer());
+    const expected = stats.prompts.length * stats.n_layers * stats.n_heads;
+    if (values.length !== expected) {
+      throw new Error(`${url}: ${values.length} values, stats.json says ${expected}; re-run render_figures.py`);
+    }
     data.statTables.set(key, {
-      index: new Map(stats.prompts.map((h, i) => [h, i])),
-      values: new Float32Array(buffer), nL: stats.n_layers, nH: stats.n_heads,
+      index: new Map(stats.prompts.map((h, i) => [h, i])), values, nL: stats.n_layers, nH: stats.n_heads,
     });
   }));
 }
@@ -157,7 +161,7 @@ function bindControls() {
   $("sort").addEventListener("change", () => setState({ sort: $("sort").value }, renderGrid));
   $("stat").addEventListener("change", async () => {
     setState({ stat: $("stat").value });
-    await loadStatTables();
+    await loadStatTables().catch((e) => showError(e.message));
     renderLayout();
     renderGrid();
   });
