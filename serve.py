@@ -41,6 +41,7 @@ class Handler(http.server.SimpleHTTPRequestHandler):
     """Static files from `self.directory`, confined to it; quiet except for errors."""
 
     protocol_version = "HTTP/1.1"  # keep-alive: a grid of images reuses a few connections
+    remaining = 0  # bytes of the open file still to send
 
     def resolve(self, url_path: str) -> Path | None:
         """The real file or directory a URL path names, or None when missing or outside the root."""
@@ -97,15 +98,11 @@ class Handler(http.server.SimpleHTTPRequestHandler):
         return f
 
     def copyfile(self, source, outputfile):
-        """Copy only the requested range of the file."""
-        remaining = getattr(self, "remaining", None)
-        while remaining is None or remaining > 0:
-            chunk = source.read(65536 if remaining is None else min(65536, remaining))
-            if not chunk:
-                break
+        """Copy only the requested range of the file (send_head set `remaining`)."""
+        remaining = self.remaining
+        while remaining > 0 and (chunk := source.read(min(65536, remaining))):
             outputfile.write(chunk)
-            if remaining is not None:
-                remaining -= len(chunk)
+            remaining -= len(chunk)
 
     def byte_range(self, size: int) -> tuple[int | None, int]:
         """[start, end) of a single `Range: bytes=a-b` request; the whole file without one."""
