@@ -53,7 +53,7 @@ def copy_site(save_path: Path) -> None:
             write_if_changed(Path(save_path) / src.relative_to(SITE_DIR), src.read_bytes())
 
 
-def build_index(save_path: Path) -> None:
+def build_index(save_path: Path, figures_dir: Path = lens.FIGURES_DIR) -> None:
     """Rebuild models.jsonl, each model's prompts.jsonl and figures.jsonl, and copy the site."""
     save_path = Path(save_path)
     if not save_path.is_dir():
@@ -67,7 +67,7 @@ def build_index(save_path: Path) -> None:
         n_prompts += len(prompts)
     write_if_changed(save_path / "models.jsonl", jsonl_bytes(models))
 
-    figures, errors = lens.load_figures()
+    figures, errors = lens.load_figures(figures_dir)
     for error in errors:
         print(f"build_index.py: warning: {error}", file=sys.stderr)
     write_if_changed(save_path / "figures.jsonl", jsonl_bytes(lens.figure_records(figures)))
@@ -80,11 +80,13 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--save-path", type=Path, default=lens.DEFAULT_SAVE_PATH,
                         help="data dir (default: attn_data)")
+    parser.add_argument("--figures-dir", type=Path, default=lens.FIGURES_DIR,
+                        help="figure plug-ins to index (default: figures/ next to this script)")
     args = parser.parse_args()
     try:
-        build_index(args.save_path)
+        build_index(args.save_path, args.figures_dir)
     except lens.UserError as e:
-        sys.exit(f"build_index.py: {e}")
+        sys.exit(f"error: {e}")
 
 
 if __name__ == "__main__":

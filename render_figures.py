@@ -263,7 +263,7 @@ def main() -> None:
           + (f", {totals['stat_failed']} statistic values failed" if totals["stat_failed"] else ""))
     write_colormaps(save_path)
     from build_index import build_index
-    build_index(save_path)
+    build_index(save_path, args.figures_dir)
 
 
 if __name__ == "__main__":

@@ -89,7 +89,7 @@ def test_cli(fake_data_dir):
 def test_cli_missing_data_dir(tmp_path):
     proc = run_cli("--save-path", str(tmp_path / "nope"))
     assert proc.returncode == 1
-    assert proc.stderr.strip() == f"build_index.py: data dir {tmp_path / 'nope'} does not exist (compute_activations.py writes it)"
+    assert proc.stderr.strip() == f"error: data dir {tmp_path / 'nope'} does not exist (compute_activations.py writes it)"
 
 
 def test_cli_corrupt_prompt_json_names_the_file(fake_data_dir):

@@ -286,6 +286,8 @@ def test_failing_figures_write_error_files_and_the_run_goes_on(fake_data_dir, tm
     assert gzip.decompress((heads[0] / "zipped.svgz").read_bytes()).startswith(b"<svg")
     n_failed = len(sharp) + 2 * len(heads) + 2 * len(heads)  # boom, flat, nan, wrong_keys (2 outputs)
     assert f"{n_failed} failed" in r.stdout
+    indexed = [json.loads(line)["name"] for line in (fake_data_dir / "figures.jsonl").read_text().splitlines()]
+    assert sorted(indexed) == ["boom", "fine", "flat", "nan", "plain_png", "wrong_keys", "zipped"]
 
 
 def test_bad_input_is_one_clear_error(tmp_path, fake_data_dir):
