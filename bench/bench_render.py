@@ -10,6 +10,7 @@ SVG) on the same heads, and the time the head statistics add.
 import argparse
 import base64
 import io
+import itertools
 import math
 import shutil
 import sys
@@ -27,6 +28,9 @@ import render_figures  # noqa: E402
 from fake_data import make_data  # noqa: E402
 
 
+RUNS = itertools.count()
+
+
 def make_texts(n_prompts: int, n_words: int, seed: int = 0) -> list[str]:
     """Distinct texts of n_words words (fake_data makes one token per word, plus BOS)."""
     rng = np.random.default_rng(seed)
@@ -34,18 +38,17 @@ def make_texts(n_prompts: int, n_words: int, seed: int = 0) -> list[str]:
     return [" ".join(rng.choice(vocab, n_words)) for _ in range(n_prompts)]
 
 
-def time_render(save_path: Path, names: list[str], jobs: int) -> tuple[float, float, dict]:
+def time_render(source: Path, names: list[str], jobs: int) -> tuple[float, float, dict]:
     """Wall and CPU seconds (CPU: this process only, so use jobs=1) to render the named
-    figures/statistics of every prompt into an empty data dir, as a first run does."""
+    figures/statistics of every prompt into a fresh copy of the data dir, as a first run does.
+    Fresh copies, not deleted images: on this VM's disk, deleting thousands of files slows
+    the file creation of the next run."""
+    save_path = source.parent / f"run{next(RUNS)}"
+    shutil.copytree(source, save_path)
     registry, _ = lens.load_figures()
     render_figures._FIGURES[:] = [registry[n] for n in names]
     args = argparse.Namespace(force=False, jobs=jobs, figures_dir=lens.FIGURES_DIR)
     hashes = render_figures.find_prompts(save_path, "bench-model")
-    for h in hashes:
-        pdir = lens.prompt_dir(save_path, "bench-model", h)
-        for d in pdir.glob("L*"):
-            shutil.rmtree(d)
-        (pdir / "stats.json").unlink(missing_ok=True)
     start, cpu = time.perf_counter(), time.process_time()
     counts = render_figures.render_model(save_path, "bench-model", hashes, names, args)
     return time.perf_counter() - start, time.process_time() - cpu, counts
@@ -69,7 +72,7 @@ def main() -> None:
     p.add_argument("--dir", help="where to write the data (default: a temp dir; try /dev/shm to leave the disk out)")
     args = p.parse_args()
     with tempfile.TemporaryDirectory(dir=args.dir) as tmp:
-        save_path = Path(tmp)
+        save_path = Path(tmp) / "source"
         make_data(save_path, "bench-model", 12, 12, make_texts(args.prompts, args.tokens - 1))
         n_heads = args.prompts * 144
         registry, _ = lens.load_figures()
@@ -85,7 +88,7 @@ def main() -> None:
                 best[key] = min(best.get(key, math.inf), wall)
                 best[key + "_cpu"] = min(best.get(key + "_cpu", math.inf), cpu)
         raw_s, both_s, raw_cpu, both_cpu = best["raw"], best["both"], best["raw_cpu"], best["both_cpu"]
-        sizes = [f.stat().st_size for f in save_path.glob("bench-model/prompts/*/L*/H*/raw.svg")]
+        sizes = [f.stat().st_size for f in Path(tmp).glob("run0/bench-model/prompts/*/L*/H*/raw.svg")]
         all_s, _, counts = time_render(save_path, list(registry), args.jobs)
 
         heads = [lens.Patterns(f).head(l, h) for f in list(save_path.glob("bench-model/prompts/*/patterns.bin"))[:4]
