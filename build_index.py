@@ -58,6 +58,8 @@ def build_index(save_path: Path, figures_dir: Path = lens.FIGURES_DIR) -> None:
     save_path = Path(save_path)
     if not save_path.is_dir():
         raise lens.UserError(f"data dir {save_path} does not exist (compute_activations.py writes it)")
+    if not model_dirs(save_path):
+        raise lens.UserError(f"{save_path}: no models (no <model>/model_cfg.json); run compute_activations.py first")
     models, n_prompts = [], 0
     for model_dir in model_dirs(save_path):
         prompts = prompt_records(model_dir)

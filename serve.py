@@ -172,7 +172,7 @@ def main() -> None:
     args = parser.parse_args()
 
     if not args.path.is_dir():
-        sys.exit(f"serve.py: data dir {args.path} does not exist (compute_activations.py writes it)")
+        sys.exit(f"error: data dir {args.path} does not exist (compute_activations.py writes it)")
     if not (args.path / "index.html").is_file():
         print(f"serve.py: warning: {args.path}/index.html missing; run `python build_index.py --save-path {args.path}`",
               file=sys.stderr)
@@ -180,8 +180,8 @@ def main() -> None:
         server = make_server(args.path, args.host, args.port)
     except OSError as e:
         if e.errno == errno.EADDRINUSE:
-            sys.exit(f"serve.py: port {args.port} on {args.host} is already in use; pick another with --port")
-        sys.exit(f"serve.py: cannot listen on {args.host}:{args.port}: {e.strerror}")
+            sys.exit(f"error: port {args.port} on {args.host} is already in use; pick another with --port")
+        sys.exit(f"error: cannot listen on {args.host}:{args.port}: {e.strerror}")
     host = "127.0.0.1" if args.host in ("", "0.0.0.0") else args.host
     print(f"Serving {args.path.resolve()} at http://{host}:{server.server_address[1]}/  (Ctrl-C stops)", flush=True)
     try:

@@ -92,6 +92,14 @@ def test_cli_missing_data_dir(tmp_path):
     assert proc.stderr.strip() == f"error: data dir {tmp_path / 'nope'} does not exist (compute_activations.py writes it)"
 
 
+def test_cli_data_dir_without_models(tmp_path):
+    (tmp_path / "empty").mkdir()
+    proc = run_cli("--save-path", str(tmp_path / "empty"))
+    assert proc.returncode == 1
+    assert proc.stderr.strip().startswith("error:") and "no models" in proc.stderr
+    assert list((tmp_path / "empty").iterdir()) == []
+
+
 def test_cli_corrupt_prompt_json_names_the_file(fake_data_dir):
     bad = next(fake_data_dir.glob("fake-model/prompts/*/prompt.json"))
     bad.write_text('{"text": "cut off')

@@ -144,7 +144,7 @@ def test_cli_port_in_use_is_one_clear_line(root):
         proc = run_serve("--path", str(root), "--port", str(port))
         out, err = proc.communicate(timeout=10)
     assert proc.returncode == 1
-    assert err.strip() == f"serve.py: port {port} on 127.0.0.1 is already in use; pick another with --port"
+    assert err.strip() == f"error: port {port} on 127.0.0.1 is already in use; pick another with --port"
 
 
 def test_cli_missing_data_dir(tmp_path):
