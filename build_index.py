@@ -19,11 +19,6 @@ import lens
 SITE_DIR = Path(__file__).resolve().parent / "site"
 
 
-def model_dirs(save_path: Path) -> list[Path]:
-    """The data dir's model directories (those holding a model_cfg.json), by name."""
-    return sorted(p.parent for p in Path(save_path).glob("*/model_cfg.json"))
-
-
 def read_json(path: Path) -> dict:
     try:
         return json.loads(path.read_text(encoding="utf-8"))
@@ -31,19 +26,16 @@ def read_json(path: Path) -> dict:
         raise lens.UserError(f"{path}: not valid JSON ({e.msg}); delete it and re-run its script") from None
 
 
-def prompt_records(model_dir: Path) -> list[dict]:
-    """Every finished prompt of a model (prompt.json is written last), sorted by hash."""
-    return [read_json(p) for p in sorted(model_dir.glob("prompts/*/prompt.json"))]
+def prompt_records(save_path: Path, model: str) -> list[dict]:
+    """Every finished prompt of a model, sorted by hash."""
+    return [read_json(lens.prompt_dir(save_path, model, h) / "prompt.json")
+            for h in lens.finished_prompts(save_path, model)]
 
 
 def write_if_changed(path: Path, data: bytes) -> None:
     """Atomic write that leaves an identical file alone, so its mtime (and browser caches) stay valid."""
     if not (path.is_file() and path.read_bytes() == data):
         lens.write_atomic(path, data)
-
-
-def jsonl_bytes(rows: list[dict]) -> bytes:
-    return "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows).encode("utf-8")
 
 
 def copy_site(save_path: Path) -> None:
@@ -58,21 +50,22 @@ def build_index(save_path: Path, figures_dir: Path = lens.FIGURES_DIR) -> None:
     save_path = Path(save_path)
     if not save_path.is_dir():
         raise lens.UserError(f"data dir {save_path} does not exist (compute_activations.py writes it)")
-    if not model_dirs(save_path):
+    names = lens.model_dirs(save_path)
+    if not names:
         raise lens.UserError(f"{save_path}: no models (no <model>/model_cfg.json); run compute_activations.py first")
     models, n_prompts = [], 0
-    for model_dir in model_dirs(save_path):
-        prompts = prompt_records(model_dir)
-        write_if_changed(model_dir / "prompts.jsonl", jsonl_bytes(prompts))
-        cfg = read_json(model_dir / "model_cfg.json")
-        models.append({**cfg, "model_dir": model_dir.name, "n_prompts": len(prompts)})
+    for name in names:
+        prompts = prompt_records(save_path, name)
+        write_if_changed(save_path / name / "prompts.jsonl", lens.jsonl_bytes(prompts))
+        cfg = read_json(save_path / name / "model_cfg.json")
+        models.append({**cfg, "model_dir": name, "n_prompts": len(prompts)})
         n_prompts += len(prompts)
-    write_if_changed(save_path / "models.jsonl", jsonl_bytes(models))
+    write_if_changed(save_path / "models.jsonl", lens.jsonl_bytes(models))
 
     figures, errors = lens.load_figures(figures_dir)
     for error in errors:
         print(f"build_index.py: warning: {error}", file=sys.stderr)
-    write_if_changed(save_path / "figures.jsonl", jsonl_bytes(lens.figure_records(figures)))
+    write_if_changed(save_path / "figures.jsonl", lens.jsonl_bytes(lens.figure_records(figures)))
     copy_site(save_path)
     print(f"build_index.py: {len(models)} model(s), {n_prompts} prompt(s), {len(figures)} figure function(s)"
           f" indexed in {save_path}; view with: python serve.py --save-path {save_path}")

@@ -199,11 +199,6 @@ def save_prompt(save_path: Path, model_dir: str, prompt: dict, ids: list[int], s
     return len(data)
 
 
-def is_done(save_path: Path, model_dir: str, text: str) -> bool:
-    d = lens.prompt_dir(save_path, model_dir, lens.prompt_hash(text))
-    return (d / "prompt.json").is_file() and (d / lens.PATTERN_FILE).is_file()
-
-
 def compute_activations(prompts: list[dict | str], model, save_path: Path | str = lens.DEFAULT_SAVE_PATH,
                         model_name: str | None = None, batch_size: int = BATCH_SIZE,
                         force: bool = False, progress: bool = True) -> dict:
@@ -220,7 +215,8 @@ def compute_activations(prompts: list[dict | str], model, save_path: Path | str 
     model_dir = lens.model_dir_name(model_name)
     prompts = [{"text": p} if isinstance(p, str) else p for p in prompts]
     lens.write_json(save_path / model_dir / "model_cfg.json", model_config(model, model_name))
-    todo = [p for p in prompts if force or not is_done(save_path, model_dir, p["text"])]
+    todo = [p for p in prompts
+            if force or not lens.is_finished(lens.prompt_dir(save_path, model_dir, lens.prompt_hash(p["text"])))]
     n_ctx, pad_id = model.cfg.n_ctx, getattr(model.tokenizer, "pad_token_id", None) or 0
     token_ids = [tokenize(model, p["text"]) for p in todo]
     truncated = [len(ids) > n_ctx for ids in token_ids]

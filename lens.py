@@ -48,6 +48,22 @@ def prompt_dir(save_path: Path, model: str, phash: str) -> Path:
     return Path(save_path) / model / "prompts" / phash
 
 
+def model_dirs(save_path: Path) -> list[str]:
+    """Names of the data dir's model directories (those holding a model_cfg.json), sorted."""
+    return sorted(p.parent.name for p in Path(save_path).glob("*/model_cfg.json"))
+
+
+def is_finished(pdir: Path) -> bool:
+    """Whether a prompt dir is complete: prompt.json is written after patterns.bin."""
+    return (pdir / "prompt.json").is_file() and (pdir / PATTERN_FILE).is_file()
+
+
+def finished_prompts(save_path: Path, model: str) -> list[str]:
+    """Hashes of a model's complete prompts, sorted."""
+    return sorted(p.parent.name for p in (Path(save_path) / model / "prompts").glob("*/prompt.json")
+                  if is_finished(p.parent))
+
+
 def parse_shard(spec: str | None) -> tuple[int, int] | None:
     """--shard K/N as (K, N), 1-based; None for no sharding."""
     if spec is None:
@@ -76,12 +92,12 @@ def write_json(path: Path, obj) -> None:
     write_atomic(path, json.dumps(obj, ensure_ascii=False, indent=1) + "\n")
 
 
+def jsonl_bytes(rows) -> bytes:
+    return "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows).encode("utf-8")
+
+
 def write_jsonl(path: Path, rows) -> None:
-    write_atomic(path, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
-
-
-def read_jsonl(path: Path) -> list[dict]:
-    return [row for _, row in iter_jsonl(path)]
+    write_atomic(path, jsonl_bytes(rows))
 
 
 def iter_jsonl(path: Path):

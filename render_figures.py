@@ -64,7 +64,7 @@ def find_models(save_path: Path, wanted: list[str] | None) -> list[str]:
     """Model dir names to render: the ones asked for, or every model dir holding a model_cfg.json."""
     if not save_path.is_dir():
         raise lens.UserError(f"{save_path}: no data dir; run compute_activations.py first (or pass --save-path)")
-    found = sorted(p.parent.name for p in save_path.glob("*/model_cfg.json"))
+    found = lens.model_dirs(save_path)
     if not wanted:
         if not found:
             raise lens.UserError(f"{save_path}: no models; run compute_activations.py first")
@@ -74,12 +74,6 @@ def find_models(save_path: Path, wanted: list[str] | None) -> list[str]:
         if d not in found:
             raise lens.UserError(f"{save_path}: no model {name!r} (found: {', '.join(found) or 'none'})")
     return dirs
-
-
-def find_prompts(save_path: Path, model: str) -> list[str]:
-    """Hashes of the model's finished prompts (prompt.json is written last), sorted."""
-    return sorted(p.parent.name for p in (save_path / model / "prompts").glob("*/prompt.json")
-                  if (p.parent / lens.PATTERN_FILE).exists())
 
 
 def init_worker(figures_dir: Path, names: list[str]) -> None:
@@ -180,7 +174,7 @@ def aggregate_stats(save_path: Path, model: str, registry: dict[str, lens.Figure
     """Collect every prompt's stats.json into <model>/stats.json + stats/<name>.f32; returns the names."""
     cfg = json.loads((save_path / model / "model_cfg.json").read_text())
     n_layers, n_heads = cfg["n_layers"], cfg["n_heads"]
-    hashes = find_prompts(save_path, model)
+    hashes = lens.finished_prompts(save_path, model)
     per_prompt = {}
     for h in hashes:
         path = lens.prompt_dir(save_path, model, h) / "stats.json"
@@ -246,7 +240,7 @@ def main() -> None:
     start = time.perf_counter()
     totals = {"images": 0, "skipped": 0, "failed": 0, "stat_failed": 0}
     for model in models:
-        hashes = find_prompts(save_path, model)
+        hashes = lens.finished_prompts(save_path, model)
         if not hashes:
             raise lens.UserError(f"{save_path / model}: no patterns yet; run compute_activations.py for this model first")
         hashes = [h for h in hashes[:args.n_samples] if lens.in_shard(h, shard)]

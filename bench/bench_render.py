@@ -48,7 +48,7 @@ def time_render(source: Path, names: list[str], jobs: int) -> tuple[float, float
     registry, _ = lens.load_figures()
     render_figures._FIGURES[:] = [registry[n] for n in names]
     args = argparse.Namespace(force=False, jobs=jobs, figures_dir=lens.FIGURES_DIR)
-    hashes = render_figures.find_prompts(save_path, "bench-model")
+    hashes = lens.finished_prompts(save_path, "bench-model")
     start, cpu = time.perf_counter(), time.process_time()
     counts = render_figures.render_model(save_path, "bench-model", hashes, names, args)
     return time.perf_counter() - start, time.process_time() - cpu, counts
