@@ -1,11 +1,15 @@
-"""What the scripts share: paths, prompt hashing, atomic writes, pattern storage.
+"""What the scripts share: paths, prompt hashing, atomic writes, head specs, pattern storage.
 
-Pattern file (one per prompt, `patterns.bin`): the magic b"ATTNPAT1", a little-endian
-uint32 header length, a JSON header, then one zlib chunk per head (layer-major). A chunk
-holds the head's lower triangle (or full matrix for non-causal models) row by row as
-uint16 fixed point (value = q / scale, scale 2**14, max abs error 3.1e-5), low bytes
-first, then high bytes: attention values are small, so the high bytes are nearly all
-zero and compress to almost nothing. One head is read without touching the others.
+Pattern file (one per prompt, `patterns.bin`, format 2): the magic b"ATTNPAT2", a little-endian
+uint64 offset of the JSON footer, one zlib stream per stored head, then the footer (to the end
+of the file: n_layers, n_heads, n_tokens, scale, layout, "heads" = the flat indices
+layer * n_heads + head stored, "chunks" = [start, size] of each head's stream). A stream holds
+the head's lower triangle (or full matrix for non-causal models) row by row as uint16 fixed
+point (value = q / scale, scale 2**14, max abs error 3.1e-5), low bytes first, then high bytes:
+attention values are small, so the high bytes are nearly all zero and compress to almost
+nothing. The footer comes last so that a file is written head by head as the forward pass goes.
+One head is read without touching the others. Format 1 (b"ATTNPAT1", a header with "offsets",
+every head stored) is still read.
 """
 import base64
 import hashlib
@@ -25,7 +29,8 @@ import numpy as np
 
 DEFAULT_SAVE_PATH = Path("attn_data")
 PATTERN_FILE = "patterns.bin"
-PATTERN_MAGIC = b"ATTNPAT1"
+PATTERN_MAGIC = b"ATTNPAT2"
+PATTERN_MAGIC_V1 = b"ATTNPAT1"  # format 1: header first, every head stored
 PATTERN_SCALE = 2**14
 
 
@@ -79,6 +84,48 @@ def in_shard(phash: str, shard: tuple[int, int] | None) -> bool:
     return shard is None or int(phash, 16) % shard[1] == shard[0] - 1
 
 
+def parse_heads(spec: str, n_layers: int, n_heads: int) -> list[tuple[int, int]]:
+    """Heads named by a spec such as `L0-3H*,L5H1,L*H0` (the grid's syntax), as sorted (layer, head) pairs."""
+    chosen = set()
+    for part in filter(None, (p.strip() for p in spec.split(","))):
+        m = re.fullmatch(r"L([0-9]+(?:-[0-9]+)?|\*)H([0-9]+(?:-[0-9]+)?|\*)", part.replace(" ", ""), re.I)
+        if not m:
+            raise UserError(f"--heads {spec}: {part!r} is not a head spec (try L0-3H*, L5H1, L*H0)")
+        layers, heads = (_spec_range(spec, text, n, what) for text, n, what in
+                         [(m[1], n_layers, "layer"), (m[2], n_heads, "head")])
+        chosen.update((l, h) for l in layers for h in heads)
+    if not chosen:
+        raise UserError(f"--heads {spec!r}: names no head")
+    return sorted(chosen)
+
+
+def _spec_range(spec: str, text: str, n: int, what: str) -> range:
+    if text == "*":
+        return range(n)
+    a, _, b = text.partition("-")
+    a, b = int(a), int(b or a)
+    if a > b or b >= n:
+        raise UserError(f"--heads {spec}: {what}s {text} out of range (the model's {what}s are 0-{n - 1})")
+    return range(a, b + 1)
+
+
+def format_heads(heads: list[tuple[int, int]], n_layers: int, n_heads: int) -> str:
+    """The shortest spec for a set of heads: whole layers as `L0-3H*`, the rest per head (as site/common.js)."""
+    by_layer = [sorted(h for l2, h in heads if l2 == l) for l in range(n_layers)]
+    parts, l = [], 0
+    while l < n_layers:
+        if len(by_layer[l]) == n_heads:
+            end = l
+            while end + 1 < n_layers and len(by_layer[end + 1]) == n_heads:
+                end += 1
+            parts.append(f"L{l}-{end}H*" if end > l else f"L{l}H*")
+            l = end + 1
+            continue
+        parts += [f"L{l}H{h}" for h in by_layer[l]]
+        l += 1
+    return ",".join(parts)
+
+
 def write_atomic(path: Path, data: bytes | str) -> None:
     """Write via a temp file and rename, so a killed run never leaves a half file."""
     path = Path(path)
@@ -115,45 +162,121 @@ def iter_jsonl(path: Path):
             yield lineno, row
 
 
-def encode_patterns(patterns: np.ndarray, level: int = 1) -> bytes:
-    """Encode [n_layers, n_heads, n, n] attention patterns into the pattern file format."""
+def head_streams(stored: np.ndarray, level: int = 1) -> list[bytes]:
+    """Compress [heads, 2, m] uint8 (stored form: low bytes, then high bytes) into one zlib stream per head."""
+    return [zlib.compress(h, level) for h in np.ascontiguousarray(stored)]
+
+
+def stored_form(values: np.ndarray) -> np.ndarray:
+    """[heads, m] attention values in [0, 1] -> [heads, 2, m] uint8: uint16 fixed point, low then high bytes."""
+    q = np.round(np.clip(values, 0.0, 1.0) * PATTERN_SCALE).astype("<u2")
+    return np.ascontiguousarray(q.view(np.uint8).reshape(len(q), -1, 2).transpose(0, 2, 1))
+
+
+class PatternWriter:
+    """Write one prompt's pattern file head by head (format 2), then rename it into place.
+
+    Streams are appended as they come (in ascending head order) and the footer that indexes
+    them is written last, so no more than one head's stream is ever held for the file."""
+
+    def __init__(self, path: Path, n_layers: int, n_heads: int, n_tokens: int, layout: str,
+                 heads: list[tuple[int, int]]):
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        for stale in self.path.parent.glob(f".{self.path.name}.tmp*"):  # left by a killed run
+            stale.unlink(missing_ok=True)
+        self.tmp = self.path.with_name(f".{self.path.name}.tmp{os.getpid()}")
+        self.file = open(self.tmp, "wb")
+        self.file.write(PATTERN_MAGIC + bytes(8))
+        self.meta = {"format": 2, "n_layers": n_layers, "n_heads": n_heads, "n_tokens": n_tokens,
+                     "scale": PATTERN_SCALE, "layout": layout,
+                     "heads": [l * n_heads + h for l, h in heads], "chunks": []}
+
+    def add(self, streams: list[bytes]) -> None:
+        for s in streams:
+            self.meta["chunks"].append([self.file.tell(), len(s)])
+            self.file.write(s)
+
+    def close(self) -> int:
+        """Write the footer and move the file into place; returns its size in bytes."""
+        if len(self.meta["chunks"]) != len(self.meta["heads"]):
+            raise RuntimeError(f"{self.path}: {len(self.meta['chunks'])} streams for {len(self.meta['heads'])} heads")
+        footer = self.file.tell()
+        self.file.write(json.dumps(self.meta, separators=(",", ":")).encode())
+        size = self.file.tell()
+        self.file.seek(len(PATTERN_MAGIC))
+        self.file.write(struct.pack("<Q", footer))
+        self.file.close()
+        os.replace(self.tmp, self.path)
+        return size
+
+    def abort(self) -> None:
+        self.file.close()
+        self.tmp.unlink(missing_ok=True)
+
+
+def tril_positions(n: int, layout: str) -> np.ndarray:
+    """Flat positions (row * n + col) a layout stores, in stored order."""
+    return np.flatnonzero(np.tri(n, dtype=bool)) if layout == "tril" else np.arange(n * n)
+
+
+def encode_patterns(patterns: np.ndarray, heads: list[tuple[int, int]] | None = None, level: int = 1) -> bytes:
+    """Encode [n_layers, n_heads, n, n] attention patterns (all heads, or those listed) as a pattern file."""
+    import tempfile
     n_layers, n_heads, n, _ = patterns.shape
-    causal = not np.triu(patterns, 1).any()
-    rows, cols = np.tril_indices(n) if causal else np.indices((n, n)).reshape(2, -1)
-    flat = patterns[:, :, rows, cols].reshape(n_layers * n_heads, -1)
-    q = np.ascontiguousarray(np.round(np.clip(flat, 0.0, 1.0) * PATTERN_SCALE), dtype="<u2")
-    shuffled = np.ascontiguousarray(q.view(np.uint8).reshape(len(q), -1, 2).transpose(0, 2, 1))
-    chunks = [zlib.compress(h.tobytes(), level) for h in shuffled]
-    offsets = np.cumsum([0] + [len(c) for c in chunks]).tolist()
-    header = json.dumps({
-        "n_layers": n_layers, "n_heads": n_heads, "n_tokens": n, "scale": PATTERN_SCALE,
-        "layout": "tril" if causal else "full", "offsets": offsets,
-    }).encode()
-    return PATTERN_MAGIC + struct.pack("<I", len(header)) + header + b"".join(chunks)
+    heads = sorted(heads) if heads is not None else [(l, h) for l in range(n_layers) for h in range(n_heads)]
+    layout = "tril" if not np.triu(patterns, 1).any() else "full"
+    keep = tril_positions(n, layout)
+    with tempfile.TemporaryDirectory() as tmp:
+        writer = PatternWriter(Path(tmp) / PATTERN_FILE, n_layers, n_heads, n, layout, heads)
+        for l, h in heads:
+            writer.add(head_streams(stored_form(patterns[l, h].reshape(1, -1)[:, keep]), level))
+        writer.close()
+        return (Path(tmp) / PATTERN_FILE).read_bytes()
+
+
+class NotStored(KeyError):
+    """A head the pattern file does not hold (compute_activations.py --heads stored others)."""
 
 
 class Patterns:
-    """One prompt's stored patterns; each head is read and decompressed on demand."""
+    """One prompt's stored patterns (format 1 or 2); each head is read and decompressed on demand."""
 
     def __init__(self, path: Path):
         self.path = Path(path)
         with open(self.path, "rb") as f:
-            if f.read(8) != PATTERN_MAGIC:
+            magic = f.read(8)
+            if magic == PATTERN_MAGIC:
+                (footer,) = struct.unpack("<Q", f.read(8))
+                f.seek(footer)
+                meta = json.loads(f.read())
+                chunks = meta["chunks"]
+            elif magic == PATTERN_MAGIC_V1:
+                (size,) = struct.unpack("<I", f.read(4))
+                meta = json.loads(f.read(size))
+                offsets = meta["offsets"]
+                chunks = [[12 + size + a, b - a] for a, b in zip(offsets, offsets[1:])]
+                meta["heads"] = list(range(len(chunks)))
+            else:
                 raise UserError(f"{self.path}: not a pattern file")
-            (size,) = struct.unpack("<I", f.read(4))
-            meta = json.loads(f.read(size))
-        self.data_start = 12 + size
         self.n_layers, self.n_heads, self.n_tokens = meta["n_layers"], meta["n_heads"], meta["n_tokens"]
-        self.scale, self.layout, self.offsets = meta["scale"], meta["layout"], meta["offsets"]
+        self.scale, self.layout = meta["scale"], meta["layout"]
+        self.chunks = dict(zip(meta["heads"], chunks))
+        self.heads = [divmod(i, self.n_heads) for i in meta["heads"]]
+
+    def stored(self, layer: int, head: int) -> bool:
+        return 0 <= head < self.n_heads and layer * self.n_heads + head in self.chunks
 
     def head(self, layer: int, head: int) -> np.ndarray:
         """The [n_tokens, n_tokens] float32 pattern of one head (query rows, key columns)."""
         if not (0 <= layer < self.n_layers and 0 <= head < self.n_heads):
             raise IndexError(f"{self.path}: no head L{layer}H{head}")
-        i = layer * self.n_heads + head
+        if not self.stored(layer, head):
+            raise NotStored(f"{self.path}: head L{layer}H{head} is not stored")
+        start, size = self.chunks[layer * self.n_heads + head]
         with open(self.path, "rb") as f:
-            f.seek(self.data_start + self.offsets[i])
-            raw = zlib.decompress(f.read(self.offsets[i + 1] - self.offsets[i]))
+            f.seek(start)
+            raw = zlib.decompress(f.read(size))
         lo, hi = np.frombuffer(raw, np.uint8).reshape(2, -1)
         values = (lo | (hi.astype(np.uint16) << 8)) * np.float32(1 / self.scale)
         n = self.n_tokens
@@ -164,9 +287,11 @@ class Patterns:
         return out
 
     def all(self) -> np.ndarray:
-        """Every head as one [n_layers, n_heads, n_tokens, n_tokens] float32 array."""
-        return np.stack([np.stack([self.head(l, h) for h in range(self.n_heads)])
-                         for l in range(self.n_layers)])
+        """Every head as one [n_layers, n_heads, n_tokens, n_tokens] float32 array (NaN where not stored)."""
+        out = np.full((self.n_layers, self.n_heads, self.n_tokens, self.n_tokens), np.nan, np.float32)
+        for l, h in self.heads:
+            out[l, h] = self.head(l, h)
+        return out
 
 
 @lru_cache(maxsize=16)
