@@ -11,10 +11,13 @@ From a notebook, with any model object that has the TransformerLens interface:
     compute_activations([{"text": "..."}], model, "attn_data", model_name="my-model")
 """
 import argparse
+import os
 import random
 import sys
 import time
+from collections import deque
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -56,6 +59,19 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help="process only shard K of N (1-based), chosen by prompt hash, so N jobs "
                    "writing to one data dir never collide")
     p.add_argument("--force", action="store_true", help="recompute prompts already saved")
+    p.add_argument("--heads", metavar="SPEC",
+                   help="store only these heads, in the grid's syntax, e.g. 'L0-3H*,L5H1,L*H0' (default: all); "
+                   "asking later for heads a prompt lacks recomputes it")
+    p.add_argument("--max-tokens", type=int, metavar="N",
+                   help="truncate prompts to N tokens, below the model's context (stored bytes grow with N squared)")
+    p.add_argument("--revision", help="Hugging Face revision (branch, tag or commit) of the model to load")
+    p.add_argument("--checkpoint", metavar="STEP[,STEP...]",
+                   help="training checkpoints (Pythia-style, or the demo model's): each is stored as its own "
+                   "model dir MODEL@stepSTEP, so the site shows them side by side")
+    p.add_argument("--device-map", metavar="MAP",
+                   help="place a model too big for one device across several, through accelerate "
+                   "(e.g. 'auto'); not with --device")
+    p.add_argument("--n-devices", type=int, metavar="N", help="split the model's layers over N devices")
     return p.parse_args(argv)
 
 
@@ -107,22 +123,63 @@ def select_prompts(prompts: list[dict], n_samples: int | None, shuffle: bool, se
     return [p for p in prompts if lens.in_shard(lens.prompt_hash(p["text"]), shard)]
 
 
-def load_model(name: str, device: str, dtype: str):
-    """Load a model by TransformerLens name or local checkpoint dir (TransformerBridge, or 3.x HookedTransformer)."""
+DEMO_DIR = Path(__file__).resolve().parent / "demo"
+
+
+def demo_path(checkpoint: int | None) -> Path:
+    """The bundled demo model (trained by demo/train.py), or one of its training checkpoints."""
+    if checkpoint is None:
+        return DEMO_DIR / "model"
+    path = DEMO_DIR / "checkpoints" / f"step{checkpoint}"
+    if not path.is_dir():
+        steps = sorted(int(p.name[4:]) for p in (DEMO_DIR / "checkpoints").glob("step*"))
+        raise lens.UserError(f"--checkpoint {checkpoint}: the demo model has checkpoints at steps "
+                             f"{', '.join(map(str, steps)) or 'none'}")
+    return path
+
+
+def check_checkpoint(name: str, step: int) -> None:
+    """Fail early, naming the flag, when a model has no such training checkpoint."""
+    from transformer_lens.tools.model_registry.checkpoints import get_checkpoint_labels
+    try:
+        labels, _ = get_checkpoint_labels(name)
+    except (ValueError, OSError):
+        raise lens.UserError(f"--checkpoint {step}: model {name!r} has no training checkpoints "
+                             "(Pythia and stanford-crfm models have them; so does demo)") from None
+    if step not in labels:
+        raise lens.UserError(f"--checkpoint {step}: not a checkpoint of {name} (steps {labels[0]} to {labels[-1]}, "
+                             f"e.g. {', '.join(map(str, labels[-4:]))})")
+
+
+def load_model(name: str, device: str | None, dtype: str, revision: str | None = None,
+               checkpoint: int | None = None, device_map: str | None = None, n_devices: int | None = None):
+    """Load a model by TransformerLens name, local checkpoint dir or `demo` (TransformerBridge, or 3.x
+    HookedTransformer); checkpoints, revisions and multi-device placement go to TransformerLens's loader."""
     import torch
-    path = Path(name).expanduser()
+    path = demo_path(checkpoint) if name == "demo" else Path(name).expanduser()
     if path.is_dir() and not (path / "config.json").is_file():
         raise lens.UserError(f"{name}: directory is not a Hugging Face checkpoint (no config.json)")
-    if not path.exists() and name.startswith((".", "/", "~")):
-        raise lens.UserError(f"{name}: no such model directory")
+    if not path.exists() and (name == "demo" or name.startswith((".", "/", "~"))):
+        raise lens.UserError(f"{name}: no such model directory ({path})")
+    local = path.is_dir()
+    if checkpoint is not None and not local:
+        check_checkpoint(name, checkpoint)
+    elif checkpoint is not None and name != "demo":
+        raise lens.UserError(f"--checkpoint {checkpoint}: {name} is a local directory; training checkpoints "
+                             "come from a model hub (Pythia) or the demo model")
+    placement = {"device_map": device_map} if device_map else {"device": device}
+    if n_devices:
+        placement["n_devices"] = n_devices
+    hub = {} if local else {k: v for k, v in [("revision", revision), ("checkpoint_value", checkpoint)] if v is not None}
     try:
         from transformer_lens.model_bridge import TransformerBridge
     except ImportError:  # transformer-lens releases before the bridge
         from transformer_lens import HookedTransformer
-        load = lambda: HookedTransformer.from_pretrained(name, device=device, dtype=getattr(torch, dtype))
+        load = lambda: HookedTransformer.from_pretrained(str(path) if local else name, dtype=getattr(torch, dtype),
+                                                         **placement, **hub)
     else:
-        load = lambda: TransformerBridge.boot_transformers(
-            str(path) if path.is_dir() else name, device=device, dtype=getattr(torch, dtype))
+        load = lambda: TransformerBridge.boot_transformers(str(path) if local else name, dtype=getattr(torch, dtype),
+                                                           **placement, **hub)
     try:
         model = load()
     except (OSError, ValueError) as e:
@@ -147,36 +204,48 @@ def is_pattern_hook(name: str) -> bool:
     return name.endswith("attn.hook_pattern")
 
 
-def batch_patterns(model, tokens) -> "torch.Tensor":
-    """Patterns [n_layers, batch, n_heads, pos, pos] for a right-padded token batch.
+def is_causal(model) -> bool:
+    """Whether the model only attends backwards (decoders); encoders such as BERT attend both ways."""
+    return getattr(model.cfg, "attention_dir", "causal") != "bidirectional"
 
-    The forward pass stops at the last layer's pattern hook: the last MLP and the
-    unembedding (~30% of GPT-2 small's FLOPs) would be wasted work.
-    """
+
+def forward_patterns(model, tokens, on_layer, last_layer: int, attention_mask=None) -> None:
+    """Run the model on a right-padded batch, calling on_layer(layer, pattern [batch, heads, pos, pos])
+    as each layer's pattern is made; the forward pass stops after `last_layer`'s pattern (the
+    rest of the model, up to the unembedding, would be wasted work)."""
     import torch
-    n_layers = model.cfg.n_layers
-    found = {}
+    kwargs = {"attention_mask": attention_mask} if attention_mask is not None else {}
 
-    def keep(pattern, hook):
+    def hook(pattern, hook):
         layer = int(hook.name.split(".")[1])
-        found[layer] = pattern.detach()
-        if layer == n_layers - 1:
+        if layer <= last_layer:
+            on_layer(layer, pattern.detach())
+        if layer >= last_layer:
             raise StopForward
 
     with torch.inference_mode():
         if hasattr(model, "run_with_hooks"):
             try:
-                model.run_with_hooks(tokens, fwd_hooks=[(is_pattern_hook, keep)], return_type=None)
+                model.run_with_hooks(tokens, fwd_hooks=[(is_pattern_hook, hook)], return_type=None, **kwargs)
             except StopForward:
                 pass
-        else:
-            _, cache = model.run_with_cache(tokens, names_filter=is_pattern_hook, return_type=None)
-            found = {int(k.split(".")[1]): v for k, v in cache.items()}
-    return torch.stack([found[layer] for layer in range(n_layers)])
+            return
+        # A wrapper without run_with_hooks (auto_circuit's PatchableModel): the cache holds every layer.
+        _, cache = model.run_with_cache(tokens, names_filter=is_pattern_hook, return_type=None, **kwargs)
+        for layer in range(last_layer + 1):
+            on_layer(layer, cache.cache_dict.pop(f"blocks.{layer}.attn.hook_pattern")
+                     if hasattr(cache, "cache_dict") else cache[f"blocks.{layer}.attn.hook_pattern"])
 
 
-def tokenize(model, text: str) -> list[int]:
-    return model.to_tokens(text, truncate=False)[0].tolist()
+def tokenizer_functions(model):
+    """(to_tokens, to_str_tokens) of a model; auto_circuit's PatchableModel returns them from zero-argument methods."""
+    import inspect
+    fns = [model.to_tokens, model.to_str_tokens]
+    return [f() if not inspect.signature(f).parameters else f for f in fns]
+
+
+def tokenize(to_tokens, text: str) -> list[int]:
+    return to_tokens(text, truncate=False)[0].tolist()
 
 
 def make_batches(items: list, lengths: list[int], batch_size: int) -> list[list]:
@@ -185,72 +254,233 @@ def make_batches(items: list, lengths: list[int], batch_size: int) -> list[list]
     return [[items[i] for i in order[s:s + batch_size]] for s in range(0, len(order), batch_size)]
 
 
-def save_prompt(save_path: Path, model_dir: str, prompt: dict, ids: list[int], str_tokens: list[str],
-                patterns: np.ndarray, truncated: bool) -> int:
-    """Write patterns.bin then prompt.json (its presence marks the prompt as complete); return bytes."""
-    phash = lens.prompt_hash(prompt["text"])
-    d = lens.prompt_dir(save_path, model_dir, phash)
-    data = lens.encode_patterns(patterns)
-    lens.write_atomic(d / lens.PATTERN_FILE, data)
-    lens.write_json(d / "prompt.json", {
-        "text": prompt["text"], "hash": phash, "tokens": str_tokens, "token_ids": ids,
-        "n_tokens": len(ids), "meta": prompt.get("meta", {}), "truncated": truncated,
-    })
-    return len(data)
+class PatternStream:
+    """Takes each layer's patterns as its hook fires and streams them into the batch's pattern files.
+
+    On the model's device, each prompt's heads are trimmed to its length, cut to the lower
+    triangle and quantised to the stored uint16 form (a quarter of float32's bytes); only that
+    is copied to the host, where a pool of threads compresses it (zlib releases the GIL) while
+    the forward pass goes on, and one writer thread appends the streams to each file in order.
+    At most MAX_PENDING bytes wait for compression: memory follows one layer, not the model."""
+
+    MAX_PENDING = 256 * 2**20
+    GROUP_BYTES = 64 * 2**20  # float32 bytes of heads quantised at once on the device
+
+    def __init__(self, n_workers: int):
+        import threading
+        self.compress = ThreadPoolExecutor(n_workers, thread_name_prefix="compress")
+        self.write = ThreadPoolExecutor(1, thread_name_prefix="write")
+        self.pending, self.queue = 0, deque()
+        self.lock = threading.Lock()
+
+    def submit_layer(self, jobs: list["PromptJob"], layer: int, pattern) -> None:
+        for i, job in enumerate(jobs):
+            heads = job.layer_heads.get(layer)
+            if not heads:
+                continue
+            n = job.n_tokens
+            group = max(1, self.GROUP_BYTES // (4 * n * n))
+            for g in range(0, len(heads), group):
+                idx = heads[g:g + group]
+                stored = quantize_on_device(pattern[i, idx, :n, :n], job.keep).cpu().numpy()
+                self._submit(job.writer, stored)
+
+    def _submit(self, writer: lens.PatternWriter, stored: np.ndarray) -> None:
+        while self.pending > self.MAX_PENDING and self.queue:
+            self.queue.popleft().result()
+        streams = self.compress.submit(lens.head_streams, stored)
+        with self.lock:
+            self.pending += stored.nbytes
+        self.queue.append(self.write.submit(self._append, writer, streams, stored.nbytes))
+
+    def _append(self, writer: lens.PatternWriter, streams, nbytes: int) -> None:
+        try:
+            writer.add(streams.result())
+        finally:
+            with self.lock:
+                self.pending -= nbytes
+
+    def finish(self, fn, *args):
+        """Run fn(*args) on the writer thread after every stream submitted so far is written."""
+        future = self.write.submit(fn, *args)
+        self.queue.append(future)
+        return future
+
+    def drain(self) -> None:
+        while self.queue:
+            self.queue.popleft().result()
+
+    def close(self) -> None:
+        self.compress.shutdown(cancel_futures=True)
+        self.write.shutdown(cancel_futures=True)
+
+
+def quantize_on_device(attn, keep) -> "torch.Tensor":
+    """[heads, n, n] probabilities -> [heads, 2, m] uint8 in the stored form (see lens.stored_form)."""
+    import torch
+    q = attn.float().mul(lens.PATTERN_SCALE).round_().clamp_(0, lens.PATTERN_SCALE).to(torch.int16).flatten(1)
+    q = q[:, keep] if keep is not None else q
+    return torch.stack([(q & 0xFF).to(torch.uint8), (q >> 8).to(torch.uint8)], 1)
+
+
+@dataclass
+class PromptJob:
+    """One prompt of a batch: its tokens, the heads to store per layer, and its open pattern file."""
+    prompt: dict
+    ids: list[int]
+    truncated: bool
+    heads: list[tuple[int, int]]
+    layer_heads: dict = None
+    keep: object = None  # flat positions of the stored layout, on the model's device (None: all)
+    writer: lens.PatternWriter = None
+
+    @property
+    def n_tokens(self) -> int:
+        return len(self.ids)
+
+
+def stored_heads(pdir: Path) -> set[tuple[int, int]] | None:
+    """The heads a finished prompt holds; None when it is not finished (or its file is unreadable)."""
+    if not lens.is_finished(pdir):
+        return None
+    try:
+        return set(lens.Patterns(pdir / lens.PATTERN_FILE).heads)
+    except (lens.UserError, ValueError, OSError, KeyError):
+        return None
+
+
+def finish_prompt(job: PromptJob, save_path: Path, model_dir: str, str_tokens: list[str], n_layers: int,
+                  n_heads: int) -> int:
+    """Close the prompt's pattern file, then write prompt.json (its presence marks the prompt done)."""
+    size = job.writer.close()
+    phash = lens.prompt_hash(job.prompt["text"])
+    info = {"text": job.prompt["text"], "hash": phash, "tokens": str_tokens, "token_ids": job.ids,
+            "n_tokens": len(job.ids), "meta": job.prompt.get("meta", {}), "truncated": job.truncated}
+    if len(job.heads) < n_layers * n_heads:
+        info["heads"] = lens.format_heads(job.heads, n_layers, n_heads)
+    lens.write_json(lens.prompt_dir(save_path, model_dir, phash) / "prompt.json", info)
+    return size
+
+
+def estimate_bytes(lengths: list[int], n_heads_stored: int, causal: bool) -> int:
+    """Uncompressed bytes of the stored form: 2 bytes per kept value."""
+    return sum(2 * n_heads_stored * (n * (n + 1) // 2 if causal else n * n) for n in lengths)
 
 
 def compute_activations(prompts: list[dict | str], model, save_path: Path | str = lens.DEFAULT_SAVE_PATH,
-                        model_name: str | None = None, batch_size: int = BATCH_SIZE,
-                        force: bool = False, progress: bool = True) -> dict:
+                        model_name: str | None = None, batch_size: int = BATCH_SIZE, force: bool = False,
+                        progress: bool = True, heads: str | None = None, max_tokens: int | None = None,
+                        n_workers: int | None = None) -> dict:
     """Compute and save the attention patterns of `prompts` for `model`; return a summary dict.
 
     `model` is anything with the TransformerLens interface (HookedTransformer, TransformerBridge,
-    a wrapper passing calls through). Prompts already saved are skipped unless `force`.
+    a wrapper passing calls through). Prompts already saved are skipped unless `force`; `heads`
+    (a spec such as `L0-3H*,L5H1`) stores only those heads; `max_tokens` truncates below n_ctx.
     """
     import torch
     from tqdm import tqdm
 
     save_path = Path(save_path)
-    model_name = model_name or getattr(model.cfg, "model_name", None) or "model"
+    cfg = model.cfg
+    n_layers, n_heads = cfg.n_layers, cfg.n_heads
+    wanted = lens.parse_heads(heads, n_layers, n_heads) if heads else [(l, h) for l in range(n_layers)
+                                                                        for h in range(n_heads)]
+    model_name = model_name or getattr(cfg, "model_name", None) or "model"
     model_dir = lens.model_dir_name(model_name)
     prompts = [{"text": p} if isinstance(p, str) else p for p in prompts]
     lens.write_json(save_path / model_dir / "model_cfg.json", model_config(model, model_name))
-    todo = [p for p in prompts
-            if force or not lens.is_finished(lens.prompt_dir(save_path, model_dir, lens.prompt_hash(p["text"])))]
-    n_ctx, pad_id = model.cfg.n_ctx, getattr(model.tokenizer, "pad_token_id", None) or 0
-    token_ids = [tokenize(model, p["text"]) for p in todo]
-    truncated = [len(ids) > n_ctx for ids in token_ids]
-    for p, t in zip(todo, truncated):
-        if t:
-            print(f"warning: prompt {lens.prompt_hash(p['text'])} ({p['text'][:40]!r}...) is longer "
-                  f"than n_ctx={n_ctx} tokens: truncated", file=sys.stderr)
-    token_ids = [ids[:n_ctx] for ids in token_ids]
-    jobs = list(zip(todo, token_ids, truncated))
+    todo = []
+    for p in prompts:
+        have = stored_heads(lens.prompt_dir(save_path, model_dir, lens.prompt_hash(p["text"])))
+        if force or have is None or not have.issuperset(wanted):
+            # asking for heads a prompt lacks recomputes it, keeping the heads it had
+            todo.append((p, sorted(set(wanted) | (have or set())) if not force else wanted))
+    to_tokens, to_str_tokens = tokenizer_functions(model)
+    limit = min(cfg.n_ctx, max_tokens or cfg.n_ctx)
+    jobs = []
+    for p, job_heads in todo:
+        ids = tokenize(to_tokens, p["text"])
+        if len(ids) > limit:
+            print(f"warning: prompt {lens.prompt_hash(p['text'])} ({p['text'][:40]!r}...) has {len(ids)} tokens, "
+                  f"more than {'--max-tokens' if limit < cfg.n_ctx else 'n_ctx'}={limit}: truncated",
+                  file=sys.stderr)
+        jobs.append(PromptJob(p, ids[:limit], len(ids) > limit, job_heads))
+    causal = is_causal(model)
+    if jobs and progress:
+        print(size_estimate_line(model_dir, [j.n_tokens for j in jobs], len(wanted), n_layers * n_heads,
+                                 causal, limit < cfg.n_ctx), file=sys.stderr)
     start, n_bytes, n_tokens = time.perf_counter(), 0, 0
-    device = next(model.parameters()).device if hasattr(model, "parameters") else "cpu"
+    device = next(model.parameters()).device if hasattr(model, "parameters") else torch.device("cpu")
+    pad_id = getattr(model.tokenizer, "pad_token_id", None) or 0
     bar = tqdm(total=len(jobs), unit="prompt", desc=model_dir, disable=not progress)
-    # Encoding and writing run in a thread (zlib releases the GIL) while the next batch computes.
-    with ThreadPoolExecutor(max_workers=1) as writer:
-        pending = []
-        for batch in make_batches(jobs, [len(ids) for ids in token_ids], batch_size):
-            width = max(len(ids) for _, ids, _ in batch)
+    stream = PatternStream(n_workers or os.cpu_count() or 1)
+    results = []
+    try:
+        for batch in make_batches(jobs, [j.n_tokens for j in jobs], batch_size):
+            width = max(j.n_tokens for j in batch)
             tokens = torch.full((len(batch), width), pad_id, dtype=torch.long)
-            for i, (_, ids, _) in enumerate(batch):
-                tokens[i, :len(ids)] = torch.tensor(ids)
-            patterns = batch_patterns(model, tokens.to(device)).float().cpu().numpy()
-            for i, (prompt, ids, trunc) in enumerate(batch):
-                n = len(ids)
-                pending.append(writer.submit(save_prompt, save_path, model_dir, prompt, ids,
-                                             model.to_str_tokens(torch.tensor(ids)),
-                                             np.ascontiguousarray(patterns[:, i, :, :n, :n]), trunc))
-                n_tokens += n
+            for i, job in enumerate(batch):
+                tokens[i, :job.n_tokens] = torch.tensor(job.ids)
+                start_prompt(job, save_path, model_dir, n_layers, n_heads, causal, device)
+            # Right padding is harmless under a causal mask; an encoder must be told which keys are padding.
+            mask = None if causal else (torch.arange(width) < torch.tensor([[j.n_tokens] for j in batch])).long()
+            last = max(l for j in batch for l, _ in j.heads)
+            forward_patterns(model, tokens.to(device), lambda layer, pattern: stream.submit_layer(batch, layer, pattern),
+                             last, None if mask is None else mask.to(device))
+            for job in batch:
+                results.append(stream.finish(finish_prompt, job, save_path, model_dir,
+                                             to_str_tokens(torch.tensor(job.ids)), n_layers, n_heads))
+                n_tokens += job.n_tokens
             bar.update(len(batch))
-        for f in pending:
-            n_bytes += f.result()
+        stream.drain()
+        n_bytes = sum(f.result() for f in results)
+    except BaseException:
+        stream.close()
+        for job in jobs:
+            if job.writer is not None and not job.writer.file.closed:
+                job.writer.abort()
+        raise
+    stream.close()
     bar.close()
     return {"model": model_name, "model_dir": model_dir, "done": len(jobs),
             "skipped": len(prompts) - len(jobs), "tokens": n_tokens,
             "seconds": time.perf_counter() - start, "bytes": n_bytes}
+
+
+def start_prompt(job: PromptJob, save_path: Path, model_dir: str, n_layers: int, n_heads: int, causal: bool,
+                 device) -> None:
+    """Open the prompt's pattern file and index its heads by layer, before the forward pass."""
+    import torch
+    n = job.n_tokens
+    job.layer_heads = {}
+    for l, h in job.heads:
+        job.layer_heads.setdefault(l, []).append(h)
+    job.keep = torch.from_numpy(lens.tril_positions(n, "tril")).to(device) if causal else None
+    pdir = lens.prompt_dir(save_path, model_dir, lens.prompt_hash(job.prompt["text"]))
+    (pdir / "prompt.json").unlink(missing_ok=True)  # recomputing: the prompt is unfinished until rewritten
+    job.writer = lens.PatternWriter(pdir / lens.PATTERN_FILE, n_layers, n_heads, n,
+                                    "tril" if causal else "full", job.heads)
+
+
+def size_estimate_line(model_dir: str, lengths: list[int], n_stored: int, n_total: int, causal: bool,
+                       capped: bool) -> str:
+    raw = estimate_bytes(lengths, n_stored, causal)
+    hints = []
+    if n_stored == n_total:
+        hints.append("--heads SPEC stores only some heads")
+    if not capped:
+        hints.append("--max-tokens N truncates long prompts (bytes grow with tokens squared)")
+    return (f"{model_dir}: {len(lengths)} prompts, {sum(lengths):,} tokens, {n_stored} heads each: "
+            f"at most {human_bytes(raw)} to write (uint16 before compression; typically 20-60% of that)"
+            + (f"; to shrink it: {'; '.join(hints)}" if hints else ""))
+
+
+def human_bytes(n: float) -> str:
+    for unit in ["B", "KB", "MB", "GB"]:
+        if n < 1000:
+            return f"{n:.0f} {unit}"
+        n /= 1000
+    return f"{n:.1f} TB"
 
 
 def summary_line(s: dict, save_path: Path) -> str:
@@ -259,24 +489,52 @@ def summary_line(s: dict, save_path: Path) -> str:
             f"-> {save_path / s['model_dir']}")
 
 
+def parse_steps(spec: str | None) -> list[int | None]:
+    if spec is None:
+        return [None]
+    try:
+        steps = [int(s) for s in spec.split(",") if s.strip()]
+    except ValueError:
+        raise lens.UserError(f"--checkpoint {spec}: expected training steps, e.g. 1000 or 0,1000,143000") from None
+    if not steps or min(steps) < 0:
+        raise lens.UserError(f"--checkpoint {spec}: expected training steps, e.g. 1000 or 0,1000,143000")
+    return steps
+
+
+def check_flags(args) -> None:
+    if args.batch_size < 1:
+        raise lens.UserError("--batch-size must be at least 1")
+    if args.n_samples is not None and args.n_samples < 1:
+        raise lens.UserError("--n-samples must be at least 1")
+    if args.max_tokens is not None and args.max_tokens < 1:
+        raise lens.UserError("--max-tokens must be at least 1")
+    if args.device_map and args.device:
+        raise lens.UserError("--device-map and --device are exclusive: --device-map places the model itself")
+    if args.n_devices is not None and args.n_devices < 1:
+        raise lens.UserError("--n-devices must be at least 1")
+
+
 def main(argv=None) -> None:
     args = parse_args(argv)
     try:
         shard = lens.parse_shard(args.shard)
-        if args.batch_size < 1:
-            raise lens.UserError("--batch-size must be at least 1")
-        if args.n_samples is not None and args.n_samples < 1:
-            raise lens.UserError("--n-samples must be at least 1")
+        check_flags(args)
+        steps = parse_steps(args.checkpoint)
         prompts = load_prompts(args.prompts, args.raw, args.min_chars, args.max_chars)
         prompts = select_prompts(prompts, args.n_samples, args.shuffle, args.seed, shard)
         import torch
-        device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+        device = args.device or (None if args.device_map else "cuda" if torch.cuda.is_available() else "cpu")
+        if device and device.startswith("cuda") and not torch.cuda.is_available():
+            raise lens.UserError(f"--device {device}: this machine has no CUDA device (try --device cpu)")
         for name in [m.strip() for m in args.models.split(",") if m.strip()]:
-            model = load_model(name, device, args.dtype)
-            s = compute_activations(prompts, model, args.save_path, model_name=name,
-                                    batch_size=args.batch_size, force=args.force)
-            print(summary_line(s, args.save_path))
-            del model
+            for step in steps:
+                model = load_model(name, device, args.dtype, args.revision, step, args.device_map, args.n_devices)
+                s = compute_activations(prompts, model, args.save_path,
+                                        model_name=name if step is None else f"{name}@step{step}",
+                                        batch_size=args.batch_size, force=args.force, heads=args.heads,
+                                        max_tokens=args.max_tokens)
+                print(summary_line(s, args.save_path))
+                del model
         from build_index import build_index
         build_index(args.save_path)
     except lens.UserError as e:

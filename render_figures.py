@@ -147,6 +147,8 @@ def render_prompt(task: tuple[Path, str, str, bool]) -> dict:
     counts = {"images": 0, "skipped": 0, "failed": 0, "stat_failed": 0}
     for layer in range(patterns.n_layers):
         for head in range(patterns.n_heads):
+            if not patterns.stored(layer, head):  # compute_activations.py --heads kept others: no image, null stats
+                continue
             head_dir = pdir / f"L{layer}" / f"H{head}"
             todo = [f for f in figs if force or not all((head_dir / f"{o}.{f.format}").exists() for o in f.outputs)]
             counts["skipped"] += sum(len(f.outputs) for f in figs) - sum(len(f.outputs) for f in todo)

@@ -48,12 +48,14 @@ def prompt_dirs(save_path: Path) -> list[Path]:
 
 
 def test_batched_patterns_equal_single_prompt_patterns(model):
-    ids = [ca.tokenize(model, t) for t in TEXTS]
+    ids = [ca.tokenize(model.to_tokens, t) for t in TEXTS]
     width = max(map(len, ids))
     tokens = torch.full((len(ids), width), model.tokenizer.pad_token_id)
     for i, row in enumerate(ids):
         tokens[i, :len(row)] = torch.tensor(row)
-    batched = ca.batch_patterns(model, tokens).numpy()
+    layers = {}
+    ca.forward_patterns(model, tokens, lambda layer, pattern: layers.update({layer: pattern.clone()}), 1)
+    batched = torch.stack([layers[0], layers[1]]).numpy()
     assert batched.shape == (2, len(TEXTS), 4, width, width)
     for i, text in enumerate(TEXTS):
         n = len(ids[i])
@@ -109,7 +111,7 @@ def test_any_object_with_the_interface_works(model, tmp_path):
 def test_long_prompt_is_truncated_with_warning(model, tmp_path, capsys):
     text = "word " * 300
     ca.compute_activations([text], model, tmp_path, model_name="tiny", progress=False)
-    assert "longer than n_ctx=128 tokens: truncated" in capsys.readouterr().err
+    assert "more than n_ctx=128: truncated" in capsys.readouterr().err
     info = json.loads((lens.prompt_dir(tmp_path, "tiny", lens.prompt_hash(text)) / "prompt.json").read_text())
     assert info["n_tokens"] == 128 and info["truncated"] is True
     assert lens.load_patterns(tmp_path, "tiny", info["hash"]).n_tokens == 128
