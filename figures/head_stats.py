@@ -1,4 +1,10 @@
-"""Head statistics: one number per head and prompt, used to rank heads (the site's head grid)."""
+"""Head statistics: one number per head and prompt, used to rank heads (the site's heads page).
+
+previous_token_head, duplicate_token_head and induction_head are TransformerLens's
+`transformer_lens.head_detector.detect_head` scores with its defaults (error measure "mul", nothing
+excluded): the share of the head's attention, sum(A * D) / sum(A), that falls on the (query, key)
+pairs D marks. The test compares them with detect_head prompt by prompt.
+"""
 from functools import lru_cache
 
 import numpy as np
@@ -21,13 +27,6 @@ def diagonal(attn):
 
 
 @statistic
-def prev_token(attn):
-    "Mean attention to the previous token, over queries after the second (whose previous token is BOS)."
-    n = len(attn)
-    return float(np.trace(attn, -1) - attn[1, 0]) / (n - 2) if n > 2 else float("nan")
-
-
-@statistic
 def entropy(attn):
     "Mean entropy of a query's attention in bits: 0 when a head looks at one token, log2(n) when uniform."
     p = attn[1:]
@@ -36,21 +35,40 @@ def entropy(attn):
 
 
 @statistic
-def induction(attn, token_ids):
-    "Mean attention from a repeated token to the token right after its earlier occurrences (NaN if no token repeats)."
-    queries, keys, rows = induction_targets(tuple(token_ids))
-    if not len(queries):
+def previous_token_head(attn):
+    "TransformerLens detect_head score: share of all attention on the previous token (a perfect head: (n-1)/n)."
+    if len(attn) < 2:
         return float("nan")
-    return float(np.bincount(rows, attn[queries, keys]).mean())
+    return float(np.trace(attn, -1) / attn.sum())
+
+
+@statistic
+def duplicate_token_head(attn, token_ids):
+    "TransformerLens detect_head score: share of all attention on earlier copies of the query's own token (0 if none)."
+    return detection_score(attn, repeat_pairs(tuple(token_ids))[0])
+
+
+@statistic
+def induction_head(attn, token_ids):
+    "TransformerLens detect_head score: share of all attention on the token after an earlier copy of the query's token."
+    return detection_score(attn, repeat_pairs(tuple(token_ids))[1])
+
+
+def detection_score(attn: np.ndarray, pairs: np.ndarray) -> float:
+    """detect_head's "mul" score for a 0/1 detection pattern given as the flat indices of its ones."""
+    if len(attn) < 2:  # detect_head refuses one-token prompts
+        return float("nan")
+    return float(np.take(attn, pairs).sum() / attn.sum())
 
 
 @lru_cache(maxsize=8)
-def induction_targets(token_ids: tuple) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(query, key) pairs where key follows an earlier occurrence of the query's token, and each pair's query number.
+def repeat_pairs(token_ids: tuple) -> tuple[np.ndarray, np.ndarray]:
+    """Flat [query, key] indices of detect_head's duplicate-token and induction patterns for these tokens.
 
     Cached because every head of a prompt asks for the same token ids."""
     ids = np.asarray(token_ids)
-    earlier = (ids[:, None] == ids[None, :]) & np.tri(len(ids), k=-1, dtype=bool)
-    earlier[:, 0] = False  # BOS is not part of a repeated sequence
-    queries, positions = np.nonzero(earlier)
-    return queries, positions + 1, np.unique(queries, return_inverse=True)[1]
+    n = len(ids)
+    # duplicate: an earlier key with the query's token (BOS included, as detect_head does);
+    # induction: the key right after it, which is at most the query itself
+    queries, keys = np.nonzero((ids[:, None] == ids[None, :]) & np.tri(n, k=-1, dtype=bool))
+    return queries * n + keys, queries * n + keys + 1
