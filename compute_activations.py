@@ -316,11 +316,14 @@ class PatternStream:
 
 
 def quantize_on_device(attn, keep) -> "torch.Tensor":
-    """[heads, n, n] probabilities -> [heads, 2, m] uint8 in the stored form (see lens.stored_form)."""
+    """[heads, n, n] probabilities -> [heads, 2, m] uint8 in the stored form (see lens.stored_form).
+
+    Cut to the stored layout first, then work in place: each pass over the data costs as much as
+    a softmax of the forward pass."""
     import torch
-    q = attn.float().mul(lens.PATTERN_SCALE).round_().clamp_(0, lens.PATTERN_SCALE).to(torch.int16).flatten(1)
-    q = q[:, keep] if keep is not None else q
-    return torch.stack([(q & 0xFF).to(torch.uint8), (q >> 8).to(torch.uint8)], 1)
+    x = torch.index_select(attn.flatten(1), 1, keep) if keep is not None else attn.flatten(1).clone()
+    q = x.float().mul_(lens.PATTERN_SCALE).round_().clamp_(0, lens.PATTERN_SCALE).to(torch.int16)
+    return q.view(torch.uint8).view(len(q), -1, 2).transpose(1, 2).contiguous()  # little-endian: low byte first
 
 
 @dataclass
