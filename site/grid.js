@@ -1,61 +1,42 @@
 // Grid view: choose models, heads, prompts and figures; see their images side by side.
-// Everything the view shows is in the URL (see DEFAULTS), so a link reproduces it.
+// Everything the view shows is in the URL (url.js PAGES.grid), so a link reproduces it.
 import {
-  MODELS_URL, FIGURES_URL, promptsUrl, statsUrl, statTableUrl, imageUrl, errorUrl, singleUrl,
-  fetchJsonl, fetchJsonOptional, fetchOk, figureOutputs, readState, writeState, stateQuery, parseHeads, formatHeads,
-  el, range, showError, debounce, themeToggle,
-} from "./common.js";
+  FIGURES_URL, MODELS_URL, errorUrl, fetchData, fetchEach, figureOutputs, formatHeads, imageUrl, isStored,
+  loadStatTable, parseHeads, promptsUrl, range, statsUrl,
+} from "./data.js";
+import { $, debounce, el, formatNumber, oneLine, showError, startPage } from "./dom.js";
+import { headsUrl, readState, singleUrl, writeState } from "./url.js";
 
-/** URL parameters of the grid and their defaults; lists are comma separated. */
-const DEFAULTS = {
-  models: "",     // model dirs; default: the first model
-  heads: "L*H*",  // head spec, see parseHeads
-  prompts: "",    // prompt hashes; default: the first prompt
-  figures: "",    // figure outputs; default: raw, else the first one
-  q: "",          // prompt search
-  order: "",      // prompt table order: "" (hash), "tokens" (shortest first), "-tokens" (longest first)
-  page: "0",      // prompt table page
-  size: "160",    // tile width in px
-  cols: "",       // tiles per row ("" fills the width with `size`-wide tiles); e.g. 12 puts a layer's heads on one row
-  group: "",      // model | prompt | layer | head | figure | "" (none)
-  sort: "",       // primary sort key (model | prompt | layer | head | figure | stat); "" keeps the natural order
-  stat: "",       // statistic shown in captions, used by sort=stat and the range filter
-  min: "",
-  max: "",
-  desc: "",       // "1": statistic sort descending
-};
 const KEYS = ["model", "prompt", "layer", "head", "figure"];
 const PAGE_SIZE = 100;
 const CHUNK = 500;  // tiles added to the page at a time; more are added as the last ones scroll into view
 const MAX_SELECT = 1000;  // "select all matching" cap: keeps the URL and the grid a sensible size
 
-const state = readState(DEFAULTS);
+const state = readState("grid");
 const data = {
-  models: [],              // rows of models.jsonl
-  outputs: [],             // [{output, format, figure}] of figures.jsonl
-  promptsByModel: new Map(),  // model dir -> rows of its prompts.jsonl
-  prompts: [],             // union of the selected models' prompts, by hash
-  promptByHash: new Map(),
-  stats: new Map(),        // model dir -> its stats.json (or null)
-  statTables: new Map(),   // `${model}/${stat}` -> {index: Map(hash -> row), values: Float32Array, nL, nH}
+  models: [],                 // rows of models.jsonl
+  outputs: [],                // [{output, format, figure}] of figures.jsonl
+  promptsByModel: new Map(),  // model dir -> Map(hash -> row of its prompts.jsonl)
+  prompts: [],                // union of the selected models' prompts, by hash
+  promptByHash: new Map(),    // hash -> {...row, models: Set of model dirs}
+  stats: new Map(),           // model dir -> its stats.json (null without statistics)
+  statTables: new Map(),      // `${model}/${stat}` -> data.loadStatTable's table
 };
-const $ = (id) => document.getElementById(id);
 const list = (value) => (value ? value.split(",") : []);
 
 function setState(patch, ...renders) {
   Object.assign(state, patch);
-  writeState(state, DEFAULTS);
+  writeState("grid", state);
   for (const render of renders) render();
 }
 
-// ---- loading ----
+// ---- load ----
 
-async function main() {
-  $("theme").append(themeToggle());
-  const [models, figures] = await Promise.all([fetchJsonl(MODELS_URL), fetchJsonl(FIGURES_URL)]);
+async function load() {
+  const [models, figures] = await fetchEach([fetchData(MODELS_URL, "jsonl"), fetchData(FIGURES_URL, "jsonl")]);
+  if (!models.length) throw new Error(`${MODELS_URL}: no models yet (run compute_activations.py)`);
   data.models = models;
   data.outputs = figureOutputs(figures);
-  if (!models.length) throw new Error("no models in this data dir yet: run compute_activations.py, then build_index.py");
   const known = new Set(models.map((m) => m.model_dir));
   if (!list(state.models).some((m) => known.has(m))) state.models = models[0].model_dir;
   if (!state.figures && data.outputs.length) {
@@ -63,24 +44,21 @@ async function main() {
   }
   await loadModels();
   if (!state.prompts && data.prompts.length) state.prompts = data.prompts[0].hash;
-  writeState(state, DEFAULTS);
-  bindControls();
-  renderAll();
 }
 
 /** Fetch the prompts (and stats.json) of every selected model not loaded yet, then merge the prompts. */
 async function loadModels() {
   const models = selectedModels();
-  await Promise.all(models.flatMap((m) => [
-    !data.promptsByModel.has(m.model_dir) && fetchJsonl(promptsUrl(m.model_dir)).then((rows) => {
+  await fetchEach(models.flatMap((m) => [
+    !data.promptsByModel.has(m.model_dir) && fetchData(promptsUrl(m.model_dir), "jsonl").then((rows) => {
       for (const row of rows) row.search = `${row.text}\n${JSON.stringify(row.meta ?? {})}\n${row.hash}`.toLowerCase();
-      data.promptsByModel.set(m.model_dir, rows);
+      data.promptsByModel.set(m.model_dir, new Map(rows.map((row) => [row.hash, row])));
     }),
-    !data.stats.has(m.model_dir) && fetchJsonOptional(statsUrl(m.model_dir)).then((s) => data.stats.set(m.model_dir, s)),
+    !data.stats.has(m.model_dir) && fetchData(statsUrl(m.model_dir)).then((s) => data.stats.set(m.model_dir, s)),
   ]));
   data.promptByHash = new Map();
   for (const m of models) {
-    for (const row of data.promptsByModel.get(m.model_dir)) {
+    for (const row of data.promptsByModel.get(m.model_dir).values()) {
       if (!data.promptByHash.has(row.hash)) data.promptByHash.set(row.hash, { ...row, models: new Set() });
       data.promptByHash.get(row.hash).models.add(m.model_dir);
     }
@@ -89,31 +67,14 @@ async function loadModels() {
   await loadStatTables();
 }
 
-/** The chosen statistic's table of every selected model that has it: [prompts, layers, heads] float32. */
+/** The chosen statistic's table of every selected model that has it. */
 async function loadStatTables() {
   if (!state.stat) return;
-  await Promise.all(selectedModels().map(async (m) => {
-    const key = `${m.model_dir}/${state.stat}`;
-    const stats = data.stats.get(m.model_dir);
+  await fetchEach(selectedModels().map(async (m) => {
+    const key = `${m.model_dir}/${state.stat}`, stats = data.stats.get(m.model_dir);
     if (data.statTables.has(key) || !stats?.stats?.[state.stat]) return;
-    const url = statTableUrl(m.model_dir, state.stat);
-    const values = new Float32Array(await (await fetchOk(url)).arrayBuffer());
-    const expected = stats.prompts.length * stats.n_layers * stats.n_heads;
-    if (values.length !== expected) {
-      throw new Error(`${url}: ${values.length} values, stats.json says ${expected}; re-run render_figures.py`);
-    }
-    data.statTables.set(key, {
-      index: new Map(stats.prompts.map((h, i) => [h, i])), values, nL: stats.n_layers, nH: stats.n_heads,
-    });
+    data.statTables.set(key, await loadStatTable(m.model_dir, stats, state.stat));
   }));
-}
-
-/** The chosen statistic of one tile's head on its prompt; NaN when it was not computed. */
-function statValue(tile) {
-  const table = data.statTables.get(`${tile.model}/${state.stat}`);
-  const row = table?.index.get(tile.prompt);
-  if (row === undefined) return NaN;
-  return table.values[(row * table.nL + tile.layer) * table.nH + tile.head];
 }
 
 const selectedModels = () => {
@@ -133,45 +94,14 @@ function selectedHeads() {
   try {
     return parseHeads(state.heads, nL, nH, false);
   } catch {
-    return [];
+    return [];  // renderHeads shows why the spec is wrong
   }
 }
 
-// ---- controls ----
+// ---- render ----
 
-function bindControls() {
-  $("heads-spec").addEventListener("keydown", (e) => e.key === "Enter" && applyHeadSpec());
-  $("heads-spec").addEventListener("change", applyHeadSpec);
-  $("head-picker").addEventListener("click", onPickerClick);
-  $("search").value = state.q;
-  $("search").addEventListener("input", debounce(() => setState({ q: $("search").value, page: "0" }, renderPrompts), 120));
-  $("select-page").addEventListener("click", () => selectPrompts(pagePrompts()));
-  $("select-matching").addEventListener("click", () => selectPrompts(matchingPrompts().slice(0, MAX_SELECT)));
-  $("clear-prompts").addEventListener("click", () => setState({ prompts: "" }, renderPrompts, renderGrid));
-  $("prev-page").addEventListener("click", () => setState({ page: String(Math.max(0, +state.page - 1)) }, renderPrompts));
-  $("next-page").addEventListener("click", () => setState({ page: String(+state.page + 1) }, renderPrompts));
-  $("prompt-table").tBodies[0].addEventListener("click", onPromptClick);
-  $("sort-tokens").addEventListener("click", () => {
-    const order = { "": "tokens", tokens: "-tokens", "-tokens": "" }[state.order] ?? "";
-    setState({ order, page: "0" }, renderPrompts);
-  });
-  $("size").addEventListener("input", () => setState({ size: $("size").value }, applySize));
-  $("cols").addEventListener("input", debounce(() => setState({ cols: $("cols").value }, applySize), 200));
-  $("group").addEventListener("change", () => setState({ group: $("group").value }, renderGrid));
-  $("sort").addEventListener("change", () => setState({ sort: $("sort").value }, renderGrid));
-  $("stat").addEventListener("change", async () => {
-    setState({ stat: $("stat").value });
-    await loadStatTables().catch((e) => showError(e.message));
-    renderLayout();
-    renderGrid();
-  });
-  const onRange = debounce(() => setState({ min: $("stat-min").value.trim(), max: $("stat-max").value.trim() }, renderGrid), 250);
-  $("stat-min").addEventListener("input", onRange);
-  $("stat-max").addEventListener("input", onRange);
-  $("desc").addEventListener("change", () => setState({ desc: $("desc").checked ? "1" : "" }, renderGrid));
-}
-
-function renderAll() {
+function render() {
+  writeState("grid", state);
   renderModels();
   renderHeads();
   renderFigures();
@@ -193,21 +123,6 @@ function renderModels() {
   )));
 }
 
-async function toggleModel(model, on) {
-  const chosen = list(state.models).filter((m) => m !== model);
-  if (on) chosen.push(model);
-  setState({ models: data.models.map((m) => m.model_dir).filter((m) => chosen.includes(m)).join(",") });
-  try {
-    await loadModels();
-  } catch (e) {
-    showError(e.message);
-  }
-  renderHeads();
-  renderPrompts();
-  renderLayout();
-  renderGrid();
-}
-
 function renderHeads() {
   const [nL, nH] = headShape();
   const spec = $("heads-spec");
@@ -220,46 +135,19 @@ function renderHeads() {
   }
   const on = new Set(selectedHeads().map(([l, h]) => `${l},${h}`));
   const picker = $("head-picker");
-  const cell = nL * nH > 400 ? 10 : 16;  // large models (e.g. 48 x 25 heads) get a smaller picker
-  picker.classList.toggle("small", cell < 16);
-  picker.style.gridTemplateColumns = `auto repeat(${nH}, ${cell}px)`;
+  const size = nL * nH > 400 ? 10 : 16;  // large models (e.g. 48 x 25 heads) get a smaller picker
+  picker.classList.toggle("small", size < 16);
+  picker.style.gridTemplateColumns = `auto repeat(${nH}, ${size}px)`;
   picker.replaceChildren(
-    el("div", { class: "label", dataset: { all: "1" }, title: "all / none" }, "*"),
-    ...range(nH).map((h) => el("div", { class: "label", dataset: { h }, title: `head ${h} in every layer` }, h)),
+    el("div", { class: "pick-label", dataset: { all: "1" }, title: "all / none" }, "*"),
+    ...range(nH).map((h) => el("div", { class: "pick-label", dataset: { h }, title: `head ${h} in every layer` }, h)),
     ...range(nL).flatMap((l) => [
-      el("div", { class: "label", dataset: { l }, title: `every head of layer ${l}` }, `L${l}`),
+      el("div", { class: "pick-label", dataset: { l }, title: `every head of layer ${l}` }, `L${l}`),
       ...range(nH).map((h) => el("div", {
-        class: on.has(`${l},${h}`) ? "cell on" : "cell", dataset: { l, h }, title: `L${l}H${h}`,
+        class: on.has(`${l},${h}`) ? "pick on" : "pick", dataset: { l, h }, title: `L${l}H${h}`,
       })),
     ]),
   );
-}
-
-function applyHeadSpec() {
-  const [nL, nH] = headShape();
-  const spec = $("heads-spec").value.replace(/\s+/g, "");
-  try {
-    parseHeads(spec, nL, nH);
-  } catch (e) {
-    $("heads-error").textContent = e.message;
-    return;
-  }
-  setState({ heads: spec }, renderHeads, renderGrid);
-}
-
-/** Toggle a cell, a layer row, a head column or everything; the spec is rewritten in its shortest form. */
-function onPickerClick(event) {
-  const target = event.target.closest("[data-l],[data-h],[data-all]");
-  if (!target) return;
-  const [nL, nH] = headShape();
-  const { l, h } = target.dataset;
-  const group = range(nL).flatMap((li) => range(nH).map((hi) => [li, hi]))
-    .filter(([li, hi]) => (l === undefined || +l === li) && (h === undefined || +h === hi));
-  const on = new Set(selectedHeads().map(([li, hi]) => li * nH + hi));
-  const allOn = group.every(([li, hi]) => on.has(li * nH + hi));
-  for (const [li, hi] of group) allOn ? on.delete(li * nH + hi) : on.add(li * nH + hi);
-  const heads = [...on].sort((a, b) => a - b).map((i) => [Math.floor(i / nH), i % nH]);
-  setState({ heads: formatHeads(heads, nL, nH) }, renderHeads, renderGrid);
 }
 
 function renderFigures() {
@@ -282,7 +170,7 @@ function renderFigures() {
   ` ${output}`)));
 }
 
-// ---- prompts table ----
+// ---- the prompt table ----
 
 function matchingPrompts() {
   const terms = state.q.toLowerCase().split(/\s+/).filter(Boolean);
@@ -295,22 +183,6 @@ function matchingPrompts() {
 function pagePrompts() {
   const page = Math.max(0, +state.page || 0);
   return matchingPrompts().slice(page * PAGE_SIZE, (page + 1) * PAGE_SIZE);
-}
-
-function selectPrompts(rows) {
-  const chosen = list(state.prompts);
-  const seen = new Set(chosen);
-  for (const row of rows) if (!seen.has(row.hash)) chosen.push(row.hash);
-  setState({ prompts: chosen.join(",") }, renderPrompts, renderGrid);
-}
-
-function onPromptClick(event) {
-  const tr = event.target.closest("tr[data-hash]");
-  if (!tr) return;
-  const chosen = list(state.prompts);
-  const hash = tr.dataset.hash;
-  const next = chosen.includes(hash) ? chosen.filter((h) => h !== hash) : [...chosen, hash];
-  setState({ prompts: next.join(",") }, renderPrompts, renderGrid);
 }
 
 function renderPrompts() {
@@ -331,9 +203,6 @@ function renderPrompts() {
   $("prev-page").disabled = +state.page <= 0;
   $("next-page").disabled = +state.page >= pages - 1;
 }
-
-/** Text on one line: newlines and tabs shown as ↵ and →. */
-const oneLine = (text) => text.replace(/\n/g, "\u21b5").replace(/\t/g, "\u2192");
 
 function metaText(meta) {
   if (!meta || !Object.keys(meta).length) return "";
@@ -357,8 +226,7 @@ function renderLayout() {
   $("stat-min").value = state.min;
   $("stat-max").value = state.max;
   $("desc").checked = state.desc === "1";
-  const model = list(state.models)[0];
-  $("heads-link").href = `heads.html?${stateQuery({ model, stat: state.stat })}`;
+  $("heads-link").href = headsUrl({ model: list(state.models)[0], stat: state.stat });
 }
 
 function applySize() {
@@ -379,16 +247,20 @@ function tiles() {
   const out = [];
   for (const m of selectedModels()) {
     for (const hash of prompts) {
-      if (!data.promptByHash.get(hash).models.has(m.model_dir)) continue;
+      const prompt = data.promptsByModel.get(m.model_dir).get(hash);
+      if (!prompt) continue;
       for (const [layer, head] of heads) {
         if (layer >= m.n_layers || head >= m.n_heads) continue;
+        const stored = isStored(prompt, m, layer, head);
         for (const o of outputs) {
-          out.push({ model: m.model_dir, prompt: hash, layer, head, figure: o.output, format: o.format });
+          out.push({ model: m.model_dir, prompt: hash, layer, head, figure: o.output, format: o.format, stored });
         }
       }
     }
   }
-  if (state.stat) for (const t of out) t.value = statValue(t);
+  if (state.stat) {
+    for (const t of out) t.value = data.statTables.get(`${t.model}/${state.stat}`)?.at(t.prompt, t.layer, t.head) ?? NaN;
+  }
   return sortTiles(filterTiles(out));
 }
 
@@ -493,15 +365,13 @@ function tileElement(t, showModel) {
   el("div", { class: "frame" }),
   el("div", { class: "caption" },
     el("div", {},
-      t.value !== undefined ? el("span", { class: "stat" }, formatValue(t.value)) : null,
+      t.value !== undefined ? el("span", { class: "stat" }, formatNumber(t.value)) : null,
       el("span", { class: "where" }, where), ` \u00b7 ${t.figure}`,
       showModel ? el("span", { class: "muted" }, ` \u00b7 ${t.model}`) : null),
-    el("div", { class: "prompt" }, oneLine(prompt.text))));
+    el("div", { class: "caption-text" }, oneLine(prompt.text))));
   tileData.set(node, t);
   return node;
 }
-
-const formatValue = (v) => (Number.isNaN(v) ? "n/a" : Math.abs(v) >= 100 ? v.toFixed(0) : v.toPrecision(3));
 
 function onTilesVisible(entries) {
   for (const entry of entries) {
@@ -514,6 +384,10 @@ function onTilesVisible(entries) {
 function loadImage(node) {
   const t = tileData.get(node);
   const frame = node.querySelector(".frame");
+  if (!t.stored) {
+    frame.replaceChildren(el("div", { class: "not-stored" }, "not stored", el("br"), `L${t.layer}H${t.head}`));
+    return;
+  }
   const img = el("img", { alt: `L${t.layer}H${t.head} ${t.figure}`, decoding: "async", draggable: "false" });
   img.addEventListener("load", () => {
     if (!firstImageMarked) {
@@ -522,7 +396,7 @@ function loadImage(node) {
     }
     fitImage(frame);
   });
-  img.addEventListener("error", () => showMissing(frame, t));
+  img.addEventListener("error", () => showMissing(frame, t).catch(showError));
   img.src = imageUrl(t.model, t.prompt, t.layer, t.head, t.figure, t.format);
   frame.replaceChildren(img);
 }
@@ -547,15 +421,100 @@ function fitImage(frame) {
 
 const refitImages = debounce(() => document.querySelectorAll(".tile .frame").forEach(fitImage), 150);
 
-/** A failed figure shows its error text; an image never rendered shows a placeholder naming it. */
+/** A failed figure shows its error text; an image never rendered shows a grey placeholder naming it. */
 async function showMissing(frame, t) {
-  const response = await fetch(errorUrl(t.model, t.prompt, t.layer, t.head, t.figure));
-  if (response.ok) {
-    const text = await response.text();
-    frame.replaceChildren(el("div", { class: "error-text", title: text }, `figure failed:\n${text}`));
-  } else {
-    frame.replaceChildren(el("div", { class: "placeholder" }, "no image", el("br"), `${t.figure}.${t.format}`));
-  }
+  const text = await fetchData(errorUrl(t.model, t.prompt, t.layer, t.head, t.figure), "text");
+  frame.replaceChildren(text === null
+    ? el("div", { class: "no-image" }, "no image", el("br"), `${t.figure}.${t.format}`)
+    : el("div", { class: "figure-error", title: text }, `figure failed:\n${text}`));
 }
 
-main().catch((e) => showError(e.message));
+// ---- wire ----
+
+async function toggleModel(model, on) {
+  const chosen = list(state.models).filter((m) => m !== model);
+  if (on) chosen.push(model);
+  setState({ models: data.models.map((m) => m.model_dir).filter((m) => chosen.includes(m)).join(",") });
+  await loadModels().catch(showError);
+  renderHeads();
+  renderPrompts();
+  renderLayout();
+  renderGrid();
+}
+
+function applyHeadSpec() {
+  const [nL, nH] = headShape();
+  const spec = $("heads-spec").value.replace(/\s+/g, "");
+  try {
+    parseHeads(spec, nL, nH);
+  } catch (e) {
+    $("heads-error").textContent = e.message;  // a typing mistake: said next to the field, not a page error
+    return;
+  }
+  setState({ heads: spec }, renderHeads, renderGrid);
+}
+
+/** Toggle a cell, a layer row, a head column or everything; the spec is rewritten in its shortest form. */
+function onPickerClick(event) {
+  const target = event.target.closest("[data-l],[data-h],[data-all]");
+  if (!target) return;
+  const [nL, nH] = headShape();
+  const { l, h } = target.dataset;
+  const group = range(nL).flatMap((li) => range(nH).map((hi) => [li, hi]))
+    .filter(([li, hi]) => (l === undefined || +l === li) && (h === undefined || +h === hi));
+  const on = new Set(selectedHeads().map(([li, hi]) => li * nH + hi));
+  const allOn = group.every(([li, hi]) => on.has(li * nH + hi));
+  for (const [li, hi] of group) allOn ? on.delete(li * nH + hi) : on.add(li * nH + hi);
+  const heads = [...on].sort((a, b) => a - b).map((i) => [Math.floor(i / nH), i % nH]);
+  setState({ heads: formatHeads(heads, nL, nH) }, renderHeads, renderGrid);
+}
+
+function selectPrompts(rows) {
+  const chosen = list(state.prompts);
+  const seen = new Set(chosen);
+  for (const row of rows) if (!seen.has(row.hash)) chosen.push(row.hash);
+  setState({ prompts: chosen.join(",") }, renderPrompts, renderGrid);
+}
+
+function onPromptClick(event) {
+  const tr = event.target.closest("tr[data-hash]");
+  if (!tr) return;
+  const chosen = list(state.prompts);
+  const hash = tr.dataset.hash;
+  const next = chosen.includes(hash) ? chosen.filter((h) => h !== hash) : [...chosen, hash];
+  setState({ prompts: next.join(",") }, renderPrompts, renderGrid);
+}
+
+function wire() {
+  $("heads-spec").addEventListener("keydown", (e) => e.key === "Enter" && applyHeadSpec());
+  $("heads-spec").addEventListener("change", applyHeadSpec);
+  $("head-picker").addEventListener("click", onPickerClick);
+  $("search").value = state.q;
+  $("search").addEventListener("input", debounce(() => setState({ q: $("search").value, page: "0" }, renderPrompts), 120));
+  $("select-page").addEventListener("click", () => selectPrompts(pagePrompts()));
+  $("select-matching").addEventListener("click", () => selectPrompts(matchingPrompts().slice(0, MAX_SELECT)));
+  $("clear-prompts").addEventListener("click", () => setState({ prompts: "" }, renderPrompts, renderGrid));
+  $("prev-page").addEventListener("click", () => setState({ page: String(Math.max(0, +state.page - 1)) }, renderPrompts));
+  $("next-page").addEventListener("click", () => setState({ page: String(+state.page + 1) }, renderPrompts));
+  $("prompt-table").tBodies[0].addEventListener("click", onPromptClick);
+  $("sort-tokens").addEventListener("click", () => {
+    const order = { "": "tokens", tokens: "-tokens", "-tokens": "" }[state.order] ?? "";
+    setState({ order, page: "0" }, renderPrompts);
+  });
+  $("size").addEventListener("input", () => setState({ size: $("size").value }, applySize));
+  $("cols").addEventListener("input", debounce(() => setState({ cols: $("cols").value }, applySize), 200));
+  $("group").addEventListener("change", () => setState({ group: $("group").value }, renderGrid));
+  $("sort").addEventListener("change", () => setState({ sort: $("sort").value }, renderGrid));
+  $("stat").addEventListener("change", async () => {
+    setState({ stat: $("stat").value });
+    await loadStatTables().catch(showError);
+    renderLayout();
+    renderGrid();
+  });
+  const onRange = debounce(() => setState({ min: $("stat-min").value.trim(), max: $("stat-max").value.trim() }, renderGrid), 250);
+  $("stat-min").addEventListener("input", onRange);
+  $("stat-max").addEventListener("input", onRange);
+  $("desc").addEventListener("change", () => setState({ desc: $("desc").checked ? "1" : "" }, renderGrid));
+}
+
+startPage({ load, render, wire });

@@ -1,121 +1,132 @@
 // Heads page: a layer x head heatmap of one statistic per model (mean over prompts, or one
 // prompt's values), a top-N list, and clicks that open a head in the single view or the grid.
 import {
-  MODELS_URL, applyTheme, el, fetchJsonOptional, fetchJsonl, fetchOk, loadColormap, promptsUrl, readState,
-  showError, singleUrl, statTableUrl, statsUrl, stateQuery, themeToggle, writeState,
-} from "./common.js";
+  MODELS_URL, fetchData, fetchEach, isStored, loadColormap, loadStatTable, promptsUrl, range, rankHeads,
+  statMeans, statsUrl,
+} from "./data.js";
+import { $, el, fillSelect, formatNumber, showError, startPage } from "./dom.js";
+import { gridUrl, readState, singleUrl, writeState } from "./url.js";
 
-const DEFAULTS = { model: "", stat: "", over: "mean", prompt: "", click: "single", top: "10", order: "desc" };
-const $ = (id) => document.getElementById(id);
+const state = readState("heads");
+const data = { models: [], model: null, stats: null, prompts: new Map(), table: null, colormap: null };
 
-const state = readState(DEFAULTS);
-const data = { models: [], stats: null, prompts: [], table: null, colormap: null };
+// ---- load ----
 
-// ---- data ----
+async function load() {
+  const models = await fetchData(MODELS_URL, "jsonl");
+  if (!models.length) throw new Error(`${MODELS_URL}: no models yet (run compute_activations.py)`);
+  data.models = models;
+  if (!models.some((m) => m.model_dir === state.model)) state.model = models[0].model_dir;
+  await loadModel();
+}
 
 async function loadModel() {
-  const [stats, prompts] = await Promise.all([
-    fetchJsonOptional(statsUrl(state.model)),
-    fetchJsonl(promptsUrl(state.model)).catch(() => []),
-  ]);
-  Object.assign(data, { stats, prompts, table: null });
+  const [stats, prompts] = await fetchEach([fetchData(statsUrl(state.model)), fetchData(promptsUrl(state.model), "jsonl")]);
+  Object.assign(data, {
+    model: data.models.find((m) => m.model_dir === state.model), stats, table: null,
+    prompts: new Map(prompts.map((p) => [p.hash, p])),
+  });
   const names = Object.keys(stats?.stats || {});
   if (!names.includes(state.stat)) state.stat = names[0] || "";
   if (stats && !stats.prompts.includes(state.prompt)) state.prompt = stats.prompts[0] || "";
 }
 
-/** The statistic's [prompts, layers, heads] float32 table, fetched once per statistic. */
+/** The statistic's table (one prompt's values, and the best prompts of a head), fetched once per statistic,
+ * and the colormap (render_figures.py writes it with the statistics). */
 async function loadTable() {
-  if (!data.stats || !state.stat) return;
-  if (data.table?.stat === state.stat) return;
-  const values = new Float32Array(await (await fetchOk(statTableUrl(state.model, state.stat))).arrayBuffer());
-  data.table = { stat: state.stat, values };
-}
-
-/** Values shown, [layer][head]: the mean over prompts, or the chosen prompt's row of the table. */
-function shownValues() {
-  const { n_layers: nL, n_heads: nH } = data.stats;
-  if (state.over === "mean") return data.stats.stats[state.stat].mean.map((row) => row.map((v) => v ?? NaN));
-  const p = data.stats.prompts.indexOf(state.prompt), v = data.table.values;
-  return Array.from({ length: nL }, (_, l) => Array.from({ length: nH }, (_, h) => v[(p * nL + l) * nH + h]));
-}
-
-/** The prompt where a head's statistic is highest (lowest when listing the lowest), for opening it. */
-function bestPrompt(layer, head) {
-  if (state.over === "prompt") return state.prompt;
-  const { n_layers: nL, n_heads: nH, prompts } = data.stats, v = data.table.values, sign = state.order === "asc" ? -1 : 1;
-  let best = 0, bestValue = -Infinity;
-  for (let p = 0; p < prompts.length; p++) {
-    const x = sign * v[(p * nL + layer) * nH + head];
-    if (x > bestValue) [best, bestValue] = [p, x];
+  if (!data.colormap) {
+    const colormap = await loadColormap();
+    if (colormap.missing) showError(colormap.missing);
+    data.colormap = colormap.table;
   }
-  return prompts[best];
+  if (data.table?.name !== state.stat) data.table = await loadStatTable(state.model, data.stats, state.stat);
 }
 
-/** The prompts where a head scores highest, for the grid (at most `n`). */
-function topPrompts(layer, head, n = 12) {
+// ---- what is shown ----
+
+/** Whether a head is stored: in the chosen prompt, or (mean over prompts) in any prompt. */
+function stored(layer, head) {
+  const prompts = state.over === "mean" ? data.stats.prompts : [state.prompt];
+  return prompts.some((hash) => !data.prompts.has(hash) || isStored(data.prompts.get(hash), data.model, layer, head));
+}
+
+/** Values shown, [layer][head]: the mean over prompts, or the chosen prompt's row of the table; NaN where missing. */
+function shownValues() {
+  if (state.over === "mean") return statMeans(data.stats, state.stat);
+  const { n_layers: nL, n_heads: nH } = data.stats;
+  return range(nL).map((l) => range(nH).map((h) => data.table.at(state.prompt, l, h)));
+}
+
+/** The prompts where a head's statistic is best (highest, or lowest when listing the lowest), best first. */
+function bestPrompts(layer, head, n) {
   if (state.over === "prompt") return [state.prompt];
-  const { n_layers: nL, n_heads: nH, prompts } = data.stats, v = data.table.values, sign = state.order === "asc" ? -1 : 1;
-  return prompts.map((hash, p) => [sign * v[(p * nL + layer) * nH + head], hash])
-    .filter(([x]) => !Number.isNaN(x)).sort((a, b) => b[0] - a[0]).slice(0, n).map(([, hash]) => hash);
+  const sign = state.order === "asc" ? 1 : -1;
+  return data.stats.prompts.map((hash, p) => [data.table.atRow(p, layer, head), hash])
+    .filter(([v]) => !Number.isNaN(v)).sort((a, b) => sign * (a[0] - b[0])).slice(0, n).map(([, hash]) => hash);
 }
 
-// ---- links ----
-
+/** Where clicking a head goes: the single view on its best prompt, or the grid on its 12 best. */
 function headUrl(layer, head) {
-  if (state.click === "grid") return gridUrl([[layer, head]], topPrompts(layer, head));
-  return singleUrl({ model: state.model, prompt: bestPrompt(layer, head), layer, head, figure: "raw" });
+  if (state.click === "grid") return topGridUrl([[layer, head]], bestPrompts(layer, head, 12));
+  const prompt = bestPrompts(layer, head, 1)[0] ?? state.prompt;
+  return singleUrl({ model: state.model, prompt, layer, head, figure: "raw" });
 }
 
-function gridUrl(heads, prompts) {
-  return `index.html?${stateQuery({
-    models: state.model, heads: heads.map(([l, h]) => `L${l}H${h}`).join(","), prompts: prompts.join(","),
-    stat: state.stat, sort: "stat", desc: state.order === "desc" ? "1" : "",
-  })}`;
+const topGridUrl = (heads, prompts) => gridUrl({
+  model: state.model, heads, prompts, stat: state.stat, desc: state.order === "desc",
+});
+
+// ---- render ----
+
+async function render() {
+  renderControls();
+  if (!data.stats || !state.stat) {
+    $("heatmap").replaceChildren(el("p", { class: "notice" },
+      `${state.model} has no head statistics yet: run render_figures.py (it writes ${statsUrl(state.model)}).`));
+    $("legend").replaceChildren();
+    $("top-list").replaceChildren();
+    writeState("heads", state);
+    return;
+  }
+  await loadTable();
+  const ranked = rankHeads(shownValues(), state.order === "desc");
+  renderHeatmap(shownValues(), ranked);
+  renderTop(ranked);
+  writeState("heads", state);  // last: tests and users see the URL change once the view shows it
 }
-
-// ---- drawing ----
-
-const fmt = (v) => (Number.isNaN(v) ? "\u2013" : Math.abs(v) >= 100 ? v.toFixed(0) : v.toFixed(3));
 
 function colour(v, lo, hi) {
-  if (Number.isNaN(v)) return null;
-  const c = data.colormap[Math.max(0, Math.min(255, Math.round(((v - lo) / (hi - lo || 1)) * 255)))];
-  return c;
+  return data.colormap[Math.max(0, Math.min(255, Math.round(((v - lo) / (hi - lo || 1)) * 255)))];
 }
 
-function rankOf(values) {
-  const flat = values.flat().map((v, i) => [v, i]).filter(([v]) => !Number.isNaN(v));
-  flat.sort((a, b) => (state.order === "asc" ? a[0] - b[0] : b[0] - a[0]));
-  return flat;
-}
-
-function renderHeatmap(values) {
+function renderHeatmap(values, ranked) {
   const { n_layers: nL, n_heads: nH } = data.stats;
   const finite = values.flat().filter((v) => !Number.isNaN(v));
   const lo = Math.min(...finite), hi = Math.max(...finite);
-  const ranked = rankOf(values), rank = new Map(ranked.map(([, i], r) => [i, r + 1]));
+  const rank = new Map(ranked.map((h) => [`${h.layer},${h.head}`, h.rank]));
   const width = $("heatmap").parentElement.clientWidth - 40;
-  const cell = Math.max(14, Math.min(52, Math.floor(width / nH)));
-  const showText = cell >= 40;
-  const grid = el("div", { class: "heatmap-grid", style: { gridTemplateColumns: `32px repeat(${nH}, ${cell}px)`, gridAutoRows: `${cell}px` } });
-  grid.append(el("span", { class: "corner muted" }, "L\\H"), ...Array.from({ length: nH }, (_, h) => el("span", { class: "col-label muted" }, `${h}`)));
+  const size = Math.max(14, Math.min(52, Math.floor(width / nH)));
+  const grid = el("div", { class: "heatmap-grid", style: { gridTemplateColumns: `32px repeat(${nH}, ${size}px)`, gridAutoRows: `${size}px` } });
+  grid.append(el("span", { class: "heat-label muted" }, "L\\H"), ...range(nH).map((h) => el("span", { class: "heat-label muted" }, `${h}`)));
   for (let l = 0; l < nL; l++) {
-    grid.append(el("span", { class: "row-label muted" }, `${l}`));
-    for (let h = 0; h < nH; h++) {
-      const v = values[l][h], c = colour(v, lo, hi);
-      const info = `L${l}H${h}: ${fmt(v)}${rank.has(l * nH + h) ? ` (rank ${rank.get(l * nH + h)} / ${ranked.length})` : ""}`;
-      grid.append(el("a", {
-        class: `cell${c ? "" : " missing"}${c && c[0] * 0.3 + c[1] * 0.59 + c[2] * 0.11 > 120 ? " light" : ""}`,
-        href: headUrl(l, h), title: info, dataset: { layer: l, head: h, value: String(v) },
-        style: c ? { background: `rgb(${c[0]}, ${c[1]}, ${c[2]})` } : {},
-        onmouseenter: () => { $("hover-info").textContent = info; },
-      }, showText ? fmt(v) : ""));
-    }
+    grid.append(el("span", { class: "heat-label row-label muted" }, `${l}`));
+    for (let h = 0; h < nH; h++) grid.append(heatCell(l, h, values[l][h], rank.get(`${l},${h}`), ranked.length, lo, hi, size));
   }
   $("heatmap").replaceChildren(grid);
   renderLegend(lo, hi);
-  return ranked;
+}
+
+function heatCell(l, h, v, rank, of, lo, hi, size) {
+  const kept = stored(l, h);
+  const text = !kept ? "not stored" : formatNumber(v);
+  const info = `L${l}H${h}: ${text}${rank ? ` (rank ${rank} / ${of})` : ""}`;
+  const c = kept && !Number.isNaN(v) ? colour(v, lo, hi) : null;
+  const kind = !kept ? "not-stored" : !c ? "no-value" : c[0] * 0.3 + c[1] * 0.59 + c[2] * 0.11 > 120 ? "on-light" : "";
+  return el("a", {
+    class: `heat ${kind}`.trim(), href: headUrl(l, h), title: info, dataset: { layer: l, head: h, value: String(v) },
+    style: c ? { background: `rgb(${c.join(", ")})` } : {},
+    onmouseenter: () => { $("hover-info").textContent = info; },
+  }, size >= 40 && kept ? text : "");
 }
 
 function renderLegend(lo, hi) {
@@ -124,102 +135,70 @@ function renderLegend(lo, hi) {
     return;
   }
   const stops = data.colormap.filter((_, i) => i % 32 === 0 || i === 255).map((c) => `rgb(${c.join(",")})`);
-  $("legend").replaceChildren(el("span", { class: "mono" }, fmt(lo)),
-    el("span", { class: "bar", style: { background: `linear-gradient(to right, ${stops.join(",")})` } }),
-    el("span", { class: "mono" }, fmt(hi)));
+  $("legend").replaceChildren(el("span", { class: "mono" }, formatNumber(lo)),
+    el("span", { class: "legend-bar", style: { background: `linear-gradient(to right, ${stops.join(",")})` } }),
+    el("span", { class: "mono" }, formatNumber(hi)));
 }
 
 function renderTop(ranked) {
-  const nH = data.stats.n_heads, top = ranked.slice(0, Number(state.top) || 10);
+  const top = ranked.slice(0, Number(state.top) || 10);
   $("top-list").replaceChildren(el("table", { class: "data top-table" },
     el("thead", {}, el("tr", {}, el("th", {}, "#"), el("th", {}, "head"), el("th", {}, state.stat))),
-    el("tbody", {}, top.map(([v, i], r) => {
-      const l = Math.floor(i / nH), h = i % nH;
-      return el("tr", { onclick: () => { location.href = headUrl(l, h); } },
-        el("td", { class: "num" }, `${r + 1}`),
-        el("td", {}, el("a", { href: headUrl(l, h) }, `L${l}H${h}`)),
-        el("td", { class: "num" }, fmt(v)));
-    }))));
-  const heads = top.map(([, i]) => [Math.floor(i / nH), i % nH]);
-  $("top-grid").href = gridUrl(heads, [state.prompt]);
+    el("tbody", {}, top.map(({ layer, head, value, rank }) => el("tr", { onclick: () => { location.href = headUrl(layer, head); } },
+      el("td", { class: "num" }, `${rank}`),
+      el("td", {}, el("a", { href: headUrl(layer, head) }, `L${layer}H${head}`)),
+      el("td", { class: "num" }, formatNumber(value)))))));
+  const heads = top.map((h) => [h.layer, h.head]);
+  $("top-grid").href = topGridUrl(heads, [state.prompt]);
   $("top-grid").textContent = `open these ${heads.length} heads in the grid (prompt ${promptIndex() + 1})`;
   $("top-grid").classList.toggle("hidden", !heads.length);
 }
 
-function promptIndex() {
-  return data.stats ? data.stats.prompts.indexOf(state.prompt) : -1;
-}
+const promptIndex = () => (data.stats ? data.stats.prompts.indexOf(state.prompt) : -1);
 
 function renderControls() {
-  const fill = (select, values, current) => select.replaceChildren(
-    ...values.map((v) => el("option", { value: v, selected: v === current }, v)));
-  fill($("model"), data.models.map((m) => m.model_dir), state.model);
-  fill($("stat"), Object.keys(data.stats?.stats || {}), state.stat);
+  fillSelect($("model"), data.models.map((m) => m.model_dir), state.model);
+  fillSelect($("stat"), Object.keys(data.stats?.stats || {}), state.stat);
   for (const id of ["over", "click", "top", "order"]) $(id).value = state[id];
   const i = promptIndex(), n = data.stats?.prompts.length ?? 0;
-  const text = data.prompts.find((p) => p.hash === state.prompt)?.text.replace(/\s+/g, " ") ?? state.prompt;
+  const text = data.prompts.get(state.prompt)?.text.replace(/\s+/g, " ") ?? state.prompt;
   $("prompt-label").textContent = `prompt ${i + 1}/${n}: ${text.slice(0, 40)}${text.length > 40 ? "\u2026" : ""}`;
   $("prompt-label").title = text;
   $("prompt-picker").classList.toggle("dim", state.over === "mean");
   $("prev-prompt").disabled = i <= 0;
   $("next-prompt").disabled = i >= n - 1;
   $("stat-doc").textContent = data.stats?.stats[state.stat]?.doc || "";
-  $("grid-link").href = `index.html?${stateQuery({ models: state.model, stat: state.stat })}`;
+  $("grid-link").href = gridUrl({ model: state.model, stat: state.stat });
   $("single-link").href = singleUrl({ model: state.model, prompt: state.prompt, layer: 0, head: 0, figure: "raw" });
 }
 
-async function render() {
-  if (!data.stats) {
-    renderControls();
-    $("heatmap").replaceChildren(el("p", { class: "placeholder" },
-      `${state.model} has no head statistics yet: run render_figures.py (it writes ${statsUrl(state.model)}).`));
-    writeState(state, DEFAULTS);
-    document.body.dataset.ready = "1";
-    return;
-  }
-  try {
-    await loadTable();
-  } catch (e) {
-    showError(e.message);
-    return;
-  }
-  renderControls();
-  renderTop(renderHeatmap(shownValues()));
-  writeState(state, DEFAULTS);  // last: tests and users see the URL change once the view shows it
-  document.body.dataset.ready = "1";
-}
+// ---- wire ----
 
-// ---- events ----
-
-async function setModel(model) {
-  state.model = model;
+/** Change the state, load what that needs and render; a failure is shown and the page stays as it was. */
+async function update(patch, reload = false) {
+  Object.assign(state, patch);
   try {
-    await loadModel();
+    if (reload) await loadModel();
+    await render();
   } catch (e) {
-    showError(e.message);
-    return;
+    showError(e);
   }
-  render();
 }
 
 function stepPrompt(delta) {
   const prompts = data.stats?.prompts || [], i = promptIndex() + delta;
-  if (i < 0 || i >= prompts.length) return;
-  Object.assign(state, { prompt: prompts[i], over: "prompt" });
-  render();
+  if (i >= 0 && i < prompts.length) update({ prompt: prompts[i], over: "prompt" });
 }
 
 function stepStat(delta) {
   const names = Object.keys(data.stats?.stats || {});
-  if (!names.length) return;
-  state.stat = names[(names.indexOf(state.stat) + delta + names.length) % names.length];
-  render();
+  if (names.length) update({ stat: names[(names.indexOf(state.stat) + delta + names.length) % names.length] });
 }
 
 function wire() {
-  $("model").addEventListener("change", (e) => setModel(e.target.value));
+  $("model").addEventListener("change", (e) => update({ model: e.target.value }, true));
   for (const id of ["stat", "over", "click", "top", "order"]) {
-    $(id).addEventListener("change", (e) => { state[id] = e.target.value; render(); });
+    $(id).addEventListener("change", (e) => update({ [id]: e.target.value }));
   }
   $("prev-prompt").addEventListener("click", () => stepPrompt(-1));
   $("next-prompt").addEventListener("click", () => stepPrompt(1));
@@ -228,29 +207,12 @@ function wire() {
     if (e.target.matches("input, select, textarea") || e.ctrlKey || e.metaKey || e.altKey) return;
     const actions = {
       s: () => stepStat(1), S: () => stepStat(-1), n: () => stepPrompt(1), p: () => stepPrompt(-1),
-      m: () => { state.over = state.over === "mean" ? "prompt" : "mean"; render(); },
+      m: () => update({ over: state.over === "mean" ? "prompt" : "mean" }),
       "?": () => $("help").classList.toggle("hidden"),
     };
     if (actions[e.key]) { e.preventDefault(); actions[e.key](); }
   });
-  window.addEventListener("resize", () => data.stats && renderHeatmap(shownValues()));
+  window.addEventListener("resize", () => data.table && render());
 }
 
-async function start() {
-  try {
-    data.models = await fetchJsonl(MODELS_URL);
-    if (!data.models.length) throw new Error(`${MODELS_URL}: no models (run build_index.py)`);
-    if (!data.models.some((m) => m.model_dir === state.model)) state.model = data.models[0].model_dir;
-    data.colormap = await loadColormap();
-    await loadModel();
-  } catch (e) {
-    showError(e.message);
-    return;
-  }
-  render();
-}
-
-applyTheme();
-$("theme").append(themeToggle());
-wire();
-start();
+startPage({ load, render, wire });

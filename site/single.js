@@ -1,276 +1,187 @@
 // Single view: one head's pattern drawn from the stored values, hover/pin a cell for its exact
 // value, keys to step through cells, heads, layers and prompts. State lives in the URL.
 import {
-  FIGURES_URL, MODELS_URL, applyTheme, el, errorUrl, fetchJson, fetchJsonOptional, fetchJsonl,
-  figureOutputs, imageUrl, loadColormap, modelCfgUrl, patternsUrl, promptJsonUrl, promptStatsUrl, promptsUrl,
-  readState, showError, singleUrl, statsUrl, stateQuery, themeToggle, visibleToken,
-} from "./common.js";
-import { loadHead } from "./patterns.js";
+  FIGURES_URL, MODELS_URL, errorUrl, fetchData, fetchEach, figureOutputs, imageUrl, isStored, loadColormap,
+  modelCfgUrl, patternsUrl, promptJsonUrl, promptStatsUrl, promptsUrl, rankHeads, statMeans, statsUrl,
+} from "./data.js";
+import { $, el, fillSelect, formatNumber, showError, startPage } from "./dom.js";
+import * as matrix from "./matrix.js";
+import { NotStoredError, loadHead } from "./patterns.js";
+import { gridUrl, headsUrl, readState, singleUrl, writeState } from "./url.js";
 
-const DEFAULTS = { model: "", prompt: "", layer: "0", head: "0", figure: "raw", q: "", k: "", shade: "row", scale: "linear" };
-const LABEL_FONT = "11px ui-monospace, 'DejaVu Sans Mono', Menlo, Consolas, monospace";
-const LABEL_MAX = 110; // px of the widest axis label; longer tokens are cut with an ellipsis
-const MIN_LABEL_CELL = 11; // px: below this cell size only every k-th token gets a label
-const MAX_CELL = 48;
-const $ = (id) => document.getElementById(id);
-
-const state = readState(DEFAULTS);
+const state = readState("single");
+const data = { models: [], figures: [], colormap: null, cfg: null, prompts: [], stats: null };
 const view = {
-  cfg: null, prompts: [], promptIndex: -1, prompt: null, figures: [], stats: null, promptStats: null,
-  pattern: null, headMax: 1, image: null, colormap: null,
-  cell: 0, ox: 0, oy: 0, fit: true, hover: null, pinned: null, marginLeft: 0, marginTop: 0,
+  promptIndex: -1, prompt: null, promptStats: null, pattern: null, notStored: false,
+  hover: null, pinned: null, matrix: null,
 };
+const weight = (v) => formatNumber(v, 5);  // an attention weight to its stored precision (3.1e-5)
 
-// ---- loading ----
+// ---- load ----
 
-async function loadModel(model) {
-  const [cfg, prompts, stats] = await Promise.all([
-    fetchJson(modelCfgUrl(model)),
-    fetchJsonl(promptsUrl(model)).catch(() => []),
-    fetchJsonOptional(statsUrl(model)),
+async function load() {
+  const [models, figures, colormap] = await fetchEach([
+    fetchData(MODELS_URL, "jsonl"), fetchData(FIGURES_URL, "jsonl"), loadColormap(),
   ]);
-  Object.assign(view, { cfg, prompts, stats });
-}
-
-/** The prompt's record (from prompts.jsonl, else its prompt.json), its index and its statistics. */
-async function loadPrompt(model, prompt) {
-  const promptIndex = view.prompts.findIndex((p) => p.hash === prompt);
-  const [record, promptStats] = await Promise.all([
-    promptIndex >= 0 ? view.prompts[promptIndex] : fetchJson(promptJsonUrl(model, prompt)),
-    fetchJsonOptional(promptStatsUrl(model, prompt)),
+  Object.assign(data, { models, figures, colormap: colormap.table });
+  if (colormap.missing) showError(colormap.missing);
+  if (!state.model) state.model = models[0]?.model_dir ?? "";
+  if (!state.model) throw new Error(`${MODELS_URL}: no models (run compute_activations.py)`);
+  const [cfg, prompts, stats] = await fetchEach([
+    fetchData(modelCfgUrl(state.model)), fetchData(promptsUrl(state.model), "jsonl"), fetchData(statsUrl(state.model)),
   ]);
-  return { promptIndex, prompt: record, promptStats };
+  Object.assign(data, { cfg, prompts, stats });
+  if (!state.prompt) state.prompt = prompts[0]?.hash ?? "";
+  if (!state.prompt) throw new Error(`${promptsUrl(state.model)}: no prompts`);
+  view.pinned = pinnedFromUrl();
+  await loadPrompt();
 }
 
-function setPattern(pattern) {
-  view.pattern = pattern;
-  view.headMax = pattern.values.reduce((m, v) => (v > m ? v : m), 0) || 1;
-  view.image = patternImage(pattern);
+const pinnedFromUrl = () => (state.q !== "" && state.k !== "" ? { q: Number(state.q), k: Number(state.k) } : null);
+
+/** The prompt's record (from prompts.jsonl, else its prompt.json), its place in the list and its statistics. */
+async function loadPrompt() {
+  const promptIndex = data.prompts.findIndex((p) => p.hash === state.prompt);
+  const [prompt, promptStats] = await fetchEach([
+    promptIndex >= 0 ? data.prompts[promptIndex] : fetchData(promptJsonUrl(state.model, state.prompt)),
+    fetchData(promptStatsUrl(state.model, state.prompt)),
+  ]);
+  Object.assign(view, { promptIndex, prompt, promptStats });
 }
 
-// ---- drawing the matrix ----
-
-function colourIndex(v) {
-  const t = state.scale === "sqrt" ? Math.sqrt(v) : state.scale === "max" ? v / view.headMax : v;
-  return Math.max(0, Math.min(255, Math.round(t * 255)));
-}
-
-/** The pattern as an n x n offscreen canvas, one pixel per cell; cells above the diagonal of a causal head stay transparent. */
-function patternImage({ n, values, header }) {
-  const canvas = document.createElement("canvas");
-  canvas.width = canvas.height = n;
-  const ctx = canvas.getContext("2d");
-  const img = ctx.createImageData(n, n);
-  const cmap = view.colormap;
-  for (let q = 0; q < n; q++) {
-    const end = header.layout === "tril" ? q + 1 : n;
-    for (let k = 0; k < end; k++) {
-      const c = cmap[colourIndex(values[q * n + k])], o = 4 * (q * n + k);
-      img.data[o] = c[0]; img.data[o + 1] = c[1]; img.data[o + 2] = c[2]; img.data[o + 3] = 255;
+/** The head's pattern, or none when the prompt does not store this head. */
+async function loadPattern() {
+  const layer = Number(state.layer), head = Number(state.head);
+  let pattern = null;
+  if (isStored(view.prompt, data.cfg, layer, head)) {
+    try {
+      pattern = await loadHead(patternsUrl(state.model, state.prompt), layer, head);
+    } catch (e) {
+      if (!(e instanceof NotStoredError)) throw e;
     }
   }
-  ctx.putImageData(img, 0, 0);
-  return canvas;
+  return pattern;
 }
 
-function labelText(ctx, token) {
-  let text = visibleToken(token);
-  if (ctx.measureText(text).width <= LABEL_MAX) return text;
-  while (text.length > 1 && ctx.measureText(text + "\u2026").width > LABEL_MAX) text = text.slice(0, -1);
-  return text + "\u2026";
+// ---- render ----
+
+function render() {
+  renderControls();
+  renderMatrix();
+  renderCell();
+  renderStats();
+  renderFigure();
 }
 
-function cssVar(name) {
-  return getComputedStyle(document.documentElement).getPropertyValue(name).trim();
+/** The URL says what is shown, the pinned cell included; `push` makes it a step Back returns from. */
+function saveUrl(push = false) {
+  writeState("single", { ...state, q: view.pinned?.q ?? "", k: view.pinned?.k ?? "" }, push);
 }
 
-/** Size the canvas to its box, compute margins for the labels, and (when fitting) the cell size. */
-function layout() {
-  const canvas = $("matrix"), box = $("matrix-wrap").getBoundingClientRect();
-  const ctx = canvas.getContext("2d");
-  ctx.font = LABEL_FONT;
-  const widest = Math.min(LABEL_MAX, Math.max(...view.prompt.tokens.map((t) => ctx.measureText(visibleToken(t)).width)));
-  view.marginLeft = view.marginTop = Math.ceil(widest) + 12;
-  const size = Math.max(200, Math.floor(Math.min(box.width, window.innerHeight - box.top - 12)));
-  const dpr = window.devicePixelRatio || 1;
-  canvas.style.width = canvas.style.height = `${size}px`;
-  canvas.width = canvas.height = Math.round(size * dpr);
-  view.size = size;
-  const n = view.pattern.n, fitCell = (size - view.marginLeft) / n;
-  view.fitCell = fitCell;
-  if (view.fit || view.cell < fitCell) Object.assign(view, { cell: fitCell, ox: 0, oy: 0, fit: true });
-  clampOffset();
+function renderControls() {
+  const { cfg } = data, names = data.models.map((m) => m.model_dir);
+  fillSelect($("model"), names.includes(state.model) ? names : [state.model, ...names], state.model);
+  fillSelect($("layer"), [...Array(cfg.n_layers).keys()], state.layer);
+  fillSelect($("head"), [...Array(cfg.n_heads).keys()], state.head);
+  const outputs = figureOutputs(data.figures).map((o) => o.output);
+  fillSelect($("figure"), outputs.includes(state.figure) ? outputs : [state.figure, ...outputs], state.figure);
+  $("scale").value = state.scale;
+  $("shade").value = state.shade;
+  const i = view.promptIndex, text = view.prompt.text.replace(/\s+/g, " ");
+  $("prompt-label").textContent = `${i >= 0 ? `prompt ${i + 1}/${data.prompts.length}` : state.prompt}: `
+    + `${text.slice(0, 60)}${text.length > 60 ? "\u2026" : ""}`;
+  $("prompt-label").title = view.prompt.text;
+  $("prev-prompt").disabled = i <= 0;
+  $("next-prompt").disabled = i < 0 || i >= data.prompts.length - 1;
+  $("title").textContent = `${state.model} L${state.layer}H${state.head}`;
+  document.title = `L${state.layer}H${state.head} ${state.model}: attention lens`;
+  // the grid shows every head of this prompt, the view one usually comes from
+  $("grid-link").href = gridUrl({ model: state.model, prompts: [state.prompt], figures: state.figure });
+  $("heads-link").href = headsUrl({ model: state.model });
 }
 
-function visibleCells() {
-  return (view.size - view.marginLeft) / view.cell;
+function renderMatrix() {
+  const m = view.matrix;
+  matrix.setPattern(m, view.pattern, view.prompt.tokens, data.colormap, state.scale);
+  const box = $("matrix-wrap").getBoundingClientRect();
+  matrix.layout(m, Math.max(200, Math.floor(Math.min(box.width, window.innerHeight - box.top - 12))));
+  redraw();
+  $("not-stored").classList.toggle("hidden", !!view.pattern);
+  $("not-stored").textContent = view.pattern ? ""
+    : `L${state.layer}H${state.head} is not stored for this prompt (it stores ${view.prompt.heads ?? "other heads"}); `
+      + "h / l / p move on";
 }
 
-function clampOffset() {
-  const max = Math.max(0, view.pattern.n - visibleCells());
-  view.ox = Math.max(0, Math.min(max, view.ox));
-  view.oy = Math.max(0, Math.min(max, view.oy));
-}
+const active = () => view.hover || view.pinned;
+const redraw = () => matrix.draw(view.matrix, active(), !!view.pinned);
 
-function draw() {
-  const canvas = $("matrix"), ctx = canvas.getContext("2d");
-  const dpr = canvas.width / view.size, { n } = view.pattern, cs = view.cell;
-  const ml = view.marginLeft, mt = view.marginTop, span = visibleCells();
-  Object.assign(canvas.dataset, { marginLeft: ml, marginTop: mt, cell: cs, ox: view.ox, oy: view.oy });
-  ctx.setTransform(dpr, 0, 0, dpr, 0, 0);
-  ctx.clearRect(0, 0, view.size, view.size);
-  ctx.fillStyle = cssVar("--placeholder");
-  ctx.fillRect(ml, mt, Math.min(span, n) * cs, Math.min(span, n) * cs);
-  ctx.imageSmoothingEnabled = false;
-  const w = Math.min(span, n - view.ox), h = Math.min(span, n - view.oy);
-  ctx.drawImage(view.image, view.ox, view.oy, w, h, ml, mt, w * cs, h * cs);
-  drawLabels(ctx, span);
-  drawCrosshair(ctx);
-}
-
-function drawLabels(ctx, span) {
-  const { tokens } = view.prompt, cs = view.cell, ml = view.marginLeft, mt = view.marginTop;
-  const step = Math.ceil(MIN_LABEL_CELL / cs), cell = active();
-  const first = Math.floor(view.oy), last = Math.min(tokens.length, Math.ceil(view.oy + span));
-  ctx.font = LABEL_FONT;
-  ctx.textBaseline = "middle";
-  const fg = cssVar("--fg"), accent = cssVar("--accent"), muted = cssVar("--muted");
-  const shown = (i, hot) => hot || i % step === 0;
-  ctx.save();
-  ctx.beginPath();
-  ctx.rect(0, mt, view.size, view.size - mt);
-  ctx.clip();
-  ctx.textAlign = "right";
-  for (let i = first; i < last; i++) {
-    const hot = cell && cell.q === i;
-    if (!shown(i, hot)) continue;
-    ctx.fillStyle = hot ? accent : step > 1 ? muted : fg;
-    ctx.fillText(labelText(ctx, tokens[i]), ml - 4, mt + (i - view.oy + 0.5) * cs);
-  }
-  ctx.restore();
-  ctx.save();
-  ctx.beginPath();
-  ctx.rect(ml, 0, view.size - ml, mt);
-  ctx.clip();
-  const firstK = Math.floor(view.ox), lastK = Math.min(tokens.length, Math.ceil(view.ox + span));
-  ctx.textAlign = "left";
-  for (let i = firstK; i < lastK; i++) {
-    const hot = cell && cell.k === i;
-    if (!shown(i, hot)) continue;
-    ctx.save();
-    ctx.translate(ml + (i - view.ox + 0.5) * cs, mt - 4);
-    ctx.rotate(-Math.PI / 2);
-    ctx.fillStyle = hot ? accent : step > 1 ? muted : fg;
-    ctx.fillText(labelText(ctx, tokens[i]), 0, 0);
-    ctx.restore();
-  }
-  ctx.restore();
-}
-
-function drawCrosshair(ctx) {
-  const cell = active();
-  if (!cell) return;
-  const cs = view.cell, ml = view.marginLeft, mt = view.marginTop, span = visibleCells();
-  const x = ml + (cell.k - view.ox) * cs, y = mt + (cell.q - view.oy) * cs;
-  const width = Math.min(span, view.pattern.n) * cs;
-  ctx.save();
-  ctx.beginPath();
-  ctx.rect(ml, mt, width, width);
-  ctx.clip();
-  ctx.fillStyle = "rgba(255, 255, 255, 0.16)";
-  ctx.fillRect(ml, y, width, cs);
-  ctx.fillRect(x, mt, cs, width);
-  ctx.restore();
-  ctx.lineWidth = 2;
-  ctx.strokeStyle = view.pinned ? "#ff3b6b" : "#ffffff";
-  ctx.strokeRect(x - 1, y - 1, cs + 2, cs + 2);
-  ctx.fillStyle = cssVar("--accent");
-  ctx.fillRect(ml - 3, y, 3, cs);
-  ctx.fillRect(x, mt - 3, cs, 3);
-}
-
-// ---- the cell under the mouse or pinned ----
-
-function active() {
-  return view.hover || view.pinned;
-}
-
-function cellAt(event) {
-  const r = $("matrix").getBoundingClientRect();
-  const x = event.clientX - r.left - view.marginLeft, y = event.clientY - r.top - view.marginTop;
-  if (x < 0 || y < 0) return null;
-  const k = Math.floor(view.ox + x / view.cell), q = Math.floor(view.oy + y / view.cell);
-  return q < view.pattern.n && k < view.pattern.n ? { q, k } : null;
-}
-
-/** Display text of a value: what the hover test compares with lens.Patterns(...).head(l, h)[q, k]. */
-const formatValue = (v) => v.toFixed(5);
-
-function showCell() {
+function renderCell() {
   const cell = active(), { tokens } = view.prompt;
   $("pinned").textContent = view.pinned ? `pinned at q${view.pinned.q} k${view.pinned.k} (Esc unpins)` : "";
+  for (const id of ["cell-q", "cell-k", "cell-value", "cell-note"]) $(id).textContent = "";
+  delete $("cell-value").dataset.value;
   if (!cell) {
-    for (const id of ["cell-q", "cell-k", "cell-value", "cell-note"]) $(id).textContent = "";
-    $("cell-value").textContent = "hover over the pattern";
+    $("cell-value").textContent = view.pattern ? "hover over the pattern" : "not stored";
+    shadeText(null);
+    return;
+  }
+  $("cell-q").textContent = `${cell.q} ${JSON.stringify(tokens[cell.q])}`;
+  $("cell-k").textContent = `${cell.k} ${JSON.stringify(tokens[cell.k])}`;
+  Object.assign($("cell-value").dataset, { q: cell.q, k: cell.k });
+  if (!view.pattern) {
+    $("cell-value").textContent = "not stored";
     shadeText(null);
     return;
   }
   const { n, values, header } = view.pattern, v = values[cell.q * n + cell.k];
-  $("cell-q").textContent = `${cell.q} ${JSON.stringify(tokens[cell.q])}`;
-  $("cell-k").textContent = `${cell.k} ${JSON.stringify(tokens[cell.k])}`;
-  $("cell-value").textContent = formatValue(v);
+  $("cell-value").textContent = weight(v);
   $("cell-value").dataset.value = String(v);
-  $("cell-value").dataset.q = cell.q;
-  $("cell-value").dataset.k = cell.k;
   $("cell-note").textContent = header.layout === "tril" && cell.k > cell.q ? "(masked: key after query)" : "";
   shadeText(cell);
 }
 
 // ---- the prompt's text, tokens shaded by the active row's (or column's) attention ----
 
-function buildText() {
-  const box = $("prompt-text");
-  box.replaceChildren(...view.prompt.tokens.map((t, i) => el("span", {
+function renderText() {
+  $("prompt-text").replaceChildren(...view.prompt.tokens.map((t, i) => el("span", {
     class: "tok", dataset: { i },
     onclick: () => pin(state.shade === "row" ? { q: i, k: Math.min(i, active()?.k ?? 0) } : { q: Math.max(i, active()?.q ?? 0), k: i }),
   }, t.replace(/\n/g, "\u21b5\n"))));
 }
 
 function shadeText(cell) {
-  const spans = $("prompt-text").children, { n, values } = view.pattern;
-  const byRow = state.shade === "row";
-  $("shade-note").textContent = cell
+  const spans = $("prompt-text").children, byRow = state.shade === "row";
+  const on = cell && view.pattern;
+  $("shade-note").textContent = on
     ? `shaded by ${byRow ? `query ${cell.q}'s attention to each key` : `each query's attention to key ${cell.k}`} (darkest = max)`
     : "";
-  const weight = (i) => (byRow ? values[cell.q * n + i] : values[i * n + cell.k]);
+  const { n, values } = view.pattern ?? {};
+  const at = (i) => (byRow ? values[cell.q * n + i] : values[i * n + cell.k]);
   let max = 0;
-  if (cell) for (let i = 0; i < n; i++) max = Math.max(max, weight(i));
+  if (on) for (let i = 0; i < n; i++) max = Math.max(max, at(i));
   for (let i = 0; i < spans.length; i++) {
-    const s = spans[i];
-    const w = cell && max > 0 ? weight(i) / max : 0;
-    s.style.setProperty("--w", w.toFixed(3));
-    s.classList.toggle("strong", w > 0.6);
-    s.title = cell ? `${i}: ${formatValue(weight(i))}` : String(i);
-    s.classList.toggle("query", !!cell && cell.q === i);
-    s.classList.toggle("key", !!cell && cell.k === i);
+    const w = on && max > 0 ? at(i) / max : 0;
+    spans[i].style.setProperty("--w", w.toFixed(3));
+    spans[i].classList.toggle("is-strong", w > 0.6);
+    spans[i].title = on ? `${i}: ${weight(at(i))}` : String(i);
+    spans[i].classList.toggle("is-query", !!cell && cell.q === i);
+    spans[i].classList.toggle("is-key", !!cell && cell.k === i);
   }
 }
 
 // ---- statistics of this head ----
 
-function showStats() {
-  const { stats, promptStats } = view, layer = Number(state.layer), head = Number(state.head);
+function renderStats() {
+  const { stats } = data, { promptStats } = view, layer = Number(state.layer), head = Number(state.head);
   $("stats-panel").classList.toggle("hidden", !stats && !promptStats);
-  const names = Object.keys(stats?.stats || promptStats || {});
-  const rows = names.map((name) => {
-    const mean = stats?.stats[name]?.mean;
-    const here = promptStats?.[name]?.[layer]?.[head];
-    const m = mean?.[layer]?.[head];
+  const rows = Object.keys(stats?.stats || promptStats || {}).map((name) => {
+    const ranked = stats?.stats[name] ? rankHeads(statMeans(stats, name)) : [];
+    const mine = ranked.find((h) => h.layer === layer && h.head === head);
     return el("tr", { title: stats?.stats[name]?.doc || "" },
-      el("td", {}, el("a", { href: `heads.html?${stateQuery({ model: state.model, stat: name })}` }, name)),
-      el("td", { class: "num" }, fmtStat(here)),
-      el("td", { class: "num" }, fmtStat(m)),
-      el("td", { class: "num" }, mean ? rankText(mean, layer, head) : ""));
+      el("td", {}, el("a", { href: headsUrl({ model: state.model, stat: name }) }, name)),
+      el("td", { class: "num" }, formatNumber(promptStats?.[name]?.[layer]?.[head])),
+      el("td", { class: "num" }, formatNumber(mine?.value)),
+      el("td", { class: "num" }, mine ? `${mine.rank} / ${ranked.length}` : ""));
   });
   $("stats").replaceChildren(el("table", { class: "data stats-table" },
     el("thead", {}, el("tr", {}, el("th", {}, "statistic"), el("th", {}, "this prompt"),
@@ -278,100 +189,56 @@ function showStats() {
     el("tbody", {}, rows)));
 }
 
-const fmtStat = (v) => (v === undefined || v === null || Number.isNaN(v) ? "\u2013" : Number(v).toFixed(4));
-
-/** "3 / 144": this head's place among all heads, highest mean first. */
-function rankText(mean, layer, head) {
-  const mine = mean[layer][head];
-  if (mine === null || Number.isNaN(mine)) return "";
-  const all = mean.flat().filter((v) => v !== null && !Number.isNaN(v));
-  return `${1 + all.filter((v) => v > mine).length} / ${all.length}`;
-}
-
 // ---- the rendered figure image ----
 
-function showFigure() {
-  const outputs = figureOutputs(view.figures);
+function renderFigure() {
+  const box = $("figure-view");
+  if (!view.pattern) {
+    box.replaceChildren(el("p", { class: "not-stored" }, "not stored"));
+    return;
+  }
+  const outputs = figureOutputs(data.figures);
   const chosen = outputs.find((o) => o.output === state.figure) || { output: state.figure, format: "svg" };
   const args = [state.model, state.prompt, Number(state.layer), Number(state.head), chosen.output];
-  const box = $("figure-view");
   const img = el("img", { src: imageUrl(...args, chosen.format), alt: `${chosen.output} figure` });
   img.addEventListener("error", async () => {
-    const res = await fetch(errorUrl(...args));
-    box.replaceChildren(el("pre", { class: "error-text" }, res.ok ? await res.text() : `no ${chosen.output} image for this head`));
+    const text = await fetchData(errorUrl(...args), "text").catch((e) => e.message);
+    box.replaceChildren(text === null ? el("p", { class: "no-image" }, `no ${chosen.output} image for this head`)
+      : el("pre", { class: "figure-error" }, text));
   });
   box.replaceChildren(img, chosen.figure?.doc ? el("p", { class: "muted" }, chosen.figure.doc) : "");
 }
 
-// ---- controls, URL and keys ----
+// ---- moving: cells, heads, layers, prompts ----
 
-function fillSelect(select, values, current, label = String) {
-  select.replaceChildren(...values.map((v) => el("option", { value: v, selected: String(v) === String(current) }, label(v))));
-}
-
-function syncControls() {
-  const { cfg } = view;
-  fillSelect($("layer"), [...Array(cfg.n_layers).keys()], state.layer);
-  fillSelect($("head"), [...Array(cfg.n_heads).keys()], state.head);
-  const outputs = figureOutputs(view.figures).map((o) => o.output);
-  fillSelect($("figure"), outputs.includes(state.figure) ? outputs : [state.figure, ...outputs], state.figure);
-  $("scale").value = state.scale;
-  $("shade").value = state.shade;
-  const i = view.promptIndex, text = view.prompt.text.replace(/\s+/g, " ");
-  $("prompt-label").textContent = `${i >= 0 ? `prompt ${i + 1}/${view.prompts.length}` : state.prompt}: ${text.slice(0, 60)}${text.length > 60 ? "\u2026" : ""}`;
-  $("prompt-label").title = view.prompt.text;
-  $("prev-prompt").disabled = i <= 0;
-  $("next-prompt").disabled = i < 0 || i >= view.prompts.length - 1;
-  $("title").textContent = `${state.model} L${state.layer}H${state.head}`;
-  document.title = `L${state.layer}H${state.head} ${state.model}: attention lens`;
-  // the grid shows every head of this prompt, the view one usually comes from
-  $("grid-link").href = `index.html?${stateQuery({ models: state.model, prompts: state.prompt, figures: state.figure })}`;
-  $("heads-link").href = `heads.html?${stateQuery({ model: state.model })}`;
-}
-
-function saveUrl(push = false) {
-  const cell = view.pinned;
-  Object.assign(state, { q: cell ? cell.q : "", k: cell ? cell.k : "" });
-  const url = `${location.pathname}?${stateQuery(state, DEFAULTS)}`;
-  history[push ? "pushState" : "replaceState"](null, "", url);
-}
-
-/** (Re)load what changed and redraw: `what` is "prompt" or "head". */
 let updates = 0;
 
-async function update(what, push = true) {
-  const mine = ++updates, { model, prompt } = state;
-  let loaded, pattern;
+/** Load what a key or control changed (the prompt when `prompt`, else only the head), then render. */
+async function update(prompt = false, push = true) {
+  const mine = ++updates;
+  let pattern;
   try {
-    [loaded, pattern] = await Promise.all([
-      what === "head" ? {} : loadPrompt(model, prompt),
-      loadHead(patternsUrl(model, prompt), Number(state.layer), Number(state.head)),
-    ]);
+    if (prompt) await loadPrompt();
+    pattern = await loadPattern();
   } catch (e) {
-    showError(e.message);
+    showError(e);
     return;
   }
-  if (mine !== updates) return; // a newer key press is loading: only its head gets drawn
-  Object.assign(view, loaded);
-  setPattern(pattern);
-  const n = view.pattern.n;
+  if (mine !== updates) return;  // a newer key press is loading: only its head gets drawn
+  view.pattern = pattern;
+  const n = view.prompt.tokens.length;
   if (view.pinned) view.pinned = { q: Math.min(view.pinned.q, n - 1), k: Math.min(view.pinned.k, n - 1) };
-  if (what !== "head") buildText();
-  syncControls();
-  layout();
-  draw();
-  showCell();
-  showStats();
-  showFigure();
+  if (prompt) renderText();
+  render();
   saveUrl(push);
 }
 
 function pin(cell) {
   view.pinned = cell;
   view.hover = null;
-  if (cell) scrollTo(cell);
-  draw();
-  showCell();
+  if (cell) matrix.scrollTo(view.matrix, cell);
+  redraw();
+  renderCell();
   if (cell) revealToken(state.shade === "row" ? cell.q : cell.k);
   saveUrl();
 }
@@ -380,62 +247,53 @@ function pin(cell) {
 function revealToken(i) {
   const box = $("prompt-text"), tok = box.children[i];
   if (!tok) return;
-  const top = tok.offsetTop; // the box is positioned, so this is relative to it
+  const top = tok.offsetTop;  // the box is positioned, so this is relative to it
   if (top < box.scrollTop || top + tok.offsetHeight > box.scrollTop + box.clientHeight) {
     box.scrollTop = top - box.clientHeight / 2;
   }
 }
 
-/** Pan so a cell is visible (when zoomed in). */
-function scrollTo({ q, k }) {
-  const span = visibleCells();
-  if (k < view.ox) view.ox = k;
-  if (k + 1 > view.ox + span) view.ox = k + 1 - span;
-  if (q < view.oy) view.oy = q;
-  if (q + 1 > view.oy + span) view.oy = q + 1 - span;
-  clampOffset();
-}
-
 function zoom(factor, around = active()) {
-  const span = visibleCells();
-  const cq = around ? around.q + 0.5 : view.oy + span / 2, ck = around ? around.k + 0.5 : view.ox + span / 2;
-  const fy = (cq - view.oy) / span, fx = (ck - view.ox) / span;
-  view.cell = Math.max(view.fitCell, Math.min(MAX_CELL, factor ? view.cell * factor : view.fitCell));
-  view.fit = view.cell <= view.fitCell + 1e-9;
-  const newSpan = visibleCells();
-  view.oy = cq - fy * newSpan;
-  view.ox = ck - fx * newSpan;
-  clampOffset();
-  draw();
+  matrix.zoom(view.matrix, factor, around);
+  redraw();
 }
 
 function stepHead(delta) {
-  const { n_layers, n_heads } = view.cfg;
-  const i = (Number(state.layer) * n_heads + Number(state.head) + delta + n_layers * n_heads) % (n_layers * n_heads);
+  const { n_layers, n_heads } = data.cfg, all = n_layers * n_heads;
+  const i = (Number(state.layer) * n_heads + Number(state.head) + delta + all) % all;
   Object.assign(state, { layer: String(Math.floor(i / n_heads)), head: String(i % n_heads) });
-  update("head");
+  update();
 }
 
 function stepLayer(delta) {
-  const n = view.cfg.n_layers;
+  const n = data.cfg.n_layers;
   state.layer = String((Number(state.layer) + delta + n) % n);
-  update("head");
+  update();
 }
 
 function stepPrompt(delta) {
   const i = view.promptIndex + delta;
-  if (i < 0 || i >= view.prompts.length) return;
-  state.prompt = view.prompts[i].hash;
-  update("prompt");
+  if (i < 0 || i >= data.prompts.length) return;
+  state.prompt = data.prompts[i].hash;
+  update(true);
 }
 
 function moveCell(dq, dk) {
-  const n = view.pattern.n, cell = view.pinned || view.hover || { q: n - 1, k: 0 };
+  const n = view.prompt.tokens.length, cell = active() || { q: n - 1, k: 0 };
   pin({ q: Math.max(0, Math.min(n - 1, cell.q + dq)), k: Math.max(0, Math.min(n - 1, cell.k + dk)) });
 }
 
+function setShade(shade) {
+  state.shade = shade;
+  $("shade").value = shade;
+  renderCell();
+  saveUrl();
+}
+
+// ---- wire ----
+
 function onKey(e) {
-  if (e.target.matches("input, select, textarea") || e.ctrlKey || e.metaKey || e.altKey) return;
+  if (!view.prompt || e.target.matches("input, select, textarea") || e.ctrlKey || e.metaKey || e.altKey) return;
   const step = e.shiftKey ? 10 : 1;
   const actions = {
     ArrowUp: () => moveCell(-step, 0), ArrowDown: () => moveCell(step, 0),
@@ -447,54 +305,51 @@ function onKey(e) {
     Escape: () => pin(null), "?": () => $("help").classList.toggle("hidden"),
     g: () => { location.href = $("grid-link").href; },
   };
-  const action = actions[e.key];
-  if (!action) return;
+  if (!actions[e.key]) return;
   e.preventDefault();
-  action();
+  actions[e.key]();
 }
 
-function setShade(shade) {
-  state.shade = shade;
-  $("shade").value = shade;
-  showCell();
-  saveUrl();
+function wireCanvas(canvas) {
+  canvas.addEventListener("mousemove", (e) => {
+    if (!view.prompt) return;
+    const cell = matrix.cellAt(view.matrix, e);
+    if (cell?.q === view.hover?.q && cell?.k === view.hover?.k) return;
+    view.hover = cell;
+    redraw();
+    renderCell();
+  });
+  canvas.addEventListener("mouseleave", () => {
+    if (!view.prompt) return;
+    view.hover = null;
+    redraw();
+    renderCell();
+  });
+  canvas.addEventListener("click", (e) => {
+    if (!view.prompt) return;
+    const cell = matrix.cellAt(view.matrix, e), p = view.pinned;
+    pin(cell && p && cell.q === p.q && cell.k === p.k ? null : cell);
+  });
+  canvas.addEventListener("wheel", (e) => {
+    if (!view.prompt) return;
+    e.preventDefault();
+    if (e.ctrlKey) return zoom(e.deltaY < 0 ? 1.25 : 0.8, matrix.cellAt(view.matrix, e));
+    const px = (d) => (e.deltaMode ? d * 16 : d) / view.matrix.cell;  // lines -> px -> cells
+    if (e.shiftKey) matrix.pan(view.matrix, px(e.deltaY), 0);
+    else matrix.pan(view.matrix, px(e.deltaX), px(e.deltaY));
+    redraw();
+  }, { passive: false });
 }
 
 function wire() {
-  const canvas = $("matrix");
-  canvas.addEventListener("mousemove", (e) => {
-    const cell = cellAt(e);
-    if (cell?.q === view.hover?.q && cell?.k === view.hover?.k) return;
-    view.hover = cell;
-    draw();
-    showCell();
-  });
-  canvas.addEventListener("mouseleave", () => { view.hover = null; draw(); showCell(); });
-  canvas.addEventListener("click", (e) => {
-    const cell = cellAt(e);
-    const same = cell && view.pinned && cell.q === view.pinned.q && cell.k === view.pinned.k;
-    pin(same ? null : cell);
-  });
-  canvas.addEventListener("wheel", (e) => {
-    if (!view.pattern) return;
-    e.preventDefault();
-    if (e.ctrlKey) return zoom(e.deltaY < 0 ? 1.25 : 0.8, cellAt(e));
-    const cells = (e.deltaMode ? e.deltaY * 16 : e.deltaY) / view.cell;
-    if (e.shiftKey) view.ox += cells; else { view.oy += cells; view.ox += (e.deltaMode ? e.deltaX * 16 : e.deltaX) / view.cell; }
-    clampOffset();
-    draw();
-  }, { passive: false });
+  view.matrix = matrix.createMatrix($("matrix"));
+  wireCanvas($("matrix"));
   document.addEventListener("keydown", onKey);
-  $("layer").addEventListener("change", (e) => { state.layer = e.target.value; update("head"); });
-  $("head").addEventListener("change", (e) => { state.head = e.target.value; update("head"); });
-  $("figure").addEventListener("change", (e) => { state.figure = e.target.value; showFigure(); saveUrl(); });
+  $("layer").addEventListener("change", (e) => { state.layer = e.target.value; update(); });
+  $("head").addEventListener("change", (e) => { state.head = e.target.value; update(); });
+  $("figure").addEventListener("change", (e) => { state.figure = e.target.value; renderControls(); renderFigure(); saveUrl(); });
   $("shade").addEventListener("change", (e) => setShade(e.target.value));
-  $("scale").addEventListener("change", (e) => {
-    state.scale = e.target.value;
-    view.image = patternImage(view.pattern);
-    draw();
-    saveUrl();
-  });
+  $("scale").addEventListener("change", (e) => { state.scale = e.target.value; renderMatrix(); saveUrl(); });
   $("model").addEventListener("change", (e) => { location.href = singleUrl({ ...state, model: e.target.value, prompt: "" }); });
   $("prev-prompt").addEventListener("click", () => stepPrompt(-1));
   $("next-prompt").addEventListener("click", () => stepPrompt(1));
@@ -502,36 +357,24 @@ function wire() {
   $("zoom-out").addEventListener("click", () => zoom(1 / 1.5));
   $("zoom-fit").addEventListener("click", () => zoom(0));
   $("help-button").addEventListener("click", () => $("help").classList.toggle("hidden"));
-  window.addEventListener("resize", () => { if (view.pattern) { layout(); draw(); } });
-  window.addEventListener("popstate", () => { Object.assign(state, readState(DEFAULTS)); start(); });
-  const mq = window.matchMedia("(prefers-color-scheme: dark)");
-  mq.addEventListener("change", () => view.pattern && draw());
+  window.addEventListener("resize", () => view.prompt && renderMatrix());
+  window.addEventListener("popstate", () => {
+    Object.assign(state, readState("single"));
+    view.pinned = pinnedFromUrl();
+    update(true, false);
+  });
+  document.addEventListener("themechange", () => view.prompt && redraw());
 }
 
-async function start() {
-  try {
-    const models = await fetchJsonl(MODELS_URL).catch(() => []);
-    const names = models.map((m) => m.model_dir);
-    if (!state.model) state.model = names[0] || "";
-    if (!state.model) throw new Error("no model given (single.html?model=...&prompt=...)");
-    fillSelect($("model"), names.includes(state.model) ? names : [state.model, ...names], state.model);
-    view.figures = await fetchJsonl(FIGURES_URL).catch(() => []);
-    view.colormap = await loadColormap();
-    await loadModel(state.model);
-    if (!state.prompt) state.prompt = view.prompts[0]?.hash || "";
-    if (!state.prompt) throw new Error(`${state.model}: no prompts`);
-  } catch (e) {
-    showError(e.message);
-    return;
-  }
-  view.pinned = state.q !== "" && state.k !== "" ? { q: Number(state.q), k: Number(state.k) } : null;
-  view.fit = true;
-  await update("prompt", false);
-  document.body.dataset.ready = "1";
-}
-
-applyTheme();
-$("theme").append(themeToggle());
-$("theme").addEventListener("click", () => setTimeout(() => view.pattern && draw(), 0));
-wire();
-start();
+startPage({
+  load: async () => {
+    await load();
+    view.pattern = await loadPattern();
+  },
+  render: () => {
+    renderText();
+    render();
+    saveUrl();
+  },
+  wire,
+});

@@ -9,6 +9,8 @@ Every request the page makes is recorded; requests to any other host are aborted
 network is off) and make `assert_only_local` fail. Page errors and console errors (other than
 failed loads) are kept.
 """
+import subprocess
+import sys
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,7 +20,8 @@ import serve
 
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking"]
-SCREENSHOTS = Path(__file__).resolve().parent.parent / "screenshots"
+ROOT = Path(__file__).resolve().parent.parent
+SCREENSHOTS = ROOT / "screenshots"
 
 
 @dataclass
@@ -80,16 +83,55 @@ def screenshot(session: Session, name: str, full_page: bool = False) -> Path:
     return path
 
 
-def render_fake_images(save_path: Path, outputs: tuple[str, ...] = ("raw",)) -> int:
-    """Write `<output>.svg` of every head of every prompt from its stored pattern (no render_figures.py needed)."""
-    n = 0
-    for model_dir in Path(save_path).glob("*/model_cfg.json"):
-        for prompt in model_dir.parent.glob("prompts/*/patterns.bin"):
-            patterns = lens.Patterns(prompt)
-            for layer in range(patterns.n_layers):
-                for head in range(patterns.n_heads):
-                    svg = lens.matrix_as_svg(patterns.head(layer, head))
-                    for output in outputs:
-                        lens.write_atomic(prompt.parent / f"L{layer}" / f"H{head}" / f"{output}.svg", svg)
-                        n += 1
-    return n
+# The site tests' own figures and statistics, a plug-in file as a user writes one: the tests do not
+# depend on which figures are built in, and their oracles compute the same values from lens.Patterns.
+TEST_FIGURES = '''"""Figures and statistics for the site's tests."""
+from lens import figure, statistic
+
+
+@figure
+def raw(attn):
+    "the pattern"
+    return attn
+
+
+@figure(cmap="magma", normalize=True)
+def sharp(attn):
+    "attention squared, row-normalised"
+    x = attn ** 2
+    return x / x.sum(-1, keepdims=True)
+
+
+@statistic
+def bos(attn):
+    "mean attention to the first token"
+    return float(attn[:, 0].mean())
+
+
+@statistic
+def long_only(attn):
+    "the last query's largest weight, on prompts of more than 10 tokens (undefined on shorter ones)"
+    return float(attn[-1].max()) if len(attn) > 10 else float("nan")
+
+
+@statistic
+def tokens(attn):
+    "the prompt's length: the same for every head, so all heads tie"
+    return float(len(attn))
+'''
+
+
+def render(save_path: Path, figures: str = "*") -> None:
+    """Run render_figures.py (which runs build_index.py) on a data dir with the tests' figures, as a user would."""
+    figures_dir = Path(save_path).parent / "site_test_figures"
+    figures_dir.mkdir(exist_ok=True)
+    (figures_dir / "site_test.py").write_text(TEST_FIGURES)
+    proc = subprocess.run([sys.executable, str(ROOT / "render_figures.py"), "--save-path", str(save_path),
+                           "--figures-dir", str(figures_dir), "--figures", figures, "--jobs", "1"],
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+
+
+def bos(patterns: "lens.Patterns", layer: int, head: int) -> float:
+    """The tests' `bos` statistic computed from the stored pattern: the oracle for what the pages show."""
+    return float(patterns.head(layer, head)[:, 0].mean())

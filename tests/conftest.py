@@ -23,3 +23,41 @@ def fake_data_dir(tmp_path) -> Path:
     from fake_data import make_data
     make_data(tmp_path / "data")
     return tmp_path / "data"
+
+
+@pytest.fixture(scope="session")
+def _rendered_site(tmp_path_factory) -> Path:
+    """fake_data_dir's data rendered once by render_figures.py with the site tests' figures (tests/browser.py)."""
+    from browser import render
+    from fake_data import make_data
+    data = tmp_path_factory.mktemp("rendered") / "data"
+    make_data(data)
+    render(data)
+    return data
+
+
+@pytest.fixture
+def rendered_data_dir(_rendered_site, tmp_path) -> Path:
+    """A fresh copy of fake_data_dir's data after render_figures.py and build_index.py: images, statistics, the site."""
+    import shutil
+    return Path(shutil.copytree(_rendered_site, tmp_path / "data"))
+
+
+@pytest.fixture
+def partial_heads_data_dir(tmp_path) -> Path:
+    """fake_data_dir's data where one prompt stores only L0H0 and L1H* (as compute_activations.py --heads
+    writes it: a pattern file holding those heads, "heads" in prompt.json), rendered and indexed."""
+    import json
+    import lens
+    from browser import render
+    from fake_data import TEXTS, make_data
+    data = tmp_path / "data"
+    make_data(data)
+    pdir = lens.prompt_dir(data, "fake-model", lens.prompt_hash(TEXTS[1]))
+    heads = [(0, 0), (1, 0), (1, 1), (1, 2)]
+    lens.write_atomic(pdir / lens.PATTERN_FILE,
+                      lens.encode_patterns(lens.Patterns(pdir / lens.PATTERN_FILE).all(), heads=heads))
+    record = json.loads((pdir / "prompt.json").read_text())
+    lens.write_json(pdir / "prompt.json", {**record, "heads": lens.format_heads(heads, 2, 3)})
+    render(data)
+    return data

@@ -1,7 +1,5 @@
 """The single view in a real (offline) chromium: hover values equal the stored patterns, keys, URL state, long prompts."""
 import json
-import shutil
-import time
 from decimal import ROUND_HALF_UP, Decimal
 from pathlib import Path
 from urllib.parse import parse_qs, urlsplit
@@ -10,43 +8,18 @@ import numpy as np
 import pytest
 
 import lens
-from browser import assert_only_local, browser_session, screenshot
+from browser import assert_only_local, bos, browser_session, render, screenshot
 from fake_data import TEXTS, make_data
 
-SITE = Path(__file__).resolve().parent.parent / "site"
 MODEL = "fake-model"
 
 
-def publish(data_dir: Path, models: tuple[str, ...] = (MODEL,)) -> None:
-    """What build_index.py does, minimally: models.jsonl, per-model prompts.jsonl, the site's files."""
-    cfgs = [json.loads((data_dir / m / "model_cfg.json").read_text()) for m in models]
-    lens.write_jsonl(data_dir / "models.jsonl", cfgs)
-    for m in models:
-        rows = [json.loads(p.read_text()) for p in (data_dir / m / "prompts").glob("*/prompt.json")]
-        lens.write_jsonl(data_dir / m / "prompts.jsonl", sorted(rows, key=lambda r: r["hash"]))
-    for f in SITE.iterdir():
-        shutil.copy(f, data_dir / f.name)
-
-
-def write_stats(data_dir: Path, model: str = MODEL, seed: int = 1) -> dict[str, np.ndarray]:
-    """Fake head statistics in the contract's format: stats.json, stats/<name>.f32, per-prompt stats.json."""
-    prompts = sorted(json.loads(line)["hash"] for line in (data_dir / model / "prompts.jsonl").read_text().splitlines())
-    cfg = json.loads((data_dir / model / "model_cfg.json").read_text())
-    rng = np.random.default_rng(seed)
-    tables = {name: rng.uniform(0, 1, (len(prompts), cfg["n_layers"], cfg["n_heads"])).astype("<f4")
-              for name in ("bos", "induction")}
-    tables["induction"][1] = np.nan  # a missing value stays missing
-    lens.write_json(data_dir / model / "stats.json", {
-        "prompts": prompts, "n_layers": cfg["n_layers"], "n_heads": cfg["n_heads"],
-        "stats": {name: {"doc": f"{name} score", "mean": np.nanmean(t, 0).tolist()} for name, t in tables.items()},
-    })
-    for name, t in tables.items():
-        lens.write_atomic(data_dir / model / "stats" / f"{name}.f32", t.tobytes())
-    for i, h in enumerate(prompts):
-        lens.write_json(lens.prompt_dir(data_dir, model, h) / "stats.json",
-                        {name: [[None if np.isnan(v) else float(v) for v in row] for row in t[i]]
-                         for name, t in tables.items()})
-    return tables
+def oracle(data_dir: Path) -> dict[str, np.ndarray]:
+    """The tests' statistics (tests/browser.py) computed from the stored patterns: [prompts (hash order), layers, heads]."""
+    hashes = prompt_hashes(data_dir)
+    bos_ = np.array([[[bos(lens.load_patterns(data_dir, MODEL, h), l, hd) for hd in range(3)] for l in range(2)]
+                     for h in hashes])
+    return {"bos": bos_}
 
 
 def formatted(v: float) -> str:
@@ -80,10 +53,8 @@ def url_state(page) -> dict[str, str]:
 
 
 @pytest.fixture
-def site(fake_data_dir) -> Path:
-    publish(fake_data_dir)
-    write_stats(fake_data_dir)
-    return fake_data_dir
+def site(rendered_data_dir) -> Path:
+    return rendered_data_dir
 
 
 def prompt_hashes(data_dir: Path) -> list[str]:
@@ -168,17 +139,25 @@ def test_keys_pin_and_url_state(site):
 
 
 def test_head_statistics_panel(site):
-    tables = write_stats(site)
-    h = prompt_hashes(site)[2]
-    i = sorted(prompt_hashes(site)).index(h)
+    """This prompt's value, the mean over prompts and the rank, for every statistic; tied heads share a rank."""
+    hashes = prompt_hashes(site)
+    values = oracle(site)["bos"]
+    i = 2
     with browser_session(site) as s:
-        open_single(s, model=MODEL, prompt=h, layer=1, head=0)
+        open_single(s, model=MODEL, prompt=hashes[i], layer=1, head=0)
         rows = s.page.eval_on_selector_all(".stats-table tbody tr", "rs => rs.map(r => [...r.cells].map(c => c.textContent))")
         by_name = {r[0]: r[1:] for r in rows}
-        assert by_name["bos"][0] == f"{tables['bos'][i, 1, 0]:.4f}"
-        mean = np.nanmean(tables["bos"], 0)
-        assert by_name["bos"][1] == f"{mean[1, 0]:.4f}"
+        assert list(by_name) == ["bos", "long_only", "tokens"]
+        mean = values.mean(0)
+        assert float(by_name["bos"][0]) == pytest.approx(values[i, 1, 0], abs=5e-4)
+        assert float(by_name["bos"][1]) == pytest.approx(mean[1, 0], abs=5e-4)
         assert by_name["bos"][2] == f"{1 + (mean > mean[1, 0]).sum()} / {mean.size}"
+        attn = lens.load_patterns(site, MODEL, hashes[i]).head(1, 0)
+        if len(attn) > 10:
+            assert float(by_name["long_only"][0]) == pytest.approx(attn[-1].max(), abs=5e-4)
+        else:
+            assert by_name["long_only"][0] == "\u2013"  # undefined on this prompt
+        assert by_name["tokens"][2] == "1 / 6"  # every head has the same value: all share rank 1
         assert s.page.get_attribute(".stats-table a", "href").startswith("heads.html?")
         assert not s.errors
 
@@ -186,59 +165,57 @@ def test_head_statistics_panel(site):
 def test_figure_image_or_error(site):
     h = prompt_hashes(site)[0]
     d = lens.prompt_dir(site, MODEL, h) / "L0" / "H1"
+    (d / "raw.svg").unlink()
     lens.write_atomic(d / "raw.error.txt", "ValueError: boom")
     with browser_session(site) as s:
         open_single(s, model=MODEL, prompt=h, layer=0, head=1, figure="raw")
-        s.page.wait_for_selector("#figure-view .error-text")
+        s.page.wait_for_selector("#figure-view .figure-error")
         assert "boom" in s.page.text_content("#figure-view")
+        open_single(s, model=MODEL, prompt=h, layer=0, head=2, figure="sharp")
+        s.page.wait_for_function("() => document.querySelector('#figure-view img')?.naturalWidth > 0")
         assert not s.errors
 
 
 def test_long_prompt_stays_usable(tmp_path):
-    """A 1,000-token prompt: loads fast, thins its labels, zooms, and still hovers exact values."""
+    """A 1,000-token prompt: thins its labels, zooms, and still hovers exact values
+    (bench/bench_site.py times it)."""
     data = tmp_path / "data"
     text = " ".join(f"w{i}" for i in range(999))
     (h,) = make_data(data, n_layers=2, n_heads=2, texts=[text])
-    publish(data)
+    render(data, "raw")
     stored = lens.load_patterns(data, MODEL, h).head(1, 1)
     assert stored.shape == (1000, 1000)
     with browser_session(data) as s:
-        t0 = time.perf_counter()
         open_single(s, model=MODEL, prompt=h, layer=1, head=1)
-        load_s = time.perf_counter() - t0
         hover_cell(s.page, 700, 300)
         text, q, k = shown(s.page)
         assert text == formatted(stored[q, k])
         for _ in range(8):
             s.page.keyboard.press("+")
         assert float(s.page.eval_on_selector("#matrix", "c => c.dataset.cell")) > 10  # labels readable again
-        s.page.keyboard.press("End")  # no-op key: nothing breaks
+        s.page.keyboard.press("x")  # a key with no binding: nothing breaks
         for key in ["ArrowDown"] * 3 + ["Shift+ArrowRight"]:
             s.page.keyboard.press(key)
         text, q, k = shown(s.page)
         assert text == formatted(stored[q, k])
         hover_cell(s.page, q, k)  # the pinned cell was scrolled into view
         assert shown(s.page)[1:] == (q, k)
-        t0 = time.perf_counter()
         s.page.keyboard.press("h")
         s.page.wait_for_function("() => document.querySelector('#title').textContent.endsWith('L0H0')")
-        step_s = time.perf_counter() - t0
         screenshot(s, "single-long")
         assert not s.errors
-    print(f"1,000-token prompt: single view ready in {load_s:.2f} s, next head in {step_s:.2f} s")
-    assert load_s < 10
 
 
 def test_real_pipeline_output(fake_data_dir):
     """render_figures.py's real statistics, images, colormaps.json and build_index.py's site, end to end."""
     import subprocess
     import sys
-    root = SITE.parent
+    root = Path(__file__).resolve().parent.parent
     subprocess.run([sys.executable, str(root / "render_figures.py"), "--save-path", str(fake_data_dir), "--jobs", "1"],
                    check=True, capture_output=True, cwd=root)
     h = lens.prompt_hash(TEXTS[1])
     stored = lens.load_patterns(fake_data_dir, MODEL, h).head(0, 1)
-    names = list(json.loads((fake_data_dir / MODEL / "stats.json").read_text())["stats"])
+    names = list(json.loads((fake_data_dir / MODEL / "stats.json").read_text())["stats"])  # the built-in ones
     with browser_session(fake_data_dir) as s:
         open_single(s, model=MODEL, prompt=h, layer=0, head=1, q=9, k=4)
         assert shown(s.page)[0] == formatted(stored[9, 4])
@@ -256,8 +233,39 @@ def test_real_pipeline_output(fake_data_dir):
         expected = lens.colormap_table("viridis")[round(float(stored[12, 0]) * 255)]
         assert np.abs(np.array(rgb) - expected).max() <= 2
         screenshot(s, "single-rendered")
-        s.page.goto(f"{s.url}heads.html?model={MODEL}&stat=prev_token")
+        s.page.goto(f"{s.url}heads.html?model={MODEL}&stat={names[-1]}")
         s.page.wait_for_selector("body[data-ready='1'] .heatmap-grid")
-        assert s.page.locator(".heatmap-grid .cell").count() == 6
+        assert s.page.locator(".heatmap-grid .heat").count() == 6
+        assert not s.errors
+        assert_only_local(s)
+
+
+def test_head_not_stored(partial_heads_data_dir):
+    """A prompt computed with --heads L0H0,L1H*: its other heads say "not stored"; keys still move on."""
+    data = partial_heads_data_dir
+    h = lens.prompt_hash(TEXTS[1])
+    patterns = lens.load_patterns(data, MODEL, h)
+    with browser_session(data) as s:
+        open_single(s, model=MODEL, prompt=h, layer=0, head=1, q=4, k=2)
+        assert "not stored" in s.page.text_content("#not-stored") and s.page.is_visible("#not-stored")
+        assert s.page.text_content("#cell-value") == "not stored"
+        assert s.page.text_content("#figure-view") == "not stored"
+        rows = s.page.eval_on_selector_all(".stats-table tbody tr", "rs => rs.map(r => r.cells[1].textContent)")
+        assert set(rows) == {"\u2013"}  # render_figures.py computed nothing for this head
+        s.page.keyboard.press("h")  # L0H2: not stored either
+        s.page.wait_for_function("() => document.querySelector('#title').textContent.endsWith('L0H2')")
+        assert s.page.is_visible("#not-stored")
+        s.page.keyboard.press("h")  # L1H0 is stored
+        s.page.wait_for_function("() => document.querySelector('#title').textContent.endsWith('L1H0')")
+        s.page.wait_for_function("() => document.querySelector('#cell-value').dataset.value !== undefined")
+        assert not s.page.is_visible("#not-stored")
+        assert shown(s.page) == (formatted(patterns.head(1, 0)[4, 2]), 4, 2)
+        s.page.keyboard.press("L")  # back to layer 0: L0H0 is stored, L0H1 (via H) is not
+        s.page.wait_for_function("() => document.querySelector('#title').textContent.endsWith('L0H0')")
+        s.page.wait_for_function("() => document.querySelector('#cell-value').dataset.value !== undefined")
+        assert shown(s.page)[0] == formatted(patterns.head(0, 0)[4, 2])
+        s.page.keyboard.press("ArrowDown")
+        assert shown(s.page) == (formatted(patterns.head(0, 0)[5, 2]), 5, 2)
+        screenshot(s, "single-not-stored")
         assert not s.errors
         assert_only_local(s)

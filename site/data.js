@@ -1,0 +1,209 @@
+// The data dir as the site reads it: one path function per file (as lens.py names them), the one
+// fetch helper, the list of files a data dir may lack, statistic tables, head specs and the rank rule.
+
+// ---- paths: `model` is a model's directory name, as models.jsonl's "model_dir" ----
+
+export const MODELS_URL = "models.jsonl";
+export const FIGURES_URL = "figures.jsonl";
+export const COLORMAPS_URL = "colormaps.json";
+export const modelCfgUrl = (model) => `${model}/model_cfg.json`;
+export const promptsUrl = (model) => `${model}/prompts.jsonl`;
+export const statsUrl = (model) => `${model}/stats.json`;
+export const statTableUrl = (model, stat) => `${model}/stats/${stat}.f32`;
+export const promptDir = (model, hash) => `${model}/prompts/${hash}/`;
+export const promptJsonUrl = (model, hash) => `${promptDir(model, hash)}prompt.json`;
+export const patternsUrl = (model, hash) => `${promptDir(model, hash)}patterns.bin`;
+export const promptStatsUrl = (model, hash) => `${promptDir(model, hash)}stats.json`;
+export const headDir = (model, hash, layer, head) => `${promptDir(model, hash)}L${layer}/H${head}/`;
+/** Image of one figure output (`raw`, or `func.name` for a multi-figure) in its figure's format. */
+export const imageUrl = (model, hash, layer, head, output, format = "svg") =>
+  `${headDir(model, hash, layer, head)}${output}.${format}`;
+export const errorUrl = (model, hash, layer, head, output) =>
+  `${headDir(model, hash, layer, head)}${output}.error.txt`;
+
+// ---- which script writes each file, and which files a data dir may lack ----
+
+// A 404 on an optional file is an answer (null), not an error: statistics exist only after
+// render_figures.py, an .error.txt only where a figure failed. Any other failed fetch is an error
+// naming the file and the script that writes it.
+const FILES = [
+  { path: /^models\.jsonl$/, writer: "build_index.py" },
+  { path: /^figures\.jsonl$/, writer: "build_index.py" },
+  { path: /^colormaps\.json$/, writer: "render_figures.py", optional: true },
+  { path: /^[^/]+\/prompts\.jsonl$/, writer: "build_index.py" },
+  { path: /^[^/]+\/model_cfg\.json$/, writer: "compute_activations.py" },
+  { path: /^[^/]+\/stats\.json$/, writer: "render_figures.py", optional: true },
+  { path: /^[^/]+\/stats\/[^/]+\.f32$/, writer: "render_figures.py" },
+  { path: /\/prompt\.json$/, writer: "compute_activations.py" },
+  { path: /\/patterns\.bin$/, writer: "compute_activations.py" },
+  { path: /\/prompts\/[^/]+\/stats\.json$/, writer: "render_figures.py", optional: true },
+  { path: /\.error\.txt$/, writer: "render_figures.py", optional: true },
+];
+const fileInfo = (path) => FILES.find((f) => f.path.test(path)) ?? {};
+
+/** The one fetch: a failed request or an HTTP error status throws an error naming the path. */
+export async function fetchOk(path, init) {
+  let response;
+  try {
+    response = await fetch(path, init);
+  } catch (e) {
+    throw new Error(`${path}: ${e.message}`);
+  }
+  if (!response.ok) {
+    const { writer } = fileInfo(path);
+    const hint = response.status === 404 && writer ? ` (${writer} writes it)` : "";
+    throw new Error(`${path}: HTTP ${response.status} ${response.statusText}${hint}`);
+  }
+  return response;
+}
+
+/** A data file parsed as "json", "jsonl", "text" or "bytes" (ArrayBuffer); null when an optional file is missing. */
+export async function fetchData(path, as = "json") {
+  let response;
+  try {
+    response = await fetchOk(path);
+  } catch (e) {
+    if (fileInfo(path).optional && e.message.includes("HTTP 404")) return null;
+    throw e;
+  }
+  if (as === "bytes") return response.arrayBuffer();
+  const text = await response.text();
+  if (as === "text") return text;
+  return as === "jsonl" ? parseJsonl(text, path) : parseJson(text, path);
+}
+
+/** Wait for every fetch; if any failed, one error listing every failure (not just the first to arrive). */
+export async function fetchEach(promises) {
+  const results = await Promise.allSettled(promises);
+  const failed = results.filter((r) => r.status === "rejected").map((r) => r.reason.message);
+  if (failed.length) throw new Error(failed.join("\n"));
+  return results.map((r) => r.value);
+}
+
+function parseJson(text, path) {
+  try {
+    return JSON.parse(text);
+  } catch (e) {
+    throw new Error(`${path}: not valid JSON (${e.message})`);
+  }
+}
+
+/** Rows of a JSONL text; a bad line names the file and the line number. */
+export function parseJsonl(text, path = "") {
+  const lines = text.split("\n");
+  return lines.flatMap((line, i) => (line.trim() ? [parseJson(line, `${path}:${i + 1}`)] : []));
+}
+
+// ---- figures and colormaps ----
+
+/** Every image output of the figure records (figures.jsonl), as [{output, format, figure}]. */
+export function figureOutputs(figures) {
+  return figures
+    .filter((f) => f.kind !== "statistic")
+    .flatMap((f) => f.outputs.map((output) => ({ output, format: f.format || "svg", figure: f })));
+}
+
+/** A colormap of colormaps.json as [[r, g, b] x 256], the table the images use; greys (and a warning)
+ * when the data dir has no colormaps.json yet. */
+export async function loadColormap(name = "viridis") {
+  const tables = await fetchData(COLORMAPS_URL);
+  if (!tables?.[name]) {
+    return { missing: `${COLORMAPS_URL}: no ${name} (render_figures.py writes it); drawn in greys`, table: greys() };
+  }
+  return { table: tables[name].map((c) => [1, 3, 5].map((i) => parseInt(c.slice(i, i + 2), 16))) };
+}
+
+const greys = () => Array.from({ length: 256 }, (_, i) => [i, i, i]);
+
+// ---- statistics: stats.json ({prompts, n_layers, n_heads, stats: {name: {doc, mean}}}) and
+// stats/<name>.f32 (float32 [prompts, layers, heads], NaN where missing) ----
+
+/** One statistic's table: `at(hash, layer, head)` and `atRow(promptIndex, layer, head)`, NaN where missing. */
+export async function loadStatTable(model, stats, name) {
+  const url = statTableUrl(model, name);
+  const values = new Float32Array(await fetchData(url, "bytes"));
+  const { prompts, n_layers: nL, n_heads: nH } = stats;
+  if (values.length !== prompts.length * nL * nH) {
+    throw new Error(`${url}: ${values.length} values, ${statsUrl(model)} says ${prompts.length * nL * nH}; `
+      + "re-run render_figures.py");
+  }
+  const row = new Map(prompts.map((hash, i) => [hash, i]));
+  const atRow = (p, layer, head) => (layer < nL && head < nH ? values[(p * nL + layer) * nH + head] : NaN);
+  return { name, prompts, atRow, at: (hash, layer, head) => (row.has(hash) ? atRow(row.get(hash), layer, head) : NaN) };
+}
+
+/** A statistic's mean over prompts as [layer][head] numbers (NaN where missing). */
+export function statMeans(stats, name) {
+  return stats.stats[name].mean.map((row) => row.map((v) => v ?? NaN));
+}
+
+/** The one rank rule: heads with a value, best first (ties keep layer-major order), each ranked
+ * 1 + the number of heads strictly better, so tied heads share a rank on every page. */
+export function rankHeads(values, descending = true) {
+  const sign = descending ? -1 : 1;
+  const all = values.flatMap((row, layer) => row.map((value, head) => ({ layer, head, value })))
+    .filter((h) => !Number.isNaN(h.value))
+    .sort((a, b) => sign * (a.value - b.value));
+  let rank = 0;
+  return all.map((h, i) => {
+    if (i === 0 || h.value !== all[i - 1].value) rank = i + 1;
+    return { ...h, rank };
+  });
+}
+
+// ---- heads: the `L0-3H*,L5H1,L*H0` syntax of the grid's URL and of prompt.json's "heads" ----
+
+/** Heads named by a spec like `L0-3H*,L5H1,L*H0`, as sorted [layer, head] pairs; throws on bad syntax
+ * and, when `strict`, on a layer or head the model does not have (else those parts select nothing). */
+export function parseHeads(spec, nLayers, nHeads, strict = true) {
+  const chosen = new Set();
+  for (const part of spec.split(",").map((s) => s.trim()).filter(Boolean)) {
+    const m = /^L([0-9*]+(?:-[0-9]+)?)H([0-9*]+(?:-[0-9]+)?)$/i.exec(part.replace(/\s+/g, ""));
+    if (!m) throw new Error(`"${part}" is not a head spec (try L0-3H*, L5H1, L*H0)`);
+    for (const l of parseRange(m[1], nLayers, "layer", strict)) {
+      for (const h of parseRange(m[2], nHeads, "head", strict)) chosen.add(l * nHeads + h);
+    }
+  }
+  return [...chosen].sort((a, b) => a - b).map((i) => [Math.floor(i / nHeads), i % nHeads]);
+}
+
+function parseRange(text, n, what, strict) {
+  if (text === "*") return range(n);
+  const [a, b] = text.split("-").map(Number);
+  const last = Number.isNaN(b) || b === undefined ? a : b;
+  if (a > last) throw new Error(`${what} range ${text} runs backwards`);
+  if (a >= n && strict) throw new Error(`no ${what} ${a}: ${what}s are 0-${n - 1}`);
+  return range(Math.min(last, n - 1) + 1).filter((i) => i >= a);  // a range may run past the end: L8-99H*
+}
+
+/** The shortest spec for a set of heads: whole layers as `L0-3H*`, the rest per head. */
+export function formatHeads(heads, nLayers, nHeads) {
+  const byLayer = Array.from({ length: nLayers }, () => []);
+  for (const [l, h] of heads) byLayer[l].push(h);
+  const parts = [];
+  let l = 0;
+  while (l < nLayers) {
+    if (byLayer[l].length === nHeads) {
+      let end = l;
+      while (end + 1 < nLayers && byLayer[end + 1].length === nHeads) end++;
+      parts.push(end > l ? `L${l}-${end}H*` : `L${l}H*`);
+      l = end + 1;
+      continue;
+    }
+    for (const h of byLayer[l]) parts.push(`L${l}H${h}`);
+    l++;
+  }
+  return parts.join(",");
+}
+
+/** Whether a prompt stores a head: prompt.json's "heads" spec names the stored heads; without it, all are. */
+export function isStored(prompt, model, layer, head) {
+  if (!prompt.heads) return true;
+  if (!prompt.storedHeads) {
+    prompt.storedHeads = new Set(parseHeads(prompt.heads, model.n_layers, model.n_heads, false)
+      .map(([l, h]) => l * model.n_heads + h));
+  }
+  return prompt.storedHeads.has(layer * model.n_heads + head);
+}
+
+export const range = (n) => Array.from({ length: n }, (_, i) => i);

@@ -1,0 +1,112 @@
+// The small DOM helpers the pages share: building elements, the one number format, the one error
+// policy, the theme toggle and the pages' common shape (load, render, wire).
+
+export const $ = (id) => document.getElementById(id);
+
+/** Build an element: el("a", {href, class: "x", onclick: f, dataset: {k: v}}, "text", child, [more]). */
+export function el(tag, attrs = {}, ...children) {
+  const node = document.createElement(tag);
+  for (const [key, value] of Object.entries(attrs || {})) {
+    if (value === undefined || value === null || value === false) continue;
+    if (key.startsWith("on") && typeof value === "function") node.addEventListener(key.slice(2), value);
+    else if (key === "dataset") Object.assign(node.dataset, value);
+    else if (key === "style" && typeof value === "object") Object.assign(node.style, value);
+    else if (key in node && typeof value !== "string") node[key] = value;
+    else node.setAttribute(key, value === true ? "" : value);
+  }
+  node.append(...children.flat(Infinity).filter((c) => c !== null && c !== undefined && c !== false));
+  return node;
+}
+
+/** Replace a <select>'s options; `label` turns a value into its text. */
+export function fillSelect(select, values, current, label = String) {
+  select.replaceChildren(...values.map((v) => el("option", { value: v, selected: String(v) === String(current) }, label(v))));
+}
+
+/** The one number format: `digits` decimals (a statistic: 3; an attention weight: 5, its stored
+ * precision), no decimals from 1000 on, and an en dash where there is no value. */
+export function formatNumber(v, digits = 3) {
+  if (v === null || v === undefined || Number.isNaN(Number(v))) return "\u2013";
+  return Math.abs(v) >= 1000 ? Number(v).toFixed(0) : Number(v).toFixed(digits);
+}
+
+/** A token with its whitespace made visible (space ·, newline ↵, tab →). */
+export const visibleToken = (token) => oneLine(token.replace(/ /g, "\u00b7"));
+
+/** Text on one line: newlines and tabs shown as ↵ and →. */
+export const oneLine = (text) => text.replace(/\n/g, "\u21b5").replace(/\t/g, "\u2192");
+
+export function debounce(fn, ms) {
+  let timer = 0;
+  return (...args) => {
+    clearTimeout(timer);
+    timer = setTimeout(() => fn(...args), ms);
+  };
+}
+
+// ---- the error policy: every failure is shown at the top of the page (and in the console), never
+// swallowed; a file the data dir may lack is not a failure (data.js says which). A page that cannot
+// load shows why; a failure after that (one head, one table) is shown and the rest keeps working. ----
+
+export function showError(error) {
+  const message = error instanceof Error ? error.message : String(error);
+  console.error(message);
+  let box = $("errors");
+  if (!box) {
+    box = el("div", { id: "errors", class: "errors", role: "alert" });
+    document.body.prepend(box);
+  }
+  for (const line of message.split("\n")) box.append(el("div", {}, line));
+}
+
+/** Every page's shape: wire the controls, load the data, render; body[data-ready] marks it settled. */
+export async function startPage({ load, render, wire }) {
+  $("theme").append(themeToggle());
+  wire();
+  try {
+    await load();
+    await render();
+  } catch (e) {
+    showError(e);
+  }
+  document.body.dataset.ready = "1";
+}
+
+// ---- theme: light/dark follows the system unless the toggle chose one (a preference, not view state) ----
+
+const THEMES = ["auto", "light", "dark"];
+
+function applyTheme(theme) {
+  if (theme === "auto") delete document.documentElement.dataset.theme;
+  else document.documentElement.dataset.theme = theme;
+}
+
+/** A button cycling auto -> light -> dark, for the page header; fires "themechange" on the document. */
+function themeToggle() {
+  const current = () => localStorage.getItem("theme") || "auto";
+  const button = el("button", { type: "button", class: "theme-toggle", title: "light / dark / follow the system" },
+    `theme: ${current()}`);
+  button.addEventListener("click", () => {
+    const next = THEMES[(THEMES.indexOf(current()) + 1) % THEMES.length];
+    localStorage.setItem("theme", next);
+    applyTheme(next);
+    button.textContent = `theme: ${next}`;
+    document.dispatchEvent(new Event("themechange"));
+  });
+  applyTheme(current());
+  matchMedia("(prefers-color-scheme: dark)").addEventListener("change", () => {
+    document.dispatchEvent(new Event("themechange"));
+  });
+  return button;
+}
+
+/** A colour variable of style.css resolved to "rgb(...)" for the current theme (canvas code needs it). */
+export function cssColor(name) {
+  let probe = $("css-probe");
+  if (!probe) {
+    probe = el("span", { id: "css-probe", hidden: true });
+    document.body.append(probe);
+  }
+  probe.style.color = `var(${name})`;
+  return getComputedStyle(probe).color;
+}

@@ -1,0 +1,84 @@
+// Each page's state lives in its URL's query string, so a link reproduces the view; this module
+// holds every page's parameters with their defaults and builds the links between the pages.
+
+/** URL parameters of each page and their defaults (all strings; lists are comma separated). */
+export const PAGES = {
+  grid: {
+    file: "index.html",
+    defaults: {
+      models: "",     // model dirs; default: the first model
+      heads: "L*H*",  // head spec, see data.parseHeads
+      prompts: "",    // prompt hashes; default: the first prompt
+      figures: "",    // figure outputs; default: raw, else the first one
+      q: "",          // prompt search
+      order: "",      // prompt table order: "" (hash), "tokens" (shortest first), "-tokens" (longest first)
+      page: "0",      // prompt table page
+      size: "160",    // tile width in px
+      cols: "",       // tiles per row ("" fills the width with `size`-wide tiles); 12 puts a GPT-2 layer on a row
+      group: "",      // model | prompt | layer | head | figure | "" (none)
+      sort: "",       // primary sort key (model | prompt | layer | head | figure | stat); "" keeps the natural order
+      stat: "",       // statistic shown in captions, used by sort=stat and the range filter
+      min: "",
+      max: "",
+      desc: "",       // "1": statistic sort descending
+    },
+  },
+  single: {
+    file: "single.html",
+    defaults: {
+      model: "", prompt: "", layer: "0", head: "0", figure: "raw",
+      q: "", k: "",        // the pinned cell (query row, key column)
+      shade: "row",        // the text is shaded by the active query row or key column ("col")
+      scale: "linear",     // linear | sqrt | max
+    },
+  },
+  heads: {
+    file: "heads.html",
+    defaults: {
+      model: "", stat: "",
+      over: "mean",        // mean over prompts | prompt (one prompt's values)
+      prompt: "", click: "single", top: "10", order: "desc",
+    },
+  },
+};
+
+/** The page's state: each parameter read from the URL, else its default. */
+export function readState(page) {
+  const params = new URLSearchParams(location.search);
+  return Object.fromEntries(Object.entries(PAGES[page].defaults).map(([k, v]) => [k, params.get(k) ?? v]));
+}
+
+/** Put `state` into the URL without reloading; `push` adds a history entry. */
+export function writeState(page, state, push = false) {
+  const url = pageUrl(page, state);
+  if (url !== `${location.pathname.split("/").pop() || PAGES[page].file}${location.search}`) {
+    history[push ? "pushState" : "replaceState"](null, "", url);
+  }
+}
+
+/** Link to a page with these parameters; values equal to their default are left out. */
+export function pageUrl(page, params) {
+  const { file, defaults } = PAGES[page];
+  const query = new URLSearchParams();
+  for (const [key, value] of Object.entries(params)) {
+    if (key in defaults && value !== undefined && value !== null && String(value) !== defaults[key]) {
+      query.set(key, String(value));
+    }
+  }
+  const text = query.toString();
+  return text ? `${file}?${text}` : file;
+}
+
+/** One head in the single view. */
+export const singleUrl = ({ model, prompt, layer, head, figure }) => pageUrl("single", { model, prompt, layer, head, figure });
+
+/** The grid showing these heads ([[layer, head]]) on these prompts, sorted by a statistic when given. */
+export function gridUrl({ model, heads, prompts, figures, stat, desc }) {
+  return pageUrl("grid", {
+    models: model, heads: heads?.map(([l, h]) => `L${l}H${h}`).join(","), prompts: prompts?.join(","),
+    figures, stat, sort: stat && heads ? "stat" : "", desc: desc ? "1" : "",
+  });
+}
+
+/** The heads page of a model and statistic. */
+export const headsUrl = ({ model, stat }) => pageUrl("heads", { model, stat });
