@@ -126,7 +126,7 @@ function heatCell(l, h, v, rank, of, lo, hi, size) {
     class: `heat ${kind}`.trim(), href: headUrl(l, h), title: info, dataset: { layer: l, head: h, value: String(v) },
     style: c ? { background: `rgb(${c.join(", ")})` } : {},
     onmouseenter: () => { $("hover-info").textContent = info; },
-  }, size >= 40 && kept ? text : "");
+  }, size >= 40 ? text : "");
 }
 
 function renderLegend(lo, hi) {

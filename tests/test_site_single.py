@@ -1,5 +1,7 @@
 """The single view in a real (offline) chromium: hover values equal the stored patterns, keys, URL state, long prompts."""
 import json
+import struct
+import zlib
 from decimal import ROUND_HALF_UP, Decimal
 from pathlib import Path
 from urllib.parse import parse_qs, urlsplit
@@ -252,6 +254,7 @@ def test_head_not_stored(partial_heads_data_dir):
         assert s.page.text_content("#figure-view") == "not stored"
         rows = s.page.eval_on_selector_all(".stats-table tbody tr", "rs => rs.map(r => r.cells[1].textContent)")
         assert set(rows) == {"\u2013"}  # render_figures.py computed nothing for this head
+        screenshot(s, "single-not-stored")
         s.page.keyboard.press("h")  # L0H2: not stored either
         s.page.wait_for_function("() => document.querySelector('#title').textContent.endsWith('L0H2')")
         assert s.page.is_visible("#not-stored")
@@ -266,6 +269,43 @@ def test_head_not_stored(partial_heads_data_dir):
         assert shown(s.page)[0] == formatted(patterns.head(0, 0)[4, 2])
         s.page.keyboard.press("ArrowDown")
         assert shown(s.page) == (formatted(patterns.head(0, 0)[5, 2]), 5, 2)
-        screenshot(s, "single-not-stored")
         assert not s.errors
         assert_only_local(s)
+
+
+def format_1(patterns: np.ndarray) -> bytes:
+    """A causal pattern file as format 1 wrote it: "ATTNPAT1", uint32 header length, a JSON header with
+    "offsets", then every head's stream, layer-major (what data dirs written before format 2 hold)."""
+    n_layers, n_heads, n, _ = patterns.shape
+    q = np.round(patterns.reshape(-1, n, n)[:, np.tri(n, dtype=bool)] * lens.PATTERN_SCALE).astype("<u2")
+    streams = [zlib.compress(np.ascontiguousarray(h).view(np.uint8).reshape(-1, 2).T.tobytes()) for h in q]
+    header = json.dumps({"n_layers": n_layers, "n_heads": n_heads, "n_tokens": n, "scale": lens.PATTERN_SCALE,
+                         "layout": "tril", "offsets": np.cumsum([0] + [len(c) for c in streams]).tolist()}).encode()
+    return b"ATTNPAT1" + struct.pack("<I", len(header)) + header + b"".join(streams)
+
+
+def test_format_1_files_still_read(site):
+    h = lens.prompt_hash(TEXTS[1])
+    path = lens.prompt_dir(site, MODEL, h) / lens.PATTERN_FILE
+    lens.write_atomic(path, format_1(lens.Patterns(path).all()))
+    stored = lens.Patterns(path).head(1, 1)  # the oracle reads format 1 too
+    with browser_session(site) as s:
+        open_single(s, model=MODEL, prompt=h, layer=1, head=1)
+        for q, k in [(0, 0), (9, 4), (14, 14)]:
+            hover_cell(s.page, q, k)
+            assert shown(s.page) == (formatted(stored[q, k]), q, k)
+        assert not s.errors
+
+
+def test_one_head_is_read_by_byte_ranges(site):
+    """Format 2: the first 16 bytes, the footer (an open-ended range), then only the head's own stream."""
+    h = lens.prompt_hash(TEXTS[1])
+    patterns = lens.load_patterns(site, MODEL, h)
+    start, size = patterns.chunks[1 * 3 + 2]
+    footer = struct.unpack("<Q", patterns.path.read_bytes()[8:16])[0]
+    with browser_session(site) as s:
+        ranges = []
+        s.page.on("request", lambda r: r.url.endswith("patterns.bin") and ranges.append(r.headers.get("range")))
+        open_single(s, model=MODEL, prompt=h, layer=1, head=2)
+        assert ranges == ["bytes=0-15", f"bytes={footer}-", f"bytes={start}-{start + size - 1}"]
+        assert not s.errors

@@ -134,10 +134,10 @@ def test_heads_not_stored(partial_heads_data_dir):
         assert "L0H1: not stored" in s.page.get_attribute(".heat[data-layer='0'][data-head='1']", "title")
         assert np.isnan(cells(s.page)[0, 1:]).all() and s.page.locator(".heat.no-value").count() == 0
         assert s.page.locator(".top-table tbody tr").count() == 4
+        screenshot(s, "heads-not-stored")
         s.page.keyboard.press("m")  # mean over prompts: the other prompts store every head
         s.page.wait_for_function("() => new URLSearchParams(location.search).get('over') === null")
         assert s.page.locator(".heat.not-stored").count() == 0
-        screenshot(s, "heads-not-stored")
         assert not s.errors
 
 
