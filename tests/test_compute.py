@@ -212,6 +212,16 @@ def test_bad_prompt_files_fail_with_one_line(tmp_path, content, message):
     ("EMPTY_DIR", [], "is not a Hugging Face checkpoint"),
     ("./missing-dir", [], "no such model directory"),
     ("CKPT", ["--shard", "3/2"], "--shard 3/2: expected K/N"),
+    ("CKPT", ["--heads", "L2H0"], "--heads L2H0: layers 2 out of range (the model's layers are 0-1)"),
+    ("CKPT", ["--heads", "L0H0-9"], "--heads L0H0-9: heads 0-9 out of range (the model's heads are 0-3)"),
+    ("CKPT", ["--heads", "layer0"], "--heads layer0: 'layer0' is not a head spec"),
+    ("CKPT", ["--checkpoint", "1000"], "--checkpoint 1000: "),
+    ("gpt2", ["--checkpoint", "1000"], "--checkpoint 1000: model 'gpt2' has no training checkpoints"),
+    ("pythia-70m", ["--checkpoint", "999"], "--checkpoint 999: not a checkpoint of pythia-70m"),
+    ("CKPT", ["--checkpoint", "late"], "--checkpoint late: expected training steps"),
+    ("CKPT", ["--device-map", "auto", "--device", "cpu"], "--device-map and --device are exclusive"),
+    ("CKPT", ["--device", "cuda"] if not torch.cuda.is_available() else ["--max-tokens", "0"], "error: --"),
+    ("CKPT", ["--max-tokens", "0"], "--max-tokens must be at least 1"),
 ])
 def test_bad_model_or_flags_fail_with_one_line(tiny_checkpoint, tmp_path, model_arg, extra, message):
     write_prompts(tmp_path / "p.jsonl", TEXTS[:2])
@@ -221,3 +231,86 @@ def test_bad_model_or_flags_fail_with_one_line(tiny_checkpoint, tmp_path, model_
     assert r.returncode != 0
     assert message in r.stderr and r.stderr.strip().splitlines()[-1].startswith("error:"), r.stderr
     assert prompt_dirs(tmp_path / "data") == []
+
+
+def test_heads_stores_only_those_and_more_heads_recompute(model, tmp_path):
+    ca.compute_activations(TEXTS[:2], model, tmp_path, model_name="tiny", heads="L1H0-1", progress=False)
+    pdir = lens.prompt_dir(tmp_path, "tiny", lens.prompt_hash(TEXTS[1]))
+    stored = lens.Patterns(pdir / lens.PATTERN_FILE)
+    assert stored.heads == [(1, 0), (1, 1)] and not stored.stored(0, 0)
+    assert json.loads((pdir / "prompt.json").read_text())["heads"] == "L1H0,L1H1"
+    with pytest.raises(lens.NotStored):
+        stored.head(0, 0)
+    oracle = single_patterns(model, TEXTS[1])
+    assert np.abs(stored.head(1, 1) - oracle[1, 1]).max() <= 3.1e-5
+    again = ca.compute_activations(TEXTS[:2], model, tmp_path, model_name="tiny", heads="L1H1", progress=False)
+    assert (again["done"], again["skipped"]) == (0, 2)  # heads already held: nothing to do
+    more = ca.compute_activations(TEXTS[:2], model, tmp_path, model_name="tiny", heads="L0H2", progress=False)
+    assert more["done"] == 2
+    stored = lens.Patterns(pdir / lens.PATTERN_FILE)
+    assert stored.heads == [(0, 2), (1, 0), (1, 1)]  # what it had, plus what was asked
+    assert np.abs(stored.head(0, 2) - oracle[0, 2]).max() <= 3.1e-5
+    everything = ca.compute_activations(TEXTS[:2], model, tmp_path, model_name="tiny", progress=False)
+    assert everything["done"] == 2
+    assert "heads" not in json.loads((pdir / "prompt.json").read_text())
+    assert np.abs(lens.Patterns(pdir / lens.PATTERN_FILE).all() - oracle).max() <= 3.1e-5
+
+
+def test_max_tokens_truncates_and_the_estimate_says_how_to_shrink(model, tmp_path, capsys):
+    ca.compute_activations([TEXTS[4]], model, tmp_path, model_name="tiny", max_tokens=6)
+    err = capsys.readouterr().err
+    assert "more than --max-tokens=6: truncated" in err
+    assert "tiny: 1 prompts, 6 tokens, 8 heads each: at most 336 B to write" in err  # 8 heads x 21 values x 2 B
+    assert "--heads SPEC stores only some heads" in err
+    info = json.loads((lens.prompt_dir(tmp_path, "tiny", lens.prompt_hash(TEXTS[4])) / "prompt.json").read_text())
+    assert info["n_tokens"] == 6 and info["truncated"] is True
+
+
+def test_loader_gets_checkpoint_revision_and_placement(tiny_checkpoint, monkeypatch):
+    from transformer_lens.model_bridge import TransformerBridge
+    calls = []
+    real = TransformerBridge.boot_transformers
+
+    def boot(name, **kwargs):
+        calls.append((name, kwargs))
+        return real(str(tiny_checkpoint), device="cpu")
+    monkeypatch.setattr(TransformerBridge, "boot_transformers", boot)
+    ca.load_model("pythia-70m", None, "float32", revision=None, checkpoint=1000, n_devices=2, device_map="auto")
+    ca.load_model("gpt2", "cpu", "float32", revision="main")
+    assert calls[0] == ("pythia-70m", {"dtype": torch.float32, "device_map": "auto", "n_devices": 2,
+                                       "checkpoint_value": 1000})
+    assert calls[1] == ("gpt2", {"dtype": torch.float32, "device": "cpu", "revision": "main"})
+
+
+def test_device_map_places_a_local_checkpoint_on_the_cpu(tiny_checkpoint, tmp_path):
+    model = ca.load_model(str(tiny_checkpoint), None, "float32", device_map="cpu")
+    ca.compute_activations(TEXTS[:2], model, tmp_path, model_name="mapped", progress=False)
+    stored = lens.load_patterns(tmp_path, "mapped", lens.prompt_hash(TEXTS[1])).all()
+    assert np.abs(stored - single_patterns(model, TEXTS[1])).max() <= 3.1e-5
+
+
+class PatchableModelLike:
+    """Mimics auto_circuit 1.0.1's PatchableModel: to_tokens() and to_str_tokens() take no arguments
+    and return the wrapped model's functions; run_with_cache, cfg and tokenizer pass through; no
+    run_with_hooks."""
+
+    def __init__(self, model):
+        self.wrapped_model = model
+        self.cfg, self.tokenizer = model.cfg, model.tokenizer
+
+    def to_tokens(self):
+        return self.wrapped_model.to_tokens
+
+    def to_str_tokens(self):
+        return self.wrapped_model.to_str_tokens
+
+    def run_with_cache(self, *args, **kwargs):
+        return self.wrapped_model.run_with_cache(*args, **kwargs)
+
+
+def test_auto_circuit_style_wrapper_works(model, tmp_path):
+    ca.compute_activations(TEXTS[:3], PatchableModelLike(model), tmp_path, model_name="patchable",
+                           batch_size=2, progress=False)
+    for text in TEXTS[:3]:
+        stored = lens.load_patterns(tmp_path, "patchable", lens.prompt_hash(text)).all()
+        assert np.abs(stored - single_patterns(model, text)).max() <= 3.1e-5
