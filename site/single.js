@@ -201,12 +201,16 @@ function renderFigure() {
   const chosen = outputs.find((o) => o.output === state.figure) || { output: state.figure, format: "svg" };
   const args = [state.model, state.prompt, Number(state.layer), Number(state.head), chosen.output];
   const img = el("img", { src: imageUrl(...args, chosen.format), alt: `${chosen.output} figure` });
-  img.addEventListener("error", async () => {
-    const text = await fetchData(errorUrl(...args), "text").catch((e) => e.message);
-    box.replaceChildren(text === null ? el("p", { class: "no-image" }, `no ${chosen.output} image for this head`)
-      : el("pre", { class: "figure-error" }, text));
-  });
+  img.addEventListener("error", () => showMissingFigure(img, chosen.output, args).catch(showError));
   box.replaceChildren(img, chosen.figure?.doc ? el("p", { class: "muted" }, chosen.figure.doc) : "");
+}
+
+/** A failed figure shows its error text; an image never rendered says so (unless another head is shown by then). */
+async function showMissingFigure(img, output, args) {
+  const text = await fetchData(errorUrl(...args), "text");
+  if (!img.isConnected) return;
+  img.parentElement.replaceChildren(text === null ? el("p", { class: "no-image" }, `no ${output} image for this head`)
+    : el("pre", { class: "figure-error" }, text));
 }
 
 // ---- moving: cells, heads, layers, prompts ----
