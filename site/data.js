@@ -89,7 +89,7 @@ function parseJson(text, path) {
 }
 
 /** Rows of a JSONL text; a bad line names the file and the line number. */
-export function parseJsonl(text, path = "") {
+function parseJsonl(text, path = "") {
   const lines = text.split("\n");
   return lines.flatMap((line, i) => (line.trim() ? [parseJson(line, `${path}:${i + 1}`)] : []));
 }

@@ -30,7 +30,7 @@ function parseJson(url, bytes) {
 }
 
 /** Open a pattern file once per URL: {header, chunks: Map(flat head index -> [start, end]), file}. */
-export function openPatterns(url) {
+function openPatterns(url) {
   if (!files.has(url)) files.set(url, openUncached(url));
   return files.get(url);
 }
