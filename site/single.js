@@ -12,8 +12,7 @@ import { gridUrl, headsUrl, readState, singleUrl, writeState } from "./url.js";
 const state = readState("single");
 const data = { models: [], figures: [], colormap: null, cfg: null, prompts: [], stats: null };
 const view = {
-  promptIndex: -1, prompt: null, promptStats: null, pattern: null, notStored: false,
-  hover: null, pinned: null, matrix: null,
+  promptIndex: -1, prompt: null, promptStats: null, pattern: null, hover: null, pinned: null, matrix: null,
 };
 const weight = (v) => formatNumber(v, 5);  // an attention weight to its stored precision (3.1e-5)
 
@@ -34,7 +33,8 @@ async function load() {
   if (!state.prompt) state.prompt = prompts[0]?.hash ?? "";
   if (!state.prompt) throw new Error(`${promptsUrl(state.model)}: no prompts`);
   view.pinned = pinnedFromUrl();
-  await loadPrompt();
+  Object.assign(view, await loadPrompt());
+  view.pattern = await loadPattern(view.prompt);
 }
 
 const pinnedFromUrl = () => (state.q !== "" && state.k !== "" ? { q: Number(state.q), k: Number(state.k) } : null);
@@ -46,14 +46,14 @@ async function loadPrompt() {
     promptIndex >= 0 ? data.prompts[promptIndex] : fetchData(promptJsonUrl(state.model, state.prompt)),
     fetchData(promptStatsUrl(state.model, state.prompt)),
   ]);
-  Object.assign(view, { promptIndex, prompt, promptStats });
+  return { promptIndex, prompt, promptStats };
 }
 
-/** The head's pattern, or none when the prompt does not store this head. */
-async function loadPattern() {
+/** The head's pattern, or null when the prompt does not store this head. */
+async function loadPattern(prompt) {
   const layer = Number(state.layer), head = Number(state.head);
   let pattern = null;
-  if (isStored(view.prompt, data.cfg, layer, head)) {
+  if (isStored(prompt, data.cfg, layer, head)) {
     try {
       pattern = await loadHead(patternsUrl(state.model, state.prompt), layer, head);
     } catch (e) {
@@ -220,16 +220,16 @@ let updates = 0;
 /** Load what a key or control changed (the prompt when `prompt`, else only the head), then render. */
 async function update(prompt = false, push = true) {
   const mine = ++updates;
-  let pattern;
+  let loaded, pattern;
   try {
-    if (prompt) await loadPrompt();
-    pattern = await loadPattern();
+    loaded = prompt ? await loadPrompt() : { prompt: view.prompt };
+    pattern = await loadPattern(loaded.prompt);
   } catch (e) {
     showError(e);
     return;
   }
   if (mine !== updates) return;  // a newer key press is loading: only its head gets drawn
-  view.pattern = pattern;
+  Object.assign(view, loaded, { pattern });
   const n = view.prompt.tokens.length;
   if (view.pinned) view.pinned = { q: Math.min(view.pinned.q, n - 1), k: Math.min(view.pinned.k, n - 1) };
   if (prompt) renderText();
@@ -371,10 +371,7 @@ function wire() {
 }
 
 startPage({
-  load: async () => {
-    await load();
-    view.pattern = await loadPattern();
-  },
+  load,
   render: () => {
     renderText();
     render();
