@@ -7,7 +7,8 @@
 
 Every request the page makes is recorded; requests to any other host are aborted (the
 network is off) and make `assert_only_local` fail. Page errors and console errors (other than
-failed loads) are kept.
+failed loads) are kept. `render(data_dir)` runs render_figures.py with the tests' own figure
+plug-in (TEST_FIGURES), so the tests never depend on which figures are built in.
 """
 import subprocess
 import sys
