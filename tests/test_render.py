@@ -167,7 +167,8 @@ def test_bad_decorator_options_are_reported_as_that_files_error(tmp_path):
 def test_builtin_figures_load_cleanly():
     figures, errors = lens.load_figures()
     assert errors == []
-    assert {"raw", "no_bos", "log_scale", "vs_uniform", "bos", "prev_token", "induction"} <= set(figures)
+    assert {"raw", "no_bos", "log_scale", "vs_uniform", "bos", "previous_token_head", "duplicate_token_head",
+            "induction_head"} <= set(figures)
     assert all(r["source"].startswith("figures/") and r["doc"] for r in lens.figure_records(figures))
 
 
