@@ -1,4 +1,5 @@
-"""What the scripts share: paths, prompt hashing, atomic writes, head specs, pattern storage.
+"""What the scripts share: the data layout's paths, the CLI skeleton, prompt hashing, atomic writes,
+head specs, pattern storage, statistic tables, colormaps and images, the figure registry.
 
 Pattern file (one per prompt, `patterns.bin`, format 2): the magic b"ATTNPAT2", a little-endian
 uint64 offset of the JSON footer, one zlib stream per stored head, then the footer (to the end
@@ -11,14 +12,17 @@ nothing. The footer comes last so that a file is written head by head as the for
 One head is read without touching the others. Format 1 (b"ATTNPAT1", a header with "offsets",
 every head stored) is still read.
 """
+import argparse
 import base64
 import hashlib
 import importlib.util
 import inspect
 import json
+import math
 import os
 import re
 import struct
+import sys
 import zlib
 from dataclasses import dataclass, field
 from functools import lru_cache
@@ -29,6 +33,7 @@ import numpy as np
 
 DEFAULT_SAVE_PATH = Path("attn_data")
 PATTERN_FILE = "patterns.bin"
+VALUE_NORMS_FILE = "value_norms.f32"  # ||v_j W_O^h||: float32 [n_layers, n_heads, n_tokens], NaN where not stored
 PATTERN_MAGIC = b"ATTNPAT2"
 PATTERN_MAGIC_V1 = b"ATTNPAT1"  # format 1: header first, every head stored
 PATTERN_SCALE = 2**14
@@ -44,13 +49,86 @@ def prompt_hash(text: str) -> str:
 
 
 def model_dir_name(model_name: str) -> str:
-    """Directory name for a model: a local checkpoint path becomes its folder name."""
-    name = Path(model_name).name if os.sep in model_name and Path(model_name).exists() else model_name
-    return re.sub(r"[^A-Za-z0-9._-]", "_", name.replace("/", "__")).strip(".") or "model"
+    """Directory name for a model, the same from any working directory: a path (./ckpt, /x/ckpt,
+    ~/ckpt) becomes its folder's name, a hub name its name with / as __ (EleutherAI__pythia-70m)."""
+    if model_name.startswith((".", "/", "~")) or (os.altsep and model_name.startswith(os.altsep)):
+        path = Path(model_name).expanduser()
+        model_name = path.name if path.name not in ("", ".", "..") else path.resolve().name  # "." is a folder too
+    return re.sub(r"[^A-Za-z0-9._-]", "_", model_name.replace("/", "__")).strip(".") or "model"
+
+
+# ---- The data layout: every path of a data dir, named as site/data.js names them --------------
+
+def models_path(save_path: Path) -> Path:
+    return Path(save_path) / "models.jsonl"
+
+
+def figures_path(save_path: Path) -> Path:
+    return Path(save_path) / "figures.jsonl"
+
+
+def colormaps_path(save_path: Path) -> Path:
+    return Path(save_path) / "colormaps.json"
+
+
+def render_record_path(save_path: Path) -> Path:
+    """Which figures dir render_figures.py rendered with: build_index.py indexes that one (the site never reads it)."""
+    return Path(save_path) / "render.json"
+
+
+def model_cfg_path(save_path: Path, model: str) -> Path:
+    return Path(save_path) / model / "model_cfg.json"
+
+
+def prompts_path(save_path: Path, model: str) -> Path:
+    return Path(save_path) / model / "prompts.jsonl"
+
+
+def stats_path(save_path: Path, model: str) -> Path:
+    return Path(save_path) / model / "stats.json"
+
+
+def stat_table_path(save_path: Path, model: str, stat: str) -> Path:
+    return Path(save_path) / model / "stats" / f"{stat}.f32"
+
+
+def prompts_dir(save_path: Path, model: str) -> Path:
+    """The folder holding one folder per prompt."""
+    return Path(save_path) / model / "prompts"
 
 
 def prompt_dir(save_path: Path, model: str, phash: str) -> Path:
-    return Path(save_path) / model / "prompts" / phash
+    return prompts_dir(save_path, model) / phash
+
+
+def prompt_json_path(save_path: Path, model: str, phash: str) -> Path:
+    return prompt_dir(save_path, model, phash) / "prompt.json"
+
+
+def patterns_path(save_path: Path, model: str, phash: str) -> Path:
+    return prompt_dir(save_path, model, phash) / PATTERN_FILE
+
+
+def prompt_stats_path(save_path: Path, model: str, phash: str) -> Path:
+    return prompt_dir(save_path, model, phash) / "stats.json"
+
+
+def value_norms_path(save_path: Path, model: str, phash: str) -> Path:
+    return prompt_dir(save_path, model, phash) / VALUE_NORMS_FILE
+
+
+def head_dir(save_path: Path, model: str, phash: str, layer: int, head: int) -> Path:
+    return prompt_dir(save_path, model, phash) / f"L{layer}" / f"H{head}"
+
+
+def image_path(save_path: Path, model: str, phash: str, layer: int, head: int, output: str,
+               format: str = "svg") -> Path:
+    """Image of one figure output (`raw`, or `func.name` for a multi-figure) in its figure's format."""
+    return head_dir(save_path, model, phash, layer, head) / f"{output}.{format}"
+
+
+def error_path(save_path: Path, model: str, phash: str, layer: int, head: int, output: str) -> Path:
+    return head_dir(save_path, model, phash, layer, head) / f"{output}.error.txt"
 
 
 def model_dirs(save_path: Path) -> list[str]:
@@ -65,8 +143,68 @@ def is_finished(pdir: Path) -> bool:
 
 def finished_prompts(save_path: Path, model: str) -> list[str]:
     """Hashes of a model's complete prompts, sorted."""
-    return sorted(p.parent.name for p in (Path(save_path) / model / "prompts").glob("*/prompt.json")
+    return sorted(p.parent.name for p in prompts_dir(save_path, model).glob("*/prompt.json")
                   if is_finished(p.parent))
+
+
+def require_data_dir(save_path: Path) -> Path:
+    """The data dir to read, or a UserError saying why there is none."""
+    save_path = Path(save_path)
+    if save_path.exists() and not save_path.is_dir():
+        raise UserError(f"--save-path {save_path}: a file, not a data dir")
+    if not save_path.is_dir():
+        raise UserError(f"{save_path}: no data dir; run compute_activations.py first (or pass --save-path)")
+    return save_path
+
+
+def check_writable_dir(save_path: Path) -> None:
+    """Fail before any work when the data dir to write is a file or cannot be created."""
+    save_path = Path(save_path)
+    if save_path.exists() and not save_path.is_dir():
+        raise UserError(f"--save-path {save_path}: a file, not a directory")
+    existing = next(p for p in [save_path.absolute(), *save_path.absolute().parents] if p.exists())
+    if not existing.is_dir():
+        raise UserError(f"--save-path {save_path}: cannot be created ({existing} is a file)")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise UserError(f"--save-path {save_path}: cannot be created or written ({existing} is not writable)")
+
+
+# ---- The command line, the same in every script --------------------------------------------
+
+class ArgumentParser(argparse.ArgumentParser):
+    """argparse whose usage mistakes are UserErrors: one `error:` line, like every other mistake."""
+
+    def error(self, message: str):
+        raise UserError(f"{message} (see {self.prog} --help)")
+
+
+def script_parser(doc: str) -> ArgumentParser:
+    """A script's parser: its docstring's first line as description, the whole docstring under --help."""
+    return ArgumentParser(description=doc.split("\n\n")[0], epilog=doc,
+                          formatter_class=argparse.RawDescriptionHelpFormatter)
+
+
+def positive_int(text: str) -> int:
+    """argparse type for counts such as --jobs and --n-samples: 0 is a mistake, not "one"."""
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
+    return value
+
+
+def run_main(main: Callable[[], None], interrupted: str) -> None:
+    """Run a script's main(): a UserError ends in one `error:` line and exit status 1, Ctrl-C in
+    `interrupted` (what was kept, how to go on) and exit status 130, never in a traceback."""
+    try:
+        main()
+    except UserError as e:
+        sys.exit(f"error: {e}")
+    except KeyboardInterrupt:
+        print(f"interrupted: {interrupted}", file=sys.stderr)
+        sys.exit(130)
 
 
 def parse_shard(spec: str | None) -> tuple[int, int] | None:
@@ -135,8 +273,12 @@ def write_atomic(path: Path, data: bytes | str) -> None:
     os.replace(tmp, path)
 
 
+def json_bytes(obj) -> bytes:
+    return (json.dumps(obj, ensure_ascii=False, indent=1) + "\n").encode("utf-8")
+
+
 def write_json(path: Path, obj) -> None:
-    write_atomic(path, json.dumps(obj, ensure_ascii=False, indent=1) + "\n")
+    write_atomic(path, json_bytes(obj))
 
 
 def jsonl_bytes(rows) -> bytes:
@@ -147,19 +289,42 @@ def write_jsonl(path: Path, rows) -> None:
     write_atomic(path, jsonl_bytes(rows))
 
 
+def read_text(path: Path) -> str:
+    """A UTF-8 text file (a byte-order mark, as Windows tools write, is dropped); other bytes are a
+    UserError naming the file and line."""
+    data = Path(path).read_bytes()
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError as e:
+        lineno = data.count(b"\n", 0, e.start) + 1
+        raise UserError(f"{path}:{lineno}: not UTF-8 text (byte {data[e.start]:#04x}); save it as UTF-8") from None
+
+
+def read_json(path: Path) -> dict:
+    """A JSON object file; a missing, corrupt or non-object file is a UserError naming it."""
+    try:
+        obj = json.loads(read_text(path))
+    except FileNotFoundError:
+        raise UserError(f"{path}: missing") from None
+    except json.JSONDecodeError as e:
+        raise UserError(f"{path}: not valid JSON ({e.msg}); delete it and re-run its script") from None
+    if not isinstance(obj, dict):
+        raise UserError(f"{path}: expected a JSON object, got {type(obj).__name__}")
+    return obj
+
+
 def iter_jsonl(path: Path):
     """Yield (line number, object) of a JSONL file; a bad line is a UserError naming file and line."""
-    with open(path, encoding="utf-8") as f:
-        for lineno, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise UserError(f"{path}:{lineno}: not valid JSON ({e.msg})") from None
-            if not isinstance(row, dict):
-                raise UserError(f"{path}:{lineno}: expected a JSON object, got {type(row).__name__}")
-            yield lineno, row
+    for lineno, line in enumerate(read_text(path).split("\n"), 1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise UserError(f"{path}:{lineno}: not valid JSON ({e.msg})") from None
+        if not isinstance(row, dict):
+            raise UserError(f"{path}:{lineno}: expected a JSON object, got {type(row).__name__}")
+        yield lineno, row
 
 
 def head_streams(stored: np.ndarray, level: int = 1) -> list[bytes]:
@@ -244,25 +409,37 @@ class Patterns:
 
     def __init__(self, path: Path):
         self.path = Path(path)
+        try:
+            meta, chunks = self._read_index()
+            self.n_layers, self.n_heads, self.n_tokens = meta["n_layers"], meta["n_heads"], meta["n_tokens"]
+            self.scale, self.layout = meta["scale"], meta["layout"]
+            heads = meta["heads"]
+        except (struct.error, ValueError, KeyError, TypeError) as e:  # JSONDecodeError is a ValueError
+            raise UserError(f"{self.path}: truncated or corrupt pattern file ({type(e).__name__}: {e}); "
+                            "recompute it with compute_activations.py --force") from None
+        if any(start + size > self.size for start, size in chunks):
+            raise UserError(f"{self.path}: truncated pattern file ({self.size} bytes, its index needs more); "
+                            "recompute it with compute_activations.py --force")
+        self.chunks = dict(zip(heads, chunks))
+        self.heads = [divmod(i, self.n_heads) for i in heads]
+
+    def _read_index(self) -> tuple[dict, list[list[int]]]:
+        """The file's metadata and each stored head's [start, size], from the footer (or format 1's header)."""
         with open(self.path, "rb") as f:
+            self.size = os.fstat(f.fileno()).st_size
             magic = f.read(8)
             if magic == PATTERN_MAGIC:
                 (footer,) = struct.unpack("<Q", f.read(8))
                 f.seek(footer)
                 meta = json.loads(f.read())
-                chunks = meta["chunks"]
-            elif magic == PATTERN_MAGIC_V1:
+                return meta, meta["chunks"]
+            if magic == PATTERN_MAGIC_V1:
                 (size,) = struct.unpack("<I", f.read(4))
                 meta = json.loads(f.read(size))
                 offsets = meta["offsets"]
-                chunks = [[12 + size + a, b - a] for a, b in zip(offsets, offsets[1:])]
-                meta["heads"] = list(range(len(chunks)))
-            else:
-                raise UserError(f"{self.path}: not a pattern file")
-        self.n_layers, self.n_heads, self.n_tokens = meta["n_layers"], meta["n_heads"], meta["n_tokens"]
-        self.scale, self.layout = meta["scale"], meta["layout"]
-        self.chunks = dict(zip(meta["heads"], chunks))
-        self.heads = [divmod(i, self.n_heads) for i in meta["heads"]]
+                meta["heads"] = list(range(len(offsets) - 1))
+                return meta, [[12 + size + a, b - a] for a, b in zip(offsets, offsets[1:])]
+        raise UserError(f"{self.path}: not a pattern file")
 
     def stored(self, layer: int, head: int) -> bool:
         return 0 <= head < self.n_heads and layer * self.n_heads + head in self.chunks
@@ -276,7 +453,16 @@ class Patterns:
         start, size = self.chunks[layer * self.n_heads + head]
         with open(self.path, "rb") as f:
             f.seek(start)
-            raw = zlib.decompress(f.read(size))
+            data = f.read(size)
+        expected = 2 * (self.n_tokens ** 2 if self.layout == "full" else self.n_tokens * (self.n_tokens + 1) // 2)
+        try:
+            raw = zlib.decompress(data)
+        except zlib.error as e:
+            raise UserError(f"{self.path}: head L{layer}H{head} is corrupt ({e}); "
+                            "recompute it with compute_activations.py --force") from None
+        if len(raw) != expected:
+            raise UserError(f"{self.path}: head L{layer}H{head} holds {len(raw)} bytes, not {expected}; "
+                            "recompute it with compute_activations.py --force")
         lo, hi = np.frombuffer(raw, np.uint8).reshape(2, -1)
         values = (lo | (hi.astype(np.uint16) << 8)) * np.float32(1 / self.scale)
         n = self.n_tokens
@@ -301,13 +487,69 @@ def _tril_mask(n: int) -> np.ndarray:
 
 def load_patterns(save_path: Path, model: str, phash: str) -> Patterns:
     """Open the stored patterns of one prompt of one model (see Patterns.head)."""
-    path = prompt_dir(save_path, model, phash) / PATTERN_FILE
+    path = patterns_path(save_path, model, phash)
     if not path.exists():
         raise UserError(f"{path}: no patterns stored for prompt {phash} of model {model}")
     return Patterns(path)
 
 
-# ---- Colormaps and matrix images (numpy + pillow only; no matplotlib) -----------------
+# ---- Statistics: one value per head and prompt ---------------------------------------------
+# prompts/<hash>/stats.json: {name: [[value per head] per layer]}, null where undefined.
+# <model>/stats/<name>.f32: little-endian float32 [n_prompts, n_layers, n_heads], NaN where missing;
+# <model>/stats.json: {"prompts": [hash, ...] (the tables' rows), "n_layers", "n_heads",
+#                      "stats": {name: {"doc", "mean": [[mean over prompts per head] per layer]}}}.
+
+def _nulls(values) -> list:
+    """[layers, heads] values as nested lists, NaN (or None) as null."""
+    return [[v if math.isfinite(v) else None for v in row]
+            for row in np.array(values, np.float64).tolist()]
+
+
+def read_prompt_stats(save_path: Path, model: str, phash: str, shape: tuple[int, int]) -> dict[str, np.ndarray]:
+    """A prompt's statistics as {name: float64 [n_layers, n_heads]}, NaN where undefined; {} before any."""
+    path = prompt_stats_path(save_path, model, phash)
+    if not path.exists():
+        return {}
+    stats = {}
+    for name, values in read_json(path).items():
+        try:
+            stats[name] = np.array(values, np.float64)
+            ok = stats[name].shape == shape
+        except (TypeError, ValueError):  # ragged lists, strings, objects
+            ok = False
+        if not ok:
+            raise UserError(f"{path}: {name} is not a {shape[0]} x {shape[1]} table of numbers; "
+                            "delete the file and re-run render_figures.py")
+    return stats
+
+
+def write_prompt_stats(save_path: Path, model: str, phash: str, stats: dict[str, np.ndarray]) -> None:
+    write_json(prompt_stats_path(save_path, model, phash), {name: _nulls(v) for name, v in stats.items()})
+
+
+def write_stats(save_path: Path, model: str, prompts: list[str], tables: dict[str, np.ndarray],
+                docs: dict[str, str]) -> None:
+    """Each statistic's [prompts, layers, heads] table (at least one) as stats/<name>.f32, and stats.json."""
+    n_layers, n_heads = next(iter(tables.values())).shape[1:]
+    out = {"prompts": prompts, "n_layers": n_layers, "n_heads": n_heads, "stats": {}}
+    for name, table in tables.items():
+        write_atomic(stat_table_path(save_path, model, name), table.astype("<f4").tobytes())
+        finite = np.isfinite(table)
+        count = finite.sum(0)
+        mean = np.where(count > 0, np.where(finite, table, 0).sum(0) / np.maximum(count, 1), np.nan)
+        out["stats"][name] = {"doc": docs.get(name, ""), "mean": _nulls(mean)}
+    write_json(stats_path(save_path, model), out)
+
+
+def read_stats(save_path: Path, model: str) -> tuple[dict, dict[str, np.ndarray]]:
+    """stats.json and each statistic's float32 [prompts, layers, heads] table."""
+    index = read_json(stats_path(save_path, model))
+    shape = (len(index["prompts"]), index["n_layers"], index["n_heads"])
+    return index, {name: np.fromfile(stat_table_path(save_path, model, name), "<f4").reshape(shape)
+                   for name in index["stats"]}
+
+
+# ---- Colormaps and matrix images (numpy only; no matplotlib, no pillow) ------------------
 
 # Evenly spaced anchor colours, linearly interpolated to 256 entries. viridis and magma:
 # every 8th entry of matplotlib's 256-colour tables (max error 2/255); Blues, Greys and
