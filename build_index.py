@@ -5,14 +5,14 @@
     python build_index.py --import-pattern-lens --save-path DIR   # convert a pattern-lens data dir first
 
 Writes models.jsonl (every <model>/model_cfg.json), <model>/prompts.jsonl (every finished
-prompt.json, sorted by hash), figures.jsonl (the figure registry of figures/) and copies
-site/ into the data dir. It only reads what is on disk, so it is idempotent and merges the
-outputs of shards run on several machines once they are copied into one data dir.
+prompt.json, sorted by hash), figures.jsonl (the figure registry of the figures dir that
+render_figures.py last rendered with, else figures/), colormaps.json (the tables the images
+use, for the site's legends) and copies site/ into the data dir: it alone writes what the site
+reads about figures. It only reads what is on disk, so it is idempotent and merges the outputs
+of shards run on several machines once they are copied into one data dir.
 compute_activations.py and render_figures.py run it when they finish.
 """
-import argparse
 import contextlib
-import json
 import os
 import sys
 import zipfile
@@ -26,17 +26,9 @@ import lens
 SITE_DIR = Path(__file__).resolve().parent / "site"
 
 
-def read_json(path: Path) -> dict:
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as e:
-        raise lens.UserError(f"{path}: not valid JSON ({e.msg}); delete it and re-run its script") from None
-
-
 def prompt_records(save_path: Path, model: str) -> list[dict]:
     """Every finished prompt of a model, sorted by hash."""
-    return [read_json(lens.prompt_dir(save_path, model, h) / "prompt.json")
-            for h in lens.finished_prompts(save_path, model)]
+    return [lens.read_json(lens.prompt_json_path(save_path, model, h)) for h in lens.finished_prompts(save_path, model)]
 
 
 def write_if_changed(path: Path, data: bytes) -> None:
@@ -52,27 +44,45 @@ def copy_site(save_path: Path) -> None:
             write_if_changed(Path(save_path) / src.relative_to(SITE_DIR), src.read_bytes())
 
 
-def build_index(save_path: Path, figures_dir: Path = lens.FIGURES_DIR) -> None:
-    """Rebuild models.jsonl, each model's prompts.jsonl and figures.jsonl, and copy the site."""
-    save_path = Path(save_path)
-    if not save_path.is_dir():
-        raise lens.UserError(f"data dir {save_path} does not exist (compute_activations.py writes it)")
+def rendered_figures_dir(save_path: Path) -> Path:
+    """The figures dir render_figures.py last rendered with (figures/ before any render, or if it is gone)."""
+    record = lens.render_record_path(save_path)
+    if not record.exists():
+        return lens.FIGURES_DIR
+    figures_dir = Path(lens.read_json(record).get("figures_dir", lens.FIGURES_DIR))
+    if not figures_dir.is_dir():
+        print(f"build_index.py: warning: {figures_dir} (rendered with, says {record}) is gone; "
+              f"indexing {lens.FIGURES_DIR} (pass --figures-dir to choose)", file=sys.stderr)
+        return lens.FIGURES_DIR
+    return figures_dir
+
+
+def colormaps_json() -> bytes:
+    """{name: ["#rrggbb" x 256]} for the site's legends: the same tables the images use."""
+    return lens.json_bytes({name: ["#" + bytes(rgb).hex() for rgb in lens.colormap_table(name)]
+                            for name in lens.COLORMAPS})
+
+
+def build_index(save_path: Path, figures_dir: Path | None = None) -> None:
+    """Rebuild models.jsonl, each model's prompts.jsonl, figures.jsonl and colormaps.json, and copy the site."""
+    save_path = lens.require_data_dir(save_path)
     names = lens.model_dirs(save_path)
     if not names:
         raise lens.UserError(f"{save_path}: no models (no <model>/model_cfg.json); run compute_activations.py first")
     models, n_prompts = [], 0
     for name in names:
         prompts = prompt_records(save_path, name)
-        write_if_changed(save_path / name / "prompts.jsonl", lens.jsonl_bytes(prompts))
-        cfg = read_json(save_path / name / "model_cfg.json")
+        write_if_changed(lens.prompts_path(save_path, name), lens.jsonl_bytes(prompts))
+        cfg = lens.read_json(lens.model_cfg_path(save_path, name))
         models.append({**cfg, "model_dir": name, "n_prompts": len(prompts)})
         n_prompts += len(prompts)
-    write_if_changed(save_path / "models.jsonl", lens.jsonl_bytes(models))
+    write_if_changed(lens.models_path(save_path), lens.jsonl_bytes(models))
 
-    figures, errors = lens.load_figures(figures_dir)
+    figures, errors = lens.load_figures(figures_dir or rendered_figures_dir(save_path))
     for error in errors:
         print(f"build_index.py: warning: {error}", file=sys.stderr)
-    write_if_changed(save_path / "figures.jsonl", lens.jsonl_bytes(lens.figure_records(figures)))
+    write_if_changed(lens.figures_path(save_path), lens.jsonl_bytes(lens.figure_records(figures)))
+    write_if_changed(lens.colormaps_path(save_path), colormaps_json())
     copy_site(save_path)
     print(f"build_index.py: {len(models)} model(s), {n_prompts} prompt(s), {len(figures)} figure function(s)"
           f" indexed in {save_path}; view with: python serve.py --save-path {save_path}")
@@ -90,7 +100,7 @@ def pattern_lens_prompts(save_path: Path) -> dict[str, list[Path]]:
     """{model dir: its prompt dirs holding pattern-lens activations (activations.npz or a stacked .npy)}."""
     found = {}
     for model in lens.model_dirs(save_path):
-        dirs = sorted({p.parent for p in (save_path / model / "prompts").glob("*/activations*.np[yz]")})
+        dirs = sorted({p.parent for p in lens.prompts_dir(save_path, model).glob("*/activations*.np[yz]")})
         if dirs:
             found[model] = dirs
     return found
@@ -143,7 +153,7 @@ def readable_tokens(tokens: list[str], text: str) -> list[str]:
 
 def converted_prompt(path: Path, n: int) -> dict:
     """Our prompt.json from pattern-lens's: our hash, BOS in tokens and n_tokens, every other field kept."""
-    old = read_json(path)
+    old = lens.read_json(path)
     if not isinstance(old.get("text"), str):
         raise lens.UserError(f"{path}: no text")
     tokens = readable_tokens(old.get("tokens") or [], old["text"])
@@ -160,15 +170,16 @@ def import_prompt(save_path: Path, model: str, old_dir: Path, cfg: dict) -> None
     """Convert one pattern-lens prompt dir into ours (patterns.bin, prompt.json last), figures moved along."""
     activations = sorted(old_dir.glob("activations*.np[yz]"))
     patterns = read_activations(activations[0], cfg["n_layers"], cfg["n_heads"])
-    info = converted_prompt(old_dir / "prompt.json", patterns.shape[-1])
+    old_json = lens.prompt_json_path(save_path, model, old_dir.name)
+    info = converted_prompt(old_json, patterns.shape[-1])
     new_dir = lens.prompt_dir(save_path, model, info["hash"])
-    lens.write_atomic(new_dir / lens.PATTERN_FILE, lens.encode_patterns(patterns))
+    lens.write_atomic(lens.patterns_path(save_path, model, info["hash"]), lens.encode_patterns(patterns))
     for src in sorted(old_dir.glob("L*/H*/*")):
         if src.is_file():
             (new_dir / src.parent.relative_to(old_dir)).mkdir(parents=True, exist_ok=True)
             os.replace(src, new_dir / src.relative_to(old_dir))
-    lens.write_json(new_dir / "prompt.json", info)
-    for path in [*activations, old_dir / "prompt.json"]:
+    lens.write_json(lens.prompt_json_path(save_path, model, info["hash"]), info)
+    for path in [*activations, old_json]:
         path.unlink()
     for d in [*sorted(old_dir.glob("L*/H*")), *sorted(old_dir.glob("L*")), old_dir]:
         with contextlib.suppress(OSError):  # a dir still holding files we do not know stays
@@ -183,9 +194,9 @@ def import_pattern_lens(save_path: Path) -> int:
         raise lens.UserError(f"{save_path}: no pattern-lens prompts (<model>/prompts/<hash>/activations.npz)")
     imported, failed = 0, 0
     for model, dirs in found.items():
-        cfg = read_json(save_path / model / "model_cfg.json")
+        cfg = lens.read_json(lens.model_cfg_path(save_path, model))
         if not all(isinstance(cfg.get(k), int) for k in ("n_layers", "n_heads")):
-            raise lens.UserError(f"{save_path / model / 'model_cfg.json'}: no n_layers and n_heads")
+            raise lens.UserError(f"{lens.model_cfg_path(save_path, model)}: no n_layers and n_heads")
         for old_dir in dirs:
             try:
                 import_prompt(save_path, model, old_dir, cfg)
@@ -194,7 +205,7 @@ def import_pattern_lens(save_path: Path) -> int:
                 print(f"build_index.py: warning: {e}; prompt not imported", file=sys.stderr)
                 failed += 1
         if "model_dir" not in cfg:  # pattern-lens's config: keep what ours holds
-            lens.write_json(save_path / model / "model_cfg.json", {
+            lens.write_json(lens.model_cfg_path(save_path, model), {
                 "model_name": cfg.get("model_name", model), "model_dir": model,
                 **{k: cfg.get(k) for k in MODEL_CFG_KEYS}, "imported_from": "pattern-lens"})
     print(f"build_index.py: imported {imported} pattern-lens prompt(s) of {len(found)} model(s)"
@@ -205,21 +216,19 @@ def import_pattern_lens(save_path: Path) -> int:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = lens.script_parser(__doc__)
     parser.add_argument("--save-path", type=Path, default=lens.DEFAULT_SAVE_PATH,
-                        help="data dir (default: attn_data)")
-    parser.add_argument("--figures-dir", type=Path, default=lens.FIGURES_DIR,
-                        help="figure plug-ins to index (default: figures/ next to this script)")
+                        help="data dir (default: %(default)s)")
+    parser.add_argument("--figures-dir", type=Path,
+                        help="figure plug-ins to index (default: the dir render_figures.py last rendered with, "
+                        "else figures/ next to this script)")
     parser.add_argument("--import-pattern-lens", action="store_true",
                         help="first convert pattern-lens prompts (activations.npz/.npy) into ours, in place")
     args = parser.parse_args()
-    try:
-        if args.import_pattern_lens:
-            import_pattern_lens(args.save_path)
-        build_index(args.save_path, args.figures_dir)
-    except lens.UserError as e:
-        sys.exit(f"error: {e}")
+    if args.import_pattern_lens:
+        import_pattern_lens(args.save_path)
+    build_index(args.save_path, args.figures_dir)
 
 
 if __name__ == "__main__":
-    main()
+    lens.run_main(main, "each file is written whole or not at all; run the same command again")

@@ -1,9 +1,11 @@
-"""build_index.py: the indexes the site reads, the copied site, merging shards, user errors."""
+"""build_index.py: the indexes the site reads, the copied site, merging shards, which figures it indexes, user errors."""
 import json
 import shutil
 import subprocess
 import sys
 from pathlib import Path
+
+import pytest
 
 import lens
 from build_index import SITE_DIR, build_index
@@ -33,10 +35,16 @@ def test_indexes_match_what_is_on_disk(fake_data_dir):
     assert {"raw", "bos"} <= {r["name"] for r in read_lines(fake_data_dir / "figures.jsonl")}
 
 
-def test_copies_the_site(fake_data_dir):
+def test_copies_the_site_and_the_colormaps(fake_data_dir):
     build_index(fake_data_dir)
-    for name in ["index.html", "grid.js", "common.js", "style.css"]:
+    site = [p.relative_to(SITE_DIR) for p in SITE_DIR.rglob("*") if p.is_file() and not p.name.startswith(".")]
+    assert "index.html" in map(str, site)
+    for name in site:
         assert (fake_data_dir / name).read_bytes() == (SITE_DIR / name).read_bytes()
+    colormaps = json.loads(lens.colormaps_path(fake_data_dir).read_text())
+    assert set(colormaps) == set(lens.COLORMAPS)
+    for name in lens.COLORMAPS:  # the tables the images use
+        assert colormaps[name] == ["#" + bytes(rgb).hex() for rgb in lens.colormap_table(name)]
 
 
 def test_unfinished_prompts_are_left_out(fake_data_dir):
@@ -79,6 +87,14 @@ def run_cli(*args: str) -> subprocess.CompletedProcess:
                           capture_output=True, text=True, timeout=60)
 
 
+def run_script(script: str, *args, cwd: Path = ROOT) -> subprocess.CompletedProcess:
+    """Run one of the scripts as a user would; it must succeed."""
+    r = subprocess.run([sys.executable, str(ROOT / script), *map(str, args)], cwd=cwd,
+                       capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stdout + r.stderr
+    return r
+
+
 def test_cli(fake_data_dir):
     proc = run_cli("--save-path", str(fake_data_dir))
     assert proc.returncode == 0, proc.stderr
@@ -89,7 +105,16 @@ def test_cli(fake_data_dir):
 def test_cli_missing_data_dir(tmp_path):
     proc = run_cli("--save-path", str(tmp_path / "nope"))
     assert proc.returncode == 1
-    assert proc.stderr.strip() == f"error: data dir {tmp_path / 'nope'} does not exist (compute_activations.py writes it)"
+    assert proc.stderr.strip() == (f"error: {tmp_path / 'nope'}: no data dir; run compute_activations.py first "
+                                   "(or pass --save-path)")
+
+
+def test_cli_save_path_naming_a_file(tmp_path):
+    (tmp_path / "file").write_text("mine")
+    proc = run_cli("--save-path", str(tmp_path / "file"))
+    assert proc.returncode == 1
+    assert proc.stderr.strip() == f"error: --save-path {tmp_path / 'file'}: a file, not a data dir"
+    assert (tmp_path / "file").read_text() == "mine"
 
 
 def test_cli_data_dir_without_models(tmp_path):
@@ -100,14 +125,74 @@ def test_cli_data_dir_without_models(tmp_path):
     assert list((tmp_path / "empty").iterdir()) == []
 
 
-def test_cli_corrupt_prompt_json_names_the_file(fake_data_dir):
-    bad = next(fake_data_dir.glob("fake-model/prompts/*/prompt.json"))
-    bad.write_text('{"text": "cut off')
+@pytest.mark.parametrize("name, content, message", [
+    ("prompt.json", b'{"text": "cut off', "not valid JSON"),
+    ("prompt.json", b'{"text": "caf\xe9"}', "not UTF-8 text"),
+    ("prompt.json", b'["a list"]', "expected a JSON object"),
+    ("model_cfg.json", b"", "not valid JSON"),
+])
+def test_cli_corrupt_json_is_one_line_naming_the_file(fake_data_dir, name, content, message):
+    bad = next(fake_data_dir.rglob(name))
+    bad.write_bytes(content)
     proc = run_cli("--save-path", str(fake_data_dir))
     assert proc.returncode == 1
-    assert str(bad) in proc.stderr and "Traceback" not in proc.stderr
+    assert proc.stderr.startswith(f"error: {bad}") and message in proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 1, proc.stderr
+    assert not lens.models_path(fake_data_dir).exists()
+
+
+def test_cli_usage_mistakes_are_one_line(fake_data_dir):
+    proc = run_cli("--save-path", str(fake_data_dir), "--no-such-flag")
+    assert proc.returncode == 1
+    assert proc.stderr.strip() == "error: unrecognized arguments: --no-such-flag (see build_index.py --help)"
 
 
 def test_imports_neither_torch_nor_transformer_lens():
     code = "import sys, build_index; assert not {'torch', 'transformer_lens'} & set(sys.modules)"
     subprocess.run([sys.executable, "-c", code], cwd=ROOT, check=True)
+
+
+MINE = '''
+from lens import figure, statistic
+
+@figure(cmap="Greys")
+def mine(attn):
+    "my own figure"
+    return attn
+
+@statistic
+def my_sink(attn):
+    "attention to the first token"
+    return float(attn[:, 0].mean())
+'''
+
+
+def figure_names(save_path: Path) -> list[str]:
+    return [r["name"] for r in read_lines(save_path / "figures.jsonl")]
+
+
+def test_custom_figures_stay_indexed_after_a_later_compute_run(tiny_checkpoint, tmp_path):
+    """render_figures.py --figures-dir mine, then compute_activations.py on more prompts: the grid still lists mine."""
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "mine.py").write_text(MINE)
+    for name, texts in [("first.jsonl", TEXTS[:2]), ("more.jsonl", TEXTS[2:3])]:
+        (tmp_path / name).write_text("".join(json.dumps({"text": t}) + "\n" for t in texts))
+    data = tmp_path / "data"
+    run_script("compute_activations.py", tiny_checkpoint, tmp_path / "first.jsonl", "--save-path", data)
+    run_script("render_figures.py", "--save-path", data, "--figures-dir", tmp_path / "mine", "--jobs", "1")
+    assert figure_names(data) == ["mine", "my_sink"]
+    run_script("compute_activations.py", tiny_checkpoint, tmp_path / "more.jsonl", "--save-path", data)
+    assert figure_names(data) == ["mine", "my_sink"]
+    assert [m["n_prompts"] for m in read_lines(data / "models.jsonl")] == [3]
+
+
+def test_figures_dir_flag_and_a_vanished_figures_dir(fake_data_dir, tmp_path):
+    """--figures-dir chooses what to index; a recorded figures dir that is gone falls back to figures/, saying so."""
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "mine.py").write_text(MINE)
+    build_index(fake_data_dir, tmp_path / "mine")
+    assert figure_names(fake_data_dir) == ["mine", "my_sink"]
+    lens.write_json(lens.render_record_path(fake_data_dir), {"figures_dir": str(tmp_path / "gone")})
+    proc = run_cli("--save-path", str(fake_data_dir))
+    assert proc.returncode == 0 and f"{tmp_path / 'gone'} (rendered with" in proc.stderr
+    assert figure_names(fake_data_dir) == list(lens.load_figures()[0])
