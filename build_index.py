@@ -26,9 +26,16 @@ import lens
 SITE_DIR = Path(__file__).resolve().parent / "site"
 
 
-def prompt_records(save_path: Path, model: str) -> list[dict]:
-    """Every finished prompt of a model, sorted by hash."""
-    return [lens.read_json(lens.prompt_json_path(save_path, model, h)) for h in lens.finished_prompts(save_path, model)]
+def prompt_records(save_path: Path, model: str) -> tuple[list[dict], int]:
+    """Every finished prompt of a model, sorted by hash, and how many were left out (a warning each) as unreadable."""
+    records, unreadable = [], 0
+    for h in lens.finished_prompts(save_path, model):
+        try:
+            records.append(lens.read_json(lens.prompt_json_path(save_path, model, h)))
+        except lens.UserError as e:  # one bad prompt must not hide the others from the site
+            print(f"build_index.py: warning: {e}; prompt left out of the index", file=sys.stderr)
+            unreadable += 1
+    return records, unreadable
 
 
 def write_if_changed(path: Path, data: bytes) -> None:
@@ -69,13 +76,14 @@ def build_index(save_path: Path, figures_dir: Path | None = None) -> None:
     names = lens.model_dirs(save_path)
     if not names:
         raise lens.UserError(f"{save_path}: no models (no <model>/model_cfg.json); run compute_activations.py first")
-    models, n_prompts = [], 0
+    models, n_prompts, n_unreadable = [], 0, 0
     for name in names:
-        prompts = prompt_records(save_path, name)
-        write_if_changed(lens.prompts_path(save_path, name), lens.jsonl_bytes(prompts))
         cfg = lens.read_json(lens.model_cfg_path(save_path, name))
+        prompts, unreadable = prompt_records(save_path, name)
+        write_if_changed(lens.prompts_path(save_path, name), lens.jsonl_bytes(prompts))
         models.append({**cfg, "model_dir": name, "n_prompts": len(prompts)})
         n_prompts += len(prompts)
+        n_unreadable += unreadable
     write_if_changed(lens.models_path(save_path), lens.jsonl_bytes(models))
 
     figures, errors = lens.load_figures(figures_dir or rendered_figures_dir(save_path))
@@ -85,7 +93,9 @@ def build_index(save_path: Path, figures_dir: Path | None = None) -> None:
     write_if_changed(lens.colormaps_path(save_path), colormaps_json())
     copy_site(save_path)
     print(f"build_index.py: {len(models)} model(s), {n_prompts} prompt(s), {len(figures)} figure function(s)"
-          f" indexed in {save_path}; view with: python serve.py --save-path {save_path}")
+          f" indexed in {save_path}" + (f" ({n_unreadable} unreadable prompt(s) left out, see the warnings)"
+                                         if n_unreadable else "")
+          + f"; view with: python serve.py --save-path {save_path}")
 
 
 # ---- Importing a pattern-lens data dir ----------------------------------------------------

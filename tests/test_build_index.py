@@ -125,19 +125,29 @@ def test_cli_data_dir_without_models(tmp_path):
     assert list((tmp_path / "empty").iterdir()) == []
 
 
-@pytest.mark.parametrize("name, content, message", [
-    ("prompt.json", b'{"text": "cut off', "not valid JSON"),
-    ("prompt.json", b'{"text": "caf\xe9"}', "not UTF-8 text"),
-    ("prompt.json", b'["a list"]', "expected a JSON object"),
-    ("model_cfg.json", b"", "not valid JSON"),
+@pytest.mark.parametrize("content, message", [
+    (b'{"text": "cut off', "not valid JSON"),
+    (b'{"text": "caf\xe9"}', "1: not UTF-8 text"),
+    (b'["a list"]', "expected a JSON object"),
 ])
-def test_cli_corrupt_json_is_one_line_naming_the_file(fake_data_dir, name, content, message):
-    bad = next(fake_data_dir.rglob(name))
+def test_cli_unreadable_prompt_is_a_warning_and_the_rest_are_indexed(fake_data_dir, content, message):
+    bad = sorted(fake_data_dir.rglob("prompt.json"))[1]
     bad.write_bytes(content)
     proc = run_cli("--save-path", str(fake_data_dir))
-    assert proc.returncode == 1
-    assert proc.stderr.startswith(f"error: {bad}") and message in proc.stderr
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stderr.startswith(f"build_index.py: warning: {bad}") and message in proc.stderr
     assert len(proc.stderr.strip().splitlines()) == 1, proc.stderr
+    assert "3 prompt(s)" in proc.stdout and "1 unreadable prompt(s) left out" in proc.stdout
+    hashes = [p["hash"] for p in read_lines(lens.prompts_path(fake_data_dir, "fake-model"))]
+    assert hashes == sorted(lens.prompt_hash(t) for t in TEXTS if lens.prompt_hash(t) != bad.parent.name)
+
+
+def test_cli_corrupt_model_cfg_is_one_error_line(fake_data_dir):
+    cfg = lens.model_cfg_path(fake_data_dir, "fake-model")
+    cfg.write_text("")
+    proc = run_cli("--save-path", str(fake_data_dir))
+    assert proc.returncode == 1
+    assert proc.stderr.strip() == f"error: {cfg}: not valid JSON (Expecting value); delete it and re-run its script"
     assert not lens.models_path(fake_data_dir).exists()
 
 

@@ -180,8 +180,8 @@ def prompt_dirs(data: Path) -> list[Path]:
 
 def test_render_writes_every_head_and_the_indexes(fake_data_dir):
     r = run_render("--save-path", fake_data_dir, "--jobs", "2")
-    n_images = 4 * 2 * 3 * 5  # prompts x layers x heads x outputs (raw, no_bos, log_scale, vs_uniform x2)
-    assert f"{n_images} images" in r.stdout and "0 failed" in r.stdout
+    n_outputs = sum(len(f.outputs) for f in lens.load_figures()[0].values())  # whatever figures/ holds today
+    assert f"{4 * 2 * 3 * n_outputs} images" in r.stdout and "0 failed" in r.stdout  # prompts x layers x heads
     for pdir in prompt_dirs(fake_data_dir):
         attn = lens.Patterns(pdir / lens.PATTERN_FILE).head(1, 2)
         (w, h), rgb = svg_png((pdir / "L1" / "H2" / "raw.svg").read_text())
@@ -208,13 +208,15 @@ def test_skip_existing_unless_force(fake_data_dir):
     assert "24 images" in r.stdout
 
 
-def test_figure_selection_by_glob_and_n_samples(fake_data_dir):
-    r = run_render("--save-path", fake_data_dir, "--figures", "vs_*,raw", "--n-samples", "2", "--jobs", "1")
-    assert f"{2 * 6 * 3} images" in r.stdout
+def test_figure_selection_by_glob_and_n_samples(fake_data_dir, tmp_path):
+    write_figure_file(tmp_path / "figs", "good.py", GOOD)
+    r = run_render("--save-path", fake_data_dir, "--figures-dir", tmp_path / "figs", "--figures", "h*,doubled",
+                   "--n-samples", "2", "--jobs", "1")
+    assert f"{2 * 6 * 3} images" in r.stdout  # prompts x heads x (doubled, halves.upper, halves.lower)
     done = [p for p in prompt_dirs(fake_data_dir) if (p / "L0").exists()]
     assert len(done) == 2
     files = {f.name for f in (done[0] / "L1" / "H1").iterdir()}
-    assert files == {"raw.svg", "vs_uniform.excess.svg", "vs_uniform.log_ratio.svg"}
+    assert files == {"doubled.svg", "halves.upper.svg", "halves.lower.svg"}
 
 
 def test_shards_split_the_prompts(fake_data_dir):
@@ -292,14 +294,87 @@ def test_failing_figures_write_error_files_and_the_run_goes_on(fake_data_dir, tm
 
 
 def test_bad_input_is_one_clear_error(tmp_path, fake_data_dir):
-    r = run_render("--save-path", tmp_path / "nowhere", ok=False)
-    assert "no data dir" in r.stderr and "Traceback" not in r.stderr
-    r = run_render("--save-path", fake_data_dir, "--n-samples", "0", ok=False)
-    assert "--n-samples 0" in r.stderr and "Traceback" not in r.stderr
-    r = run_render("--save-path", fake_data_dir, "--figures", "rawx", ok=False)
-    assert "unknown figure 'rawx'" in r.stderr and "Traceback" not in r.stderr
-    r = run_render("--save-path", fake_data_dir, "--model", "gpt2", ok=False)
-    assert "no model 'gpt2'" in r.stderr and "Traceback" not in r.stderr
-    lens.write_json(fake_data_dir / "empty-model" / "model_cfg.json", {"n_layers": 1, "n_heads": 1})
-    r = run_render("--save-path", fake_data_dir, "--model", "empty-model", ok=False)
-    assert "no patterns yet" in r.stderr and "Traceback" not in r.stderr
+    (tmp_path / "file").write_text("mine")
+    lens.write_json(lens.model_cfg_path(fake_data_dir, "empty-model"), {"n_layers": 1, "n_heads": 1})
+    for args, message in [
+        (["--save-path", tmp_path / "nowhere"], "no data dir"),
+        (["--save-path", tmp_path / "file"], f"--save-path {tmp_path / 'file'}: a file, not a data dir"),
+        (["--n-samples", "0"], "argument --n-samples: expected a positive integer, got '0'"),
+        (["--jobs", "0"], "argument --jobs: expected a positive integer, got '0'"),
+        (["--jobs", "two"], "argument --jobs: expected a positive integer, got 'two'"),
+        (["--figures", "rawx"], "unknown figure 'rawx'"),
+        (["--model", "gpt2"], "no model 'gpt2'"),
+        (["--model", "empty-model"], "model empty-model has no patterns yet"),
+    ]:
+        r = run_render("--save-path", fake_data_dir, *args, ok=False)
+        assert r.returncode == 1 and r.stderr.startswith("error: ") and message in r.stderr, (args, r.stderr)
+        assert len(r.stderr.strip().splitlines()) == 1, r.stderr
+    assert (tmp_path / "file").read_text() == "mine"
+    assert not list(fake_data_dir.rglob("*.svg")) and not lens.models_path(fake_data_dir).exists()
+
+
+def damage_patterns(path: Path) -> None:
+    """A copy cut short, as an interrupted rsync leaves it."""
+    path.write_bytes(path.read_bytes()[:100])
+
+
+def damage_stream(path: Path) -> None:
+    """One head's stream overwritten in place: the file's index is fine, that head is not."""
+    start, size = lens.Patterns(path).chunks[4]
+    data = bytearray(path.read_bytes())
+    data[start:start + size] = bytes(size)
+    path.write_bytes(bytes(data))
+
+
+@pytest.mark.parametrize("file, damage, message", [
+    ("patterns.bin", damage_patterns, "truncated or corrupt pattern file"),
+    ("patterns.bin", damage_stream, "head L1H1 is corrupt"),
+    ("prompt.json", lambda p: p.write_text('{"text": "cut'), "not valid JSON"),
+    ("stats.json", lambda p: p.write_text("{"), "not valid JSON"),
+    ("stats.json", lambda p: p.write_text('{"bos": [[1, 2]]}'), "bos is not a 2 x 3 table of numbers"),
+])
+def test_an_unreadable_prompt_is_a_warning_and_the_others_are_rendered(fake_data_dir, file, damage, message):
+    first, bad, *rest = prompt_dirs(fake_data_dir)
+    if file == "stats.json":
+        run_render("--save-path", fake_data_dir, "--figures", "bos", "--jobs", "1")
+    damage(bad / file)
+    damaged = (bad / file).read_bytes()
+    r = run_render("--save-path", fake_data_dir, "--figures", "raw,bos", "--force", "--jobs", "2")
+    warnings = [line for line in r.stderr.splitlines() if line.startswith("warning: ")]
+    assert warnings[0].startswith(f"warning: prompt {bad.name} of fake-model not rendered: {bad / file}")
+    assert message in warnings[0] and "Traceback" not in r.stderr
+    assert "1 prompt(s) unreadable (see the warnings)" in r.stdout
+    for pdir in [first, *rest]:
+        assert (pdir / "L1" / "H2" / "raw.svg").read_text().startswith("<svg")
+        assert "bos" in json.loads((pdir / "stats.json").read_text())
+    assert (bad / file).read_bytes() == damaged
+    if file != "stats.json":
+        assert not (bad / "stats.json").exists()  # no statistics from half a prompt
+    if file != "patterns.bin":
+        assert not list(bad.rglob("*.svg"))  # found unreadable before any head was rendered
+    assert lens.models_path(fake_data_dir).is_file()  # the indexes are rebuilt all the same
+
+
+def test_nothing_readable_is_an_error(fake_data_dir):
+    for pdir in prompt_dirs(fake_data_dir):
+        damage_patterns(pdir / lens.PATTERN_FILE)
+    r = run_render("--save-path", fake_data_dir, "--jobs", "1", ok=False)
+    assert r.stderr.count("warning: prompt") == 4
+    assert r.stderr.strip().splitlines()[-1] == "error: none of the 4 prompt(s) could be read (see the warnings)"
+
+
+def test_a_model_given_as_a_relative_path_is_found_from_any_directory(tiny_checkpoint, tmp_path):
+    """compute_activations.py ./ckpt in one directory, render_figures.py --model ./ckpt in another."""
+    import shutil
+    shutil.copytree(tiny_checkpoint, tmp_path / "ckpt")
+    (tmp_path / "p.jsonl").write_text(json.dumps({"text": "The cat sat on the mat."}) + "\n")
+    (tmp_path / "elsewhere").mkdir()
+    r = subprocess.run([sys.executable, str(ROOT / "compute_activations.py"), "./ckpt", "p.jsonl", "--save-path", "data"],
+                       capture_output=True, text=True, cwd=tmp_path, timeout=300)
+    assert r.returncode == 0, r.stderr
+    assert lens.model_dirs(tmp_path / "data") == ["ckpt"]
+    for cwd in (tmp_path, tmp_path / "elsewhere"):
+        r = subprocess.run([sys.executable, str(ROOT / "render_figures.py"), "--model", "./ckpt", "--figures", "raw",
+                            "--save-path", tmp_path / "data", "--jobs", "1"], capture_output=True, text=True, cwd=cwd,
+                           timeout=120)
+        assert r.returncode == 0, r.stderr
