@@ -209,10 +209,15 @@ def is_causal(model) -> bool:
     return getattr(model.cfg, "attention_dir", "causal") != "bidirectional"
 
 
-def forward_patterns(model, tokens, on_layer, last_layer: int, attention_mask=None) -> None:
+def is_value_hook(name: str) -> bool:
+    return name.endswith("attn.hook_v")
+
+
+def forward_patterns(model, tokens, on_layer, last_layer: int, attention_mask=None, on_values=None) -> None:
     """Run the model on a right-padded batch, calling on_layer(layer, pattern [batch, heads, pos, pos])
-    as each layer's pattern is made; the forward pass stops after `last_layer`'s pattern (the
-    rest of the model, up to the unembedding, would be wasted work)."""
+    as each layer's pattern is made (and on_values(layer, v [batch, pos, kv_heads, d_head]) before it);
+    the forward pass stops after `last_layer`'s pattern (the rest of the model, up to the
+    unembedding, would be wasted work)."""
     import torch
     kwargs = {"attention_mask": attention_mask} if attention_mask is not None else {}
 
@@ -223,18 +228,46 @@ def forward_patterns(model, tokens, on_layer, last_layer: int, attention_mask=No
         if layer >= last_layer:
             raise StopForward
 
+    def value_hook(v, hook):
+        layer = int(hook.name.split(".")[1])
+        if layer <= last_layer:
+            on_values(layer, v.detach())
+
+    hooks = [(is_pattern_hook, hook)] + ([(is_value_hook, value_hook)] if on_values else [])
     with torch.inference_mode():
         if hasattr(model, "run_with_hooks"):
             try:
-                model.run_with_hooks(tokens, fwd_hooks=[(is_pattern_hook, hook)], return_type=None, **kwargs)
+                model.run_with_hooks(tokens, fwd_hooks=hooks, return_type=None, **kwargs)
             except StopForward:
                 pass
             return
         # A wrapper without run_with_hooks (auto_circuit's PatchableModel): the cache holds every layer.
-        _, cache = model.run_with_cache(tokens, names_filter=is_pattern_hook, return_type=None, **kwargs)
+        names = (lambda n: is_pattern_hook(n) or is_value_hook(n)) if on_values else is_pattern_hook
+        _, cache = model.run_with_cache(tokens, names_filter=names, return_type=None, **kwargs)
         for layer in range(last_layer + 1):
-            on_layer(layer, cache.cache_dict.pop(f"blocks.{layer}.attn.hook_pattern")
-                     if hasattr(cache, "cache_dict") else cache[f"blocks.{layer}.attn.hook_pattern"])
+            if on_values:
+                on_values(layer, cache[f"blocks.{layer}.attn.hook_v"])
+            on_layer(layer, cache[f"blocks.{layer}.attn.hook_pattern"])
+
+
+def output_weights(model) -> list | None:
+    """Each layer's W_O [n_heads, d_head, d_model], or None when the model does not expose them."""
+    blocks = getattr(model, "blocks", None)
+    try:
+        return [block.attn.W_O.detach() for block in blocks]
+    except (AttributeError, TypeError):
+        return None
+
+
+def value_norms(v, gram) -> "torch.Tensor":
+    """||v_j W_O^h|| for every head and position: [batch, heads, pos] from v [batch, pos, kv_heads, d_head].
+
+    With grouped-query attention, query head h reads key-value head h // (heads / kv_heads), as
+    Hugging Face's repeat_kv. The norm comes from the Gram matrix W_O W_O^T [heads, d_head, d_head]:
+    d_head / d_model of the work of multiplying by W_O."""
+    import torch
+    v = v.float().repeat_interleave(gram.shape[0] // v.shape[2], dim=2)
+    return torch.einsum("bphd,hde,bphe->bhp", v, gram, v).clamp_min_(0).sqrt_()
 
 
 def tokenizer_functions(model):
@@ -272,6 +305,13 @@ class PatternStream:
         self.write = ThreadPoolExecutor(1, thread_name_prefix="write")
         self.pending, self.queue = 0, deque()
         self.lock = threading.Lock()
+
+    def submit_values(self, jobs: list["PromptJob"], layer: int, v, gram) -> None:
+        norms = value_norms(v, gram).cpu().numpy()
+        for i, job in enumerate(jobs):
+            heads = job.layer_heads.get(layer)
+            if heads and job.norms is not None:
+                job.norms[layer, heads] = norms[i, heads, :job.n_tokens]
 
     def submit_layer(self, jobs: list["PromptJob"], layer: int, pattern) -> None:
         for i, job in enumerate(jobs):
@@ -336,6 +376,7 @@ class PromptJob:
     layer_heads: dict = None
     keep: object = None  # flat positions of the stored layout, on the model's device (None: all)
     writer: lens.PatternWriter = None
+    norms: np.ndarray = None  # value norms [n_layers, n_heads, n_tokens], NaN where not stored
 
     @property
     def n_tokens(self) -> int:
@@ -357,11 +398,15 @@ def finish_prompt(job: PromptJob, save_path: Path, model_dir: str, str_tokens: l
     """Close the prompt's pattern file, then write prompt.json (its presence marks the prompt done)."""
     size = job.writer.close()
     phash = lens.prompt_hash(job.prompt["text"])
+    pdir = lens.prompt_dir(save_path, model_dir, phash)
+    if job.norms is not None:
+        lens.write_atomic(pdir / lens.VALUE_NORMS_FILE, job.norms.astype("<f4").tobytes())
+        size += job.norms.nbytes
     info = {"text": job.prompt["text"], "hash": phash, "tokens": str_tokens, "token_ids": job.ids,
             "n_tokens": len(job.ids), "meta": job.prompt.get("meta", {}), "truncated": job.truncated}
     if len(job.heads) < n_layers * n_heads:
         info["heads"] = lens.format_heads(job.heads, n_layers, n_heads)
-    lens.write_json(lens.prompt_dir(save_path, model_dir, phash) / "prompt.json", info)
+    lens.write_json(pdir / "prompt.json", info)
     return size
 
 
@@ -417,6 +462,9 @@ def compute_activations(prompts: list[dict | str], model, save_path: Path | str 
     pad_id = getattr(model.tokenizer, "pad_token_id", None) or 0
     bar = tqdm(total=len(jobs), unit="prompt", desc=model_dir, disable=not progress)
     stream = PatternStream(n_workers or os.cpu_count() or 1)
+    w_o = output_weights(model)
+    with torch.inference_mode():
+        grams = [w @ w.transpose(1, 2) for w in w_o] if w_o else None
     results = []
     try:
         for batch in make_batches(jobs, [j.n_tokens for j in jobs], batch_size):
@@ -424,12 +472,13 @@ def compute_activations(prompts: list[dict | str], model, save_path: Path | str 
             tokens = torch.full((len(batch), width), pad_id, dtype=torch.long)
             for i, job in enumerate(batch):
                 tokens[i, :job.n_tokens] = torch.tensor(job.ids)
-                start_prompt(job, save_path, model_dir, n_layers, n_heads, causal, device)
+                start_prompt(job, save_path, model_dir, n_layers, n_heads, causal, device, grams is not None)
             # Right padding is harmless under a causal mask; an encoder must be told which keys are padding.
             mask = None if causal else (torch.arange(width) < torch.tensor([[j.n_tokens] for j in batch])).long()
             last = max(l for j in batch for l, _ in j.heads)
             forward_patterns(model, tokens.to(device), lambda layer, pattern: stream.submit_layer(batch, layer, pattern),
-                             last, None if mask is None else mask.to(device))
+                             last, None if mask is None else mask.to(device),
+                             (lambda layer, v: stream.submit_values(batch, layer, v, grams[layer])) if grams else None)
             for job in batch:
                 results.append(stream.finish(finish_prompt, job, save_path, model_dir,
                                              to_str_tokens(torch.tensor(job.ids)), n_layers, n_heads))
@@ -451,7 +500,7 @@ def compute_activations(prompts: list[dict | str], model, save_path: Path | str 
 
 
 def start_prompt(job: PromptJob, save_path: Path, model_dir: str, n_layers: int, n_heads: int, causal: bool,
-                 device) -> None:
+                 device, with_norms: bool) -> None:
     """Open the prompt's pattern file and index its heads by layer, before the forward pass."""
     import torch
     n = job.n_tokens
@@ -463,6 +512,7 @@ def start_prompt(job: PromptJob, save_path: Path, model_dir: str, n_layers: int,
     (pdir / "prompt.json").unlink(missing_ok=True)  # recomputing: the prompt is unfinished until rewritten
     job.writer = lens.PatternWriter(pdir / lens.PATTERN_FILE, n_layers, n_heads, n,
                                     "tril" if causal else "full", job.heads)
+    job.norms = np.full((n_layers, n_heads, n), np.nan, np.float32) if with_norms else None
 
 
 def size_estimate_line(model_dir: str, lengths: list[int], n_stored: int, n_total: int, causal: bool,

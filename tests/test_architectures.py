@@ -78,3 +78,28 @@ def test_stored_patterns_equal_hugging_face_attentions(family, tokenizer, tmp_pa
         assert stored.layout == ("full" if family == "bert" else "tril")
         assert np.abs(stored.all() - oracle).max() <= 3.1e-5, family
         np.testing.assert_allclose(stored.all().sum(-1), 1, atol=len(ids) * 3.1e-5)
+
+
+@pytest.mark.parametrize("family", ["gpt2", "llama-gqa", "bert"])
+def test_stored_value_norms_equal_a_direct_computation(family, tokenizer, tmp_path):
+    make_family(tmp_path / family, family, tokenizer)
+    model = ca.load_model(str(tmp_path / family), "cpu", "float32")
+    ca.compute_activations(TEXTS, model, tmp_path / "data", model_name=family, batch_size=3, progress=False,
+                           heads="L0H*,L1H1")
+    n_heads = model.cfg.n_heads
+    for text in TEXTS:
+        pdir = lens.prompt_dir(tmp_path / "data", family, lens.prompt_hash(text))
+        ids = json.loads((pdir / "prompt.json").read_text())["token_ids"]
+        stored = np.fromfile(pdir / lens.VALUE_NORMS_FILE, "<f4").reshape(2, n_heads, len(ids))
+        _, cache = model.run_with_cache(torch.tensor([ids]), names_filter=lambda n: n.endswith("attn.hook_v"))
+        for layer in range(2):
+            v = cache[f"blocks.{layer}.attn.hook_v"][0]  # [pos, kv_heads, d_head]
+            group = n_heads // v.shape[1]
+            w_o = model.blocks[layer].attn.W_O  # [heads, d_head, d_model]
+            with torch.no_grad():
+                direct = torch.stack([(v[:, h // group] @ w_o[h]).norm(dim=-1) for h in range(n_heads)]).numpy()
+            for h in range(n_heads):
+                if layer == 0 or h == 1:
+                    np.testing.assert_allclose(stored[layer, h], direct[h], rtol=1e-4, atol=1e-5)
+                else:
+                    assert np.isnan(stored[layer, h]).all()  # not stored
