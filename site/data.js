@@ -29,7 +29,7 @@ export const errorUrl = (model, hash, layer, head, output) =>
 const FILES = [
   { path: /^models\.jsonl$/, writer: "build_index.py" },
   { path: /^figures\.jsonl$/, writer: "build_index.py" },
-  { path: /^colormaps\.json$/, writer: "render_figures.py", optional: true },
+  { path: /^colormaps\.json$/, writer: "build_index.py" },
   { path: /^[^/]+\/prompts\.jsonl$/, writer: "build_index.py" },
   { path: /^[^/]+\/model_cfg\.json$/, writer: "compute_activations.py" },
   { path: /^[^/]+\/stats\.json$/, writer: "render_figures.py", optional: true },
@@ -103,17 +103,12 @@ export function figureOutputs(figures) {
     .flatMap((f) => f.outputs.map((output) => ({ output, format: f.format || "svg", figure: f })));
 }
 
-/** A colormap of colormaps.json as [[r, g, b] x 256], the table the images use; greys (and a warning)
- * when the data dir has no colormaps.json yet. */
+/** A colormap as [[r, g, b] x 256] from colormaps.json: the tables the images are drawn with. */
 export async function loadColormap(name = "viridis") {
-  const tables = await fetchData(COLORMAPS_URL);
-  if (!tables?.[name]) {
-    return { missing: `${COLORMAPS_URL}: no ${name} (render_figures.py writes it); drawn in greys`, table: greys() };
-  }
-  return { table: tables[name].map((c) => [1, 3, 5].map((i) => parseInt(c.slice(i, i + 2), 16))) };
+  const table = (await fetchData(COLORMAPS_URL))[name];
+  if (!table) throw new Error(`${COLORMAPS_URL}: no colormap ${name}; re-run build_index.py`);
+  return table.map((c) => [1, 3, 5].map((i) => parseInt(c.slice(i, i + 2), 16)));
 }
-
-const greys = () => Array.from({ length: 256 }, (_, i) => [i, i, i]);
 
 // ---- statistics: stats.json ({prompts, n_layers, n_heads, stats: {name: {doc, mean}}}) and
 // stats/<name>.f32 (float32 [prompts, layers, heads], NaN where missing) ----

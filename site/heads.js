@@ -13,9 +13,9 @@ const data = { models: [], model: null, stats: null, prompts: new Map(), table: 
 // ---- load ----
 
 async function load() {
-  const models = await fetchData(MODELS_URL, "jsonl");
+  const [models, colormap] = await fetchEach([fetchData(MODELS_URL, "jsonl"), loadColormap()]);
   if (!models.length) throw new Error(`${MODELS_URL}: no models yet (run compute_activations.py)`);
-  data.models = models;
+  Object.assign(data, { models, colormap });
   if (!models.some((m) => m.model_dir === state.model)) state.model = models[0].model_dir;
   await loadModel();
 }
@@ -31,14 +31,8 @@ async function loadModel() {
   if (stats && !stats.prompts.includes(state.prompt)) state.prompt = stats.prompts[0] || "";
 }
 
-/** The statistic's table (one prompt's values, and the best prompts of a head), fetched once per statistic,
- * and the colormap (render_figures.py writes it with the statistics). */
+/** The statistic's table (one prompt's values, and the best prompts of a head), fetched once per statistic. */
 async function loadTable() {
-  if (!data.colormap) {
-    const colormap = await loadColormap();
-    if (colormap.missing) showError(colormap.missing);
-    data.colormap = colormap.table;
-  }
   if (data.table?.name !== state.stat) data.table = await loadStatTable(state.model, data.stats, state.stat);
 }
 

@@ -22,8 +22,7 @@ async function load() {
   const [models, figures, colormap] = await fetchEach([
     fetchData(MODELS_URL, "jsonl"), fetchData(FIGURES_URL, "jsonl"), loadColormap(),
   ]);
-  Object.assign(data, { models, figures, colormap: colormap.table });
-  if (colormap.missing) showError(colormap.missing);
+  Object.assign(data, { models, figures, colormap });
   if (!state.model) state.model = models[0]?.model_dir ?? "";
   if (!state.model) throw new Error(`${MODELS_URL}: no models (run compute_activations.py)`);
   const [cfg, prompts, stats] = await fetchEach([
