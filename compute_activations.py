@@ -32,7 +32,7 @@ class StopForward(Exception):
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(
+    p = lens.ArgumentParser(
         description="Compute attention patterns of TransformerLens models over prompts and save "
         "them per prompt (all layers and heads in one compact file).",
         epilog="Prompts longer than the model's context (n_ctx) are truncated to n_ctx tokens, "
@@ -42,19 +42,19 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("prompts", type=Path, help='JSONL file, one {"text": ..., "meta": {...}} per line')
     p.add_argument("--save-path", type=Path, default=lens.DEFAULT_SAVE_PATH,
                    help="data directory (default: %(default)s)")
-    p.add_argument("--batch-size", type=int, default=BATCH_SIZE,
+    p.add_argument("--batch-size", type=lens.positive_int, default=BATCH_SIZE,
                    help="prompts per forward pass (default: %(default)s); lower it for long prompts")
     p.add_argument("--device", default=None, help="torch device (default: cuda if available, else cpu)")
     p.add_argument("--dtype", default="float32", choices=["float32", "float16", "bfloat16"],
                    help="model weights dtype (default: %(default)s)")
-    p.add_argument("--n-samples", type=int, default=None, help="use only the first N prompts")
+    p.add_argument("--n-samples", type=lens.positive_int, default=None, help="use only the first N prompts")
     p.add_argument("--shuffle", action="store_true", help="shuffle prompts (seeded) before --n-samples")
     p.add_argument("--seed", type=int, default=0, help="seed for --shuffle (default: %(default)s)")
     p.add_argument("--raw", action="store_true",
                    help="each line's text is a long document: split it into prompts of "
                    "--min-chars to --max-chars characters at whitespace")
     p.add_argument("--min-chars", type=int, default=100, help="with --raw (default: %(default)s)")
-    p.add_argument("--max-chars", type=int, default=1000, help="with --raw (default: %(default)s)")
+    p.add_argument("--max-chars", type=lens.positive_int, default=1000, help="with --raw (default: %(default)s)")
     p.add_argument("--shard", default=None, metavar="K/N",
                    help="process only shard K of N (1-based), chosen by prompt hash, so N jobs "
                    "writing to one data dir never collide")
@@ -62,7 +62,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--heads", metavar="SPEC",
                    help="store only these heads, in the grid's syntax, e.g. 'L0-3H*,L5H1,L*H0' (default: all); "
                    "asking later for heads a prompt lacks recomputes it")
-    p.add_argument("--max-tokens", type=int, metavar="N",
+    p.add_argument("--max-tokens", type=lens.positive_int, metavar="N",
                    help="truncate prompts to N tokens, below the model's context (stored bytes grow with N squared)")
     p.add_argument("--revision", help="Hugging Face revision (branch, tag or commit) of the model to load")
     p.add_argument("--checkpoint", metavar="STEP[,STEP...]",
@@ -71,7 +71,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--device-map", metavar="MAP",
                    help="place a model too big for one device across several, through accelerate "
                    "(e.g. 'auto'); not with --device")
-    p.add_argument("--n-devices", type=int, metavar="N", help="split the model's layers over N devices")
+    p.add_argument("--n-devices", type=lens.positive_int, metavar="N", help="split the model's layers over N devices")
     return p.parse_args(argv)
 
 
@@ -555,46 +555,35 @@ def parse_steps(spec: str | None) -> list[int | None]:
 
 
 def check_flags(args) -> None:
-    if args.batch_size < 1:
-        raise lens.UserError("--batch-size must be at least 1")
-    if args.n_samples is not None and args.n_samples < 1:
-        raise lens.UserError("--n-samples must be at least 1")
-    if args.max_tokens is not None and args.max_tokens < 1:
-        raise lens.UserError("--max-tokens must be at least 1")
+    """What argparse's types cannot check alone (counts are checked by lens.positive_int)."""
     if args.device_map and args.device:
         raise lens.UserError("--device-map and --device are exclusive: --device-map places the model itself")
-    if args.n_devices is not None and args.n_devices < 1:
-        raise lens.UserError("--n-devices must be at least 1")
 
 
 def main(argv=None) -> None:
     args = parse_args(argv)
-    try:
-        shard = lens.parse_shard(args.shard)
-        check_flags(args)
-        steps = parse_steps(args.checkpoint)
-        prompts = load_prompts(args.prompts, args.raw, args.min_chars, args.max_chars)
-        prompts = select_prompts(prompts, args.n_samples, args.shuffle, args.seed, shard)
-        import torch
-        device = args.device or (None if args.device_map else "cuda" if torch.cuda.is_available() else "cpu")
-        if device and device.startswith("cuda") and not torch.cuda.is_available():
-            raise lens.UserError(f"--device {device}: this machine has no CUDA device (try --device cpu)")
-        for name in [m.strip() for m in args.models.split(",") if m.strip()]:
-            for step in steps:
-                model = load_model(name, device, args.dtype, args.revision, step, args.device_map, args.n_devices)
-                s = compute_activations(prompts, model, args.save_path,
-                                        model_name=name if step is None else f"{name}@step{step}",
-                                        batch_size=args.batch_size, force=args.force, heads=args.heads,
-                                        max_tokens=args.max_tokens)
-                print(summary_line(s, args.save_path))
-                del model
-        from build_index import build_index
-        build_index(args.save_path)
-    except lens.UserError as e:
-        sys.exit(f"error: {e}")
-    except KeyboardInterrupt:
-        sys.exit("interrupted: finished prompts are saved; run the same command again to resume")
+    shard = lens.parse_shard(args.shard)
+    check_flags(args)
+    steps = parse_steps(args.checkpoint)
+    prompts = load_prompts(args.prompts, args.raw, args.min_chars, args.max_chars)
+    prompts = select_prompts(prompts, args.n_samples, args.shuffle, args.seed, shard)
+    lens.check_writable_dir(args.save_path)
+    import torch
+    device = args.device or (None if args.device_map else "cuda" if torch.cuda.is_available() else "cpu")
+    if device and device.startswith("cuda") and not torch.cuda.is_available():
+        raise lens.UserError(f"--device {device}: this machine has no CUDA device (try --device cpu)")
+    for name in [m.strip() for m in args.models.split(",") if m.strip()]:
+        for step in steps:
+            model = load_model(name, device, args.dtype, args.revision, step, args.device_map, args.n_devices)
+            s = compute_activations(prompts, model, args.save_path,
+                                    model_name=name if step is None else f"{name}@step{step}",
+                                    batch_size=args.batch_size, force=args.force, heads=args.heads,
+                                    max_tokens=args.max_tokens)
+            print(summary_line(s, args.save_path))
+            del model
+    from build_index import build_index
+    build_index(args.save_path)
 
 
 if __name__ == "__main__":
-    main()
+    lens.run_main(main, "finished prompts are saved; run the same command again to resume")

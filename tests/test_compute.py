@@ -197,10 +197,11 @@ def test_raw_documents_split_at_whitespace():
     ('{"text": "ok"}\n{"text": broken\n', "p.jsonl:2: not valid JSON"),
     ('{"text": "ok"}\n\n{"meta": {}}\n', 'p.jsonl:3: needs a non-empty string "text"'),
     ('["a list"]\n', "p.jsonl:1: expected a JSON object"),
+    ('{"text": "ok"}\n{"text": "caf\xe9"}\n'.encode("latin-1"), "p.jsonl:2: not UTF-8 text (byte 0xe9)"),
 ])
 def test_bad_prompt_files_fail_with_one_line(tmp_path, content, message):
     if content is not None:
-        (tmp_path / "p.jsonl").write_text(content)
+        (tmp_path / "p.jsonl").write_bytes(content if isinstance(content, bytes) else content.encode())
     r = run_script("gpt2", "p.jsonl", "--save-path", "data", cwd=tmp_path)
     assert r.returncode != 0
     assert message in r.stderr and len(r.stderr.strip().splitlines()) == 1, r.stderr
@@ -221,7 +222,10 @@ def test_bad_prompt_files_fail_with_one_line(tmp_path, content, message):
     ("CKPT", ["--checkpoint", "late"], "--checkpoint late: expected training steps"),
     ("CKPT", ["--device-map", "auto", "--device", "cpu"], "--device-map and --device are exclusive"),
     ("CKPT", ["--device", "cuda"] if not torch.cuda.is_available() else ["--max-tokens", "0"], "error: --"),
-    ("CKPT", ["--max-tokens", "0"], "--max-tokens must be at least 1"),
+    ("CKPT", ["--max-tokens", "0"], "error: argument --max-tokens: expected a positive integer, got '0'"),
+    ("CKPT", ["--batch-size", "0"], "error: argument --batch-size: expected a positive integer, got '0'"),
+    ("CKPT", ["--n-samples", "-1"], "error: argument --n-samples: expected a positive integer, got '-1'"),
+    ("CKPT", ["--no-such-flag"], "error: unrecognized arguments: --no-such-flag (see compute_activations.py --help)"),
 ])
 def test_bad_model_or_flags_fail_with_one_line(tiny_checkpoint, tmp_path, model_arg, extra, message):
     write_prompts(tmp_path / "p.jsonl", TEXTS[:2])
@@ -231,6 +235,26 @@ def test_bad_model_or_flags_fail_with_one_line(tiny_checkpoint, tmp_path, model_
     assert r.returncode != 0
     assert message in r.stderr and r.stderr.strip().splitlines()[-1].startswith("error:"), r.stderr
     assert prompt_dirs(tmp_path / "data") == []
+
+
+def test_a_prompts_file_with_a_byte_order_mark_is_read(tmp_path):
+    """Windows tools write UTF-8 with a BOM: the first line is read like the others."""
+    (tmp_path / "p.jsonl").write_text("\ufeff" + json.dumps({"text": "caf\u00e9"}) + "\n", encoding="utf-8")
+    assert ca.load_prompts(tmp_path / "p.jsonl") == [{"text": "caf\u00e9", "meta": {}}]
+
+
+@pytest.mark.parametrize("save_path, message", [
+    ("afile", "--save-path afile: a file, not a directory"),
+    ("afile/data", "--save-path afile/data: cannot be created ("),
+])
+def test_a_save_path_that_cannot_be_a_data_dir_fails_before_the_model_loads(tiny_checkpoint, tmp_path, save_path,
+                                                                             message):
+    write_prompts(tmp_path / "p.jsonl", TEXTS[:2])
+    (tmp_path / "afile").write_text("mine")
+    r = run_script(str(tiny_checkpoint), "p.jsonl", "--save-path", save_path, cwd=tmp_path)
+    assert r.returncode == 1 and r.stderr.strip().startswith(f"error: {message}"), r.stderr
+    assert len(r.stderr.strip().splitlines()) == 1, r.stderr
+    assert (tmp_path / "afile").read_text() == "mine"
 
 
 def test_heads_stores_only_those_and_more_heads_recompute(model, tmp_path):
