@@ -24,9 +24,10 @@ def fake_patterns(n_layers: int, n_heads: int, n: int, rng: np.random.Generator)
 
 def make_data(save_path: Path, model: str = "fake-model", n_layers: int = 2, n_heads: int = 3,
               texts: list[str] = TEXTS, seed: int = 0) -> list[str]:
-    """Write model_cfg.json and, per text, prompt.json + patterns.bin; return the prompt hashes."""
+    """Write model_cfg.json and, per text, patterns.bin then prompt.json (as compute_activations.py
+    orders them) through lens's writers and paths; return the prompt hashes."""
     rng = np.random.default_rng(seed)
-    lens.write_json(Path(save_path) / model / "model_cfg.json", {
+    lens.write_json(lens.model_cfg_path(save_path, model), {
         "model_name": model, "model_dir": model, "n_layers": n_layers, "n_heads": n_heads,
         "d_model": 16 * n_heads, "d_head": 16, "n_ctx": 256, "default_prepend_bos": True,
     })
@@ -35,11 +36,10 @@ def make_data(save_path: Path, model: str = "fake-model", n_layers: int = 2, n_h
         tokens = ["<|endoftext|>"] + [t for t in text.replace(" ", "\u0120 ").split(" ") if t]
         tokens = [t.replace("\u0120", " ") for t in tokens]
         h = lens.prompt_hash(text)
-        d = lens.prompt_dir(save_path, model, h)
-        lens.write_atomic(d / lens.PATTERN_FILE,
+        lens.write_atomic(lens.patterns_path(save_path, model, h),
                           lens.encode_patterns(fake_patterns(n_layers, n_heads, len(tokens), rng)))
-        lens.write_json(d / "prompt.json", {"text": text, "hash": h, "tokens": tokens,
-                                            "token_ids": [zlib.crc32(t.encode()) % 1000 for t in tokens],
-                                            "n_tokens": len(tokens), "meta": {}})
+        lens.write_json(lens.prompt_json_path(save_path, model, h), {
+            "text": text, "hash": h, "tokens": tokens, "token_ids": [zlib.crc32(t.encode()) % 1000 for t in tokens],
+            "n_tokens": len(tokens), "meta": {}})
         hashes.append(h)
     return hashes

@@ -378,3 +378,12 @@ def test_a_model_given_as_a_relative_path_is_found_from_any_directory(tiny_check
                             "--save-path", tmp_path / "data", "--jobs", "1"], capture_output=True, text=True, cwd=cwd,
                            timeout=120)
         assert r.returncode == 0, r.stderr
+
+
+def test_model_dir_names_do_not_depend_on_the_working_directory(tmp_path, monkeypatch):
+    (tmp_path / "ckpt").mkdir()
+    for cwd in (tmp_path, tmp_path / "ckpt"):
+        monkeypatch.chdir(cwd)
+        assert [lens.model_dir_name(m) for m in ["./ckpt", "./ckpt/", "../x/ckpt", str(tmp_path / "ckpt"),
+                                                 "gpt2", "EleutherAI/pythia-70m", "demo@step100"]] == \
+            ["ckpt", "ckpt", "ckpt", "ckpt", "gpt2", "EleutherAI__pythia-70m", "demo_step100"]
