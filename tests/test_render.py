@@ -195,6 +195,21 @@ def test_render_writes_every_head_and_the_indexes(fake_data_dir):
     assert "raw" in names and "bos" in names
 
 
+def test_statistics_tables_hold_each_prompts_values(fake_data_dir, tmp_path):
+    """lens.read_stats gives what render_figures.py computed: one value per prompt and head, and their mean."""
+    write_figure_file(tmp_path / "figs", "good.py", GOOD)
+    run_render("--save-path", fake_data_dir, "--figures-dir", tmp_path / "figs", "--figures", "first_key", "--jobs", "2")
+    index, tables = lens.read_stats(fake_data_dir, "fake-model")
+    assert index["prompts"] == lens.finished_prompts(fake_data_dir, "fake-model") and list(tables) == ["first_key"]
+    assert index["stats"]["first_key"]["doc"] == "attention to key 0"
+    for i, phash in enumerate(index["prompts"]):
+        patterns = lens.load_patterns(fake_data_dir, "fake-model", phash)
+        for layer, head in patterns.heads:
+            expected = patterns.head(layer, head)[:, 0].mean()
+            assert tables["first_key"][i, layer, head] == pytest.approx(expected, abs=1e-6)
+    np.testing.assert_allclose(index["stats"]["first_key"]["mean"], tables["first_key"].mean(0), atol=1e-6)
+
+
 def test_skip_existing_unless_force(fake_data_dir):
     run_render("--save-path", fake_data_dir, "--figures", "raw", "--jobs", "1")
     image = prompt_dirs(fake_data_dir)[0] / "L0" / "H1" / "raw.svg"
