@@ -5,20 +5,26 @@
     python serve.py --host 0.0.0.0         # expose to the network, deliberately
 
 Standard library only. Never serves a file outside the data dir (no `..`, no symlinks
-pointing out), never lists a directory, answers single byte ranges (the single view
-reads one head out of patterns.bin) and serves .svgz as gzip-encoded SVG.
+pointing out), never lists a directory, answers single byte ranges (`a-b`, `a-`, `-n`: the
+site reads a pattern file's footer, then one head's chunk) and serves .svgz as gzip-encoded SVG.
+Keeps up with hundreds of concurrent clients (bench/bench_serve.py).
 """
 import argparse
 import email.utils
 import errno
 import http.server
 import os
+import queue
+import re
+import socket
 import sys
 import threading
 from pathlib import Path
 from urllib.parse import unquote, urlsplit
 
 DEFAULT_SAVE_PATH = Path("attn_data")  # same as lens.DEFAULT_SAVE_PATH; serve.py stays stdlib-only
+
+RANGE = re.compile(r"bytes=(\d{0,18})-(\d{0,18})", re.ASCII | re.IGNORECASE)  # longer numbers: ignored
 
 CONTENT_TYPES = {
     ".html": "text/html; charset=utf-8",
@@ -41,11 +47,15 @@ class Handler(http.server.SimpleHTTPRequestHandler):
     """Static files from `self.directory`, confined to it; quiet except for errors."""
 
     protocol_version = "HTTP/1.1"  # keep-alive: a grid of images reuses a few connections
+    # Headers and body leave in one send (handle_one_request flushes) with no Nagle wait: without
+    # these two, each response on a kept-alive connection stalls ~40 ms on the client's delayed ACK.
+    wbufsize = 65536
+    disable_nagle_algorithm = True
     remaining = 0  # bytes of the open file still to send
 
     def resolve(self, url_path: str) -> Path | None:
         """The real file or directory a URL path names, or None when missing or outside the root."""
-        root = Path(self.directory).resolve()
+        root = Path(self.directory)  # already resolved by make_server
         rel = unquote(url_path)
         if "\x00" in rel:
             return None
@@ -68,8 +78,9 @@ class Handler(http.server.SimpleHTTPRequestHandler):
             return None
         f = open(path, "rb")
         size = os.fstat(f.fileno()).st_size
-        start, end = self.byte_range(size)
-        if start is None:
+        requested = self.byte_range(size)
+        start, end = requested or (0, size)
+        if requested and start >= end:
             f.close()
             self.send_response(416)
             self.send_header("Content-Range", f"bytes */{size}")
@@ -77,16 +88,16 @@ class Handler(http.server.SimpleHTTPRequestHandler):
             self.end_headers()
             return None
         mtime = os.fstat(f.fileno()).st_mtime
-        if self.not_modified(mtime) and (start, end) == (0, size):
+        if requested is None and self.not_modified(mtime):
             f.close()
             self.send_response(304)
             self.end_headers()
             return None
-        self.send_response(206 if (start, end) != (0, size) else 200)
+        self.send_response(206 if requested else 200)
         self.send_header("Content-Type", CONTENT_TYPES.get(path.suffix.lower(), "application/octet-stream"))
         if path.suffix.lower() == ".svgz":
             self.send_header("Content-Encoding", "gzip")
-        if (start, end) != (0, size):
+        if requested:
             self.send_header("Content-Range", f"bytes {start}-{end - 1}/{size}")
         self.send_header("Content-Length", str(end - start))
         self.send_header("Accept-Ranges", "bytes")
@@ -104,20 +115,21 @@ class Handler(http.server.SimpleHTTPRequestHandler):
             outputfile.write(chunk)
             remaining -= len(chunk)
 
-    def byte_range(self, size: int) -> tuple[int | None, int]:
-        """[start, end) of a single `Range: bytes=a-b` request; the whole file without one."""
-        spec = self.headers.get("Range", "")
-        if not spec.startswith("bytes=") or "," in spec:
-            return 0, size
-        first, _, last = spec[6:].strip().partition("-")
-        try:
-            if first == "":
-                start, end = max(0, size - int(last)), size
-            else:
-                start, end = int(first), min(size, int(last) + 1) if last else size
-        except ValueError:
-            return 0, size
-        return (start, end) if start < end else (None, size)
+    def byte_range(self, size: int) -> tuple[int, int] | None:
+        """[start, end) that a single `Range: bytes=a-b`, `a-` or `-n` asks for; None: send the whole file.
+
+        An unsatisfiable range comes back empty (start >= end: 416). Several ranges or a malformed
+        header are ignored, as RFC 9110 allows.
+        """
+        match = RANGE.fullmatch(self.headers.get("Range", "").strip())
+        if match is None or match.groups() == ("", ""):
+            return None
+        first, last = (int(g) if g else None for g in match.groups())
+        if first is None:  # the last n bytes: how the site reads a pattern file's footer
+            return (max(0, size - last) if last else size), size
+        if last is None:
+            return first, size
+        return (first, min(size, last + 1)) if first <= last else None
 
     def not_modified(self, mtime: float) -> bool:
         since = self.headers.get("If-Modified-Since")
@@ -141,18 +153,48 @@ class Handler(http.server.SimpleHTTPRequestHandler):
         sys.stderr.write(f"{self.address_string()} {format % args}\n")
 
 
-class Server(http.server.ThreadingHTTPServer):
-    daemon_threads = True
+class Server(http.server.HTTPServer):
+    """One worker thread per open connection, reused (a new thread per connection cost about a third of
+    the CPU under load); daemons, so Ctrl-C does not wait for browsers' idle keep-alive connections."""
 
-    def handle_error(self, request, client_address):
-        if isinstance(sys.exc_info()[1], ConnectionError):
-            return  # the browser dropped the connection (page left, image scrolled away): not an error
-        super().handle_error(request, client_address)
+    # The default backlog of 5 drops the SYNs of a burst of connections (a grid page opening, 200
+    # clients): each dropped one waits 1 s, 3 s, ... for its retry. The kernel caps it at somaxconn.
+    request_queue_size = socket.SOMAXCONN
+
+    def __init__(self, *args, **kwargs):
+        self.connections = queue.SimpleQueue()  # accepted, waiting for a worker; None stops one
+        self.idle_workers = threading.Semaphore(0)
+        self.n_workers = 0
+        super().__init__(*args, **kwargs)  # last: it calls server_close when the port is taken
+
+    def process_request(self, request, client_address):
+        self.connections.put((request, client_address))
+        if not self.idle_workers.acquire(blocking=False):  # all busy (each kept-alive connection holds one)
+            self.n_workers += 1
+            threading.Thread(target=self.work, daemon=True).start()
+
+    def work(self) -> None:
+        """Serve connections one after another until server_close; an unexpected error ends the worker."""
+        while (item := self.connections.get()) is not None:
+            request, client_address = item
+            try:
+                self.finish_request(request, client_address)
+            except ConnectionError:
+                pass  # the browser dropped the connection (page left, image scrolled away): not an error
+            finally:
+                self.shutdown_request(request)
+            self.idle_workers.release()
+
+    def server_close(self):
+        super().server_close()
+        for _ in range(self.n_workers):
+            self.connections.put(None)
 
 
 def make_server(root: Path, host: str = "127.0.0.1", port: int = 8000) -> Server:
     """A threaded server for `root`, not yet serving; port 0 picks a free port."""
-    return Server((host, port), lambda *a, **kw: Handler(*a, directory=str(root), **kw))
+    directory = str(Path(root).resolve())
+    return Server((host, port), lambda *a, **kw: Handler(*a, directory=directory, **kw))
 
 
 def serve_in_thread(root: Path, host: str = "127.0.0.1", port: int = 0) -> tuple[Server, str]:
@@ -171,6 +213,8 @@ def main() -> None:
                         help="interface to bind (default: 127.0.0.1, this machine only; 0.0.0.0 exposes it)")
     args = parser.parse_args()
 
+    if not 0 <= args.port <= 65535:
+        sys.exit(f"error: --port {args.port} is not a port number (0-65535; 0 picks a free one)")
     if not args.path.is_dir():
         sys.exit(f"error: data dir {args.path} does not exist (compute_activations.py writes it)")
     if not (args.path / "index.html").is_file():

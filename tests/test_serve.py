@@ -1,17 +1,25 @@
 """serve.py: what it serves, what it refuses, and how it starts and stops."""
 import gzip
 import http.client
+import json
 import os
 import signal
 import socket
+import struct
 import subprocess
 import sys
-import time
+import threading
+import zlib
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+import numpy as np
 import pytest
 
+import lens
+import serve
 from browser import served
+from fake_data import fake_patterns
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -37,10 +45,10 @@ def root(tmp_path) -> Path:
     return data
 
 
-def get(url: str, path: str, headers: dict | None = None) -> tuple[int, dict, bytes]:
+def get(url: str, path: str, headers: dict | None = None, timeout: float = 5) -> tuple[int, dict, bytes]:
     """A raw GET (no client-side path normalisation, so `..` reaches the server as typed)."""
     host, port = url.split("//")[1].rstrip("/").split(":")
-    conn = http.client.HTTPConnection(host, int(port), timeout=5)
+    conn = http.client.HTTPConnection(host, int(port), timeout=timeout)
     conn.request("GET", path, headers=headers or {})
     resp = conn.getresponse()
     body = resp.read()
@@ -96,18 +104,107 @@ def test_no_directory_listing(root):
         assert status == 200 and b"<title>grid</title>" in body
 
 
-def test_byte_ranges(root):
-    """The single view reads one head's chunk of patterns.bin with a Range request."""
+PATTERNS = "/m/prompts/abc/patterns.bin"  # the fixture's 256 bytes 0..255
+
+
+@pytest.mark.parametrize("range_, start, end", [
+    ("bytes=10-19", 10, 20), ("bytes=250-", 250, 256), ("bytes=0-", 0, 256), ("bytes=-4", 252, 256),
+    ("bytes=-1000", 0, 256), ("bytes=250-1000", 250, 256), ("bytes=255-255", 255, 256), ("Bytes=0-0", 0, 1),
+])
+def test_byte_ranges(root, range_, start, end):
+    """Bounded, open-ended (`a-`) and suffix (`-n`) ranges: 206 with the slice and its Content-Range."""
     with served(root) as url:
-        status, headers, body = get(url, "/m/prompts/abc/patterns.bin", {"Range": "bytes=10-19"})
-        assert status == 206 and body == bytes(range(10, 20))
-        assert headers["content-range"] == "bytes 10-19/256"
-        status, _, body = get(url, "/m/prompts/abc/patterns.bin", {"Range": "bytes=250-"})
-        assert status == 206 and body == bytes(range(250, 256))
-        status, _, body = get(url, "/m/prompts/abc/patterns.bin", {"Range": "bytes=-4"})
-        assert status == 206 and body == bytes(range(252, 256))
-        status, headers, _ = get(url, "/m/prompts/abc/patterns.bin", {"Range": "bytes=300-400"})
-        assert status == 416 and headers["content-range"] == "bytes */256"
+        status, headers, body = get(url, PATTERNS, {"Range": range_})
+    assert status == 206 and body == bytes(range(256))[start:end]
+    assert headers["content-range"] == f"bytes {start}-{end - 1}/256"
+    assert headers["content-length"] == str(end - start)
+
+
+@pytest.mark.parametrize("range_", ["bytes=256-", "bytes=300-400", "bytes=-0", "bytes=256-300"])
+def test_unsatisfiable_range_is_416(root, range_):
+    with served(root) as url:
+        status, headers, body = get(url, PATTERNS, {"Range": range_})
+    assert status == 416 and headers["content-range"] == "bytes */256" and body == b""
+
+
+@pytest.mark.parametrize("range_", ["bytes=5-2", "bytes=0-1,4-5", "items=0-1", "bytes=-", "bytes=a-b", "bytes=--5",
+                                    "bytes=1_0-20", "bytes=" + "9" * 30 + "-"])
+def test_malformed_or_multiple_ranges_get_the_whole_file(root, range_):
+    """RFC 9110 lets a server ignore a Range it does not take: 200 and every byte."""
+    with served(root) as url:
+        status, headers, body = get(url, PATTERNS, {"Range": range_})
+    assert status == 200 and body == bytes(range(256)) and "content-range" not in headers
+
+
+def test_ranges_of_an_empty_file_are_416(root):
+    (root / "empty.bin").write_bytes(b"")
+    with served(root) as url:
+        for range_ in ("bytes=0-", "bytes=-10", "bytes=0-0"):
+            status, headers, _ = get(url, "/empty.bin", {"Range": range_})
+            assert status == 416 and headers["content-range"] == "bytes */0"
+        assert get(url, "/empty.bin")[0] == 200
+
+
+def test_pattern_file_read_with_ranges_as_the_site_does(root):
+    """Format 2: header (magic, footer offset), the footer (open-ended or suffix range), one stored head's chunk."""
+    patterns = fake_patterns(2, 3, 9, np.random.default_rng(0))
+    data = lens.encode_patterns(patterns, heads=[(0, 1), (1, 2)])
+    (root / "m" / "prompts" / "abc" / "patterns.bin").write_bytes(data)
+    with served(root) as url:
+        _, _, head = get(url, PATTERNS, {"Range": "bytes=0-15"})
+        assert head[:8] == b"ATTNPAT2"
+        footer_at = struct.unpack("<Q", head[8:])[0]
+        status, headers, footer = get(url, PATTERNS, {"Range": f"bytes={footer_at}-"})
+        assert status == 206 and headers["content-range"] == f"bytes {footer_at}-{len(data) - 1}/{len(data)}"
+        assert get(url, PATTERNS, {"Range": f"bytes=-{len(data) - footer_at}"})[2] == footer
+        info = json.loads(footer)
+        assert info["format"] == 2 and info["heads"] == [1, 5]
+        start, size = info["chunks"][1]
+        _, _, chunk = get(url, PATTERNS, {"Range": f"bytes={start}-{start + size - 1}"})
+    assert chunk == data[start:start + size]
+    assert len(zlib.decompress(chunk)) == 2 * 9 * 10 // 2  # uint16, lower triangle of 9 tokens
+
+
+def test_a_burst_of_connections_waits_in_the_listen_queue(root):
+    """200 clients connecting before the server accepts any are all queued (a backlog of 5 drops SYNs), then served."""
+    server = serve.make_server(root, port=0)  # listening, not accepting yet
+    serving = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
+    socks = []
+    try:
+        for _ in range(200):
+            socks.append(socket.create_connection(server.server_address, timeout=10))
+        serving.start()
+        for s in socks:
+            s.sendall(b"GET /grid.js HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
+        for s in socks:
+            resp = http.client.HTTPResponse(s)
+            resp.begin()
+            assert resp.status == 200 and resp.read() == b"export const x = 1;\n"
+    finally:
+        if serving.is_alive():
+            server.shutdown()
+        server.server_close()
+        for s in socks:
+            s.close()
+
+
+def test_200_concurrent_clients_all_get_their_bytes(root):
+    """A bounded load: 600 GETs from 200 clients at once, each answered right (timings: bench/bench_serve.py)."""
+    data = (root / PATTERNS.lstrip("/")).read_bytes()
+    wanted = [("/grid.js", {}, 200, (root / "grid.js").read_bytes()),
+              ("/m/prompts/abc/L0/H0/raw.svg", {}, 200, (root / "m/prompts/abc/L0/H0/raw.svg").read_bytes()),
+              (PATTERNS, {"Range": "bytes=-16"}, 206, data[-16:]),
+              (PATTERNS, {"Range": "bytes=100-"}, 206, data[100:])]
+    requests = [wanted[i % len(wanted)] for i in range(600)]
+
+    def fetch(request) -> bool:
+        path, headers, status, body = request
+        got_status, _, got_body = get(url, path, headers, timeout=30)
+        return (got_status, got_body) == (status, body)
+
+    with served(root) as url, ThreadPoolExecutor(max_workers=200) as pool:
+        answers = list(pool.map(fetch, requests, timeout=120))
+    assert len(answers) == 600 and all(answers)
 
 
 def test_not_modified(root):
@@ -145,6 +242,21 @@ def test_cli_port_in_use_is_one_clear_line(root):
         out, err = proc.communicate(timeout=10)
     assert proc.returncode == 1
     assert err.strip() == f"error: port {port} on 127.0.0.1 is already in use; pick another with --port"
+
+
+@pytest.mark.parametrize("port", ["70000", "-1"])
+def test_cli_bad_port_is_one_clear_line(root, port):
+    proc = run_serve("--path", str(root), "--port", port)
+    out, err = proc.communicate(timeout=10)
+    assert proc.returncode == 1
+    assert err.strip() == f"error: --port {port} is not a port number (0-65535; 0 picks a free one)"
+
+
+def test_cli_port_not_a_number(root):
+    proc = run_serve("--path", str(root), "--port", "http")
+    out, err = proc.communicate(timeout=10)
+    assert proc.returncode == 2 and err.strip().splitlines()[-1].startswith("serve.py: error: argument --port")
+    assert "Traceback" not in err
 
 
 def test_cli_missing_data_dir(tmp_path):
