@@ -398,15 +398,14 @@ def finish_prompt(job: PromptJob, save_path: Path, model_dir: str, str_tokens: l
     """Close the prompt's pattern file, then write prompt.json (its presence marks the prompt done)."""
     size = job.writer.close()
     phash = lens.prompt_hash(job.prompt["text"])
-    pdir = lens.prompt_dir(save_path, model_dir, phash)
     if job.norms is not None:
-        lens.write_atomic(pdir / lens.VALUE_NORMS_FILE, job.norms.astype("<f4").tobytes())
+        lens.write_atomic(lens.value_norms_path(save_path, model_dir, phash), job.norms.astype("<f4").tobytes())
         size += job.norms.nbytes
     info = {"text": job.prompt["text"], "hash": phash, "tokens": str_tokens, "token_ids": job.ids,
             "n_tokens": len(job.ids), "meta": job.prompt.get("meta", {}), "truncated": job.truncated}
     if len(job.heads) < n_layers * n_heads:
         info["heads"] = lens.format_heads(job.heads, n_layers, n_heads)
-    lens.write_json(pdir / "prompt.json", info)
+    lens.write_json(lens.prompt_json_path(save_path, model_dir, phash), info)
     return size
 
 
@@ -436,7 +435,7 @@ def compute_activations(prompts: list[dict | str], model, save_path: Path | str 
     model_name = model_name or getattr(cfg, "model_name", None) or "model"
     model_dir = lens.model_dir_name(model_name)
     prompts = [{"text": p} if isinstance(p, str) else p for p in prompts]
-    lens.write_json(save_path / model_dir / "model_cfg.json", model_config(model, model_name))
+    lens.write_json(lens.model_cfg_path(save_path, model_dir), model_config(model, model_name))
     todo = []
     for p in prompts:
         have = stored_heads(lens.prompt_dir(save_path, model_dir, lens.prompt_hash(p["text"])))
@@ -508,9 +507,9 @@ def start_prompt(job: PromptJob, save_path: Path, model_dir: str, n_layers: int,
     for l, h in job.heads:
         job.layer_heads.setdefault(l, []).append(h)
     job.keep = torch.from_numpy(lens.tril_positions(n, "tril")).to(device) if causal else None
-    pdir = lens.prompt_dir(save_path, model_dir, lens.prompt_hash(job.prompt["text"]))
-    (pdir / "prompt.json").unlink(missing_ok=True)  # recomputing: the prompt is unfinished until rewritten
-    job.writer = lens.PatternWriter(pdir / lens.PATTERN_FILE, n_layers, n_heads, n,
+    phash = lens.prompt_hash(job.prompt["text"])
+    lens.prompt_json_path(save_path, model_dir, phash).unlink(missing_ok=True)  # unfinished until rewritten
+    job.writer = lens.PatternWriter(lens.patterns_path(save_path, model_dir, phash), n_layers, n_heads, n,
                                     "tril" if causal else "full", job.heads)
     job.norms = np.full((n_layers, n_heads, n), np.nan, np.float32) if with_norms else None
 

@@ -248,7 +248,7 @@ def _spec_range(spec: str, text: str, n: int, what: str) -> range:
 
 
 def format_heads(heads: list[tuple[int, int]], n_layers: int, n_heads: int) -> str:
-    """The shortest spec for a set of heads: whole layers as `L0-3H*`, the rest per head (as site/common.js)."""
+    """The shortest spec for a set of heads: whole layers as `L0-3H*`, the rest per head (as site/data.js)."""
     by_layer = [sorted(h for l2, h in heads if l2 == l) for l in range(n_layers)]
     parts, l = [], 0
     while l < n_layers:
@@ -689,16 +689,53 @@ def figure(func: Callable | None = None, *, cmap: str | None = None, normalize: 
 
     def register(f: Callable) -> Callable:
         outs = [f.__name__] if outputs is None else [f"{f.__name__}.{o}" for o in outputs]
-        _REGISTERING.append(Figure(f.__name__, f, "figure" if outputs is None else "multi", outs, format, options))
+        _REGISTERING.append(Figure(f.__name__, f, "figure" if outputs is None else "multi", outs, format,
+                                   {**options, "inputs": plugin_inputs(f)}))
         return f
     return register(func) if func is not None else register
 
 
 def statistic(func: Callable) -> Callable:
-    """Register `func(attn) -> float` (or `func(attn, token_ids)`) as a head statistic."""
-    needs_tokens = len(inspect.signature(func).parameters) > 1
-    _REGISTERING.append(Figure(func.__name__, func, "statistic", [], "", {"needs_tokens": needs_tokens}))
+    """Register `func(attn) -> float` (or with `token_ids`, `value_norms` parameters) as a head statistic."""
+    _REGISTERING.append(Figure(func.__name__, func, "statistic", [], "", {"inputs": plugin_inputs(func)}))
     return func
+
+
+PLUGIN_INPUTS = ("token_ids", "value_norms")
+
+
+def plugin_inputs(func: Callable) -> list[str]:
+    """What a figure or statistic receives after `attn`, by parameter name: `token_ids` (the prompt's
+    token ids) and `value_norms` (this head's ||v_j W_O|| per key token). A single second parameter
+    with another name gets token_ids, as statistics always have."""
+    extra = list(inspect.signature(func).parameters)[1:]
+    if len(extra) == 1 and extra[0] not in PLUGIN_INPUTS:
+        return ["token_ids"]
+    unknown = [p for p in extra if p not in PLUGIN_INPUTS]
+    if unknown:
+        raise UserError(f"{func.__name__}: parameter {unknown[0]!r} is not an input a figure receives "
+                        f"(attn, then any of {', '.join(PLUGIN_INPUTS)})")
+    return extra
+
+
+def call_plugin(fig: "Figure", attn: np.ndarray, inputs: dict):
+    """Call a figure or statistic with the inputs it asks for (see plugin_inputs)."""
+    missing = [name for name in fig.options["inputs"] if inputs.get(name) is None]
+    if missing:
+        raise ValueError(f"this prompt has no {missing[0]} stored (recompute it with compute_activations.py --force)")
+    return fig.func(attn, *(inputs[name] for name in fig.options["inputs"]))
+
+
+def read_value_norms(save_path: Path, model: str, phash: str, shape: tuple[int, int, int]) -> np.ndarray | None:
+    """A prompt's value norms [n_layers, n_heads, n_tokens] (NaN where not stored); None when it has none."""
+    path = value_norms_path(save_path, model, phash)
+    if not path.is_file():
+        return None
+    data = np.fromfile(path, "<f4")
+    if data.size != np.prod(shape):
+        raise UserError(f"{path}: {data.size} values, expected {shape[0]} x {shape[1]} x {shape[2]}; "
+                        "recompute the prompt with compute_activations.py --force")
+    return data.reshape(shape)
 
 
 def load_figures(figures_dir: Path = FIGURES_DIR) -> tuple[dict[str, Figure], list[str]]:

@@ -89,9 +89,9 @@ def image_bytes(fig: lens.Figure, matrix) -> bytes:
     return gzip.compress(svg, 6, mtime=0) if fig.format == "svgz" else svg
 
 
-def run_figure(fig: lens.Figure, attn: np.ndarray) -> dict[str, bytes]:
+def run_figure(fig: lens.Figure, attn: np.ndarray, inputs: dict) -> dict[str, bytes]:
     """Call the figure on one head; {output name: image bytes}. Raises on any failure."""
-    result = fig.func(attn)
+    result = lens.call_plugin(fig, attn, inputs)
     if fig.kind == "figure":
         return {fig.name: image_bytes(fig, result)}
     expected = [o.split(".", 1)[1] for o in fig.outputs]
@@ -101,12 +101,12 @@ def run_figure(fig: lens.Figure, attn: np.ndarray) -> dict[str, bytes]:
     return {f"{fig.name}.{k}": image_bytes(fig, result[k]) for k in expected}
 
 
-def render_head(fig: lens.Figure, attn: np.ndarray, head: tuple) -> int:
+def render_head(fig: lens.Figure, attn: np.ndarray, inputs: dict, head: tuple) -> int:
     """Write one figure's images for one head, or its .error.txt files; returns the number of failures.
 
     `head` is (save_path, model, hash, layer, head), as the lens path functions take it."""
     try:
-        images = run_figure(fig, attn)
+        images = run_figure(fig, attn, inputs)
     except Exception:  # a user's figure failing on one head must not stop the run
         message = f"{fig.source}: {fig.name} failed on {where(head)}\n{traceback.format_exc()}"
         for out in fig.outputs:
@@ -126,10 +126,10 @@ def where(head: tuple) -> str:
     return f"L{layer}H{h} of prompt {phash}"
 
 
-def run_statistic(stat: lens.Figure, attn: np.ndarray, token_ids: list[int], head: tuple) -> float | None:
+def run_statistic(stat: lens.Figure, attn: np.ndarray, inputs: dict, head: tuple) -> float | None:
     """One statistic of one head (NaN means "not defined here"); None, and an .error.txt, when it fails."""
     try:
-        return float(stat.func(attn, token_ids) if stat.options["needs_tokens"] else stat.func(attn))
+        return float(lens.call_plugin(stat, attn, inputs))
     except Exception:  # same isolation as render_head: a statistic is a user's figure function too
         lens.write_atomic(lens.error_path(*head, stat.name),
                           f"{stat.source}: {stat.name} failed on {where(head)}\n{traceback.format_exc()}")
@@ -137,7 +137,7 @@ def run_statistic(stat: lens.Figure, attn: np.ndarray, token_ids: list[int], hea
 
 
 def new_counts() -> dict:
-    return {"images": 0, "skipped": 0, "failed": 0, "stat_failed": 0, "unreadable": 0, "warnings": []}
+    return {"images": 0, "skipped": 0, "failed": 0, "stat_failed": 0, "unreadable": 0, "no_norms": 0, "warnings": []}
 
 
 def render_prompt(task: tuple[Path, str, str, bool]) -> dict:
@@ -160,6 +160,13 @@ def render_prompt_heads(save_path: Path, model: str, phash: str, force: bool, co
     figs = [f for f in _FIGURES if f.kind != "statistic"]
     old_stats = lens.read_prompt_stats(save_path, model, phash, shape)
     stats = [s for s in _FIGURES if s.kind == "statistic" and (force or s.name not in old_stats)]
+    norms = None
+    if any("value_norms" in f.options["inputs"] for f in figs + stats):
+        norms = lens.read_value_norms(save_path, model, phash, shape + (patterns.n_tokens,))
+    if norms is None:  # data computed before value norms, or imported: those figures are not made, no error
+        counts["no_norms"] += len(patterns.heads) * sum(len(f.outputs) for f in figs if "value_norms" in f.options["inputs"])
+        figs = [f for f in figs if "value_norms" not in f.options["inputs"]]
+        stats = [s for s in stats if "value_norms" not in s.options["inputs"]]
     values = {s.name: np.full(shape, np.nan) for s in stats}
     for layer, h in patterns.heads:  # compute_activations.py --heads may have kept only some: no image, null stats
         head = (save_path, model, phash, layer, h)
@@ -170,12 +177,13 @@ def render_prompt_heads(save_path: Path, model: str, phash: str, force: bool, co
         if todo:
             lens.head_dir(*head).mkdir(parents=True, exist_ok=True)
         attn = patterns.head(layer, h)
+        inputs = {"token_ids": info.get("token_ids"), "value_norms": None if norms is None else norms[layer, h]}
         for fig in todo:
-            failed = render_head(fig, attn, head)
+            failed = render_head(fig, attn, inputs, head)
             counts["failed"] += failed * len(fig.outputs)
             counts["images"] += (1 - failed) * len(fig.outputs)
         for stat in stats:
-            value = run_statistic(stat, attn, info.get("token_ids"), head)
+            value = run_statistic(stat, attn, inputs, head)
             counts["stat_failed"] += value is None
             values[stat.name][layer, h] = math.nan if value is None else value
     if stats:
@@ -219,7 +227,7 @@ def render_model(save_path: Path, model: str, hashes: list[str], names: list[str
             for message in counts["warnings"]:
                 bar.write(message, file=sys.stderr)
             add_counts(totals, counts)
-            bar.update(counts["images"] + counts["skipped"] + counts["failed"])
+            bar.update(counts["images"] + counts["skipped"] + counts["failed"] + counts["no_norms"])
     bar.close()
     return totals
 
@@ -234,7 +242,9 @@ def summary_line(totals: dict, seconds: float) -> str:
             f"{totals['skipped']} already there, {totals['failed']} failed"
             + (" (see the .error.txt files)" if totals["failed"] else "")
             + (f", {totals['stat_failed']} statistic values failed" if totals["stat_failed"] else "")
-            + (f", {totals['unreadable']} prompt(s) unreadable (see the warnings)" if totals["unreadable"] else ""))
+            + (f", {totals['unreadable']} prompt(s) unreadable (see the warnings)" if totals["unreadable"] else "")
+            + (f", {totals['no_norms']} not made: their prompts have no value norms (computed before they were "
+               "stored, or imported; recompute with compute_activations.py --force)" if totals["no_norms"] else ""))
 
 
 def main() -> None:

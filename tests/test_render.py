@@ -140,7 +140,8 @@ def test_load_figures_reports_broken_files_and_keeps_the_rest(tmp_path):
     assert records["doubled"] == {
         "name": "doubled", "kind": "figure", "outputs": ["doubled"], "format": "svg", "doc": "twice the pattern",
         "source": "figs/good.py", "code": records["doubled"]["code"],
-        "options": {"cmap": "Blues", "normalize": True, "diverging": False, "normalize_min": None}}
+        "options": {"cmap": "Blues", "normalize": True, "diverging": False, "normalize_min": None,
+                    "inputs": []}}
     assert records["doubled"]["code"].startswith('@figure(cmap="Blues", normalize=True)\ndef doubled(attn):')
     assert records["halves"]["kind"] == "multi" and records["halves"]["outputs"] == ["halves.upper", "halves.lower"]
     assert records["first_key"]["kind"] == "statistic" and records["first_key"]["outputs"] == []
@@ -180,8 +181,12 @@ def prompt_dirs(data: Path) -> list[Path]:
 
 def test_render_writes_every_head_and_the_indexes(fake_data_dir):
     r = run_render("--save-path", fake_data_dir, "--jobs", "2")
-    n_outputs = sum(len(f.outputs) for f in lens.load_figures()[0].values())  # whatever figures/ holds today
+    figures = lens.load_figures()[0].values()  # whatever figures/ holds today
+    n_outputs = sum(len(f.outputs) for f in figures if "value_norms" not in f.options["inputs"])
     assert f"{4 * 2 * 3 * n_outputs} images" in r.stdout and "0 failed" in r.stdout  # prompts x layers x heads
+    n_needing_norms = sum(len(f.outputs) for f in figures if "value_norms" in f.options["inputs"])
+    if n_needing_norms:  # synthetic patterns come without value norms: those figures are skipped, and said so
+        assert f"{4 * 2 * 3 * n_needing_norms} not made: their prompts have no value norms" in r.stdout
     for pdir in prompt_dirs(fake_data_dir):
         attn = lens.Patterns(pdir / lens.PATTERN_FILE).head(1, 2)
         (w, h), rgb = svg_png((pdir / "L1" / "H2" / "raw.svg").read_text())

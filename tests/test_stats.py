@@ -18,7 +18,7 @@ TL_SCORES = ["previous_token_head", "duplicate_token_head", "induction_head"]
 
 def stat(name: str, attn: np.ndarray, token_ids=None) -> float:
     fig = STATS[name]
-    return fig.func(attn, token_ids) if fig.options["needs_tokens"] else fig.func(attn)
+    return lens.call_plugin(fig, attn, {"token_ids": token_ids})
 
 
 def previous_token(n: int) -> np.ndarray:
