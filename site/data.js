@@ -14,6 +14,7 @@ export const promptDir = (model, hash) => `${model}/prompts/${hash}/`;
 export const promptJsonUrl = (model, hash) => `${promptDir(model, hash)}prompt.json`;
 export const patternsUrl = (model, hash) => `${promptDir(model, hash)}patterns.bin`;
 export const promptStatsUrl = (model, hash) => `${promptDir(model, hash)}stats.json`;
+export const valueNormsUrl = (model, hash) => `${promptDir(model, hash)}value_norms.f32`;
 export const headDir = (model, hash, layer, head) => `${promptDir(model, hash)}L${layer}/H${head}/`;
 /** Image of one figure output (`raw`, or `func.name` for a multi-figure) in its figure's format. */
 export const imageUrl = (model, hash, layer, head, output, format = "svg") =>
@@ -36,6 +37,7 @@ const FILES = [
   { path: /^[^/]+\/stats\/[^/]+\.f32$/, writer: "render_figures.py" },
   { path: /\/prompt\.json$/, writer: "compute_activations.py" },
   { path: /\/patterns\.bin$/, writer: "compute_activations.py" },
+  { path: /\/value_norms\.f32$/, writer: "compute_activations.py", optional: true },  // older data dirs lack it
   { path: /\/prompts\/[^/]+\/stats\.json$/, writer: "render_figures.py", optional: true },
   { path: /\.error\.txt$/, writer: "render_figures.py", optional: true },
 ];
@@ -57,15 +59,20 @@ export async function fetchOk(path, init) {
   return response;
 }
 
-/** A data file parsed as "json", "jsonl", "text" or "bytes" (ArrayBuffer); null when an optional file is missing. */
-export async function fetchData(path, as = "json") {
-  let response;
+/** fetchOk, but null when an optional file is missing. */
+async function fetchOptional(path, init) {
   try {
-    response = await fetchOk(path);
+    return await fetchOk(path, init);
   } catch (e) {
     if (fileInfo(path).optional && e.message.includes("HTTP 404")) return null;
     throw e;
   }
+}
+
+/** A data file parsed as "json", "jsonl", "text" or "bytes" (ArrayBuffer); null when an optional file is missing. */
+export async function fetchData(path, as = "json") {
+  const response = await fetchOptional(path);
+  if (!response) return null;
   if (as === "bytes") return response.arrayBuffer();
   const text = await response.text();
   if (as === "text") return text;
@@ -92,6 +99,21 @@ function parseJson(text, path) {
 function parseJsonl(text, path = "") {
   const lines = text.split("\n");
   return lines.flatMap((line, i) => (line.trim() ? [parseJson(line, `${path}:${i + 1}`)] : []));
+}
+
+/** One head's value norms ||v_j W_O^h|| per key token (Float32Array of n_tokens, NaN where the head is not
+ * stored) by a byte range of value_norms.f32 (float32 [n_layers, n_heads, n_tokens]); null when the prompt has
+ * none (computed before compute_activations.py stored them). */
+export async function loadValueNorms(model, hash, layer, head, nHeads, nTokens) {
+  const url = valueNormsUrl(model, hash), start = (layer * nHeads + head) * nTokens * 4, size = nTokens * 4;
+  const response = await fetchOptional(url, { headers: { Range: `bytes=${start}-${start + size - 1}` } });
+  if (!response) return null;
+  const bytes = await response.arrayBuffer();  // a server without Range support answers the whole file
+  const part = response.status === 206 ? bytes : bytes.slice(start, start + size);
+  if (part.byteLength !== size) {
+    throw new Error(`${url}: too short for L${layer}H${head}; re-run compute_activations.py --force`);
+  }
+  return new Float32Array(part);
 }
 
 // ---- figures and colormaps ----

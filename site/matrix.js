@@ -12,17 +12,26 @@ export function createMatrix(canvas) {
   return { canvas, pattern: null, tokens: [], image: null, size: 0, cell: 0, fitCell: 0, ox: 0, oy: 0, fit: true, margin: 0 };
 }
 
-/** Colour the pattern once into an n x n image (one pixel per cell) with a [[r, g, b] x 256] colormap;
- * `scale` maps a value to the colormap: linear 0-1 (as the `raw` images), sqrt, or 0 to the head's max. */
-export function setPattern(m, pattern, tokens, colormap, scale) {
-  Object.assign(m, { pattern, tokens });
+/** How values map to a colormap's 256 entries: `scale` linear, sqrt, or "max" (0 to the largest value).
+ * Values in 0-1 (`unit`: attention, row-normalised weights) keep 0-1 for linear and sqrt; other values
+ * run from 0 to their max (over every array given: panels that share a scale). `diverging` centres 0 and scales |v| the same way on both sides (A - B). */
+export function colourScale(valueArrays, scale, { unit = true, diverging = false } = {}) {
+  let max = 0;
+  for (const values of valueArrays) for (const v of values) if (Math.abs(v) > max) max = Math.abs(v);
+  const hi = (scale === "max" || !unit ? max : 1) || 1;
+  const shape = (t) => (scale === "sqrt" ? Math.sqrt(t) : t);
+  const position = diverging
+    ? (v) => 0.5 + 0.5 * Math.sign(v) * shape(Math.min(1, Math.abs(v) / hi))
+    : (v) => shape(Math.max(0, Math.min(1, v / hi)));
+  return { lo: diverging ? -hi : 0, hi, scale, diverging, position, index: (v) => Math.round(position(v) * 255) };
+}
+
+/** Colour the pattern once into an n x n image (one pixel per cell) with a [[r, g, b] x 256] colormap
+ * through a colourScale. */
+export function setPattern(m, pattern, tokens, colormap, colour) {
+  Object.assign(m, { pattern, tokens, image: null });
   if (!pattern) return;
   const { n, values, header } = pattern;
-  const max = values.reduce((a, v) => (v > a ? v : a), 0) || 1;
-  const toIndex = (v) => {
-    const t = scale === "sqrt" ? Math.sqrt(v) : scale === "max" ? v / max : v;
-    return Math.max(0, Math.min(255, Math.round(t * 255)));
-  };
   const image = document.createElement("canvas");
   image.width = image.height = n;
   const ctx = image.getContext("2d");
@@ -30,7 +39,7 @@ export function setPattern(m, pattern, tokens, colormap, scale) {
   for (let q = 0; q < n; q++) {
     const end = header.layout === "tril" ? q + 1 : n;  // cells after the query stay transparent
     for (let k = 0; k < end; k++) {
-      const c = colormap[toIndex(values[q * n + k])], o = 4 * (q * n + k);
+      const c = colormap[colour.index(values[q * n + k])], o = 4 * (q * n + k);
       pixels.data.set([c[0], c[1], c[2], 255], o);
     }
   }
@@ -83,7 +92,7 @@ export function draw(m, cell, pinned) {
     ctx.drawImage(m.image, m.ox, m.oy, w, h, ml, ml, w * cs, h * cs);
   }
   drawLabels(m, ctx, cell);
-  if (cell) drawCrosshair(m, ctx, cell, pinned);
+  if (cell && cell.q < n && cell.k < n) drawCrosshair(m, ctx, cell, pinned);
 }
 
 function drawLabels(m, ctx, cell) {

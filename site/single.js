@@ -2,64 +2,144 @@
 // value, keys to step through cells, heads, layers and prompts. State lives in the URL.
 import {
   FIGURES_URL, MODELS_URL, errorUrl, fetchData, fetchEach, figureOutputs, imageUrl, isStored, loadColormap,
-  modelCfgUrl, patternsUrl, promptJsonUrl, promptStatsUrl, promptsUrl, rankHeads, statMeans, statsUrl,
+  loadValueNorms, modelCfgUrl, patternsUrl, promptJsonUrl, promptStatsUrl, promptsUrl, rankHeads, statMeans, statsUrl,
 } from "./data.js";
 import { $, el, fillSelect, formatNumber, showError, startPage } from "./dom.js";
 import * as matrix from "./matrix.js";
 import { NotStoredError, loadHead } from "./patterns.js";
-import { gridUrl, headsUrl, readState, singleUrl, writeState } from "./url.js";
+import { gridUrl, headsUrl, pageUrl, readState, singleUrl, writeState } from "./url.js";
 
 const state = readState("single");
-const data = { models: [], figures: [], colormap: null, cfg: null, prompts: [], stats: null };
-const view = {
-  promptIndex: -1, prompt: null, promptStats: null, pattern: null, hover: null, pinned: null, matrix: null,
+const data = {
+  models: [], figures: [], colormap: null, diverging: null, cfg: null, prompts: [], stats: null,
+  byModel: new Map(),  // model dir -> promise of {cfg, prompts}
 };
+const view = {
+  promptIndex: -1, prompt: null, promptStats: null, hover: null, pinned: null,
+  a: null, b: null, diff: null,  // the shown patterns (loadSide), B only when comparing, diff = A - B
+  matrices: null,                // {a, b, d}: matrix.js views of the three canvases
+};
+const VW = ["", "raw", "row"];
 const weight = (v) => formatNumber(v, 5);  // an attention weight to its stored precision (3.1e-5)
 
 // ---- load ----
 
 async function load() {
-  const [models, figures, colormap] = await fetchEach([
-    fetchData(MODELS_URL, "jsonl"), fetchData(FIGURES_URL, "jsonl"), loadColormap(),
+  const [models, figures, colormap, diverging] = await fetchEach([
+    fetchData(MODELS_URL, "jsonl"), fetchData(FIGURES_URL, "jsonl"), loadColormap(), loadColormap("RdBu"),
   ]);
-  Object.assign(data, { models, figures, colormap });
+  Object.assign(data, { models, figures, colormap, diverging });
   if (!state.model) state.model = models[0]?.model_dir ?? "";
   if (!state.model) throw new Error(`${MODELS_URL}: no models (run compute_activations.py)`);
-  const [cfg, prompts, stats] = await fetchEach([
-    fetchData(modelCfgUrl(state.model)), fetchData(promptsUrl(state.model), "jsonl"), fetchData(statsUrl(state.model)),
-  ]);
+  const [{ cfg, prompts }, stats] = await fetchEach([modelData(state.model), fetchData(statsUrl(state.model))]);
   Object.assign(data, { cfg, prompts, stats });
   if (!state.prompt) state.prompt = prompts[0]?.hash ?? "";
   if (!state.prompt) throw new Error(`${promptsUrl(state.model)}: no prompts`);
   view.pinned = pinnedFromUrl();
   Object.assign(view, await loadPrompt());
-  view.pattern = await loadPattern(view.prompt);
+  Object.assign(view, await loadSides(view.prompt));
 }
 
 const pinnedFromUrl = () => (state.q !== "" && state.k !== "" ? { q: Number(state.q), k: Number(state.k) } : null);
 
-/** The prompt's record (from prompts.jsonl, else its prompt.json), its place in the list and its statistics. */
+/** A model's config and prompt list, fetched once (B may be another model). */
+function modelData(model) {
+  if (!data.byModel.has(model)) {
+    data.byModel.set(model, fetchEach([fetchData(modelCfgUrl(model)), fetchData(promptsUrl(model), "jsonl")])
+      .then(([cfg, prompts]) => ({ cfg, prompts })));
+  }
+  return data.byModel.get(model);
+}
+
+/** A prompt's record: its prompts.jsonl row, else its prompt.json. */
+function promptRecord(model, prompts, hash) {
+  return prompts.find((p) => p.hash === hash) ?? fetchData(promptJsonUrl(model, hash));
+}
+
+/** The prompt's record, its place in the list and its statistics. */
 async function loadPrompt() {
   const promptIndex = data.prompts.findIndex((p) => p.hash === state.prompt);
   const [prompt, promptStats] = await fetchEach([
-    promptIndex >= 0 ? data.prompts[promptIndex] : fetchData(promptJsonUrl(state.model, state.prompt)),
-    fetchData(promptStatsUrl(state.model, state.prompt)),
+    promptRecord(state.model, data.prompts, state.prompt), fetchData(promptStatsUrl(state.model, state.prompt)),
   ]);
   return { promptIndex, prompt, promptStats };
 }
 
-/** The head's pattern, or null when the prompt does not store this head. */
-async function loadPattern(prompt) {
-  const layer = Number(state.layer), head = Number(state.head);
-  let pattern = null;
-  if (isStored(prompt, data.cfg, layer, head)) {
-    try {
-      pattern = await loadHead(patternsUrl(state.model, state.prompt), layer, head);
-    } catch (e) {
-      if (!(e instanceof NotStoredError)) throw e;
+/** Pattern A (the URL's model, prompt, layer, head) and, when one is pinned, pattern B. */
+async function loadSides(prompt) {
+  const a = loadSide(state.model, data.cfg, prompt, Number(state.layer), Number(state.head));
+  const b = state.bmodel ? loadB() : null;
+  return { a: await a, b: await b };
+}
+
+async function loadB() {
+  const { cfg, prompts } = await modelData(state.bmodel);
+  const prompt = await promptRecord(state.bmodel, prompts, state.bprompt);
+  return loadSide(state.bmodel, cfg, prompt, Number(state.blayer), Number(state.bhead));
+}
+
+/** One pattern as the page shows it: {model, cfg, prompt, layer, head, attention (stored values), norms,
+ * shown (what is drawn: attention or value-weighted), problem (why nothing is drawn)}. */
+async function loadSide(model, cfg, prompt, layer, head) {
+  const side = { model, cfg, prompt, layer, head, attention: null, norms: null, shown: null, problem: null };
+  if (!(layer >= 0 && layer < cfg.n_layers && head >= 0 && head < cfg.n_heads)) {
+    side.problem = `${model} has no head L${layer}H${head}: it has ${cfg.n_layers} layers x ${cfg.n_heads} heads`;
+    return side;
+  }
+  side.attention = await loadPattern(model, cfg, prompt, layer, head);
+  if (!side.attention) {
+    side.problem = `L${layer}H${head} is not stored for this prompt (it stores ${prompt.heads ?? "other heads"}); `
+      + "h / l / p move on";
+    return side;
+  }
+  if (state.vw) {
+    side.norms = await loadValueNorms(model, prompt.hash, layer, head, cfg.n_heads, side.attention.n);
+    if (!side.norms || side.norms.some(Number.isNaN)) {
+      side.problem = "no value norms stored (recompute with compute_activations.py)";
+      return side;
     }
   }
-  return pattern;
+  side.shown = state.vw ? valueWeighted(side.attention, side.norms, state.vw === "row") : side.attention;
+  return side;
+}
+
+/** The head's stored pattern, or null when the prompt does not store this head. */
+async function loadPattern(model, cfg, prompt, layer, head) {
+  if (!isStored(prompt, cfg, layer, head)) return null;
+  try {
+    return await loadHead(patternsUrl(model, prompt.hash), layer, head);
+  } catch (e) {
+    if (!(e instanceof NotStoredError)) throw e;
+    return null;
+  }
+}
+
+/** alpha_qk * ||v_k W_O|| (Kobayashi et al. 2020), each row divided by its sum when `rows`. */
+function valueWeighted(pattern, norms, rows) {
+  const { n, values } = pattern, out = new Float32Array(n * n);
+  for (let q = 0; q < n; q++) {
+    let sum = 0;
+    for (let k = 0; k < n; k++) {
+      out[q * n + k] = values[q * n + k] * norms[k];
+      sum += out[q * n + k];
+    }
+    if (rows && sum > 0) for (let k = 0; k < n; k++) out[q * n + k] /= sum;
+  }
+  return { ...pattern, values: out };
+}
+
+/** A - B on the same cells, or {problem} when they cannot be compared. */
+function difference(a, b) {
+  if (!a.shown || !b.shown) return { problem: `A \u2212 B needs both patterns: ${(a.shown ? b : a).problem}` };
+  const na = a.shown.n, nb = b.shown.n;
+  if (na !== nb) {
+    return { problem: `cannot compare: A has ${na} tokens, B has ${nb}; pin a B on a prompt of ${na} tokens `
+      + "(the same prompt, or another of the same length)" };
+  }
+  const values = new Float32Array(na * na);
+  for (let i = 0; i < values.length; i++) values[i] = a.shown.values[i] - b.shown.values[i];
+  const layout = a.shown.header.layout === "tril" && b.shown.header.layout === "tril" ? "tril" : "full";
+  return { shown: { n: na, values, header: { ...a.shown.header, layout } }, problem: null };
 }
 
 // ---- render ----
@@ -77,6 +157,11 @@ function saveUrl(push = false) {
   writeState("single", { ...state, q: view.pinned?.q ?? "", k: view.pinned?.k ?? "" }, push);
 }
 
+const promptLabel = (prompts, hash, record) => {
+  const i = prompts.findIndex((p) => p.hash === hash), text = record.text.replace(/\s+/g, " ");
+  return `${i >= 0 ? `prompt ${i + 1}/${prompts.length}` : hash}: ${text.slice(0, 60)}${text.length > 60 ? "\u2026" : ""}`;
+};
+
 function renderControls() {
   const { cfg } = data, names = data.models.map((m) => m.model_dir);
   fillSelect($("model"), names.includes(state.model) ? names : [state.model, ...names], state.model);
@@ -84,11 +169,9 @@ function renderControls() {
   fillSelect($("head"), [...Array(cfg.n_heads).keys()], state.head);
   const outputs = figureOutputs(data.figures).map((o) => o.output);
   fillSelect($("figure"), outputs.includes(state.figure) ? outputs : [state.figure, ...outputs], state.figure);
-  $("scale").value = state.scale;
-  $("shade").value = state.shade;
-  const i = view.promptIndex, text = view.prompt.text.replace(/\s+/g, " ");
-  $("prompt-label").textContent = `${i >= 0 ? `prompt ${i + 1}/${data.prompts.length}` : state.prompt}: `
-    + `${text.slice(0, 60)}${text.length > 60 ? "\u2026" : ""}`;
+  for (const id of ["scale", "shade", "vw"]) $(id).value = state[id];
+  const i = view.promptIndex;
+  $("prompt-label").textContent = promptLabel(data.prompts, state.prompt, view.prompt);
   $("prompt-label").title = view.prompt.text;
   $("prev-prompt").disabled = i <= 0;
   $("next-prompt").disabled = i < 0 || i >= data.prompts.length - 1;
@@ -97,44 +180,143 @@ function renderControls() {
   // the grid shows every head of this prompt, the view one usually comes from
   $("grid-link").href = gridUrl({ model: state.model, prompts: [state.prompt], figures: state.figure });
   $("heads-link").href = headsUrl({ model: state.model });
+  renderBControls();
+}
+
+function renderBControls() {
+  const b = view.b;
+  $("b-bar").classList.toggle("hidden", !b);
+  $("compare").textContent = b ? "compare: unpin B" : "compare: pin as B";
+  if (!b) return;
+  const names = data.models.map((m) => m.model_dir), n = view.a.attention?.n ?? view.prompt.tokens.length;
+  fillSelect($("b-model"), names.includes(b.model) ? names : [b.model, ...names], b.model);
+  modelData(b.model).then(({ prompts }) => {
+    const hashes = prompts.map((p) => p.hash);
+    fillSelect($("b-prompt"), hashes.includes(b.prompt.hash) ? hashes : [b.prompt.hash, ...hashes], b.prompt.hash,
+      (hash) => {
+        const p = prompts.find((r) => r.hash === hash) ?? b.prompt;
+        return `${p.n_tokens} tok${p.n_tokens === n ? "" : " \u2260"}: ${p.text.replace(/\s+/g, " ").slice(0, 40)}`;
+      });
+  }).catch(showError);
+  fillSelect($("b-layer"), [...Array(b.cfg.n_layers).keys()], state.blayer);
+  fillSelect($("b-head"), [...Array(b.cfg.n_heads).keys()], state.bhead);
+  const same = b.prompt.tokens.length === view.prompt.tokens.length
+    && b.prompt.tokens.every((t, j) => t === view.prompt.tokens[j]);
+  $("b-note").textContent = same ? "same tokens as A" : "B's tokens differ from A's: cells are compared by position";
+}
+
+/** The panels drawn: A alone, or A, B and A - B; each {id, matrix, side}. */
+function panels() {
+  const a = { id: "a", matrix: view.matrices.a, side: view.a };
+  if (!view.b) return [a];
+  return [a, { id: "b", matrix: view.matrices.b, side: view.b }, { id: "d", matrix: view.matrices.d, side: view.diff }];
+}
+
+/** The colour scales: A and B share one so their colours compare; A - B is diverging, centred on 0. */
+function colourScales() {
+  const unit = state.vw !== "raw";
+  const shown = [view.a, view.b].filter((s) => s?.shown).map((s) => s.shown.values);
+  const scales = { a: matrix.colourScale(shown, state.scale, { unit }) };
+  scales.b = scales.a;
+  if (view.diff?.shown) scales.d = matrix.colourScale([view.diff.shown.values], state.scale, { unit, diverging: true });
+  return scales;
 }
 
 function renderMatrix() {
-  const m = view.matrix;
-  matrix.setPattern(m, view.pattern, view.prompt.tokens, data.colormap, state.scale);
-  const box = $("matrix-wrap").getBoundingClientRect();
-  matrix.layout(m, Math.max(200, Math.floor(Math.min(box.width, window.innerHeight - box.top - 12))));
+  view.diff = view.b ? difference(view.a, view.b) : null;
+  const shown = panels(), scales = colourScales();
+  $("matrix-wrap").classList.toggle("compare", shown.length > 1);
+  const box = $("matrix-wrap").getBoundingClientRect(), gap = 10;
+  const width = (box.width - gap * (shown.length - 1)) / shown.length;
+  const size = Math.max(200, Math.floor(Math.min(width, window.innerHeight - box.top - 12 - (shown.length > 1 ? 50 : 24))));
+  for (const { id, matrix: m, side } of shown) {
+    const tokens = id === "b" ? side.prompt.tokens : view.prompt.tokens;
+    const colormap = id === "d" ? data.diverging : data.colormap;
+    matrix.setPattern(m, side.shown, side.shown ? tokens.slice(0, side.shown.n) : tokens, colormap, scales[id]);
+    matrix.layout(m, size);
+    const note = $(id === "a" ? "not-stored" : `not-stored-${id}`);
+    note.classList.toggle("hidden", !side.problem);
+    note.textContent = side.problem ?? "";
+    $(`caption-${id}`).textContent = caption(id, side);
+    renderLegend($(`legend-${id}`), side.shown && scales[id], colormap);
+  }
   redraw();
-  $("not-stored").classList.toggle("hidden", !!view.pattern);
-  $("not-stored").textContent = view.pattern ? ""
-    : `L${state.layer}H${state.head} is not stored for this prompt (it stores ${view.prompt.heads ?? "other heads"}); `
-      + "h / l / p move on";
+}
+
+function caption(id, side) {
+  if (id === "d") return "A \u2212 B";
+  const what = state.vw === "raw" ? "\u03b1\u00b7\u2016v W_O\u2016" : state.vw === "row" ? "\u03b1\u00b7\u2016v W_O\u2016, rows sum to 1" : "";
+  const prompts = id === "a" ? data.prompts : [];
+  return `${id.toUpperCase()}: ${side.model} L${side.layer}H${side.head} \u00b7 `
+    + `${prompts.length ? promptLabel(prompts, side.prompt.hash, side.prompt).split(":")[0] : side.prompt.hash.slice(0, 10)} `
+    + `(${side.prompt.tokens.length} tokens)${what ? ` \u00b7 ${what}` : ""}`;
+}
+
+/** A colour bar with the scale's ends (and 0 when diverging). */
+function renderLegend(box, scale, colormap) {
+  if (!scale) {
+    box.replaceChildren();
+    return;
+  }
+  const stops = colormap.filter((_, i) => i % 32 === 0 || i === 255).map((c) => `rgb(${c.join(",")})`);
+  box.replaceChildren(el("span", { class: "mono" }, formatNumber(scale.lo, 3)),
+    el("span", { class: "legend-bar", style: { background: `linear-gradient(to right, ${stops.join(",")})` } }),
+    el("span", { class: "mono" }, `${formatNumber(scale.hi, 3)}${scale.scale === "sqrt" ? " (sqrt)" : ""}`));
 }
 
 const active = () => view.hover || view.pinned;
-const redraw = () => matrix.draw(view.matrix, active(), !!view.pinned);
+const redraw = () => {
+  for (const { matrix: m } of panels()) matrix.draw(m, active(), !!view.pinned);
+};
+
+/** Show a value with its exact float in data-value ("" and no data-value when there is none). */
+function showValue(id, values, n, cell) {
+  const node = $(id);
+  delete node.dataset.value;
+  if (!values || cell.q >= n || cell.k >= n) {
+    node.textContent = "\u2013";
+    return;
+  }
+  const v = values[cell.q * n + cell.k];
+  node.textContent = weight(v);
+  node.dataset.value = String(v);
+}
 
 function renderCell() {
-  const cell = active(), { tokens } = view.prompt;
+  const cell = active(), { tokens } = view.prompt, { a, b } = view;
   $("pinned").textContent = view.pinned ? `pinned at q${view.pinned.q} k${view.pinned.k} (Esc unpins)` : "";
-  for (const id of ["cell-q", "cell-k", "cell-value", "cell-note"]) $(id).textContent = "";
-  delete $("cell-value").dataset.value;
+  $("cell-label").textContent = state.vw ? (state.vw === "row" ? "value-weighted (row sums to 1)" : "value-weighted") : "attention";
+  $("cell-vw").classList.toggle("hidden", !state.vw);
+  $("cell-cmp").classList.toggle("hidden", !b);
+  for (const id of ["cell-q", "cell-k", "cell-value", "cell-note", "cell-attn", "cell-norm", "cell-b", "cell-d"]) {
+    $(id).textContent = "";
+    delete $(id).dataset.value;
+  }
+  const missing = a.attention ? "no value norms" : "not stored";
   if (!cell) {
-    $("cell-value").textContent = view.pattern ? "hover over the pattern" : "not stored";
+    $("cell-value").textContent = a.shown ? "hover over the pattern" : missing;
     shadeText(null);
     return;
   }
   $("cell-q").textContent = `${cell.q} ${JSON.stringify(tokens[cell.q])}`;
   $("cell-k").textContent = `${cell.k} ${JSON.stringify(tokens[cell.k])}`;
   Object.assign($("cell-value").dataset, { q: cell.q, k: cell.k });
-  if (!view.pattern) {
-    $("cell-value").textContent = "not stored";
+  if (b) {
+    showValue("cell-b", b.shown?.values, b.shown?.n, cell);
+    showValue("cell-d", view.diff.shown?.values, view.diff.shown?.n, cell);
+  }
+  if (!a.shown) {
+    $("cell-value").textContent = missing;
     shadeText(null);
     return;
   }
-  const { n, values, header } = view.pattern, v = values[cell.q * n + cell.k];
-  $("cell-value").textContent = weight(v);
-  $("cell-value").dataset.value = String(v);
+  const { n, header } = a.shown;
+  showValue("cell-value", a.shown.values, n, cell);
+  if (state.vw) {
+    showValue("cell-attn", a.attention.values, n, cell);
+    $("cell-norm").textContent = formatNumber(a.norms[cell.k], 5);
+    $("cell-norm").dataset.value = String(a.norms[cell.k]);
+  }
   $("cell-note").textContent = header.layout === "tril" && cell.k > cell.q ? "(masked: key after query)" : "";
   shadeText(cell);
 }
@@ -150,11 +332,11 @@ function renderText() {
 
 function shadeText(cell) {
   const spans = $("prompt-text").children, byRow = state.shade === "row";
-  const on = cell && view.pattern;
+  const on = cell && view.a.shown;
   $("shade-note").textContent = on
     ? `shaded by ${byRow ? `query ${cell.q}'s attention to each key` : `each query's attention to key ${cell.k}`} (darkest = max)`
     : "";
-  const { n, values } = view.pattern ?? {};
+  const { n, values } = view.a.shown ?? {};
   const at = (i) => (byRow ? values[cell.q * n + i] : values[i * n + cell.k]);
   let max = 0;
   if (on) for (let i = 0; i < n; i++) max = Math.max(max, at(i));
@@ -192,7 +374,7 @@ function renderStats() {
 
 function renderFigure() {
   const box = $("figure-view");
-  if (!view.pattern) {
+  if (!view.a.attention) {
     box.replaceChildren(el("p", { class: "not-stored" }, "not stored"));
     return;
   }
@@ -219,16 +401,16 @@ let updates = 0;
 /** Load what a key or control changed (the prompt when `prompt`, else only the head), then render. */
 async function update(prompt = false, push = true) {
   const mine = ++updates;
-  let loaded, pattern;
+  let loaded;
   try {
     loaded = prompt ? await loadPrompt() : { prompt: view.prompt };
-    pattern = await loadPattern(loaded.prompt);
+    Object.assign(loaded, await loadSides(loaded.prompt));
   } catch (e) {
     showError(e);
     return;
   }
   if (mine !== updates) return;  // a newer key press is loading: only its head gets drawn
-  Object.assign(view, loaded, { pattern });
+  Object.assign(view, loaded);
   const n = view.prompt.tokens.length;
   if (view.pinned) view.pinned = { q: Math.min(view.pinned.q, n - 1), k: Math.min(view.pinned.k, n - 1) };
   if (prompt) renderText();
@@ -239,7 +421,7 @@ async function update(prompt = false, push = true) {
 function pin(cell) {
   view.pinned = cell;
   view.hover = null;
-  if (cell) matrix.scrollTo(view.matrix, cell);
+  if (cell) for (const { matrix: m } of panels()) matrix.scrollTo(m, cell);
   redraw();
   renderCell();
   if (cell) revealToken(state.shade === "row" ? cell.q : cell.k);
@@ -257,7 +439,7 @@ function revealToken(i) {
 }
 
 function zoom(factor, around = active()) {
-  matrix.zoom(view.matrix, factor, around);
+  for (const { matrix: m } of panels()) matrix.zoom(m, factor, around);
   redraw();
 }
 
@@ -304,6 +486,7 @@ function onKey(e) {
     h: () => stepHead(1), H: () => stepHead(-1), l: () => stepLayer(1), L: () => stepLayer(-1),
     p: () => stepPrompt(1), P: () => stepPrompt(-1),
     r: () => setShade(state.shade === "row" ? "col" : "row"),
+    v: () => setVw(VW[(VW.indexOf(state.vw) + 1) % VW.length]), b: toggleCompare,
     "+": () => zoom(1.5), "=": () => zoom(1.5), "-": () => zoom(1 / 1.5), 0: () => zoom(0),
     Escape: () => pin(null), "?": () => $("help").classList.toggle("hidden"),
     g: () => { location.href = $("grid-link").href; },
@@ -313,10 +496,11 @@ function onKey(e) {
   actions[e.key]();
 }
 
-function wireCanvas(canvas) {
+function wireCanvas(m) {
+  const { canvas } = m;
   canvas.addEventListener("mousemove", (e) => {
     if (!view.prompt) return;
-    const cell = matrix.cellAt(view.matrix, e);
+    const cell = matrix.cellAt(m, e);
     if (cell?.q === view.hover?.q && cell?.k === view.hover?.k) return;
     view.hover = cell;
     redraw();
@@ -330,29 +514,70 @@ function wireCanvas(canvas) {
   });
   canvas.addEventListener("click", (e) => {
     if (!view.prompt) return;
-    const cell = matrix.cellAt(view.matrix, e), p = view.pinned;
+    const cell = matrix.cellAt(m, e), p = view.pinned;
     pin(cell && p && cell.q === p.q && cell.k === p.k ? null : cell);
   });
   canvas.addEventListener("wheel", (e) => {
     if (!view.prompt) return;
     e.preventDefault();
-    if (e.ctrlKey) return zoom(e.deltaY < 0 ? 1.25 : 0.8, matrix.cellAt(view.matrix, e));
-    const px = (d) => (e.deltaMode ? d * 16 : d) / view.matrix.cell;  // lines -> px -> cells
-    if (e.shiftKey) matrix.pan(view.matrix, px(e.deltaY), 0);
-    else matrix.pan(view.matrix, px(e.deltaX), px(e.deltaY));
+    if (e.ctrlKey) return zoom(e.deltaY < 0 ? 1.25 : 0.8, matrix.cellAt(m, e));
+    const px = (d) => (e.deltaMode ? d * 16 : d) / m.cell;  // lines -> px -> cells
+    for (const { matrix: other } of panels()) {
+      if (e.shiftKey) matrix.pan(other, px(e.deltaY), 0);
+      else matrix.pan(other, px(e.deltaX), px(e.deltaY));
+    }
     redraw();
   }, { passive: false });
 }
 
+/** Pin the shown pattern as B (compare), or unpin B. */
+function toggleCompare() {
+  const b = view.b ? { bmodel: "", bprompt: "", blayer: "", bhead: "" }
+    : { bmodel: state.model, bprompt: state.prompt, blayer: state.layer, bhead: state.head };
+  Object.assign(state, b);
+  update();
+}
+
+/** Pattern B's model, prompt, layer or head changed. */
+function setB(patch) {
+  Object.assign(state, patch);
+  update();
+}
+
+/** A becomes B and B becomes A. */
+function swapAB() {
+  const a = { model: state.model, prompt: state.prompt, layer: state.layer, head: state.head };
+  const b = { model: state.bmodel, prompt: state.bprompt, layer: state.blayer, head: state.bhead };
+  if (b.model !== a.model) {  // another model's page: load it afresh
+    location.href = pageUrl("single", { ...state, ...b, bmodel: a.model, bprompt: a.prompt, blayer: a.layer, bhead: a.head });
+    return;
+  }
+  Object.assign(state, b, { bmodel: a.model, bprompt: a.prompt, blayer: a.layer, bhead: a.head });
+  update(true);
+}
+
+function setVw(vw) {
+  state.vw = vw;
+  update();
+}
+
 function wire() {
-  view.matrix = matrix.createMatrix($("matrix"));
-  wireCanvas($("matrix"));
+  view.matrices = { a: matrix.createMatrix($("matrix")), b: matrix.createMatrix($("matrix-b")), d: matrix.createMatrix($("matrix-d")) };
+  Object.values(view.matrices).forEach(wireCanvas);
   document.addEventListener("keydown", onKey);
   $("layer").addEventListener("change", (e) => { state.layer = e.target.value; update(); });
   $("head").addEventListener("change", (e) => { state.head = e.target.value; update(); });
   $("figure").addEventListener("change", (e) => { state.figure = e.target.value; renderControls(); renderFigure(); saveUrl(); });
   $("shade").addEventListener("change", (e) => setShade(e.target.value));
   $("scale").addEventListener("change", (e) => { state.scale = e.target.value; renderMatrix(); saveUrl(); });
+  $("vw").addEventListener("change", (e) => setVw(e.target.value));
+  $("compare").addEventListener("click", toggleCompare);
+  $("b-unpin").addEventListener("click", toggleCompare);
+  $("b-swap").addEventListener("click", swapAB);
+  $("b-model").addEventListener("change", (e) => setB({ bmodel: e.target.value }));
+  $("b-prompt").addEventListener("change", (e) => setB({ bprompt: e.target.value }));
+  $("b-layer").addEventListener("change", (e) => setB({ blayer: e.target.value }));
+  $("b-head").addEventListener("change", (e) => setB({ bhead: e.target.value }));
   $("model").addEventListener("change", (e) => { location.href = singleUrl({ ...state, model: e.target.value, prompt: "" }); });
   $("prev-prompt").addEventListener("click", () => stepPrompt(-1));
   $("next-prompt").addEventListener("click", () => stepPrompt(1));

@@ -30,6 +30,8 @@ export const PAGES = {
       q: "", k: "",        // the pinned cell (query row, key column)
       shade: "row",        // the text is shaded by the active query row or key column ("col")
       scale: "linear",     // linear | sqrt | max
+      vw: "",              // value-weighted: "" attention | "raw" alpha_ij * ||v_j W_O|| | "row" rows summing to 1
+      bmodel: "", bprompt: "", blayer: "", bhead: "",  // the pinned pattern B (compare A, B, A - B); none: ""
     },
   },
   heads: {
