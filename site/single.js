@@ -226,6 +226,7 @@ function renderMatrix() {
   view.diff = view.b ? difference(view.a, view.b) : null;
   const shown = panels(), scales = colourScales();
   $("matrix-wrap").classList.toggle("compare", shown.length > 1);
+  $("matrix-wrap").parentElement.classList.toggle("comparing", shown.length > 1);
   const box = $("matrix-wrap").getBoundingClientRect(), gap = 10;
   const width = (box.width - gap * (shown.length - 1)) / shown.length;
   const size = Math.max(200, Math.floor(Math.min(width, window.innerHeight - box.top - 12 - (shown.length > 1 ? 50 : 24))));

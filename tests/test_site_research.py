@@ -112,3 +112,77 @@ def test_no_value_norms_stored(demo_site):
         s.page.wait_for_function("() => !new URLSearchParams(location.search).has('vw')")
         s.page.wait_for_function("() => document.querySelector('#not-stored').classList.contains('hidden')")
         assert not s.errors
+
+
+# ---- 2. compare two patterns ----
+
+def shown_values(page) -> tuple[float, float, float]:
+    return exact(page, "#cell-value"), exact(page, "#cell-b"), exact(page, "#cell-d")
+
+
+def test_compare_another_head_and_another_checkpoint(demo_site):
+    """Pin A as B, move A to another head: A, B and A - B hover exactly; B from another checkpoint on
+    the same prompt; all of it in the URL; the value-weighted mode compares value-weighted patterns."""
+    p = prompts_of(demo_site, FINAL)[1]
+    final, first = (lens.load_patterns(demo_site, m, p["hash"]) for m in (FINAL, MODELS[0]))
+    with browser_session(demo_site) as s:
+        open_single(s, model=FINAL, prompt=p["hash"], layer=1, head=2)
+        s.page.keyboard.press("b")  # pin this pattern as B
+        s.page.wait_for_function("() => new URLSearchParams(location.search).get('bhead') === '2'")
+        s.page.keyboard.press("h")  # A moves on to L1H3, B stays
+        s.page.wait_for_function("() => document.querySelector('#title').textContent.endsWith('L1H3')")
+        a, b = final.head(1, 3), final.head(1, 2)
+        n = len(a)
+        for q, k in [(n - 1, 0), (n // 2, 5), (9, 9)]:
+            hover_cell(s.page, q, k)
+            assert shown_values(s.page) == pytest.approx((a[q, k], b[q, k], a[q, k] - b[q, k]), abs=1e-7)
+            assert s.page.text_content("#cell-d") == formatted(float(np.float32(a[q, k]) - np.float32(b[q, k])))
+        # B: the same head (L1H2) of the first checkpoint, same prompt
+        s.page.select_option("#b-model", MODELS[0])
+        s.page.wait_for_function(f"() => new URLSearchParams(location.search).get('bmodel') === '{MODELS[0]}'")
+        s.page.wait_for_function("() => document.querySelector('#caption-b').textContent.includes('demo_step0')")
+        assert s.page.text_content("#b-note") == "same tokens as A"
+        s.page.select_option("#b-head", "3")
+        s.page.wait_for_function("() => document.querySelector('#caption-b').textContent.includes('L1H3')")
+        b = first.head(1, 3)
+        hover_cell(s.page, n - 1, 2)
+        assert shown_values(s.page) == pytest.approx((a[n - 1, 2], b[n - 1, 2], a[n - 1, 2] - b[n - 1, 2]), abs=1e-7)
+        s.page.click("#matrix-d")  # pin a cell on the A - B panel: every panel shares it
+        assert {k: url_state(s.page)[k] for k in ["bmodel", "bprompt", "blayer", "bhead"]} == {
+            "bmodel": MODELS[0], "bprompt": p["hash"], "blayer": "1", "bhead": "3"}
+        screenshot(s, "single-compare-light")
+        url = s.page.url
+        s.page.goto(url.replace("?", "?vw=raw&"))  # a link reproduces it, here value weighted
+        s.page.wait_for_selector("body[data-ready='1']")
+        q, k = int(url_state(s.page)["q"]), int(url_state(s.page)["k"])
+        na, nb = (norms_of(demo_site, m, p["hash"])[1, 3] for m in (FINAL, MODELS[0]))
+        wa, wb = a[q, k] * na[k], b[q, k] * nb[k]
+        assert shown_values(s.page) == pytest.approx((wa, wb, wa - wb), rel=1e-6)
+        assert s.page.is_visible("#matrix-b") and s.page.is_visible("#matrix-d")
+        s.page.keyboard.press("b")  # unpin B
+        s.page.wait_for_function("() => !new URLSearchParams(location.search).has('bmodel')")
+        assert not s.page.is_visible("#matrix-d")
+        assert not s.errors
+        assert_only_local(s)
+
+
+@pytest.mark.parametrize("dark", [False, True])
+def test_what_cannot_be_compared_says_why(demo_site, dark):
+    """Another prompt with a different token count, or a head B's model does not have: a message, not a blank."""
+    ps = prompts_of(demo_site, FINAL)
+    a, b = next((x, y) for x in ps for y in ps if x["n_tokens"] != y["n_tokens"])
+    with browser_session(demo_site, dark=dark) as s:
+        open_single(s, model=FINAL, prompt=a["hash"], layer=1, head=0,
+                    bmodel=MODELS[0], bprompt=b["hash"], blayer=1, bhead=0)
+        assert s.page.is_visible("#not-stored-d")
+        assert s.page.text_content("#not-stored-d").startswith(
+            f"cannot compare: A has {a['n_tokens']} tokens, B has {b['n_tokens']}")
+        hover_cell(s.page, 3, 1)
+        assert s.page.text_content("#cell-d") == "\u2013"
+        assert exact(s.page, "#cell-b") == float(lens.load_patterns(demo_site, MODELS[0], b["hash"]).head(1, 0)[3, 1])
+        screenshot(s, f"single-compare-mismatch-{'dark' if dark else 'light'}")
+        open_single(s, model=FINAL, prompt=a["hash"], layer=1, head=0, bmodel=MODELS[0], bprompt=a["hash"],
+                    blayer=7, bhead=0)
+        assert "has no head L7H0" in s.page.text_content("#not-stored-b")
+        assert "A \u2212 B needs both patterns" in s.page.text_content("#not-stored-d")
+        assert not s.errors
