@@ -334,7 +334,7 @@ def head_streams(stored: np.ndarray, level: int = 1) -> list[bytes]:
 
 def stored_form(values: np.ndarray) -> np.ndarray:
     """[heads, m] attention values in [0, 1] -> [heads, 2, m] uint8: uint16 fixed point, low then high bytes."""
-    q = np.round(np.clip(values, 0.0, 1.0) * PATTERN_SCALE).astype("<u2")
+    q = np.round(np.clip(values, 0.0, 1.0) * PATTERN_SCALE).astype("<u2", order="C")
     return np.ascontiguousarray(q.view(np.uint8).reshape(len(q), -1, 2).transpose(0, 2, 1))
 
 
