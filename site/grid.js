@@ -108,7 +108,27 @@ function render() {
   renderPrompts();
   renderLayout();
   applySize();
+  renderControlsShown();
   renderGrid();
+}
+
+/** The controls, or (controls=hide) one line saying what they select, so the patterns get the screen. */
+function renderControlsShown() {
+  const hide = state.controls === "hide";
+  $("controls").classList.toggle("hidden", hide);
+  $("controls-summary").classList.toggle("hidden", !hide);
+  $("toggle-controls").textContent = hide ? "show controls" : "hide controls";
+  if (!hide) return;
+  const prompts = list(state.prompts).length;
+  $("controls-summary").textContent = [
+    `models ${list(state.models).join(", ")}`, `heads ${state.heads}`, `figures ${state.figures || "–"}`,
+    `${prompts} prompt${prompts === 1 ? "" : "s"}`, state.group && `group by ${state.group}`,
+    state.sort && `sort by ${state.sort}${state.desc ? " (descending)" : ""}`, state.stat && `statistic ${state.stat}`,
+  ].filter(Boolean).join(" · ");
+}
+
+function toggleControls() {
+  setState({ controls: state.controls === "hide" ? "" : "hide" }, renderControlsShown);
 }
 
 function renderModels() {
@@ -135,7 +155,7 @@ function renderHeads() {
   }
   const on = new Set(selectedHeads().map(([l, h]) => `${l},${h}`));
   const picker = $("head-picker");
-  const size = nL * nH > 400 ? 10 : 16;  // large models (e.g. 48 x 25 heads) get a smaller picker
+  const size = nL > 6 || nL * nH > 400 ? 10 : 16;  // a GPT-2's 12 layers or more get a smaller picker
   picker.classList.toggle("small", size < 16);
   picker.style.gridTemplateColumns = `auto repeat(${nH}, ${size}px)`;
   picker.replaceChildren(
@@ -515,6 +535,13 @@ function wire() {
   $("stat-min").addEventListener("input", onRange);
   $("stat-max").addEventListener("input", onRange);
   $("desc").addEventListener("change", () => setState({ desc: $("desc").checked ? "1" : "" }, renderGrid));
+  $("toggle-controls").addEventListener("click", toggleControls);
+  $("controls-summary").addEventListener("click", toggleControls);
+  document.addEventListener("keydown", (e) => {
+    if (e.key === "c" && !e.target.matches("input, select, textarea") && !e.ctrlKey && !e.metaKey && !e.altKey) {
+      toggleControls();
+    }
+  });
 }
 
 startPage({ load, render, wire });

@@ -21,6 +21,7 @@ export const PAGES = {
       min: "",
       max: "",
       desc: "",       // "1": statistic sort descending
+      controls: "",   // "hide": the controls fold into one summary line, the patterns get the screen
     },
   },
   single: {

@@ -186,3 +186,32 @@ def test_what_cannot_be_compared_says_why(demo_site, dark):
         assert "has no head L7H0" in s.page.text_content("#not-stored-b")
         assert "A \u2212 B needs both patterns" in s.page.text_content("#not-stored-d")
         assert not s.errors
+
+
+# ---- 5. the grid is for reading ----
+
+@pytest.mark.parametrize("dark", [False, True])
+def test_grid_first_screen_shows_patterns(demo_site, dark):
+    """On a 1440 x 900 screen the first pattern starts within the first screen; hiding the controls (URL
+    controls=hide, key c) leaves one summary line; showing them again loses no control."""
+    with browser_session(demo_site, dark=dark, width=1440, height=900) as s:
+        s.page.goto(s.url + f"index.html?models={FINAL}")
+        s.page.wait_for_selector("body[data-ready='1'] .tile img")
+        top = s.page.eval_on_selector(".tile", "t => t.getBoundingClientRect().top")
+        assert top < 450, top  # was ~700 px with every control shown in full
+        controls = s.page.eval_on_selector_all("#controls input, #controls select, #controls button", "n => n.length")
+        screenshot(s, f"grid-first-screen-{'dark' if dark else 'light'}")
+        s.page.keyboard.press("c")
+        s.page.wait_for_function("() => new URLSearchParams(location.search).get('controls') === 'hide'")
+        assert s.page.eval_on_selector(".tile", "t => t.getBoundingClientRect().top") < 120
+        assert s.page.text_content("#controls-summary").startswith(f"models {FINAL} \u00b7 heads L*H*")
+        screenshot(s, f"grid-controls-hidden-{'dark' if dark else 'light'}")
+        s.page.reload()
+        s.page.wait_for_selector("body[data-ready='1']")
+        assert not s.page.is_visible("#controls")
+        s.page.click("#toggle-controls")
+        assert s.page.is_visible("#heads-spec") and s.page.is_visible("#prompt-table")
+        assert s.page.eval_on_selector_all("#controls input, #controls select, #controls button", "n => n.length") == controls
+        assert "controls" not in url_state(s.page)
+        assert not s.errors
+        assert_only_local(s)
