@@ -47,7 +47,8 @@ export function setPattern(m, pattern, tokens, colormap, colour) {
   m.image = image;
 }
 
-function labelText(ctx, token) {
+/** An axis label: the token with visible whitespace, cut with an ellipsis past LABEL_MAX px in ctx's font. */
+export function labelText(ctx, token) {
   let text = visibleToken(token);
   if (ctx.measureText(text).width <= LABEL_MAX) return text;
   while (text.length > 1 && ctx.measureText(text + "\u2026").width > LABEL_MAX) text = text.slice(0, -1);
@@ -55,6 +56,16 @@ function labelText(ctx, token) {
 }
 
 const cells = (m) => (m.size - m.margin) / m.cell;  // how many rows (and columns) are visible
+
+/** Every k-th token gets a label when cells are `cell` px: the screen and exported figures thin alike. */
+export const labelStep = (cell) => Math.ceil(MIN_LABEL_CELL / cell);
+
+/** The rows and columns in view, as [first, end) each (all of them when fitted). */
+export function visibleRange(m) {
+  const n = m.tokens.length, span = cells(m);
+  const part = (o) => [Math.max(0, Math.floor(o + 1e-9)), Math.min(n, Math.ceil(o + span - 1e-9))];
+  return { rows: part(m.oy), cols: part(m.ox) };
+}
 
 /** Size the canvas to `size` px square, leave room for the labels and (when fitting) fit every cell. */
 export function layout(m, size) {
@@ -97,7 +108,7 @@ export function draw(m, cell, pinned) {
 
 function drawLabels(m, ctx, cell) {
   const { tokens } = m, cs = m.cell, ml = m.margin, span = cells(m);
-  const step = Math.ceil(MIN_LABEL_CELL / cs);
+  const step = labelStep(cs);
   const colours = { fg: cssColor("--fg"), accent: cssColor("--accent"), muted: cssColor("--muted") };
   const colour = (hot) => (hot ? colours.accent : step > 1 ? colours.muted : colours.fg);
   ctx.font = LABEL_FONT;

@@ -4,7 +4,8 @@ import {
   FIGURES_URL, MODELS_URL, errorUrl, fetchData, fetchEach, figureOutputs, imageUrl, isStored, loadColormap,
   loadValueNorms, modelCfgUrl, patternsUrl, promptJsonUrl, promptStatsUrl, promptsUrl, rankHeads, statMeans, statsUrl,
 } from "./data.js";
-import { $, el, fillSelect, formatNumber, showError, startPage } from "./dom.js";
+import { $, cssColor, el, fillSelect, formatNumber, showError, startPage } from "./dom.js";
+import { download, figureScene, scenePng, sceneSvg } from "./export.js";
 import * as matrix from "./matrix.js";
 import { NotStoredError, loadHead } from "./patterns.js";
 import { gridUrl, headsUrl, pageUrl, readState, singleUrl, writeState } from "./url.js";
@@ -225,6 +226,7 @@ function colourScales() {
 function renderMatrix() {
   view.diff = view.b ? difference(view.a, view.b) : null;
   const shown = panels(), scales = colourScales();
+  view.scales = scales;
   $("matrix-wrap").classList.toggle("compare", shown.length > 1);
   $("matrix-wrap").parentElement.classList.toggle("comparing", shown.length > 1);
   const box = $("matrix-wrap").getBoundingClientRect(), gap = 10;
@@ -320,6 +322,39 @@ function renderCell() {
   }
   $("cell-note").textContent = header.layout === "tril" && cell.k > cell.q ? "(masked: key after query)" : "";
   shadeText(cell);
+}
+
+// ---- export: the shown panels as a figure ----
+
+function exportScene() {
+  const zoomed = $("export-range").value === "zoom";
+  const shown = panels().filter((p) => p.side.shown);
+  if (!shown.length) throw new Error("nothing to export: no pattern is shown");
+  const what = state.vw === "raw" ? "value-weighted \u03b1\u00b7\u2016v W_O\u2016"
+    : state.vw === "row" ? "value-weighted, rows sum to 1" : "attention";
+  const text = view.prompt.text.replace(/\s+/g, " ");
+  const title = `${state.model} L${state.layer}H${state.head} \u00b7 ${what} \u00b7 "${text.slice(0, 60)}${text.length > 60 ? "\u2026" : ""}"`;
+  return figureScene({
+    title,
+    colours: { bg: cssColor("--export-bg"), fg: cssColor("--export-fg"), muted: cssColor("--export-muted"),
+      placeholder: cssColor("--export-empty") },
+    panels: shown.map(({ id, matrix: m, side }) => {
+      const n = side.shown.n, all = { rows: [0, n], cols: [0, n] };
+      return {
+        caption: shown.length > 1 ? caption(id, side) : "rows: queries, columns: keys",
+        shown: side.shown, tokens: m.tokens, colormap: id === "d" ? data.diverging : data.colormap,
+        colour: view.scales[id], ...(zoomed ? matrix.visibleRange(m) : all),
+      };
+    }),
+  });
+}
+
+async function exportView(scale) {
+  const scene = exportScene();
+  const name = `${state.model}_L${state.layer}H${state.head}_${state.prompt.slice(0, 8)}${state.vw ? `_vw-${state.vw}` : ""}`
+    + `${view.b ? `_vs_${state.bmodel}_L${state.blayer}H${state.bhead}` : ""}`;
+  if (!scale) download(new Blob([sceneSvg(scene)], { type: "image/svg+xml" }), `${name}.svg`);
+  else download(await scenePng(scene, scale), `${name}@${scale}x.png`);
 }
 
 // ---- the prompt's text, tokens shaded by the active row's (or column's) attention ----
@@ -572,6 +607,9 @@ function wire() {
   $("shade").addEventListener("change", (e) => setShade(e.target.value));
   $("scale").addEventListener("change", (e) => { state.scale = e.target.value; renderMatrix(); saveUrl(); });
   $("vw").addEventListener("change", (e) => setVw(e.target.value));
+  $("export-svg").addEventListener("click", () => exportView(0).catch(showError));
+  $("export-png2").addEventListener("click", () => exportView(2).catch(showError));
+  $("export-png4").addEventListener("click", () => exportView(4).catch(showError));
   $("compare").addEventListener("click", toggleCompare);
   $("b-unpin").addEventListener("click", toggleCompare);
   $("b-swap").addEventListener("click", swapAB);

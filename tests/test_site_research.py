@@ -215,3 +215,106 @@ def test_grid_first_screen_shows_patterns(demo_site, dark):
         assert "controls" not in url_state(s.page)
         assert not s.errors
         assert_only_local(s)
+
+
+# ---- 4. figures ready for a paper ----
+
+SVG = "{http://www.w3.org/2000/svg}"
+
+
+def visible(token: str) -> str:
+    """A token as the axis labels show it (site/dom.js visibleToken)."""
+    return token.replace(" ", "\u00b7").replace("\n", "\u21b5").replace("\t", "\u2192")
+
+
+def export(page, button: str, tmp_path: Path) -> Path:
+    with page.expect_download() as d:
+        page.click(button)
+    path = tmp_path / d.value.suggested_filename
+    d.value.save_as(path)
+    return path
+
+
+def read_svg(path: Path):
+    """The exported SVG parsed: (root, row labels, column labels, [(image element, decoded PIL image)])."""
+    import base64
+    import io
+    import xml.etree.ElementTree as ET
+    from PIL import Image
+    root = ET.parse(path).getroot()
+    texts = lambda cls: [t.text for t in root.iter(f"{SVG}text") if t.get("class") == cls]  # noqa: E731
+    images = [(i, Image.open(io.BytesIO(base64.b64decode(i.get("href").split(",", 1)[1]))))
+              for i in root.iter(f"{SVG}image")]
+    return root, texts("row-label"), texts("col-label"), images
+
+
+def test_export_svg_and_png(demo_site, tmp_path):
+    from PIL import Image
+    p = prompts_of(demo_site, FINAL)[1]
+    attn = lens.load_patterns(demo_site, FINAL, p["hash"]).head(1, 2)
+    n = len(attn)
+    labels = [visible(t) for t in p["tokens"]]
+    with browser_session(demo_site, dark=True) as s:  # the figure is for paper: light in either theme
+        open_single(s, model=FINAL, prompt=p["hash"], layer=1, head=2)
+        root, rows, cols, images = read_svg(export(s.page, "#export-svg", tmp_path))
+        title = "".join(t.text for t in root.iter(f"{SVG}text") if t.get("font-weight") == "bold")
+        assert title.startswith(f"{FINAL} L1H2 \u00b7 attention \u00b7 \"{p['text'][:20]}")
+        assert rows == labels and cols == labels  # 43 tokens: every one labelled, on both axes
+        ((element, image),) = images
+        assert image.size == (n, n)  # one pixel per cell
+        assert float(element.get("width")) == pytest.approx(n * min(16, 480 / n), abs=0.01)
+        viridis = lens.colormap_table("viridis")
+        rgba = image.convert("RGBA")
+        for q, k in [(n - 1, 0), (20, 3), (5, 5)]:
+            assert rgba.getpixel((k, q))[:3] == tuple(viridis[round(float(attn[q, k]) * 255)])
+        assert rgba.getpixel((n - 1, 0))[3] == 0  # masked cells stay empty
+        ticks = [t.text for t in root.iter(f"{SVG}text") if t.get("class") == "tick"]
+        assert ticks == ["0.00", "0.25", "0.50", "0.75", "1.00"]
+        assert next(root.iter(f"{SVG}rect")).get("fill") == "rgb(255, 255, 255)"  # a white page in the dark theme
+        width, height = int(root.get("width")), int(root.get("height"))
+        for button, scale in [("#export-png2", 2), ("#export-png4", 4)]:
+            png = Image.open(export(s.page, button, tmp_path))
+            assert png.size == (width * scale, height * scale)
+        # compare, value weighted: three panels with their captions, A - B on a diverging bar centred on 0
+        open_single(s, model=FINAL, prompt=p["hash"], layer=1, head=3, vw="row",
+                    bmodel=MODELS[0], bprompt=p["hash"], blayer=1, bhead=3)
+        root, rows, cols, images = read_svg(export(s.page, "#export-svg", tmp_path))
+        assert [im.size for _, im in images] == [(n, n)] * 3
+        assert rows == labels * 3
+        captions = [t.text for t in root.iter(f"{SVG}text") if t.get("font-size") == "12"]
+        assert [c[:2] for c in captions] == ["A:", "B:", "A \u2212"[:2]]
+        ticks = [t.text for t in root.iter(f"{SVG}text") if t.get("class") == "tick"]
+        assert ticks[-5:][2] == "0.00" and float(ticks[-5:][0]) == -float(ticks[-5:][4])
+        assert not s.errors
+        assert_only_local(s)
+
+
+def test_export_long_prompt_thins_labels_and_exports_the_zoomed_region(tmp_path):
+    from fake_data import make_data
+    data = tmp_path / "data"
+    text = " ".join(f"w{i}" for i in range(599))
+    (h,) = make_data(data, n_layers=1, n_heads=1, texts=[text])
+    render(data, "raw")
+    tokens = json.loads(lens.prompt_json_path(data, "fake-model", h).read_text())["tokens"]
+    n = len(tokens)
+    with browser_session(data) as s:
+        open_single(s, model="fake-model", prompt=h)
+        root, rows, cols, images = read_svg(export(s.page, "#export-svg", tmp_path))
+        step = int(np.ceil(11 / (480 / n)))
+        assert rows == cols == [visible(tokens[i]) for i in range(0, n, step)]
+        assert images[0][1].size == (n, n)
+        for _ in range(6):
+            s.page.keyboard.press("+")
+        s.page.keyboard.press("ArrowDown")  # pins a cell and pans to it: the view is some middle region
+        d = s.page.eval_on_selector("#matrix", "c => ({...c.dataset, size: c.getBoundingClientRect().width})")
+        span = (d["size"] - float(d["marginLeft"])) / float(d["cell"])
+        part = lambda o: (int(np.floor(o + 1e-9)), min(n, int(np.ceil(o + span - 1e-9))))  # noqa: E731
+        (q0, q1), (k0, k1) = part(float(d["oy"])), part(float(d["ox"]))
+        s.page.select_option("#export-range", "zoom")
+        root, rows, cols, images = read_svg(export(s.page, "#export-svg", tmp_path))
+        assert images[0][1].size == (k1 - k0, q1 - q0)
+        count = max(q1 - q0, k1 - k0)
+        step = int(np.ceil(11 / min(16, 480 / count)))
+        assert rows == [visible(tokens[i]) for i in range(q0, q1) if i % step == 0]
+        assert cols == [visible(tokens[i]) for i in range(k0, k1) if i % step == 0]
+        assert not s.errors
