@@ -41,6 +41,8 @@ export const PAGES = {
       model: "", stat: "",
       over: "mean",        // mean over prompts | prompt (one prompt's values)
       prompt: "", click: "single", top: "10", order: "desc",
+      vs: "",              // a model of the same shape: show this model's values minus its values
+      series: "",          // "1": the statistic across the models of the same shape (training checkpoints)
     },
   },
 };

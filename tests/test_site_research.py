@@ -318,3 +318,61 @@ def test_export_long_prompt_thins_labels_and_exports_the_zoomed_region(tmp_path)
         assert rows == [visible(tokens[i]) for i in range(q0, q1) if i % step == 0]
         assert cols == [visible(tokens[i]) for i in range(k0, k1) if i % step == 0]
         assert not s.errors
+
+
+# ---- 3. heads page: one model minus another, and across checkpoints ----
+
+def stat_means(data: Path, model: str, stat: str) -> np.ndarray:
+    mean = json.loads((data / model / "stats.json").read_text())["stats"][stat]["mean"]
+    return np.array([[np.nan if v is None else v for v in row] for row in mean], float)
+
+
+@pytest.mark.parametrize("dark", [False, True])
+def test_heads_difference_and_across_checkpoints(demo_site, dark):
+    a, b = stat_means(demo_site, FINAL, "bos"), stat_means(demo_site, MODELS[0], "bos")
+    with browser_session(demo_site, dark=dark) as s:
+        s.page.goto(s.url + f"heads.html?model={FINAL}&stat=bos&vs={MODELS[0]}")
+        s.page.wait_for_selector("body[data-ready='1'] .heatmap-grid")
+        cells = s.page.eval_on_selector_all("#heatmap .heat", "cs => cs.map(c => [+c.dataset.layer, +c.dataset.head, +c.dataset.value])")
+        assert len(cells) == a.size
+        for l, h, v in cells:
+            assert v == pytest.approx(a[l, h] - b[l, h], abs=1e-6)
+        assert not s.page.is_visible("#vs-problem")
+        s.page.select_option("#over", "prompt")  # one prompt: its value in each model
+        s.page.wait_for_function("() => new URLSearchParams(location.search).get('over') === 'prompt'")
+        s.page.select_option("#vs", "")
+        s.page.check("#series")
+        s.page.wait_for_selector(".series-map")
+        assert url_state(s.page)["series"] == "1"
+        maps = s.page.eval_on_selector_all(".series-map", "ms => ms.map(m => m.dataset.model)")
+        assert maps == MODELS  # ordered by training step
+        for model in MODELS:
+            means = stat_means(demo_site, model, "bos")
+            got = s.page.eval_on_selector_all(f".series-map[data-model='{model}'] .heat",
+                                              "cs => cs.map(c => [+c.dataset.layer, +c.dataset.head, +c.dataset.value])")
+            assert all(v == pytest.approx(means[l, h], abs=1e-6) for l, h, v in got) and len(got) == means.size
+        lines = s.page.eval_on_selector_all(".series-chart polyline", "ps => ps.map(p => [p.dataset.head, JSON.parse(p.dataset.values)])")
+        assert lines[0][0] == "L{}H{}".format(*np.unravel_index(np.nanargmax(a), a.shape))  # the top head of the last step
+        for head, values in lines:
+            l, h = int(head[1]), int(head[3])
+            assert values == pytest.approx([stat_means(demo_site, m, "bos")[l, h] for m in MODELS], abs=1e-6)
+        screenshot(s, f"heads-checkpoints-{'dark' if dark else 'light'}", full_page=True)
+        assert not s.errors
+        assert_only_local(s)
+
+
+def test_heads_difference_of_different_shapes_says_why(demo_site, tmp_path):
+    from build_index import build_index
+    from fake_data import make_data
+    make_data(demo_site, model="other", n_layers=3, n_heads=2)
+    build_index(demo_site)
+    with browser_session(demo_site) as s:
+        s.page.goto(s.url + f"heads.html?model={FINAL}&stat=bos&vs=other")
+        s.page.wait_for_selector("body[data-ready='1'] .heatmap-grid")
+        assert s.page.is_visible("#vs-problem")
+        cfg = json.loads(lens.model_cfg_path(demo_site, FINAL).read_text())
+        assert s.page.text_content("#vs-problem") == (f"cannot compare: {FINAL} has {cfg['n_layers']} x "
+                                                      f"{cfg['n_heads']} heads (layers x heads), other has 3 x 2")
+        # the choice lists only the models of this shape (and keeps the URL's choice shown)
+        assert s.page.eval_on_selector_all("#vs option", "os => os.map(o => o.value)") == ["", "other", *MODELS[:-1]]
+        assert not s.errors
