@@ -16,12 +16,15 @@ first. Each repeat, interleaved so that both see the same machine load:
            CLIs on all cores, wall clock; reference: a loop encoding the same heads as 8-bit palette PNGs
            with Pillow, one core.
   bytes    stored patterns per prompt (activations.npz vs patterns.bin) and bytes per `raw` image.
-Prints a Markdown table of same-run ratios (ranges over the repeats).
+Times are wall clock and CPU time (all threads and waited-for child processes; a CLI's includes its
+start-up), which stays comparable when other jobs share the machine. Prints a Markdown table of
+same-run ratios (ranges over the repeats).
 """
 import argparse
 import json
 import os
 import random
+import resource
 import subprocess
 import sys
 import tempfile
@@ -33,6 +36,23 @@ ROOT = Path(__file__).resolve().parent.parent
 VENV = ROOT / ".bench-venv"
 PATTERN_LENS = ["pattern-lens==0.6.0", "transformer-lens==3.9.0"]
 MODEL_NAME = "gpt2-shaped"
+
+
+class Clock:
+    """Wall-clock and CPU seconds of a block: CPU of all this process's threads and of the child processes
+    it waited for, which stays comparable when other jobs share the machine and wall clock does not."""
+
+    def __enter__(self):
+        self.wall, self.cpu = time.perf_counter(), cpu_seconds()
+        return self
+
+    def __exit__(self, *exc):
+        self.wall, self.cpu = time.perf_counter() - self.wall, cpu_seconds() - self.cpu
+
+
+def cpu_seconds() -> float:
+    own, children = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    return own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime
 
 
 # ---- pattern-lens's side: runs inside .bench-venv ------------------------------------------
@@ -72,7 +92,7 @@ def hooked_transformer(ckpt: Path):
 
 
 def pattern_lens_compute(ckpt: Path, prompts: Path, save_path: Path, batch_size: int) -> None:
-    """Time pattern-lens's activations step (the function its CLI calls); prints {"seconds": s}."""
+    """Time pattern-lens's activations step (the function its CLI calls); prints {"wall": s, "cpu": s}."""
     from unittest import mock
 
     from pattern_lens.activations import HookedTransformer, activations_main
@@ -80,12 +100,11 @@ def pattern_lens_compute(ckpt: Path, prompts: Path, save_path: Path, batch_size:
     model = hooked_transformer(ckpt)
     model(model.to_tokens("warm up"), return_type=None)  # as each side gets one untimed forward first
     with mock.patch.object(HookedTransformer, "from_pretrained", return_value=model):
-        start = time.perf_counter()
-        activations_main(model_name=MODEL_NAME, save_path=save_path, prompts_path=str(prompts), raw_prompts=True,
-                         min_chars=1, max_chars=10**9, force=True, n_samples=None, no_index_html=False,
-                         device="cpu", batch_size=batch_size)
-        seconds = time.perf_counter() - start
-    print(json.dumps({"seconds": seconds}))
+        with Clock() as clock:
+            activations_main(model_name=MODEL_NAME, save_path=save_path, prompts_path=str(prompts),
+                             raw_prompts=True, min_chars=1, max_chars=10**9, force=True, n_samples=None,
+                             no_index_html=False, device="cpu", batch_size=batch_size)
+    print(json.dumps({"wall": clock.wall, "cpu": clock.cpu}))
 
 
 # ---- our side and the references: run in this project's environment ------------------------
@@ -114,7 +133,7 @@ class StopForward(Exception):
     """Raised by a hook after the last layer's attention: the rest of the model is never run."""
 
 
-def hf_reference_seconds(hf_model, batches, pad_id: int) -> float:
+def hf_reference(hf_model, batches, pad_id: int) -> Clock:
     """Hugging Face eager forward (attention weights materialised) of the same batches, stopped after the
     last layer's attention: the least work any tool must do to get every pattern."""
     import torch
@@ -123,8 +142,7 @@ def hf_reference_seconds(hf_model, batches, pad_id: int) -> float:
         raise StopForward
 
     hook = hf_model.h[-1].attn.register_forward_hook(stop)
-    start = time.perf_counter()
-    with torch.inference_mode():
+    with Clock() as clock, torch.inference_mode():
         for batch in batches:
             tokens = torch.full((len(batch), len(batch[0])), pad_id)
             for i, ids in enumerate(batch):
@@ -134,11 +152,11 @@ def hf_reference_seconds(hf_model, batches, pad_id: int) -> float:
             except StopForward:
                 pass
     hook.remove()
-    return time.perf_counter() - start
+    return clock
 
 
-def png_reference(data: Path, n_images: int) -> tuple[float, float]:
-    """(images/s on one core, mean bytes) of encoding stored heads as 8-bit palette PNGs with Pillow."""
+def png_reference(data: Path, n_images: int) -> tuple[Clock, float]:
+    """The time (one core) and mean bytes of encoding n_images stored heads as 8-bit palette PNGs with Pillow."""
     import io
 
     import numpy as np
@@ -153,23 +171,23 @@ def png_reference(data: Path, n_images: int) -> tuple[float, float]:
             break
     palette = lens.colormap_table("viridis").tobytes()
     sizes = []
-    start = time.perf_counter()
-    for m in matrices[:n_images]:
-        image = Image.fromarray(np.round(m * 255).astype(np.uint8), "P")
-        image.putpalette(palette)
-        buf = io.BytesIO()
-        image.save(buf, "PNG")
-        sizes.append(buf.tell())
-    return len(sizes) / (time.perf_counter() - start), sum(sizes) / len(sizes)
+    with Clock() as clock:
+        for m in matrices[:n_images]:
+            image = Image.fromarray(np.round(m * 255).astype(np.uint8), "P")
+            image.putpalette(palette)
+            buf = io.BytesIO()
+            image.save(buf, "PNG")
+            sizes.append(buf.tell())
+    return clock, sum(sizes) / len(sizes)
 
 
-def timed(cmd: list, **kwargs) -> float:
-    """Wall-clock seconds of a command; its output is shown only if it fails."""
-    start = time.perf_counter()
-    r = subprocess.run(cmd, capture_output=True, text=True, **kwargs)
+def timed(cmd: list, **kwargs) -> Clock:
+    """Run a command, timed; its output is shown only if it fails."""
+    with Clock() as clock:
+        r = subprocess.run(cmd, capture_output=True, text=True, **kwargs)
     if r.returncode:
         sys.exit(f"error: {' '.join(map(str, cmd))} failed:\n{r.stdout[-2000:]}{r.stderr[-4000:]}")
-    return time.perf_counter() - start
+    return clock
 
 
 def sizes(data: Path, pattern: str) -> list[int]:
@@ -181,22 +199,25 @@ def one_repeat(r: int, ctx: dict, tmp: Path) -> dict:
     import compute_activations as ca
     env = {**os.environ, "HF_HUB_OFFLINE": "1"}
     ours, theirs = tmp / f"ours{r}", tmp / f"pattern-lens{r}"
-    m = {"reference_s": hf_reference_seconds(ctx["hf_model"], ctx["batches"], ctx["pad_id"])}
-    start = time.perf_counter()
-    ca.compute_activations(ctx["texts"], ctx["model"], ours, model_name=MODEL_NAME, batch_size=ctx["batch_size"],
-                           progress=False)
-    m["ours_s"] = time.perf_counter() - start
+    reference = hf_reference(ctx["hf_model"], ctx["batches"], ctx["pad_id"])
+    with Clock() as compute:
+        ca.compute_activations(ctx["texts"], ctx["model"], ours, model_name=MODEL_NAME,
+                               batch_size=ctx["batch_size"], progress=False)
     out = subprocess.run([str(ctx["python"]), __file__, "--pattern-lens-compute", str(ctx["ckpt"]),
                           str(ctx["prompts"]), str(theirs), "--batch-size", str(ctx["batch_size"])],
                          capture_output=True, text=True, env=env, cwd=tmp)
     if out.returncode:
         sys.exit(f"error: pattern-lens's activations step failed:\n{out.stderr[-4000:]}")
-    m["theirs_s"] = json.loads(out.stdout.strip().splitlines()[-1])["seconds"]
-    m["theirs_render_s"] = timed([ctx["python"], "-m", "pattern_lens.figures", "--model", MODEL_NAME,
-                                  "--save-path", theirs, "--figure-funcs", "raw"], env=env, cwd=tmp)
-    m["ours_render_s"] = timed([sys.executable, ROOT / "render_figures.py", "--save-path", ours,
-                                "--figures", "raw"], env=env, cwd=tmp)
-    m["ref_png_per_s"], m["ref_png_bytes"] = png_reference(ours, ctx["n_images"])
+    their_compute = json.loads(out.stdout.strip().splitlines()[-1])
+    their_render = timed([ctx["python"], "-m", "pattern_lens.figures", "--model", MODEL_NAME,
+                          "--save-path", theirs, "--figure-funcs", "raw"], env=env, cwd=tmp)
+    our_render = timed([sys.executable, ROOT / "render_figures.py", "--save-path", ours, "--figures", "raw"],
+                       env=env, cwd=tmp)
+    png, png_bytes = png_reference(ours, ctx["n_images"])
+    m = {"reference_s": reference.wall, "reference_cpu": reference.cpu, "ours_s": compute.wall,
+         "ours_cpu": compute.cpu, "theirs_s": their_compute["wall"], "theirs_cpu": their_compute["cpu"],
+         "ours_render_s": our_render.wall, "ours_render_cpu": our_render.cpu, "theirs_render_s": their_render.wall,
+         "theirs_render_cpu": their_render.cpu, "png_s": png.wall, "png_cpu": png.cpu, "ref_png_bytes": png_bytes}
     m["ours_bytes"], m["theirs_bytes"] = sum(sizes(ours, "*/patterns.bin")), sum(sizes(theirs, "*/activations.npz"))
     ours_images, their_images = sizes(ours, "*/L*/H*/raw.svg"), sizes(theirs, "*/L*/H*/raw.png")
     assert len(ours_images) == len(their_images) == ctx["n_images"], (len(ours_images), len(their_images))
@@ -221,7 +242,7 @@ def setup(args, tmp: Path) -> dict:
     hf_model = GPT2Model.from_pretrained(ckpt, attn_implementation="eager").eval()
     model = ca.load_model(str(ckpt), "cpu", "float32")
     batches = length_sorted_batches(token_lists, args.batch_size)
-    hf_reference_seconds(hf_model, batches[:1], tokenizer.pad_token_id)  # warm-ups, untimed
+    hf_reference(hf_model, batches[:1], tokenizer.pad_token_id)  # warm-ups, untimed
     ca.compute_activations(texts[:1], model, tmp / "warm-up", model_name=MODEL_NAME, progress=False)
     return {"ckpt": ckpt, "texts": texts, "prompts": prompts, "batch_size": args.batch_size,
             "model": model, "hf_model": hf_model, "pad_id": tokenizer.pad_token_id,
@@ -239,37 +260,53 @@ def per_run(runs: list[dict], ctx: dict) -> dict[str, list[float]]:
     """Each reported quantity as its list over the repeats, ratios taken within each repeat."""
     n, n_images = len(ctx["texts"]), ctx["n_images"]
     q = {k: [r[k] for r in runs] for k in runs[0]}
-    q["ours_rate"] = [n_images / s for s in q["ours_render_s"]]
-    q["theirs_rate"] = [n_images / s for s in q["theirs_render_s"]]
+    for who in ("ours", "theirs", "png"):
+        render = "png" if who == "png" else f"{who}_render"
+        q[f"{who}_rate"] = [n_images / s for s in q[f"{render}_s"]]
+        q[f"{who}_ms"] = [1e3 * s / n_images for s in q[f"{render}_cpu"]]  # CPU ms per image
     for key in ("ours_bytes", "theirs_bytes"):
         q[key] = [b / n / 1e6 for b in q[key]]  # MB per prompt
     for key in ("ours_image", "theirs_image", "ref_png_bytes"):
         q[key] = [b / 1e3 for b in q[key]]  # KB per image
-    for name, a, b in [("speedup", "theirs_s", "ours_s"), ("ours_x_ref", "ours_s", "reference_s"),
-                       ("theirs_x_ref", "theirs_s", "reference_s"), ("render_x", "ours_rate", "theirs_rate"),
-                       ("bytes_share", "ours_bytes", "theirs_bytes"), ("image_share", "ours_image", "theirs_image")]:
-        q[name] = [x / y for x, y in zip(q[a], q[b])]
+    for a, b in [("theirs_s", "ours_s"), ("ours_s", "reference_s"), ("theirs_s", "reference_s"),
+                 ("theirs_cpu", "ours_cpu"), ("ours_cpu", "reference_cpu"), ("theirs_cpu", "reference_cpu"),
+                 ("ours_rate", "theirs_rate"), ("theirs_ms", "ours_ms"), ("ours_ms", "png_ms"),
+                 ("theirs_ms", "png_ms"), ("ours_bytes", "theirs_bytes"), ("ours_image", "theirs_image")]:
+        q[f"{a}/{b}"] = [x / y for x, y in zip(q[a], q[b])]
     return q
 
 
 def table(q: dict[str, list[float]], ctx: dict) -> str:
     """The Markdown table: each tool's range over the repeats, same-run ratios, the references."""
     n_float32 = 4 * 12 * 12 * sum(len(t) ** 2 for b in ctx["batches"] for t in b) / len(ctx["texts"]) / 1e6
-    return "\n".join([
-        f"| {len(ctx['texts'])} prompts, {ctx['n_tokens']:,} tokens, batch {ctx['batch_size']} "
-        "| pattern-lens 0.6.0 (TL 3.9) | this project | same-run ratio | physical reference (same run) |",
-        "|---|---|---|---|---|",
-        f"| compute patterns | {span(q['theirs_s'])} s ({span(q['theirs_x_ref'])}x the reference) "
-        f"| {span(q['ours_s'])} s ({span(q['ours_x_ref'])}x) | {span(q['speedup'])}x (their time / ours) "
-        f"| HF eager forward stopped after the last attention: {span(q['reference_s'])} s |",
-        f"| render `raw` ({ctx['n_images']:,} images, all cores) | {span(q['theirs_rate'], '{:,.0f}')}/s "
-        f"| {span(q['ours_rate'], '{:,.0f}')}/s | {span(q['render_x'], '{:.1f}')}x (our rate / theirs) "
-        f"| palette PNG encode loop: {span(q['ref_png_per_s'], '{:,.0f}')}/s on one core |",
+    rows = [
+        ("compute patterns, wall clock", "{} s ({}x the reference)", "theirs_s", "ours_s", "s",
+         "HF eager forward stopped after the last attention: {} s", "reference_s"),
+        ("compute patterns, CPU time", "{} s ({}x the reference)", "theirs_cpu", "ours_cpu", "cpu",
+         "the same forward: {} s", "reference_cpu"),
+    ]
+    lines = [f"| {len(ctx['texts'])} prompts, {ctx['n_tokens']:,} tokens, batch {ctx['batch_size']} "
+             "| pattern-lens 0.6.0 (TL 3.9) | this project | same-run ratio | physical reference (same run) |",
+             "|---|---|---|---|---|"]
+    for label, cell, theirs, ours, unit, ref_text, ref in rows:
+        lines.append(f"| {label} | {cell.format(span(q[theirs]), span(q[f'{theirs}/{ref}']))} "
+                     f"| {cell.format(span(q[ours]), span(q[f'{ours}/{ref}']))} "
+                     f"| {span(q[f'{theirs}/{ours}'])}x (their time / ours) | {ref_text.format(span(q[ref]))} |")
+    rate = lambda key: span(q[key], "{:,.0f}")  # noqa: E731
+    lines += [
+        f"| render `raw` ({ctx['n_images']:,} images, all cores), wall clock | {rate('theirs_rate')} images/s "
+        f"| {rate('ours_rate')} images/s | {span(q['ours_rate/theirs_rate'], '{:.1f}')}x (our rate / theirs) "
+        f"| palette PNG encode loop, one core: {rate('png_rate')} images/s |",
+        f"| render `raw`, CPU time per image | {span(q['theirs_ms'])} ms ({span(q['theirs_ms/png_ms'], '{:.1f}')}x "
+        f"the reference) | {span(q['ours_ms'])} ms ({span(q['ours_ms/png_ms'], '{:.1f}')}x) "
+        f"| {span(q['theirs_ms/ours_ms'], '{:.1f}')}x (their time / ours) | the same loop: {span(q['png_ms'])} ms |",
         f"| stored patterns per prompt | {span(q['theirs_bytes'])} MB | {span(q['ours_bytes'])} MB "
-        f"| {span(q['bytes_share'], '{:.0%}')} (ours / theirs) | float32 matrices: {n_float32:.2f} MB |",
+        f"| {span(q['ours_bytes/theirs_bytes'], '{:.0%}')} (ours / theirs) | float32 matrices: {n_float32:.2f} MB |",
         f"| bytes per `raw` image | {span(q['theirs_image'])} KB | {span(q['ours_image'])} KB "
-        f"| {span(q['image_share'], '{:.0%}')} (ours / theirs) | Pillow palette PNG: {span(q['ref_png_bytes'])} KB |",
-    ])
+        f"| {span(q['ours_image/theirs_image'], '{:.0%}')} (ours / theirs) "
+        f"| Pillow palette PNG: {span(q['ref_png_bytes'])} KB |",
+    ]
+    return "\n".join(lines)
 
 
 def main() -> None:
