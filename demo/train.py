@@ -1,9 +1,10 @@
-"""Train the bundled demo model: a 2-layer GPT-2 that grows previous-token, duplicate-token and induction heads.
+"""Train the bundled demo model: a 2-layer GPT-2 with a previous-token head and induction heads.
 
-    python demo/train.py                  # ~5 minutes on 2 CPU cores; rewrites demo/model and demo/checkpoints
+    python demo/train.py                  # ~5 minutes on 2 idle CPU cores; rewrites demo/model and demo/checkpoints
 
-Text every Python install has offline (the standard library's docstrings and pydoc's help topics) mixed with sequences of
-random tokens repeated until the row is full: predicting a repeat needs an induction circuit.
+Half of each batch is text every Python install has offline (the standard library's docstrings and
+pydoc's help topics), half random token sequences repeated to the end of the row: predicting the
+repeats needs an induction circuit, which appears abruptly around step 2,000.
 Deterministic (fixed seeds, deterministic kernels, 2 threads); the docstrings differ between Python
 versions, so retraining on another one gives a similar model, not the same bytes.
 Ends with a table of transformer_lens.head_detector.detect_head scores of every saved checkpoint.
@@ -26,8 +27,10 @@ import torch
 DEMO_DIR = Path(__file__).resolve().parent
 SEED = 0
 VOCAB_SIZE = 2000
-SEQ_LEN = 96          # tokens per training row, BOS included
-BATCH_SIZE = 16
+N_CTX = 256
+# (rows, tokens per row, BOS included): short rows while the induction heads form (many rows per step make them
+# form sooner), then rows of the whole context so that every position's embedding is trained
+SHORT_BATCH, LONG_BATCH, LONG_FROM_STEP = (16, 96), (6, N_CTX), 2500
 REPEAT_FRACTION = 0.5  # rows of repeated random tokens; the rest is docstring text
 CHECKPOINT_STEPS = [0, 1000, 2000, 4000]  # untrained, before, during and after the induction heads form
 # Standard-library modules written in Python with plenty of docstrings (a fixed list: same corpus on every run).
@@ -49,7 +52,9 @@ MODULES = [
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--out", type=Path, default=DEMO_DIR, help="writes OUT/model and OUT/checkpoints/step<N>")
-    p.add_argument("--steps", type=int, default=CHECKPOINT_STEPS[-1])
+    p.add_argument("--steps", type=int, default=CHECKPOINT_STEPS[-1], help="training steps (default: %(default)s)")
+    p.add_argument("--checkpoints", type=lambda s: [int(x) for x in s.split(",")], default=CHECKPOINT_STEPS,
+                   help="steps after which to save OUT/checkpoints/step<N>, comma-separated (default: %(default)s)")
     return p.parse_args(argv)
 
 
@@ -93,11 +98,11 @@ def encode_corpus(tokenizer, texts: list[str]) -> torch.Tensor:
     return torch.tensor([i for ids in tokenizer(texts)["input_ids"] for i in ids + [eos]])
 
 
-def make_batch(gen: torch.Generator, corpus: torch.Tensor, bos: int, vocab_size: int) -> torch.Tensor:
-    """BATCH_SIZE rows of BOS + SEQ_LEN - 1 tokens: a corpus slice, or a random sequence repeated to fill the row."""
-    n = SEQ_LEN - 1
+def make_batch(gen: torch.Generator, corpus: torch.Tensor, bos: int, vocab_size: int, shape: tuple[int, int]) -> torch.Tensor:
+    """Rows of BOS + a corpus slice, or BOS + a random sequence repeated to fill the row."""
+    n_rows, n = shape[0], shape[1] - 1
     rows = []
-    for _ in range(BATCH_SIZE):
+    for _ in range(n_rows):
         if torch.rand(1, generator=gen).item() < REPEAT_FRACTION:
             length = int(torch.randint(8, n // 2 + 1, (1,), generator=gen))
             seq = torch.randint(0, vocab_size, (length,), generator=gen)
@@ -117,7 +122,7 @@ def learning_rate(step: int, steps: int, peak: float = 1e-3, warmup: int = 100) 
     return peak * (0.1 + 0.45 * (1 + math.cos(math.pi * (step - warmup) / max(1, steps - warmup))))
 
 
-def induction_score(model, gen: torch.Generator, bos: int, vocab_size: int, length: int = 30) -> list[float]:
+def induction_score(model, gen: torch.Generator, bos: int, vocab_size: int, length: int = (N_CTX - 1) // 2) -> list[float]:
     """Attention of each layer-1 head from the second copy of a repeated random sequence to the induction target."""
     seq = torch.randint(1, vocab_size, (8, length), generator=gen)
     tokens = torch.cat([torch.full((8, 1), bos), seq, seq], dim=1)
@@ -133,14 +138,14 @@ def save_checkpoint(model, tokenizer, path: Path) -> None:
     tokenizer.save_pretrained(path)
 
 
-def train(tokenizer, corpus: torch.Tensor, steps: int, out: Path) -> None:
-    """Train a fresh model for `steps` steps, saving the checkpoints of CHECKPOINT_STEPS on the way and the last one."""
+def train(tokenizer, corpus: torch.Tensor, steps: int, checkpoints: list[int], out: Path) -> None:
+    """Train a fresh model for `steps` steps, saving a checkpoint at each of `checkpoints` and at the last step."""
     from transformers import GPT2Config, GPT2LMHeadModel
     from transformers.utils import logging
 
     logging.disable_progress_bar()
     torch.manual_seed(SEED)
-    config = GPT2Config(vocab_size=len(tokenizer), n_positions=256, n_embd=128, n_layer=2, n_head=4,
+    config = GPT2Config(vocab_size=len(tokenizer), n_positions=N_CTX, n_embd=128, n_layer=2, n_head=4,
                         resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0,
                         bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id)
     config._attn_implementation = "eager"  # attention weights for induction_score
@@ -149,7 +154,7 @@ def train(tokenizer, corpus: torch.Tensor, steps: int, out: Path) -> None:
     gen, eval_gen = torch.Generator().manual_seed(SEED), torch.Generator().manual_seed(SEED + 1)
     bos, start, loss = tokenizer.bos_token_id, time.time(), torch.tensor(float("nan"))
     for step in range(steps + 1):
-        if step in CHECKPOINT_STEPS or step == steps:
+        if step in checkpoints or step == steps:
             save_checkpoint(model, tokenizer, out / "checkpoints" / f"step{step}")
         if step % 250 == 0 or step == steps:
             scores = " ".join(f"{s:.2f}" for s in induction_score(model, eval_gen, bos, len(tokenizer)))
@@ -159,7 +164,7 @@ def train(tokenizer, corpus: torch.Tensor, steps: int, out: Path) -> None:
             break
         for group in opt.param_groups:
             group["lr"] = learning_rate(step, steps)
-        batch = make_batch(gen, corpus, bos, len(tokenizer))
+        batch = make_batch(gen, corpus, bos, len(tokenizer), SHORT_BATCH if step < LONG_FROM_STEP else LONG_BATCH)
         loss = model(batch, labels=batch).loss
         opt.zero_grad(set_to_none=True)
         loss.backward()
@@ -204,7 +209,7 @@ def main(argv=None) -> None:
     corpus = encode_corpus(tokenizer, texts)
     print(f"corpus: {len(texts):,} docstrings, {len(corpus):,} tokens, vocabulary {len(tokenizer):,}"
           f" ({time.time() - start:.0f} s)", flush=True)
-    train(tokenizer, corpus, args.steps, args.out)
+    train(tokenizer, corpus, args.steps, args.checkpoints, args.out)
     dirs = sorted((args.out / "checkpoints").glob("step*"), key=lambda p: int(p.name[4:]))
     print(head_table(dirs, repeated_word_texts()))
     print(f"done in {time.time() - start:.0f} s -> {args.out / 'model'}")
