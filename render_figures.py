@@ -137,7 +137,7 @@ def run_statistic(stat: lens.Figure, attn: np.ndarray, inputs: dict, head: tuple
 
 
 def new_counts() -> dict:
-    return {"images": 0, "skipped": 0, "failed": 0, "stat_failed": 0, "unreadable": 0, "no_norms": 0, "warnings": []}
+    return {"images": 0, "skipped": 0, "failed": 0, "stat_failed": 0, "unreadable": 0, "no_input": 0, "warnings": []}
 
 
 def render_prompt(task: tuple[Path, str, str, bool]) -> dict:
@@ -163,10 +163,12 @@ def render_prompt_heads(save_path: Path, model: str, phash: str, force: bool, co
     norms = None
     if any("value_norms" in f.options["inputs"] for f in figs + stats):
         norms = lens.read_value_norms(save_path, model, phash, shape + (patterns.n_tokens,))
-    if norms is None:  # data computed before value norms, or imported: those figures are not made, no error
-        counts["no_norms"] += len(patterns.heads) * sum(len(f.outputs) for f in figs if "value_norms" in f.options["inputs"])
-        figs = [f for f in figs if "value_norms" not in f.options["inputs"]]
-        stats = [s for s in stats if "value_norms" not in s.options["inputs"]]
+    # Data computed before value norms were stored, or imported from pattern-lens (no token ids either):
+    # what needs a missing input is not made, without an error per head; the summary counts it.
+    missing = {name for name, value in [("token_ids", info.get("token_ids")), ("value_norms", norms)] if value is None}
+    lacking = [f for f in figs + stats if missing & set(f.options["inputs"])]
+    counts["no_input"] += len(patterns.heads) * sum(max(1, len(f.outputs)) for f in lacking)
+    figs, stats = [f for f in figs if f not in lacking], [s for s in stats if s not in lacking]
     values = {s.name: np.full(shape, np.nan) for s in stats}
     for layer, h in patterns.heads:  # compute_activations.py --heads may have kept only some: no image, null stats
         head = (save_path, model, phash, layer, h)
@@ -227,7 +229,7 @@ def render_model(save_path: Path, model: str, hashes: list[str], names: list[str
             for message in counts["warnings"]:
                 bar.write(message, file=sys.stderr)
             add_counts(totals, counts)
-            bar.update(counts["images"] + counts["skipped"] + counts["failed"] + counts["no_norms"])
+            bar.update(counts["images"] + counts["skipped"] + counts["failed"])
     bar.close()
     return totals
 
@@ -243,8 +245,8 @@ def summary_line(totals: dict, seconds: float) -> str:
             + (" (see the .error.txt files)" if totals["failed"] else "")
             + (f", {totals['stat_failed']} statistic values failed" if totals["stat_failed"] else "")
             + (f", {totals['unreadable']} prompt(s) unreadable (see the warnings)" if totals["unreadable"] else "")
-            + (f", {totals['no_norms']} not made: their prompts have no value norms (computed before they were "
-               "stored, or imported; recompute with compute_activations.py --force)" if totals["no_norms"] else ""))
+            + (f", {totals['no_input']} not made: their prompts have no value norms or token ids (computed before "
+               "those were stored, or imported; recompute with compute_activations.py --force)" if totals["no_input"] else ""))
 
 
 def main() -> None:
