@@ -1,10 +1,11 @@
-"""Train the bundled demo model: a 2-layer GPT-2 with a previous-token head and induction heads.
+"""Train the bundled demo model: a 2-layer Pythia-shaped model with a previous-token head and induction heads.
 
     python demo/train.py                  # ~5 minutes on 2 idle CPU cores; rewrites demo/model and demo/checkpoints
 
 Half of each batch is text every Python install has offline (the standard library's docstrings and
 pydoc's help topics), half random token sequences repeated to the end of the row: predicting the
-repeats needs an induction circuit, which appears abruptly around step 2,000.
+repeats needs an induction circuit, which appears abruptly around step 1,500. No BOS, as Pythia (and
+TransformerLens's default for GPT-NeoX models, so that compute_activations.py sees what training saw).
 Deterministic (fixed seeds, deterministic kernels, 2 threads); the docstrings differ between Python
 versions, so retraining on another one gives a similar model, not the same bytes.
 Ends with a table of transformer_lens.head_detector.detect_head scores of every saved checkpoint.
@@ -28,11 +29,11 @@ DEMO_DIR = Path(__file__).resolve().parent
 SEED = 0
 VOCAB_SIZE = 2000
 N_CTX = 256
-# (rows, tokens per row, BOS included): short rows while the induction heads form (many rows per step make them
-# form sooner), then rows of the whole context so that every position's embedding is trained
+# (rows, tokens per row): short rows while the induction heads form (many rows per step make them form sooner),
+# then rows of the whole context for attention over long distances
 SHORT_BATCH, LONG_BATCH, LONG_FROM_STEP = (16, 96), (6, N_CTX), 2500
 REPEAT_FRACTION = 0.5  # rows of repeated random tokens; the rest is docstring text
-CHECKPOINT_STEPS = [0, 1000, 2000, 4000]  # untrained, before, during and after the induction heads form
+CHECKPOINT_STEPS = [0, 1000, 2000, 4000]  # untrained, before, just after and long after the induction heads form
 # Standard-library modules written in Python with plenty of docstrings (a fixed list: same corpus on every run).
 MODULES = [
     "abc", "argparse", "ast", "asyncio", "base64", "bdb", "bisect", "calendar", "cmd", "codecs", "collections",
@@ -98,20 +99,19 @@ def encode_corpus(tokenizer, texts: list[str]) -> torch.Tensor:
     return torch.tensor([i for ids in tokenizer(texts)["input_ids"] for i in ids + [eos]])
 
 
-def make_batch(gen: torch.Generator, corpus: torch.Tensor, bos: int, vocab_size: int, shape: tuple[int, int]) -> torch.Tensor:
-    """Rows of BOS + a corpus slice, or BOS + a random sequence repeated to fill the row."""
-    n_rows, n = shape[0], shape[1] - 1
+def make_batch(gen: torch.Generator, corpus: torch.Tensor, eos: int, vocab_size: int, shape: tuple[int, int]) -> torch.Tensor:
+    """Rows of a corpus slice, or of a random sequence repeated to fill the row; no BOS, as Pythia was trained."""
+    n_rows, n = shape
     rows = []
     for _ in range(n_rows):
         if torch.rand(1, generator=gen).item() < REPEAT_FRACTION:
             length = int(torch.randint(8, n // 2 + 1, (1,), generator=gen))
             seq = torch.randint(0, vocab_size, (length,), generator=gen)
-            seq[seq == bos] = 1
-            body = seq.repeat(n // length + 1)[:n]
+            seq[seq == eos] = 1
+            rows.append(seq.repeat(n // length + 1)[:n])
         else:
             start = int(torch.randint(0, len(corpus) - n, (1,), generator=gen))
-            body = corpus[start:start + n]
-        rows.append(torch.cat([torch.tensor([bos]), body]))
+            rows.append(corpus[start:start + n])
     return torch.stack(rows)
 
 
@@ -122,13 +122,12 @@ def learning_rate(step: int, steps: int, peak: float = 1e-3, warmup: int = 100) 
     return peak * (0.1 + 0.45 * (1 + math.cos(math.pi * (step - warmup) / max(1, steps - warmup))))
 
 
-def induction_score(model, gen: torch.Generator, bos: int, vocab_size: int, length: int = (N_CTX - 1) // 2) -> list[float]:
+def induction_score(model, gen: torch.Generator, vocab_size: int, length: int = N_CTX // 2) -> list[float]:
     """Attention of each layer-1 head from the second copy of a repeated random sequence to the induction target."""
     seq = torch.randint(1, vocab_size, (8, length), generator=gen)
-    tokens = torch.cat([torch.full((8, 1), bos), seq, seq], dim=1)
     with torch.no_grad():
-        attn = model(tokens, output_attentions=True).attentions[-1]  # [batch, head, q, k]
-    q = torch.arange(length + 1, 2 * length + 1)
+        attn = model(torch.cat([seq, seq], dim=1), output_attentions=True).attentions[-1]  # [batch, head, q, k]
+    q = torch.arange(length, 2 * length)
     return attn[:, :, q, q - length + 1].mean(dim=(0, 2)).tolist()
 
 
@@ -140,31 +139,34 @@ def save_checkpoint(model, tokenizer, path: Path) -> None:
 
 def train(tokenizer, corpus: torch.Tensor, steps: int, checkpoints: list[int], out: Path) -> None:
     """Train a fresh model for `steps` steps, saving a checkpoint at each of `checkpoints` and at the last step."""
-    from transformers import GPT2Config, GPT2LMHeadModel
+    from transformers import GPTNeoXConfig, GPTNeoXForCausalLM
     from transformers.utils import logging
 
     logging.disable_progress_bar()
     torch.manual_seed(SEED)
-    config = GPT2Config(vocab_size=len(tokenizer), n_positions=N_CTX, n_embd=128, n_layer=2, n_head=4,
-                        resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0,
-                        bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id)
+    # GPT-NeoX for its rotary positions: a previous-token head is then one rule at every position. A GPT-2 with
+    # learned positions, trained the same way, grew one that worked only within the first ~60 positions.
+    config = GPTNeoXConfig(vocab_size=len(tokenizer), max_position_embeddings=N_CTX, hidden_size=128,
+                           num_hidden_layers=2, num_attention_heads=4, intermediate_size=512,
+                           tie_word_embeddings=True,  # half the bytes of a checkpoint
+                           bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id)
     config._attn_implementation = "eager"  # attention weights for induction_score
-    model = GPT2LMHeadModel(config)
+    model = GPTNeoXForCausalLM(config)
     opt = torch.optim.AdamW(model.parameters(), lr=1e-3, betas=(0.9, 0.95), weight_decay=0.1)
     gen, eval_gen = torch.Generator().manual_seed(SEED), torch.Generator().manual_seed(SEED + 1)
-    bos, start, loss = tokenizer.bos_token_id, time.time(), torch.tensor(float("nan"))
+    eos, start, loss = tokenizer.eos_token_id, time.time(), torch.tensor(float("nan"))
     for step in range(steps + 1):
         if step in checkpoints or step == steps:
             save_checkpoint(model, tokenizer, out / "checkpoints" / f"step{step}")
         if step % 250 == 0 or step == steps:
-            scores = " ".join(f"{s:.2f}" for s in induction_score(model, eval_gen, bos, len(tokenizer)))
+            scores = " ".join(f"{s:.2f}" for s in induction_score(model, eval_gen, len(tokenizer)))
             print(f"step {step:5d}  loss {loss.item():.3f}  "
                   f"layer-1 induction attention {scores}  {time.time() - start:.0f} s", flush=True)
         if step == steps:
             break
         for group in opt.param_groups:
             group["lr"] = learning_rate(step, steps)
-        batch = make_batch(gen, corpus, bos, len(tokenizer), SHORT_BATCH if step < LONG_FROM_STEP else LONG_BATCH)
+        batch = make_batch(gen, corpus, eos, len(tokenizer), SHORT_BATCH if step < LONG_FROM_STEP else LONG_BATCH)
         loss = model(batch, labels=batch).loss
         opt.zero_grad(set_to_none=True)
         loss.backward()

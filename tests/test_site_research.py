@@ -23,8 +23,7 @@ FINAL = MODELS[-1]
 @pytest.fixture(scope="session")
 def _demo_site(tmp_path_factory) -> Path:
     """compute_activations.py demo --checkpoint <every step> on 4 prompts, then render_figures.py."""
-    if len(STEPS) < 2:
-        pytest.skip("demo/checkpoints holds fewer than two checkpoints")
+    assert len(STEPS) >= 2, "demo/checkpoints holds fewer than two checkpoints"
     tmp = tmp_path_factory.mktemp("demo")
     proc = subprocess.run([sys.executable, str(ROOT / "compute_activations.py"), "demo", str(ROOT / "prompts.jsonl"),
                            "--checkpoint", ",".join(map(str, STEPS)), "--n-samples", "4", "--save-path", "data"],

@@ -152,8 +152,6 @@ def test_scores_equal_detect_head_on_random_model(tiny_checkpoint, tmp_path):
 
 
 def test_scores_equal_detect_head_on_demo_model(tmp_path):
-    if not DEMO.is_dir():
-        pytest.skip(f"no demo model yet ({DEMO.relative_to(ROOT)} does not exist)")
     words = "the of and to in is for that with as on by it be from this are".split()
     assert_equal_to_detect_head(DEMO, repeated_texts(words), tmp_path)
 

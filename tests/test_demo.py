@@ -1,0 +1,157 @@
+"""The bundled demo model: the README's offline first run end to end, and the heads it is known to have."""
+import json
+from collections import Counter
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import lens
+
+ROOT = Path(__file__).resolve().parent.parent
+DEMO = ROOT / "demo"
+# The heads demo/train.py grew (its closing table): one previous-token head in layer 0; every layer-1 head is an
+# induction head, two of them sharper than the others.
+PREVIOUS_TOKEN_HEAD = (0, 1)
+INDUCTION_HEADS = [(1, 0), (1, 1), (1, 2), (1, 3)]
+SHARPEST_INDUCTION_HEADS = [(1, 2), (1, 3)]
+
+
+def run(script: str, *args: str, cwd: Path) -> subprocess.CompletedProcess:
+    done = subprocess.run([sys.executable, str(ROOT / script), *args], cwd=cwd, capture_output=True, text=True,
+                          timeout=300)
+    assert done.returncode == 0, done.stderr
+    return done
+
+
+def repeated_texts() -> list[str]:
+    """The repeated-random prompts of prompts.jsonl: 25 random words, then the same 25 again."""
+    rows = [json.loads(line) for line in (ROOT / "prompts.jsonl").read_text().splitlines()]
+    return [r["text"] for r in rows if r.get("meta", {}).get("kind") == "repeated-random"]
+
+
+def top_heads(scores, k: int) -> list[tuple[int, int]]:
+    """The k heads with the highest scores, best first."""
+    scores = np.asarray(scores)
+    order = np.argsort(-scores, axis=None, kind="stable")[:k]
+    return [tuple(int(i) for i in np.unravel_index(o, scores.shape)) for o in order]
+
+
+def detect_head_scores(model_dir: Path) -> dict[str, np.ndarray]:
+    """transformer_lens.head_detector.detect_head, the oracle, on the repeated prompts: {head name: [layer, head]}."""
+    import compute_activations
+    from transformer_lens.head_detector import HEAD_NAMES, detect_head
+    model = compute_activations.load_model(str(model_dir), "cpu", "float32")
+    return {name: detect_head(model, repeated_texts(), name).numpy() for name in HEAD_NAMES}
+
+
+@pytest.fixture(scope="module")
+def demo_data(tmp_path_factory) -> Path:
+    """The README's first run on the demo model, step by step as a user types it, into a temporary data dir."""
+    data = tmp_path_factory.mktemp("demo") / "attn_data"
+    run("compute_activations.py", "demo", "prompts.jsonl", "--save-path", str(data), cwd=ROOT)
+    run("render_figures.py", "--save-path", str(data), "--jobs", "2", cwd=ROOT)
+    run("build_index.py", "--save-path", str(data), cwd=ROOT)
+    return data
+
+
+def test_first_run_writes_everything_the_site_reads(demo_data):
+    [model] = [json.loads(line) for line in (demo_data / "models.jsonl").read_text().splitlines()]
+    assert (model["n_layers"], model["n_heads"], model["n_prompts"]) == (2, 4, len(repeated_texts()) + 26)
+    assert (demo_data / "index.html").is_file() and (demo_data / "figures.jsonl").is_file()
+    prompts = [json.loads(line) for line in (demo_data / model["model_dir"] / "prompts.jsonl").read_text().splitlines()]
+    for p in prompts:
+        folder = lens.prompt_dir(demo_data, model["model_dir"], p["hash"])
+        assert "".join(p["tokens"]) == p["text"] and len(p["tokens"]) == p["n_tokens"]  # no BOS, as Pythia
+        assert all((folder / f"L{l}" / f"H{h}" / "raw.svg").is_file() for l in range(2) for h in range(4))
+        assert not list(folder.rglob("*.error.txt"))
+
+
+def repeat_period(ids: list[int]) -> int:
+    """The shift d at which the token sequence best matches itself: the length of the repeated part in tokens.
+
+    Not (len - 1) / 2: the first copy's first word has no leading space, so it tokenises differently."""
+    return max(range(len(ids) // 3, len(ids) - 1), key=lambda d: sum(a == b for a, b in zip(ids[d:], ids)))
+
+
+def test_stored_patterns_show_the_induction_heads(demo_data):
+    """On a repeated prompt, an induction head's stored pattern puts its weight one past the earlier copy of the
+    query's token (for tokens that occur once in the first copy, so that the target is unambiguous); layer 0 does not."""
+    model_dir = json.loads((demo_data / "models.jsonl").read_text().splitlines()[0])["model_dir"]
+    for text in repeated_texts():
+        prompt = json.loads((lens.prompt_dir(demo_data, model_dir, lens.prompt_hash(text)) / "prompt.json").read_text())
+        ids = prompt["token_ids"]
+        d = repeat_period(ids)
+        counts = Counter(ids[:d])
+        queries = np.array([q for q in range(d, len(ids)) if ids[q] == ids[q - d] and counts[ids[q]] == 1])
+        assert len(queries) >= 10, text
+        patterns = lens.load_patterns(demo_data, model_dir, prompt["hash"])
+        weight = np.array([[patterns.head(layer, head)[queries, queries - d + 1].mean() for head in range(4)]
+                           for layer in range(2)])
+        assert all(weight[h] > 0.25 for h in INDUCTION_HEADS), (text, weight)
+        assert all(weight[h] > 0.6 for h in SHARPEST_INDUCTION_HEADS), (text, weight)
+        assert weight[0].max() < 0.05, (text, weight)
+
+
+def test_stored_patterns_show_the_previous_token_head(demo_data):
+    """On every prompt, text and repeated alike, one layer-0 head puts most of its attention on the previous token."""
+    model_dir = json.loads((demo_data / "models.jsonl").read_text().splitlines()[0])["model_dir"]
+    for line in (demo_data / model_dir / "prompts.jsonl").read_text().splitlines():
+        prompt = json.loads(line)
+        patterns = lens.load_patterns(demo_data, model_dir, prompt["hash"])
+        rows = np.arange(1, prompt["n_tokens"])
+        previous = np.array([patterns.head(0, h)[rows, rows - 1] for h in range(4)])
+        assert previous[PREVIOUS_TOKEN_HEAD[1]].mean() > 0.6, prompt["text"]
+        assert np.delete(previous, PREVIOUS_TOKEN_HEAD[1], axis=0).mean(axis=1).max() < 0.25, prompt["text"]
+
+
+def test_stored_statistics_rank_the_known_heads_first(demo_data):
+    """render_figures.py's per-prompt statistics, averaged over the repeated prompts, agree with the oracle's ranking."""
+    model_dir = json.loads((demo_data / "models.jsonl").read_text().splitlines()[0])["model_dir"]
+    stats = [json.loads((lens.prompt_dir(demo_data, model_dir, lens.prompt_hash(t)) / "stats.json").read_text())
+             for t in repeated_texts()]
+    mean = {name: np.mean([s[name] for s in stats], axis=0) for name in stats[0]}
+    assert top_heads(mean["previous_token_head"], 1) == [PREVIOUS_TOKEN_HEAD]
+    assert sorted(top_heads(mean["induction_head"], len(INDUCTION_HEADS))) == INDUCTION_HEADS
+    oracle = detect_head_scores(DEMO / "model")
+    for name, scores in oracle.items():  # detect_head averages over prompts too
+        np.testing.assert_allclose(mean[name], scores, atol=1e-4)
+
+
+def test_detect_head_ranks_the_known_heads_first():
+    scores = detect_head_scores(DEMO / "model")
+    prev, induction = scores["previous_token_head"], scores["induction_head"]
+    assert top_heads(prev, 1) == [PREVIOUS_TOKEN_HEAD]
+    assert prev[PREVIOUS_TOKEN_HEAD] > 0.8  # a perfect previous-token head scores (n - 1) / n
+    assert np.sort(prev, axis=None)[-2] < 0.2
+    # a perfect induction head scores about 0.5: detect_head counts every row, and only the second copy's match
+    assert sorted(top_heads(induction, len(INDUCTION_HEADS))) == INDUCTION_HEADS
+    assert min(induction[h] for h in INDUCTION_HEADS) > 0.3
+    assert min(induction[h] for h in SHARPEST_INDUCTION_HEADS) > 0.5
+    assert induction[0].max() < 0.05
+
+
+def test_induction_heads_form_during_training():
+    """The untrained checkpoint has none; the last one has them and equals demo/model."""
+    steps = sorted(int(p.name[4:]) for p in (DEMO / "checkpoints").glob("step*"))
+    assert steps[0] == 0 and len(steps) >= 3
+    first, last = (detect_head_scores(DEMO / "checkpoints" / f"step{s}") for s in (steps[0], steps[-1]))
+    assert first["induction_head"].max() < 0.05 and first["previous_token_head"].max() < 0.05
+    assert sorted(top_heads(last["induction_head"], len(INDUCTION_HEADS))) == INDUCTION_HEADS
+    assert last["induction_head"].max() > 0.5 and last["previous_token_head"].max() > 0.8
+    last_dir = DEMO / "checkpoints" / f"step{steps[-1]}"
+    assert (last_dir / "model.safetensors").read_bytes() == (DEMO / "model" / "model.safetensors").read_bytes()
+
+
+def test_demo_fits_in_8_mb():
+    assert sum(p.stat().st_size for p in DEMO.rglob("*") if p.is_file()) <= 8e6
+
+
+def test_training_is_deterministic(tmp_path):
+    """Two short runs of demo/train.py write the same bytes."""
+    for out in ["a", "b"]:
+        run("demo/train.py", "--steps", "3", "--out", str(tmp_path / out), cwd=tmp_path)
+    for name in ["checkpoints/step0/model.safetensors", "model/model.safetensors", "model/tokenizer.json"]:
+        assert (tmp_path / "a" / name).read_bytes() == (tmp_path / "b" / name).read_bytes()
