@@ -1,6 +1,6 @@
 """Train the bundled demo model: a 2-layer Pythia-shaped model with a previous-token head and induction heads.
 
-    python demo/train.py                  # ~5 minutes on 2 idle CPU cores; rewrites demo/model and demo/checkpoints
+    python demo/train.py                  # ~4 minutes on 2 idle CPU cores; rewrites demo/model and demo/checkpoints
 
 Half of each batch is text every Python install has offline (the standard library's docstrings and
 pydoc's help topics), half random token sequences repeated to the end of the row: predicting the

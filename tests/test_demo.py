@@ -17,6 +17,7 @@ DEMO = ROOT / "demo"
 PREVIOUS_TOKEN_HEAD = (0, 1)
 INDUCTION_HEADS = [(1, 0), (1, 1), (1, 2), (1, 3)]
 SHARPEST_INDUCTION_HEADS = [(1, 2), (1, 3)]
+MODEL = lens.model_dir_name("demo")
 
 
 def run(script: str, *args: str, cwd: Path) -> subprocess.CompletedProcess:
@@ -26,8 +27,12 @@ def run(script: str, *args: str, cwd: Path) -> subprocess.CompletedProcess:
     return done
 
 
+def read_jsonl(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
 def prompt_rows() -> list[dict]:
-    return [json.loads(line) for line in (ROOT / "prompts.jsonl").read_text().splitlines()]
+    return read_jsonl(ROOT / "prompts.jsonl")
 
 
 def repeated_texts() -> list[str]:
@@ -60,13 +65,18 @@ def demo_data(tmp_path_factory) -> Path:
     return data
 
 
+@pytest.fixture(scope="module")
+def final_scores() -> dict[str, np.ndarray]:
+    return detect_head_scores(DEMO / "model")
+
+
 def test_first_run_writes_everything_the_site_reads(demo_data):
-    [model] = [json.loads(line) for line in (demo_data / "models.jsonl").read_text().splitlines()]
-    assert (model["n_layers"], model["n_heads"], model["n_prompts"]) == (2, 4, len({r["text"] for r in prompt_rows()}))
-    assert (demo_data / "index.html").is_file() and (demo_data / "figures.jsonl").is_file()
-    prompts = [json.loads(line) for line in (demo_data / model["model_dir"] / "prompts.jsonl").read_text().splitlines()]
-    for p in prompts:
-        folder = lens.prompt_dir(demo_data, model["model_dir"], p["hash"])
+    [model] = read_jsonl(lens.models_path(demo_data))
+    assert (model["model_dir"], model["n_layers"], model["n_heads"], model["n_prompts"]) == \
+        (MODEL, 2, 4, len({r["text"] for r in prompt_rows()}))
+    assert (demo_data / "index.html").is_file() and lens.figures_path(demo_data).is_file()
+    for p in read_jsonl(lens.prompts_path(demo_data, MODEL)):
+        folder = lens.prompt_dir(demo_data, MODEL, p["hash"])
         assert "".join(p["tokens"]) == p["text"] and len(p["tokens"]) == p["n_tokens"]  # no BOS, as Pythia
         assert all((folder / f"L{l}" / f"H{h}" / "raw.svg").is_file() for l in range(2) for h in range(4))
         assert not list(folder.rglob("*.error.txt"))
@@ -82,15 +92,14 @@ def repeat_period(ids: list[int]) -> int:
 def test_stored_patterns_show_the_induction_heads(demo_data):
     """On a repeated prompt, an induction head's stored pattern puts its weight one past the earlier copy of the
     query's token (for tokens that occur once in the first copy, so that the target is unambiguous); layer 0 does not."""
-    model_dir = json.loads((demo_data / "models.jsonl").read_text().splitlines()[0])["model_dir"]
     for text in repeated_texts():
-        prompt = json.loads((lens.prompt_dir(demo_data, model_dir, lens.prompt_hash(text)) / "prompt.json").read_text())
+        prompt = json.loads(lens.prompt_json_path(demo_data, MODEL, lens.prompt_hash(text)).read_text())
         ids = prompt["token_ids"]
         d = repeat_period(ids)
         counts = Counter(ids[:d])
         queries = np.array([q for q in range(d, len(ids)) if ids[q] == ids[q - d] and counts[ids[q]] == 1])
         assert len(queries) >= 10, text
-        patterns = lens.load_patterns(demo_data, model_dir, prompt["hash"])
+        patterns = lens.load_patterns(demo_data, MODEL, prompt["hash"])
         weight = np.array([[patterns.head(layer, head)[queries, queries - d + 1].mean() for head in range(4)]
                            for layer in range(2)])
         assert all(weight[h] > 0.25 for h in INDUCTION_HEADS), (text, weight)
@@ -100,32 +109,27 @@ def test_stored_patterns_show_the_induction_heads(demo_data):
 
 def test_stored_patterns_show_the_previous_token_head(demo_data):
     """On every prompt, text and repeated alike, one layer-0 head puts most of its attention on the previous token."""
-    model_dir = json.loads((demo_data / "models.jsonl").read_text().splitlines()[0])["model_dir"]
-    for line in (demo_data / model_dir / "prompts.jsonl").read_text().splitlines():
-        prompt = json.loads(line)
-        patterns = lens.load_patterns(demo_data, model_dir, prompt["hash"])
+    for prompt in read_jsonl(lens.prompts_path(demo_data, MODEL)):
+        patterns = lens.load_patterns(demo_data, MODEL, prompt["hash"])
         rows = np.arange(1, prompt["n_tokens"])
         previous = np.array([patterns.head(0, h)[rows, rows - 1] for h in range(4)])
         assert previous[PREVIOUS_TOKEN_HEAD[1]].mean() > 0.6, prompt["text"]
         assert np.delete(previous, PREVIOUS_TOKEN_HEAD[1], axis=0).mean(axis=1).max() < 0.25, prompt["text"]
 
 
-def test_stored_statistics_rank_the_known_heads_first(demo_data):
+def test_stored_statistics_rank_the_known_heads_first(demo_data, final_scores):
     """render_figures.py's per-prompt statistics, averaged over the repeated prompts, agree with the oracle's ranking."""
-    model_dir = json.loads((demo_data / "models.jsonl").read_text().splitlines()[0])["model_dir"]
-    stats = [json.loads((lens.prompt_dir(demo_data, model_dir, lens.prompt_hash(t)) / "stats.json").read_text())
+    stats = [json.loads(lens.prompt_stats_path(demo_data, MODEL, lens.prompt_hash(t)).read_text())
              for t in repeated_texts()]
     mean = {name: np.mean([s[name] for s in stats], axis=0) for name in stats[0]}
     assert top_heads(mean["previous_token_head"], 1) == [PREVIOUS_TOKEN_HEAD]
     assert sorted(top_heads(mean["induction_head"], len(INDUCTION_HEADS))) == INDUCTION_HEADS
-    oracle = detect_head_scores(DEMO / "model")
-    for name, scores in oracle.items():  # detect_head averages over prompts too
+    for name, scores in final_scores.items():  # detect_head averages over prompts too
         np.testing.assert_allclose(mean[name], scores, atol=1e-4)
 
 
-def test_detect_head_ranks_the_known_heads_first():
-    scores = detect_head_scores(DEMO / "model")
-    prev, induction = scores["previous_token_head"], scores["induction_head"]
+def test_detect_head_ranks_the_known_heads_first(final_scores):
+    prev, induction = final_scores["previous_token_head"], final_scores["induction_head"]
     assert top_heads(prev, 1) == [PREVIOUS_TOKEN_HEAD]
     assert prev[PREVIOUS_TOKEN_HEAD] > 0.8  # a perfect previous-token head scores (n - 1) / n
     assert np.sort(prev, axis=None)[-2] < 0.2
