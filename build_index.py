@@ -13,8 +13,11 @@ of shards run on several machines once they are copied into one data dir.
 compute_activations.py and render_figures.py run it when they finish.
 """
 import contextlib
+import inspect
+import json
 import os
 import sys
+import warnings
 import zipfile
 import zlib
 from pathlib import Path
@@ -70,25 +73,195 @@ def colormaps_json() -> bytes:
                             for name in lens.COLORMAPS})
 
 
+# ---- Statistic aggregates: what the heads page reads, none of it growing with the number of prompts ----
+
+QUANTILES = (0.05, 0.25, 0.5, 0.75, 0.95)
+SNIPPET_CHARS = 200  # of a prompt's text in heads.json
+
+
+def write_stat_aggregates(save_path: Path, model: str, hashes: list[str], tables: dict[str, np.ndarray],
+                          docs: dict[str, str], prompts: dict[str, dict], top_k: int = 10, bins: int = 32) -> None:
+    """Each statistic's float32 [prompts (sorted hashes), layers, heads] table (NaN: no value) as stats/<name>.f32,
+    its heads' histograms and top/bottom prompts as stats/<name>.heads.json, and per-head summaries as stats.json.
+
+    `prompts` holds {"text", "n_tokens", "stored"} per hash; heads.json keeps those of the listed prompts."""
+    n_layers, n_heads = next(iter(tables.values())).shape[1:]
+    out = {"n_prompts": len(hashes), "n_layers": n_layers, "n_heads": n_heads, "top_k": top_k, "stats": {}}
+    for name, table in tables.items():
+        if table.shape != (len(hashes), n_layers, n_heads):
+            raise ValueError(f"{name}: table of shape {table.shape} for {len(hashes)} prompts x {n_layers} x {n_heads}")
+        table = np.where(np.isfinite(table), table, np.nan).astype("<f4")
+        lens.write_atomic(lens.stat_table_path(save_path, model, name), table.tobytes())
+        heads = stat_heads(table, hashes, prompts, top_k, bins)
+        lens.write_atomic(lens.stat_heads_path(save_path, model, name),
+                          json.dumps(heads, ensure_ascii=False, separators=(",", ":")))
+        out["stats"][name] = {"doc": docs.get(name, ""), **stat_summary(table)}
+    lens.write_json(lens.stats_path(save_path, model), out)  # last: it names the statistics written above
+
+
+def stat_summary(table: np.ndarray) -> dict:
+    """Per head over prompts, as [layer][head] lists: mean, std, min, max, quantiles (null where no prompt
+    has a value) and the count of prompts with a value."""
+    count = np.isfinite(table).sum(0)
+    values = table if len(table) else np.full((1, *table.shape[1:]), np.nan, table.dtype)
+    with warnings.catch_warnings():  # a head without values is NaN, written as null
+        warnings.simplefilter("ignore", RuntimeWarning)
+        quantiles = np.nanquantile(values, QUANTILES, axis=0)
+        summary = {"mean": np.nanmean(values, 0, dtype=np.float64), "std": np.nanstd(values, 0, dtype=np.float64),
+                   "min": np.nanmin(values, 0), "max": np.nanmax(values, 0)}
+    return {**{k: lens._nulls(v) for k, v in summary.items()}, "count": count.tolist(),
+            "quantiles": {str(q): lens._nulls(v) for q, v in zip(QUANTILES, quantiles)}}
+
+
+def stat_heads(table: np.ndarray, hashes: list[str], prompts: dict[str, dict], top_k: int, bins: int) -> dict:
+    """heads.json: per head its histogram over prompts and its top_k highest and lowest prompts."""
+    heads, listed = [], set()
+    for layer in range(table.shape[1]):
+        heads.append([])
+        for head in range(table.shape[2]):
+            column = table[:, layer, head]
+            rows = np.flatnonzero(np.isfinite(column))
+            top, bottom = (extremes(rows, column[rows], top_k, highest) for highest in (True, False))
+            listed.update(r for r, _ in top + bottom)
+            heads[-1].append({"hist": histogram(column[rows], bins),
+                              "top": [[hashes[r], v] for r, v in top], "bottom": [[hashes[r], v] for r, v in bottom]})
+    snippets = {hashes[r]: prompts.get(hashes[r]) for r in sorted(listed)}
+    return {"bins": bins, "heads": heads, "prompts": {
+        h: {"text": p["text"][:SNIPPET_CHARS], "n_tokens": p["n_tokens"], "stored": p["stored"]}
+        for h, p in snippets.items() if p is not None}}
+
+
+def extremes(rows: np.ndarray, values: np.ndarray, k: int, highest: bool) -> list[tuple[int, float]]:
+    """The k (row, value) pairs of the highest (or lowest) values, best first; tied values in row (hash) order."""
+    key = -values if highest else values
+    if len(key) > k > 0:  # the candidates: every value at least as good as the k-th best, ties included
+        keep = key <= np.partition(key, k - 1)[k - 1]
+        rows, values, key = rows[keep], values[keep], key[keep]
+    order = np.lexsort((rows, key))[:k]
+    return [(int(r), float(v)) for r, v in zip(rows[order], values[order])]
+
+
+def histogram(values: np.ndarray, bins: int) -> dict | None:
+    """Counts in `bins` equal bins from the lowest value to the highest (all in the first when they are equal)."""
+    if not len(values):
+        return None
+    lo, hi = float(values.min()), float(values.max())
+    counts = np.histogram(values, bins, (lo, hi))[0] if hi > lo else np.eye(bins, dtype=int)[0] * len(values)
+    return {"lo": lo, "hi": hi, "counts": counts.tolist()}
+
+
+# ---- Merging statistics: every compute run's parts (shards copied together), and stored prompts' stats.json ----
+
+def merged_stats(save_path: Path, model: str, shape: tuple[int, int]) -> tuple[list[str], dict[str, np.ndarray], dict]:
+    """Every prompt's statistics: the sorted hashes (of the parts' prompts and the stored prompts, the prompt
+    index's rows), {name: float32 [prompts, layers, heads], NaN where missing}, and the parts' rows by hash.
+
+    A prompt in several parts (a run recomputed it) takes its first part's values, in part name order, so
+    the result does not depend on which shard ran first; stored prompts' stats.json (render_figures.py's
+    statistics) fill in the statistics no part has."""
+    parts = lens.read_parts(save_path, model)
+    rows, first = {}, []
+    for part in parts:
+        keep = [r for r, row in enumerate(part.rows) if row["hash"] not in rows]
+        rows.update((part.rows[r]["hash"], part.rows[r]) for r in keep)
+        first.append(keep)
+    stored = lens.finished_prompts(save_path, model)
+    hashes = sorted(set(rows) | set(stored))
+    position = {h: i for i, h in enumerate(hashes)}
+    names = list(dict.fromkeys(name for part in parts for name in part.stats))
+    tables = {name: np.full((len(hashes), *shape), np.nan, np.float32) for name in names}
+    for part, keep in zip(parts, first):
+        if (part.values.shape[2:]) != shape:
+            raise lens.UserError(f"{part.path}: statistics of {part.values.shape[2]} x {part.values.shape[3]} heads, "
+                                 f"but the model has {shape[0]} x {shape[1]}")
+        at = np.array([position[part.rows[r]["hash"]] for r in keep], int)
+        for s, name in enumerate(part.stats):
+            tables[name][at] = part.values[keep, s]
+    for h in stored:
+        for name, values in read_rendered_stats(save_path, model, h, shape).items():
+            table = tables.setdefault(name, np.full((len(hashes), *shape), np.nan, np.float32))
+            if np.isnan(table[position[h]]).all():
+                table[position[h]] = values
+    return hashes, tables, rows
+
+
+def read_rendered_stats(save_path: Path, model: str, phash: str, shape: tuple[int, int]) -> dict[str, np.ndarray]:
+    """A stored prompt's stats.json (render_figures.py); {} when it has none, a warning when it is unreadable."""
+    try:
+        return lens.read_prompt_stats(save_path, model, phash, shape)
+    except lens.UserError as e:
+        print(f"build_index.py: warning: {e}; left out of the statistics", file=sys.stderr)
+        return {}
+
+
+def write_model_stats(save_path: Path, model: str, cfg: dict, figures: dict[str, lens.Figure]) -> int:
+    """Merge a model's statistics and write the aggregates the site reads; returns the number of statistics."""
+    shape = (cfg["n_layers"], cfg["n_heads"])
+    hashes, tables, rows = merged_stats(save_path, model, shape)
+    if not tables:
+        return 0
+    order = [n for n in figures if n in tables] + sorted(set(tables) - set(figures))
+    docs = {name: inspect.getdoc(figures[name].func) or "" for name in order if name in figures}
+    stored = set(lens.finished_prompts(save_path, model))
+    prompts = {h: {"text": rows[h]["text"], "n_tokens": rows[h]["n_tokens"], "stored": h in stored}
+               for h in hashes if h in rows}
+    for h in stored - set(rows):  # stored prompts no compute run recorded (imported, or older runs)
+        info = lens.read_json(lens.prompt_json_path(save_path, model, h))
+        prompts[h] = {"text": info["text"], "n_tokens": info["n_tokens"], "stored": True}
+    write_stat_aggregates(save_path, model, hashes, {n: tables[n] for n in order}, docs, prompts)
+    return len(order)
+
+
+def top_prompts(save_path: Path, model_name: str, k: int, stat_spec: str | None) -> tuple[list[dict], str]:
+    """compute_activations.py --top K: the prompts among each head's K highest and K lowest by the statistics
+    computed so far (the lists heads.json shows), as prompts to store the patterns of."""
+    model = lens.model_dir_name(model_name)
+    cfg_path = lens.model_cfg_path(save_path, model)
+    if not cfg_path.is_file() or not lens.read_parts(save_path, model):
+        raise lens.UserError(f"--top {k}: no statistics of {model_name} in {save_path} yet; compute them first: "
+                             f"python compute_activations.py {model_name} PROMPTS --patterns none")
+    cfg = lens.read_json(cfg_path)
+    hashes, tables, rows = merged_stats(save_path, model, (cfg["n_layers"], cfg["n_heads"]))
+    names = [n.strip() for n in (stat_spec or ",".join(tables)).split(",") if n.strip()]
+    unknown = [n for n in names if n not in tables]
+    if unknown or not names:
+        raise lens.UserError(f"--stat {stat_spec}: no statistic {unknown[0] if unknown else ''!r} "
+                             f"(computed: {', '.join(tables)})")
+    chosen = set()
+    for name in names:
+        table = tables[name]
+        for layer in range(table.shape[1]):
+            for head in range(table.shape[2]):
+                column = table[:, layer, head]
+                finite = np.flatnonzero(np.isfinite(column))
+                for highest in (True, False):
+                    chosen.update(hashes[r] for r, _ in extremes(finite, column[finite], k, highest))
+    prompts = []
+    for h in sorted(chosen):
+        row = rows.get(h) or lens.read_json(lens.prompt_json_path(save_path, model, h))
+        prompts.append({"text": row["text"], "meta": row.get("meta", {})})
+    return prompts, "all"
+
+
 def build_index(save_path: Path, figures_dir: Path | None = None) -> None:
     """Rebuild models.jsonl, each model's prompts.jsonl, figures.jsonl and colormaps.json, and copy the site."""
     save_path = lens.require_data_dir(save_path)
     names = lens.model_dirs(save_path)
     if not names:
         raise lens.UserError(f"{save_path}: no models (no <model>/model_cfg.json); run compute_activations.py first")
+    figures, errors = lens.load_figures(figures_dir or rendered_figures_dir(save_path))
+    for error in errors:
+        print(f"build_index.py: warning: {error}", file=sys.stderr)
     models, n_prompts, n_unreadable = [], 0, 0
     for name in names:
         cfg = lens.read_json(lens.model_cfg_path(save_path, name))
+        write_model_stats(save_path, name, cfg, figures)
         prompts, unreadable = prompt_records(save_path, name)
         write_if_changed(lens.prompts_path(save_path, name), lens.jsonl_bytes(prompts))
         models.append({**cfg, "model_dir": name, "n_prompts": len(prompts)})
         n_prompts += len(prompts)
         n_unreadable += unreadable
     write_if_changed(lens.models_path(save_path), lens.jsonl_bytes(models))
-
-    figures, errors = lens.load_figures(figures_dir or rendered_figures_dir(save_path))
-    for error in errors:
-        print(f"build_index.py: warning: {error}", file=sys.stderr)
     write_if_changed(lens.figures_path(save_path), lens.jsonl_bytes(lens.figure_records(figures)))
     write_if_changed(lens.colormaps_path(save_path), colormaps_json())
     copy_site(save_path)

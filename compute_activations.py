@@ -11,13 +11,14 @@ From a notebook, with any model object that has the TransformerLens interface:
     compute_activations([{"text": "..."}], model, "attn_data", model_name="my-model")
 """
 import argparse
+import math
 import os
 import random
 import sys
 import time
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -39,7 +40,15 @@ def parse_args(argv=None) -> argparse.Namespace:
         "with a warning naming them.")
     p.add_argument("models", help="model name(s) TransformerLens can load (e.g. gpt2), or a local "
                    "Hugging Face checkpoint directory; several separated by commas")
-    p.add_argument("prompts", type=Path, help='JSONL file, one {"text": ..., "meta": {...}} per line')
+    p.add_argument("prompts", type=Path, nargs="?",
+                   help='JSONL file, one {"text": ..., "meta": {...}} per line (not needed with --top)')
+    p.add_argument("--patterns", type=patterns_arg, default="all", metavar="all|none|N",
+                   help="whose attention patterns to store: every prompt's (default), none, or a seeded sample of "
+                   "N prompts (--seed); head statistics are computed and stored for every prompt either way")
+    p.add_argument("--top", type=lens.positive_int, metavar="K",
+                   help="store the patterns of each head's K highest and K lowest prompts by the statistics "
+                   "already computed (see --stat), and nothing else; the prompts come from the data dir")
+    p.add_argument("--stat", metavar="NAME[,NAME...]", help="with --top: these statistics only (default: all)")
     p.add_argument("--save-path", type=Path, default=lens.DEFAULT_SAVE_PATH,
                    help="data directory (default: %(default)s)")
     p.add_argument("--batch-size", type=lens.positive_int, default=BATCH_SIZE,
@@ -73,6 +82,15 @@ def parse_args(argv=None) -> argparse.Namespace:
                    "(e.g. 'auto'); not with --device")
     p.add_argument("--n-devices", type=lens.positive_int, metavar="N", help="split the model's layers over N devices")
     return p.parse_args(argv)
+
+
+def patterns_arg(text: str) -> str | int:
+    """argparse type of --patterns: all, none or a count (0 stores none)."""
+    if text in ("all", "none"):
+        return text
+    if not text.isdigit():
+        raise argparse.ArgumentTypeError(f"expected all, none or a number of prompts, got {text!r}")
+    return int(text)
 
 
 def split_document(text: str, min_chars: int, max_chars: int) -> list[str]:
@@ -292,30 +310,31 @@ class PatternStream:
 
     On the model's device, each prompt's heads are trimmed to its length, cut to the lower
     triangle and quantised to the stored uint16 form (a quarter of float32's bytes); only that
-    is copied to the host, where a pool of threads compresses it (zlib releases the GIL) while
-    the forward pass goes on, and one writer thread appends the streams to each file in order.
-    At most MAX_PENDING bytes wait for compression: memory follows one layer, not the model."""
+    is copied to the host, where a pool of threads compresses it (zlib releases the GIL) and runs
+    the user's host statistics on it while the forward pass goes on, and one writer thread appends
+    the streams to each file in order. At most MAX_PENDING bytes wait: memory follows one layer."""
 
     MAX_PENDING = 256 * 2**20
     GROUP_BYTES = 64 * 2**20  # float32 bytes of heads quantised at once on the device
 
-    def __init__(self, n_workers: int):
+    def __init__(self, n_workers: int, plugins: list[lens.Figure]):
         import threading
         self.compress = ThreadPoolExecutor(n_workers, thread_name_prefix="compress")
         self.write = ThreadPoolExecutor(1, thread_name_prefix="write")
         self.pending, self.queue = 0, deque()
         self.lock = threading.Lock()
+        self.plugins = plugins
+        self.plugin_errors: dict[str, str] = {}  # statistic -> the first failure's message
 
     def submit_values(self, jobs: list["PromptJob"], layer: int, v, gram) -> None:
         norms = value_norms(v, gram).cpu().numpy()
         for i, job in enumerate(jobs):
-            heads = job.layer_heads.get(layer)
-            if heads and job.norms is not None:
-                job.norms[layer, heads] = norms[i, heads, :job.n_tokens]
+            if job.norms is not None:
+                job.norms[layer] = norms[i, :, :job.n_tokens]
 
     def submit_layer(self, jobs: list["PromptJob"], layer: int, pattern) -> None:
         for i, job in enumerate(jobs):
-            heads = job.layer_heads.get(layer)
+            heads = list(range(pattern.shape[1])) if job.plugin_values is not None else job.layer_heads.get(layer)
             if not heads:
                 continue
             n = job.n_tokens
@@ -323,19 +342,41 @@ class PatternStream:
             for g in range(0, len(heads), group):
                 idx = heads[g:g + group]
                 stored = quantize_on_device(pattern[i, idx, :n, :n], job.keep).cpu().numpy()
-                self._submit(job.writer, stored)
+                self._submit(job, layer, idx, stored)
 
-    def _submit(self, writer: lens.PatternWriter, stored: np.ndarray) -> None:
+    def _submit(self, job: "PromptJob", layer: int, idx: list[int], stored: np.ndarray) -> None:
         while self.pending > self.MAX_PENDING and self.queue:
             self.queue.popleft().result()
-        streams = self.compress.submit(lens.head_streams, stored)
+        streams = self.compress.submit(self._encode, job, layer, idx, stored)
         with self.lock:
             self.pending += stored.nbytes
-        self.queue.append(self.write.submit(self._append, writer, streams, stored.nbytes))
+        self.queue.append(self.write.submit(self._append, job.writer, streams, stored.nbytes))
 
-    def _append(self, writer: lens.PatternWriter, streams, nbytes: int) -> None:
+    def _encode(self, job: "PromptJob", layer: int, idx: list[int], stored: np.ndarray) -> list[bytes]:
+        """In a worker: the host statistics of every head given, and the streams of those to store."""
+        if job.plugin_values is not None:
+            for k, h in enumerate(idx):
+                attn = lens.decode_stored(stored[k], job.n_tokens, job.layout)
+                inputs = {"token_ids": job.ids, "value_norms": None if job.norms is None else job.norms[layer, h]}
+                for s, fig in enumerate(self.plugins):
+                    job.plugin_values[s, layer, h] = self._run_plugin(fig, attn, inputs, job, layer, h)
+        keep = set(job.layer_heads.get(layer, ()))
+        return lens.head_streams(stored[[k for k, h in enumerate(idx) if h in keep]]) if keep else []
+
+    def _run_plugin(self, fig: lens.Figure, attn: np.ndarray, inputs: dict, job, layer: int, head: int) -> float:
         try:
-            writer.add(streams.result())
+            return float(lens.call_plugin(fig, attn, inputs))
+        except Exception as e:  # a user's statistic failing on one head must not stop the run
+            self.plugin_errors.setdefault(fig.name, f"{fig.source}: {fig.name} failed on L{layer}H{head} of prompt "
+                                          f"{lens.prompt_hash(job.prompt['text'])}: {type(e).__name__}: {e}")
+            return math.nan
+
+    def _append(self, writer: lens.PatternWriter | None, streams, nbytes: int) -> None:
+        try:
+            if writer is not None:
+                writer.add(streams.result())
+            else:
+                streams.result()
         finally:
             with self.lock:
                 self.pending -= nbytes
@@ -355,6 +396,75 @@ class PatternStream:
         self.write.shutdown(cancel_futures=True)
 
 
+DEVICE_STATISTICS = ("bos", "diagonal", "entropy", "previous_token_head", "duplicate_token_head", "induction_head")
+
+
+class DeviceStats:
+    """The built-in statistics (figures/head_stats.py's definitions) of every head of a batch, computed on
+    the model's device from the exact patterns as each layer's hook fires: no pattern needs to reach the host.
+
+    Padding is masked out by each prompt's length; the two detect_head scores that depend on the tokens
+    gather the (query, key) pairs where a token repeats, found once per batch."""
+
+    GROUP_BYTES = 64 * 2**20  # float32 bytes of one entropy pass
+
+    def __init__(self, jobs: list["PromptJob"], width: int, n_layers: int, n_heads: int, device):
+        import torch
+        self.n = torch.tensor([j.n_tokens for j in jobs], device=device)
+        q = torch.arange(width, device=device)
+        self.valid = (q[None] < self.n[:, None]).float()  # [batch, pos]: a real query
+        self.after_first = self.valid * (q[None] >= 1)
+        self.per_query = (self.n - 1).clamp_min(1).float()[:, None]
+        self.defined = (self.n >= 2)[:, None]  # detect_head refuses one-token prompts; the means need two
+        self.pairs = [repeat_pairs(jobs, width, device, shift) for shift in (0, 1)]
+        self.values = torch.full((len(jobs), len(DEVICE_STATISTICS), n_layers, n_heads), float("nan"),
+                                 device=device)
+
+    def add_layer(self, layer: int, pattern) -> None:
+        """Fill in one layer's statistics from its pattern [batch, heads, pos, pos]."""
+        import torch
+        rows = self.after_first[:, None, :]
+        total = (pattern.sum(-1, dtype=torch.float32) * self.valid[:, None, :]).sum(-1)
+        flat = pattern.reshape(*pattern.shape[:2], -1)
+        scores = [
+            (pattern[..., 0].float() * rows).sum(-1) / self.per_query,
+            (pattern.diagonal(0, -2, -1).float() * rows).sum(-1) / self.per_query,
+            self.entropy(pattern, rows),
+            (pattern.diagonal(-1, -2, -1).float() * self.valid[:, None, 1:]).sum(-1) / total,
+            *((torch.gather(flat, 2, idx[:, None].expand(-1, flat.shape[1], -1)).float() * w[:, None]).sum(-1) / total
+              for idx, w in self.pairs),
+        ]
+        for s, value in enumerate(scores):
+            self.values[:, s, layer] = torch.where(self.defined, value, float("nan"))
+
+    def entropy(self, pattern, rows) -> "torch.Tensor":
+        """Mean entropy in bits of the queries after the first, a group of heads at a time (bounded memory)."""
+        import torch
+        b, h, p, _ = pattern.shape
+        group = max(1, self.GROUP_BYTES // (4 * b * p * p))
+        bits = torch.cat([torch.special.xlogy(x, x).sum(-1) for x in
+                          (pattern[:, g:g + group].float() for g in range(0, h, group))], 1)
+        return -(bits * rows).sum(-1) / (self.per_query * math.log(2))
+
+
+def repeat_pairs(jobs: list["PromptJob"], width: int, device, shift: int):
+    """Flat pattern indices (query * width + key + shift) of every query whose token appeared at an earlier key,
+    padded to the batch's longest list, and 0/1 weights marking the real ones: shift 0 is detect_head's
+    duplicate-token pattern, shift 1 its induction pattern (the key after the earlier copy)."""
+    import torch
+    lists = []
+    for job in jobs:
+        ids = torch.tensor(job.ids)
+        q, k = torch.nonzero((ids[:, None] == ids[None, :]).tril(-1), as_tuple=True)
+        lists.append(q * width + k + shift)
+    size = max(1, max(len(x) for x in lists))
+    idx = torch.zeros(len(jobs), size, dtype=torch.long)
+    weight = torch.zeros(len(jobs), size)
+    for i, x in enumerate(lists):
+        idx[i, :len(x)], weight[i, :len(x)] = x, 1
+    return idx.to(device), weight.to(device)
+
+
 def quantize_on_device(attn, keep) -> "torch.Tensor":
     """[heads, n, n] probabilities -> [heads, 2, m] uint8 in the stored form (see lens.stored_form).
 
@@ -368,19 +478,27 @@ def quantize_on_device(attn, keep) -> "torch.Tensor":
 
 @dataclass
 class PromptJob:
-    """One prompt of a batch: its tokens, the heads to store per layer, and its open pattern file."""
+    """One prompt of a batch: its tokens, the heads to store (none: statistics only), whether its
+    statistics are still to be written, and what the forward pass fills in."""
     prompt: dict
     ids: list[int]
     truncated: bool
     heads: list[tuple[int, int]]
-    layer_heads: dict = None
+    needs_stats: bool
+    layer_heads: dict = field(default_factory=dict)
+    layout: str = "tril"
     keep: object = None  # flat positions of the stored layout, on the model's device (None: all)
-    writer: lens.PatternWriter = None
-    norms: np.ndarray = None  # value norms [n_layers, n_heads, n_tokens], NaN where not stored
+    writer: lens.PatternWriter | None = None
+    norms: np.ndarray | None = None  # value norms [n_layers, n_heads, n_tokens]
+    plugin_values: np.ndarray | None = None  # host statistics [n_plugins, n_layers, n_heads]
 
     @property
     def n_tokens(self) -> int:
         return len(self.ids)
+
+    @property
+    def hash(self) -> str:
+        return lens.prompt_hash(self.prompt["text"])
 
 
 def stored_heads(pdir: Path) -> set[tuple[int, int]] | None:
@@ -397,16 +515,40 @@ def finish_prompt(job: PromptJob, save_path: Path, model_dir: str, str_tokens: l
                   n_heads: int) -> int:
     """Close the prompt's pattern file, then write prompt.json (its presence marks the prompt done)."""
     size = job.writer.close()
-    phash = lens.prompt_hash(job.prompt["text"])
     if job.norms is not None:
-        lens.write_atomic(lens.value_norms_path(save_path, model_dir, phash), job.norms.astype("<f4").tobytes())
-        size += job.norms.nbytes
-    info = {"text": job.prompt["text"], "hash": phash, "tokens": str_tokens, "token_ids": job.ids,
+        norms = np.full_like(job.norms, np.nan)  # NaN where a head is not stored
+        for l, h in job.heads:
+            norms[l, h] = job.norms[l, h]
+        lens.write_atomic(lens.value_norms_path(save_path, model_dir, job.hash), norms.astype("<f4").tobytes())
+        size += norms.nbytes
+    info = {"text": job.prompt["text"], "hash": job.hash, "tokens": str_tokens, "token_ids": job.ids,
             "n_tokens": len(job.ids), "meta": job.prompt.get("meta", {}), "truncated": job.truncated}
     if len(job.heads) < n_layers * n_heads:
         info["heads"] = lens.format_heads(job.heads, n_layers, n_heads)
-    lens.write_json(lens.prompt_json_path(save_path, model_dir, phash), info)
+    lens.write_json(lens.prompt_json_path(save_path, model_dir, job.hash), info)
     return size
+
+
+class StatsPart:
+    """This run's statistics part (lens.read_parts reads it): created on first use, appended batch by batch."""
+
+    def __init__(self, save_path: Path, model_dir: str, names: list[str], n_layers: int, n_heads: int):
+        run = f"{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}-{os.urandom(3).hex()}"  # shards never collide
+        self.header = lens.parts_dir(save_path, model_dir) / f"{run}.json"
+        self.meta = {"stats": names, "n_layers": n_layers, "n_heads": n_heads}
+        self.rows = 0
+
+    def append(self, jobs: list[PromptJob], values: np.ndarray) -> None:
+        """Values [prompts, stats, layers, heads] first, then one line per prompt: a line means its values are whole."""
+        if not self.rows:
+            lens.write_json(self.header, self.meta)
+        with open(self.header.with_suffix(".f32"), "ab") as f:
+            f.write(values.astype("<f4").tobytes())
+        lines = [{"hash": j.hash, "text": j.prompt["text"], "n_tokens": j.n_tokens,
+                  "meta": j.prompt.get("meta", {}), "truncated": j.truncated} for j in jobs]
+        with open(self.header.with_suffix(".jsonl"), "ab") as f:
+            f.write(lens.jsonl_bytes(lines))
+        self.rows += len(jobs)
 
 
 def estimate_bytes(lengths: list[int], n_heads_stored: int, causal: bool) -> int:
@@ -414,104 +556,180 @@ def estimate_bytes(lengths: list[int], n_heads_stored: int, causal: bool) -> int
     return sum(2 * n_heads_stored * (n * (n + 1) // 2 if causal else n * n) for n in lengths)
 
 
+def sample_hashes(prompts: list[dict], n: int, seed: int) -> set[str]:
+    """A seeded sample of n prompts, the same whichever shard asks: ranked by a hash of (seed, prompt hash)."""
+    import hashlib
+    hashes = sorted({lens.prompt_hash(p["text"]) for p in prompts})
+    return set(sorted(hashes, key=lambda h: hashlib.sha256(f"{seed}:{h}".encode()).digest())[:n])
+
+
+@dataclass
+class RunPlan:
+    """What one compute run does for one model, decided before the first forward pass."""
+    save_path: Path
+    model_name: str
+    model_dir: str
+    n_layers: int
+    n_heads: int
+    causal: bool
+    jobs: list[PromptJob]
+    n_skipped: int
+    wanted: list[tuple[int, int]]
+    plugins: list[lens.Figure]
+    part: StatsPart
+    limit: int
+    device: object  # where the model's first parameters live: batches go there
+    grams: list | None  # see output_grams
+
+
+def plan_run(prompts: list[dict], model, save_path: Path, model_name: str, force: bool, heads: str | None,
+             max_tokens: int | None, patterns, figures_dir: Path) -> RunPlan:
+    """Which prompts need patterns (the heads asked for) or statistics, tokenised, with this run's part."""
+    cfg = model.cfg
+    n_layers, n_heads = cfg.n_layers, cfg.n_heads
+    wanted = lens.parse_heads(heads, n_layers, n_heads) if heads else [(l, h) for l in range(n_layers)
+                                                                        for h in range(n_heads)]
+    model_dir = lens.model_dir_name(model_name)
+    registry, errors = lens.load_figures(figures_dir)
+    for error in errors:
+        print(f"warning: skipping a figure file that failed to import: {error}", file=sys.stderr)
+    statistics = [f for f in registry.values() if f.kind == "statistic"]
+    device_names = [name for name in DEVICE_STATISTICS if name in registry]
+    plugins = [f for f in statistics if f.name not in DEVICE_STATISTICS]
+    store = (set() if patterns == "none" else None if patterns == "all"
+             else sample_hashes(prompts, patterns, 0) if isinstance(patterns, int) else set(patterns))
+    have_stats = set() if force else lens.part_hashes(save_path, model_dir)
+    to_tokens, _ = tokenizer_functions(model)
+    limit = min(cfg.n_ctx, max_tokens or cfg.n_ctx)
+    jobs = []
+    for p in prompts:
+        phash = lens.prompt_hash(p["text"])
+        job_heads = []
+        if store is None or phash in store:
+            have = None if force else stored_heads(lens.prompt_dir(save_path, model_dir, phash))
+            if have is None or not have.issuperset(wanted):  # asking for heads a prompt lacks recomputes it,
+                job_heads = sorted(set(wanted) | (have or set()))  # keeping the heads it had
+        if not job_heads and phash in have_stats:
+            continue
+        ids = tokenize(to_tokens, p["text"])
+        if len(ids) > limit:
+            print(f"warning: prompt {phash} ({p['text'][:40]!r}...) has {len(ids)} tokens, "
+                  f"more than {'--max-tokens' if limit < cfg.n_ctx else 'n_ctx'}={limit}: truncated",
+                  file=sys.stderr)
+        jobs.append(PromptJob(p, ids[:limit], len(ids) > limit, job_heads, phash not in have_stats))
+    import torch
+    part = StatsPart(save_path, model_dir, device_names + [f.name for f in plugins], n_layers, n_heads)
+    device = next(model.parameters()).device if hasattr(model, "parameters") else torch.device("cpu")
+    needs_norms = any(j.heads for j in jobs) or any("value_norms" in f.options["inputs"] for f in plugins)
+    return RunPlan(save_path, model_name, model_dir, n_layers, n_heads, is_causal(model), jobs,
+                   len(prompts) - len(jobs), wanted, plugins, part, limit, device, output_grams(model, needs_norms))
+
+
 def compute_activations(prompts: list[dict | str], model, save_path: Path | str = lens.DEFAULT_SAVE_PATH,
                         model_name: str | None = None, batch_size: int = BATCH_SIZE, force: bool = False,
                         progress: bool = True, heads: str | None = None, max_tokens: int | None = None,
-                        n_workers: int | None = None) -> dict:
-    """Compute and save the attention patterns of `prompts` for `model`; return a summary dict.
+                        n_workers: int | None = None, patterns: str | int | set = "all",
+                        figures_dir: Path = lens.FIGURES_DIR) -> dict:
+    """Compute the head statistics of `prompts` for `model`, and save the attention patterns of those
+    `patterns` names ("all", "none", a number of prompts to sample, or a set of prompt hashes); return a summary.
 
     `model` is anything with the TransformerLens interface (HookedTransformer, TransformerBridge,
     a wrapper passing calls through). Prompts already saved are skipped unless `force`; `heads`
     (a spec such as `L0-3H*,L5H1`) stores only those heads; `max_tokens` truncates below n_ctx.
     """
-    import torch
     from tqdm import tqdm
 
     save_path = Path(save_path)
-    cfg = model.cfg
-    n_layers, n_heads = cfg.n_layers, cfg.n_heads
-    wanted = lens.parse_heads(heads, n_layers, n_heads) if heads else [(l, h) for l in range(n_layers)
-                                                                        for h in range(n_heads)]
-    model_name = model_name or getattr(cfg, "model_name", None) or "model"
-    model_dir = lens.model_dir_name(model_name)
+    model_name = model_name or getattr(model.cfg, "model_name", None) or "model"
     prompts = [{"text": p} if isinstance(p, str) else p for p in prompts]
-    lens.write_json(lens.model_cfg_path(save_path, model_dir), model_config(model, model_name))
-    todo = []
-    for p in prompts:
-        have = stored_heads(lens.prompt_dir(save_path, model_dir, lens.prompt_hash(p["text"])))
-        if force or have is None or not have.issuperset(wanted):
-            # asking for heads a prompt lacks recomputes it, keeping the heads it had
-            todo.append((p, sorted(set(wanted) | (have or set())) if not force else wanted))
-    to_tokens, to_str_tokens = tokenizer_functions(model)
-    limit = min(cfg.n_ctx, max_tokens or cfg.n_ctx)
-    jobs = []
-    for p, job_heads in todo:
-        ids = tokenize(to_tokens, p["text"])
-        if len(ids) > limit:
-            print(f"warning: prompt {lens.prompt_hash(p['text'])} ({p['text'][:40]!r}...) has {len(ids)} tokens, "
-                  f"more than {'--max-tokens' if limit < cfg.n_ctx else 'n_ctx'}={limit}: truncated",
-                  file=sys.stderr)
-        jobs.append(PromptJob(p, ids[:limit], len(ids) > limit, job_heads))
-    causal = is_causal(model)
-    if jobs and progress:
-        print(size_estimate_line(model_dir, [j.n_tokens for j in jobs], len(wanted), n_layers * n_heads,
-                                 causal, limit < cfg.n_ctx), file=sys.stderr)
-    start, n_bytes, n_tokens = time.perf_counter(), 0, 0
-    device = next(model.parameters()).device if hasattr(model, "parameters") else torch.device("cpu")
-    pad_id = getattr(model.tokenizer, "pad_token_id", None) or 0
-    bar = tqdm(total=len(jobs), unit="prompt", desc=model_dir, disable=not progress)
-    stream = PatternStream(n_workers or os.cpu_count() or 1)
-    w_o = output_weights(model)
-    with torch.inference_mode():
-        grams = [w @ w.transpose(1, 2) for w in w_o] if w_o else None
+    plan = plan_run(prompts, model, save_path, model_name, force, heads, max_tokens, patterns, Path(figures_dir))
+    lens.write_json(lens.model_cfg_path(save_path, plan.model_dir), model_config(model, model_name))
+    stored = [j for j in plan.jobs if j.heads]
+    if stored and progress:
+        print(size_estimate_line(plan.model_dir, [j.n_tokens for j in stored], len(plan.wanted),
+                                 plan.n_layers * plan.n_heads, plan.causal, plan.limit < model.cfg.n_ctx), file=sys.stderr)
+    start = time.perf_counter()
+    bar = tqdm(total=len(plan.jobs), unit="prompt", desc=plan.model_dir, disable=not progress)
+    stream = PatternStream(n_workers or os.cpu_count() or 1, plan.plugins)
     results = []
     try:
-        for batch in make_batches(jobs, [j.n_tokens for j in jobs], batch_size):
-            width = max(j.n_tokens for j in batch)
-            tokens = torch.full((len(batch), width), pad_id, dtype=torch.long)
-            for i, job in enumerate(batch):
-                tokens[i, :job.n_tokens] = torch.tensor(job.ids)
-                start_prompt(job, save_path, model_dir, n_layers, n_heads, causal, device, grams is not None)
-            # Right padding is harmless under a causal mask; an encoder must be told which keys are padding.
-            mask = None if causal else (torch.arange(width) < torch.tensor([[j.n_tokens] for j in batch])).long()
-            last = max(l for j in batch for l, _ in j.heads)
-            forward_patterns(model, tokens.to(device), lambda layer, pattern: stream.submit_layer(batch, layer, pattern),
-                             last, None if mask is None else mask.to(device),
-                             (lambda layer, v: stream.submit_values(batch, layer, v, grams[layer])) if grams else None)
-            for job in batch:
-                results.append(stream.finish(finish_prompt, job, save_path, model_dir,
-                                             to_str_tokens(torch.tensor(job.ids)), n_layers, n_heads))
-                n_tokens += job.n_tokens
+        for batch in make_batches(plan.jobs, [j.n_tokens for j in plan.jobs], batch_size):
+            results += run_batch(model, batch, plan, stream)
             bar.update(len(batch))
         stream.drain()
         n_bytes = sum(f.result() for f in results)
     except BaseException:
-        stream.close()
-        for job in jobs:
+        for job in plan.jobs:
             if job.writer is not None and not job.writer.file.closed:
                 job.writer.abort()
         raise
-    stream.close()
-    bar.close()
-    return {"model": model_name, "model_dir": model_dir, "done": len(jobs),
-            "skipped": len(prompts) - len(jobs), "tokens": n_tokens,
+    finally:
+        stream.close()
+        bar.close()
+    for message in stream.plugin_errors.values():
+        print(f"warning: {message} (its value is missing there)", file=sys.stderr)
+    return {"model": model_name, "model_dir": plan.model_dir, "done": len(plan.jobs), "skipped": plan.n_skipped,
+            "stored": len(stored), "tokens": sum(j.n_tokens for j in plan.jobs),
             "seconds": time.perf_counter() - start, "bytes": n_bytes}
 
 
-def start_prompt(job: PromptJob, save_path: Path, model_dir: str, n_layers: int, n_heads: int, causal: bool,
-                 device, with_norms: bool) -> None:
-    """Open the prompt's pattern file and index its heads by layer, before the forward pass."""
+def run_batch(model, batch: list[PromptJob], plan: RunPlan, stream: PatternStream) -> list:
+    """One forward pass: statistics on the device for every head, patterns streamed to disk for the
+    prompts that store them; the part and prompt.json files are written on the writer thread, in order."""
+    import torch
+    device, grams = plan.device, plan.grams
+    width = max(j.n_tokens for j in batch)
+    pad_id = getattr(model.tokenizer, "pad_token_id", None) or 0
+    tokens = torch.full((len(batch), width), pad_id, dtype=torch.long)
+    for i, job in enumerate(batch):
+        tokens[i, :job.n_tokens] = torch.tensor(job.ids)
+        start_prompt(job, plan, device, grams is not None)
+    # Right padding is harmless under a causal mask; an encoder must be told which keys are padding.
+    mask = None if plan.causal else (torch.arange(width) < torch.tensor([[j.n_tokens] for j in batch])).long()
+    stats = DeviceStats(batch, width, plan.n_layers, plan.n_heads, device)
+
+    def on_layer(layer, pattern):
+        stats.add_layer(layer, pattern)
+        stream.submit_layer(batch, layer, pattern)
+
+    forward_patterns(model, tokens.to(device), on_layer, plan.n_layers - 1, None if mask is None else mask.to(device),
+                     (lambda layer, v: stream.submit_values(batch, layer, v, grams[layer])) if grams else None)
+    values = stats.values.cpu().numpy()[:, [DEVICE_STATISTICS.index(n) for n in plan.part.meta["stats"]
+                                           if n in DEVICE_STATISTICS]]
+    _, to_str_tokens = tokenizer_functions(model)
+    results = [stream.finish(finish_prompt, job, plan.save_path, plan.model_dir, to_str_tokens(torch.tensor(job.ids)),
+                             plan.n_layers, plan.n_heads) for job in batch if job.heads]
+    fresh = [i for i, job in enumerate(batch) if job.needs_stats]
+    if fresh:
+        stream.finish(lambda: plan.part.append([batch[i] for i in fresh], np.concatenate(
+            [values[fresh], *([np.stack([batch[i].plugin_values for i in fresh])] if plan.plugins else [])], 1)))
+    return results
+
+
+def output_grams(model, needed: bool) -> list | None:
+    """W_O W_O^T per layer, from which value norms come; None when nothing needs them or the model hides W_O."""
+    import torch
+    w_o = output_weights(model) if needed else None
+    with torch.inference_mode():
+        return [w @ w.transpose(1, 2) for w in w_o] if w_o else None
+
+
+def start_prompt(job: PromptJob, plan: RunPlan, device, with_norms: bool) -> None:
+    """Open the prompt's pattern file (if it stores any) and index its heads by layer, before the forward pass."""
     import torch
     n = job.n_tokens
-    job.layer_heads = {}
+    job.layout = "tril" if plan.causal else "full"
     for l, h in job.heads:
         job.layer_heads.setdefault(l, []).append(h)
-    job.keep = torch.from_numpy(lens.tril_positions(n, "tril")).to(device) if causal else None
-    phash = lens.prompt_hash(job.prompt["text"])
-    lens.prompt_json_path(save_path, model_dir, phash).unlink(missing_ok=True)  # unfinished until rewritten
-    job.writer = lens.PatternWriter(lens.patterns_path(save_path, model_dir, phash), n_layers, n_heads, n,
-                                    "tril" if causal else "full", job.heads)
-    job.norms = np.full((n_layers, n_heads, n), np.nan, np.float32) if with_norms else None
+    job.keep = torch.from_numpy(lens.tril_positions(n, "tril")).to(device) if plan.causal else None
+    if plan.plugins and job.needs_stats:
+        job.plugin_values = np.full((len(plan.plugins), plan.n_layers, plan.n_heads), np.nan, np.float32)
+    if with_norms:
+        job.norms = np.full((plan.n_layers, plan.n_heads, n), np.nan, np.float32)
+    if job.heads:
+        lens.prompt_json_path(plan.save_path, plan.model_dir, job.hash).unlink(missing_ok=True)  # unfinished until rewritten
+        job.writer = lens.PatternWriter(lens.patterns_path(plan.save_path, plan.model_dir, job.hash), plan.n_layers,
+                                        plan.n_heads, n, job.layout, job.heads)
 
 
 def size_estimate_line(model_dir: str, lengths: list[int], n_stored: int, n_total: int, causal: bool,
@@ -537,6 +755,7 @@ def human_bytes(n: float) -> str:
 
 def summary_line(s: dict, save_path: Path) -> str:
     return (f"{s['model']}: {s['done']} prompts computed, {s['skipped']} skipped (already saved), "
+            f"{s['stored']} of them with patterns stored, "
             f"{s['tokens']:,} tokens, {s['seconds']:.1f} s, {s['bytes'] / 1e6:.1f} MB written "
             f"-> {save_path / s['model_dir']}")
 
@@ -564,22 +783,33 @@ def main(argv=None) -> None:
     shard = lens.parse_shard(args.shard)
     check_flags(args)
     steps = parse_steps(args.checkpoint)
-    prompts = load_prompts(args.prompts, args.raw, args.min_chars, args.max_chars)
-    prompts = select_prompts(prompts, args.n_samples, args.shuffle, args.seed, shard)
+    names = [m.strip() for m in args.models.split(",") if m.strip()]
+    runs = [(name, step, name if step is None else f"{name}@step{step}") for name in names for step in steps]
+    if args.top:
+        from build_index import top_prompts
+        work = {model_name: top_prompts(args.save_path, model_name, args.top, args.stat) for _, _, model_name in runs}
+    else:
+        if args.prompts is None:
+            raise lens.UserError("PROMPTS: a prompts file is needed (or --top K, to store the top prompts "
+                                 "of statistics already computed)")
+        prompts = load_prompts(args.prompts, args.raw, args.min_chars, args.max_chars)
+        prompts = select_prompts(prompts, args.n_samples, args.shuffle, args.seed, None)
+        # the sample is drawn from every prompt, so shards together store the same N as one run
+        store = sample_hashes(prompts, args.patterns, args.seed) if isinstance(args.patterns, int) else args.patterns
+        prompts = [p for p in prompts if lens.in_shard(lens.prompt_hash(p["text"]), shard)]
+        work = {model_name: (prompts, store) for _, _, model_name in runs}
     lens.check_writable_dir(args.save_path)
     import torch
     device = args.device or (None if args.device_map else "cuda" if torch.cuda.is_available() else "cpu")
     if device and device.startswith("cuda") and not torch.cuda.is_available():
         raise lens.UserError(f"--device {device}: this machine has no CUDA device (try --device cpu)")
-    for name in [m.strip() for m in args.models.split(",") if m.strip()]:
-        for step in steps:
-            model = load_model(name, device, args.dtype, args.revision, step, args.device_map, args.n_devices)
-            s = compute_activations(prompts, model, args.save_path,
-                                    model_name=name if step is None else f"{name}@step{step}",
-                                    batch_size=args.batch_size, force=args.force, heads=args.heads,
-                                    max_tokens=args.max_tokens)
-            print(summary_line(s, args.save_path))
-            del model
+    for name, step, model_name in runs:
+        prompts, store = work[model_name]
+        model = load_model(name, device, args.dtype, args.revision, step, args.device_map, args.n_devices)
+        s = compute_activations(prompts, model, args.save_path, model_name=model_name, batch_size=args.batch_size,
+                                force=args.force, heads=args.heads, max_tokens=args.max_tokens, patterns=store)
+        print(summary_line(s, args.save_path))
+        del model
     from build_index import build_index
     build_index(args.save_path)
 

@@ -92,6 +92,10 @@ def stat_table_path(save_path: Path, model: str, stat: str) -> Path:
     return Path(save_path) / model / "stats" / f"{stat}.f32"
 
 
+def stat_heads_path(save_path: Path, model: str, stat: str) -> Path:
+    return Path(save_path) / model / "stats" / f"{stat}.heads.json"
+
+
 def prompts_dir(save_path: Path, model: str) -> Path:
     """The folder holding one folder per prompt."""
     return Path(save_path) / model / "prompts"
@@ -463,14 +467,7 @@ class Patterns:
         if len(raw) != expected:
             raise UserError(f"{self.path}: head L{layer}H{head} holds {len(raw)} bytes, not {expected}; "
                             "recompute it with compute_activations.py --force")
-        lo, hi = np.frombuffer(raw, np.uint8).reshape(2, -1)
-        values = (lo | (hi.astype(np.uint16) << 8)) * np.float32(1 / self.scale)
-        n = self.n_tokens
-        if self.layout == "full":
-            return values.reshape(n, n)
-        out = np.zeros((n, n), np.float32)
-        out[_tril_mask(n)] = values
-        return out
+        return decode_stored(np.frombuffer(raw, np.uint8).reshape(2, -1), self.n_tokens, self.layout, self.scale)
 
     def all(self) -> np.ndarray:
         """Every head as one [n_layers, n_heads, n_tokens, n_tokens] float32 array (NaN where not stored)."""
@@ -478,6 +475,17 @@ class Patterns:
         for l, h in self.heads:
             out[l, h] = self.head(l, h)
         return out
+
+
+def decode_stored(stored: np.ndarray, n: int, layout: str, scale: int = PATTERN_SCALE) -> np.ndarray:
+    """One head's stored form [2, m] uint8 (low bytes, high bytes; see stored_form) as its float32 [n, n] pattern."""
+    lo, hi = stored
+    values = (lo | (hi.astype(np.uint16) << 8)) * np.float32(1 / scale)
+    if layout == "full":
+        return values.reshape(n, n)
+    out = np.zeros((n, n), np.float32)
+    out[_tril_mask(n)] = values
+    return out
 
 
 @lru_cache(maxsize=16)
@@ -495,9 +503,13 @@ def load_patterns(save_path: Path, model: str, phash: str) -> Patterns:
 
 # ---- Statistics: one value per head and prompt ---------------------------------------------
 # prompts/<hash>/stats.json: {name: [[value per head] per layer]}, null where undefined.
-# <model>/stats/<name>.f32: little-endian float32 [n_prompts, n_layers, n_heads], NaN where missing;
-# <model>/stats.json: {"prompts": [hash, ...] (the tables' rows), "n_layers", "n_heads",
-#                      "stats": {name: {"doc", "mean": [[mean over prompts per head] per layer]}}}.
+# <model>/stats/<name>.f32: little-endian float32 [n_prompts, n_layers, n_heads], NaN where missing; row r
+#                      is the r-th prompt in hash order (the prompt index's row r), read by byte range.
+# <model>/stats.json: {"n_prompts", "n_layers", "n_heads", "top_k", "stats": {name: {"doc", "mean", "std",
+#                      "min", "max", "count", "quantiles": {"0.05": .., "0.95": ..}}}}, each a [layer][head] table.
+# <model>/stats/<name>.heads.json: {"bins", "heads": [[{"hist": {"lo", "hi", "counts"} | null, "top": [[hash,
+#                      value] x K], "bottom": ..} per head] per layer], "prompts": {hash: {"text", "n_tokens",
+#                      "stored"}} (those in some top or bottom list)}. build_index.write_stat_aggregates writes them.
 
 def _nulls(values) -> list:
     """[layers, heads] values as nested lists, NaN (or None) as null."""
@@ -527,24 +539,56 @@ def write_prompt_stats(save_path: Path, model: str, phash: str, stats: dict[str,
     write_json(prompt_stats_path(save_path, model, phash), {name: _nulls(v) for name, v in stats.items()})
 
 
-def write_stats(save_path: Path, model: str, prompts: list[str], tables: dict[str, np.ndarray],
-                docs: dict[str, str]) -> None:
-    """Each statistic's [prompts, layers, heads] table (at least one) as stats/<name>.f32, and stats.json."""
-    n_layers, n_heads = next(iter(tables.values())).shape[1:]
-    out = {"prompts": prompts, "n_layers": n_layers, "n_heads": n_heads, "stats": {}}
-    for name, table in tables.items():
-        write_atomic(stat_table_path(save_path, model, name), table.astype("<f4").tobytes())
-        finite = np.isfinite(table)
-        count = finite.sum(0)
-        mean = np.where(count > 0, np.where(finite, table, 0).sum(0) / np.maximum(count, 1), np.nan)
-        out["stats"][name] = {"doc": docs.get(name, ""), "mean": _nulls(mean)}
-    write_json(stats_path(save_path, model), out)
+# ---- Statistic parts: what compute_activations.py writes for every prompt, patterns stored or not ----
+# <model>/parts/<run>.json: {"stats": [names], "n_layers", "n_heads"}, written when the run starts;
+# <run>.f32: float32 [len(stats), n_layers, n_heads] per prompt, appended batch by batch;
+# <run>.jsonl: one {"hash", "text", "n_tokens", "meta", "truncated"} per prompt, appended after its values,
+# so a line means its values are whole. A killed run leaves at most a partial last line, which is ignored.
+
+def parts_dir(save_path: Path, model: str) -> Path:
+    return Path(save_path) / model / "parts"
+
+
+@dataclass
+class Part:
+    """One run's statistics: its prompts (rows of its .jsonl) and their values [prompts, stats, layers, heads]."""
+    path: Path  # the .json header
+    stats: list[str]
+    rows: list[dict]
+    values: np.ndarray
+
+
+def read_parts(save_path: Path, model: str) -> list[Part]:
+    """Every statistic part of a model, in name order; an unreadable one is a UserError naming it."""
+    parts = []
+    for header in sorted(parts_dir(save_path, model).glob("*.json")):
+        meta = read_json(header)
+        shape = (len(meta["stats"]), meta["n_layers"], meta["n_heads"])
+        lines = header.with_suffix(".jsonl")
+        text = lines.read_bytes().decode("utf-8") if lines.exists() else ""
+        complete = text[:text.rfind("\n") + 1]  # a killed run's partial last line is not a row
+        try:
+            rows = [json.loads(line) for line in complete.splitlines() if line]
+        except json.JSONDecodeError as e:
+            raise UserError(f"{lines}: not valid JSON ({e.msg}); delete the part's three files and recompute") from None
+        table = header.with_suffix(".f32")
+        values = np.fromfile(table, "<f4") if table.exists() else np.zeros(0, np.float32)
+        per_row = int(np.prod(shape))
+        if values.size < len(rows) * per_row:
+            raise UserError(f"{table}: {values.size // max(per_row, 1)} rows of values for {len(rows)} prompts in {lines}")
+        parts.append(Part(header, meta["stats"], rows, values[:len(rows) * per_row].reshape(len(rows), *shape)))
+    return parts
+
+
+def part_hashes(save_path: Path, model: str) -> set[str]:
+    """The prompts whose statistics some part holds."""
+    return {row["hash"] for part in read_parts(save_path, model) for row in part.rows}
 
 
 def read_stats(save_path: Path, model: str) -> tuple[dict, dict[str, np.ndarray]]:
     """stats.json and each statistic's float32 [prompts, layers, heads] table."""
     index = read_json(stats_path(save_path, model))
-    shape = (len(index["prompts"]), index["n_layers"], index["n_heads"])
+    shape = (index["n_prompts"], index["n_layers"], index["n_heads"])
     return index, {name: np.fromfile(stat_table_path(save_path, model, name), "<f4").reshape(shape)
                    for name in index["stats"]}
 

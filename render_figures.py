@@ -26,6 +26,7 @@ import numpy as np
 from tqdm import tqdm
 
 import lens
+from build_index import write_stat_aggregates
 
 _FIGURES: list[lens.Figure] = []  # the selected figures and statistics, per process (see init_worker)
 
@@ -193,14 +194,16 @@ def render_prompt_heads(save_path: Path, model: str, phash: str, force: bool, co
 
 
 def aggregate_stats(save_path: Path, model: str, registry: dict[str, lens.Figure]) -> list[str]:
-    """Collect every prompt's stats.json into <model>/stats.json + stats/<name>.f32; returns the names."""
+    """Collect every prompt's stats.json into <model>/stats.json + stats/<name>.f32 + .heads.json; returns the names."""
     cfg = lens.read_json(lens.model_cfg_path(save_path, model))
     shape = (cfg["n_layers"], cfg["n_heads"])
     hashes = lens.finished_prompts(save_path, model)
-    per_prompt = {}
+    per_prompt, records = {}, {}
     for h in hashes:
         try:
             per_prompt[h] = lens.read_prompt_stats(save_path, model, h, shape)
+            info = lens.read_json(lens.prompt_json_path(save_path, model, h))
+            records[h] = {"text": info["text"], "n_tokens": info["n_tokens"], "stored": True}  # finished: has patterns
         except lens.UserError as e:
             print(f"warning: {e}; left out of {lens.stats_path(save_path, model)}", file=sys.stderr)
             per_prompt[h] = {}
@@ -211,7 +214,7 @@ def aggregate_stats(save_path: Path, model: str, registry: dict[str, lens.Figure
     tables = {name: np.stack([per_prompt[h].get(name, np.full(shape, np.nan)) for h in hashes]).astype(np.float32)
               for name in names}
     docs = {name: inspect.getdoc(registry[name].func) or "" for name in names if name in registry}
-    lens.write_stats(save_path, model, hashes, tables, docs)
+    write_stat_aggregates(save_path, model, hashes, tables, docs, records)
     return names
 
 

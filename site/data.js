@@ -10,6 +10,7 @@ export const modelCfgUrl = (model) => `${model}/model_cfg.json`;
 export const promptsUrl = (model) => `${model}/prompts.jsonl`;
 export const statsUrl = (model) => `${model}/stats.json`;
 export const statTableUrl = (model, stat) => `${model}/stats/${stat}.f32`;
+export const statHeadsUrl = (model, stat) => `${model}/stats/${stat}.heads.json`;
 export const promptDir = (model, hash) => `${model}/prompts/${hash}/`;
 export const promptJsonUrl = (model, hash) => `${promptDir(model, hash)}prompt.json`;
 export const patternsUrl = (model, hash) => `${promptDir(model, hash)}patterns.bin`;
@@ -35,6 +36,7 @@ const FILES = [
   { path: /^[^/]+\/model_cfg\.json$/, writer: "compute_activations.py" },
   { path: /^[^/]+\/stats\.json$/, writer: "render_figures.py", optional: true },
   { path: /^[^/]+\/stats\/[^/]+\.f32$/, writer: "render_figures.py" },
+  { path: /^[^/]+\/stats\/[^/]+\.heads\.json$/, writer: "render_figures.py" },
   { path: /\/prompt\.json$/, writer: "compute_activations.py" },
   { path: /\/patterns\.bin$/, writer: "compute_activations.py" },
   { path: /\/value_norms\.f32$/, writer: "compute_activations.py", optional: true },  // older data dirs lack it
@@ -106,14 +108,21 @@ function parseJsonl(text, path = "") {
  * none (computed before compute_activations.py stored them). */
 export async function loadValueNorms(model, hash, layer, head, nHeads, nTokens) {
   const url = valueNormsUrl(model, hash), start = (layer * nHeads + head) * nTokens * 4, size = nTokens * 4;
-  const response = await fetchOptional(url, { headers: { Range: `bytes=${start}-${start + size - 1}` } });
-  if (!response) return null;
-  const bytes = await response.arrayBuffer();  // a server without Range support answers the whole file
-  const part = response.status === 206 ? bytes : bytes.slice(start, start + size);
+  const part = await fetchRange(url, start, size);
+  if (!part) return null;
   if (part.byteLength !== size) {
     throw new Error(`${url}: too short for L${layer}H${head}; re-run compute_activations.py --force`);
   }
   return new Float32Array(part);
+}
+
+/** Bytes [start, start + size) of a file by one HTTP Range request (shorter at the file's end); null when an
+ * optional file is missing. A server without Range support answers the whole file: the part is cut from it. */
+export async function fetchRange(path, start, size) {
+  const response = await fetchOptional(path, { headers: { Range: `bytes=${start}-${start + size - 1}` } });
+  if (!response) return null;
+  const bytes = await response.arrayBuffer();
+  return response.status === 206 ? bytes : bytes.slice(start, start + size);
 }
 
 // ---- figures and colormaps ----
@@ -132,14 +141,29 @@ export async function loadColormap(name = "viridis") {
   return table.map((c) => [1, 3, 5].map((i) => parseInt(c.slice(i, i + 2), 16)));
 }
 
-// ---- statistics: stats.json ({prompts, n_layers, n_heads, stats: {name: {doc, mean}}}) and
-// stats/<name>.f32 (float32 [prompts, layers, heads], NaN where missing) ----
+// ---- statistics: stats.json ({n_prompts, n_layers, n_heads, top_k, stats: {name: {doc, mean, std, min, max,
+// count, quantiles}}}, [layer][head] tables), stats/<name>.heads.json (per head: histogram, top and bottom
+// prompts) and stats/<name>.f32 (float32 [prompts, layers, heads], NaN where missing; row r = the prompt
+// index's row r) ----
 
-/** One statistic's table: `at(hash, layer, head)` and `atRow(promptIndex, layer, head)`, NaN where missing. */
-export async function loadStatTable(model, stats, name) {
+/** One prompt's values of a statistic as [layer][head] (NaN where missing): row `row` of its table, by one
+ * byte range (the table grows with the prompts; a page never downloads it whole). */
+export async function loadStatRow(model, stats, name, row) {
+  const { n_layers: nL, n_heads: nH } = stats, url = statTableUrl(model, name), size = nL * nH * 4;
+  const part = await fetchRange(url, row * size, size);
+  if (part.byteLength !== size) {
+    throw new Error(`${url}: no row ${row} (${statsUrl(model)} says ${stats.n_prompts} prompts); re-run render_figures.py`);
+  }
+  const values = new Float32Array(part);
+  return range(nL).map((l) => Array.from(values.subarray(l * nH, (l + 1) * nH)));
+}
+
+/** One statistic's whole table (`prompts`: the hashes of its rows, the prompt index's order):
+ * `at(hash, layer, head)` and `atRow(promptIndex, layer, head)`, NaN where missing. */
+export async function loadStatTable(model, stats, name, prompts) {
   const url = statTableUrl(model, name);
   const values = new Float32Array(await fetchData(url, "bytes"));
-  const { prompts, n_layers: nL, n_heads: nH } = stats;
+  const { n_layers: nL, n_heads: nH } = stats;
   if (values.length !== prompts.length * nL * nH) {
     throw new Error(`${url}: ${values.length} values, ${statsUrl(model)} says ${prompts.length * nL * nH}; `
       + "re-run render_figures.py");

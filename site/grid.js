@@ -73,7 +73,8 @@ async function loadStatTables() {
   await fetchEach(selectedModels().map(async (m) => {
     const key = `${m.model_dir}/${state.stat}`, stats = data.stats.get(m.model_dir);
     if (data.statTables.has(key) || !stats?.stats?.[state.stat]) return;
-    data.statTables.set(key, await loadStatTable(m.model_dir, stats, state.stat));
+    const hashes = [...data.promptsByModel.get(m.model_dir).keys()];  // prompts.jsonl's order: the table's rows
+    data.statTables.set(key, await loadStatTable(m.model_dir, stats, state.stat, hashes));
   }));
 }
 

@@ -1,17 +1,23 @@
-// Heads page: a layer x head heatmap of one statistic per model (mean over prompts, or one
-// prompt's values), a top-N list, and clicks that open a head in the single view or the grid.
+// Heads page: a layer x head heatmap of one statistic per model (mean over prompts, or one prompt's values),
+// a top-N list, a head's panel (its distribution over prompts, its highest and lowest prompts) and links that
+// open a head in the single view or the grid. Nothing it fetches grows with the number of prompts: per-head
+// summaries from stats.json, the panels from the statistic's heads.json, one prompt's values by one byte
+// range of its table, prompts through the prompt index.
 import {
-  MODELS_URL, fetchData, fetchEach, isStored, loadColormap, loadStatTable, promptsUrl, range, rankHeads,
-  statMeans, statsUrl,
+  MODELS_URL, fetchData, fetchEach, isStored, loadColormap, loadStatRow, openPromptIndex, range, rankHeads,
+  statHeadsUrl, statMeans, statsUrl,
 } from "./data.js";
-import { $, el, fillSelect, formatNumber, showError, startPage } from "./dom.js";
-import { gridUrl, readState, singleUrl, writeState } from "./url.js";
+import { $, debounce, el, fillSelect, formatNumber, oneLine, showError, startPage } from "./dom.js";
+import { gridUrl, pageUrl, readState, singleUrl, writeState } from "./url.js";
 
 const state = readState("heads");
 const data = {
-  models: [], model: null, stats: null, prompts: new Map(), table: null, colormap: null, diverging: null,
-  other: new Map(),  // model dir -> promise of its stats.json (the model subtracted, the series)
-  vsTable: null,     // the subtracted model's table of the statistic (one prompt's values)
+  models: [], model: null, stats: null, index: null, colormap: null, diverging: null,
+  heads: null,         // the statistic's heads.json (per head: histogram, top and bottom prompts)
+  prompt: null,        // the chosen prompt as the prompt index finds it, {row, record}; null when there is none
+  other: new Map(),    // model dir -> promise of its stats.json (the model subtracted, the series)
+  indexes: new Map(),  // model dir -> promise of its prompt index
+  rows: new Map(),     // `${model}/${stat}/${row}` -> promise of that prompt's values, [layer][head]
 };
 
 // ---- load ----
@@ -27,22 +33,28 @@ async function load() {
 }
 
 async function loadModel() {
-  const [stats, prompts] = await fetchEach([fetchData(statsUrl(state.model)), fetchData(promptsUrl(state.model), "jsonl")]);
-  Object.assign(data, {
-    model: data.models.find((m) => m.model_dir === state.model), stats, table: null,
-    prompts: new Map(prompts.map((p) => [p.hash, p])),
-  });
+  const [stats, index] = await fetchEach([fetchData(statsUrl(state.model)), promptIndex(state.model)]);
+  Object.assign(data, { model: data.models.find((m) => m.model_dir === state.model), stats, index, heads: null });
   const names = Object.keys(stats?.stats || {});
   if (!names.includes(state.stat)) state.stat = names[0] || "";
-  if (stats && !stats.prompts.includes(state.prompt)) state.prompt = stats.prompts[0] || "";
+  data.prompt = (state.prompt && await index.find(state.prompt)) || await promptAt(index, 0);
+  state.prompt = data.prompt?.record.hash ?? "";
 }
 
-/** The statistic's table (one prompt's values, and the best prompts of a head), fetched once per statistic. */
-async function loadTable() {
-  if (data.table?.name !== state.stat) data.table = await loadStatTable(state.model, data.stats, state.stat);
-  data.vsTable = null;
-  const vs = await vsStats();
-  if (vs?.stats[state.stat] && state.over === "prompt") data.vsTable = await loadStatTable(state.vs, vs, state.stat);
+/** A model's prompt index, opened once. */
+function promptIndex(model) {
+  if (!data.indexes.has(model)) data.indexes.set(model, Promise.resolve(openPromptIndex(model)));
+  return data.indexes.get(model);
+}
+
+async function promptAt(index, row) {
+  const [record] = row >= 0 && row < index.count ? await index.rows(row, 1) : [];
+  return record ? { row, record } : null;
+}
+
+/** The statistic's heads.json, fetched when the statistic is chosen. */
+async function loadHeads() {
+  if (data.heads?.name !== state.stat) data.heads = { ...await fetchData(statHeadsUrl(state.model, state.stat)), name: state.stat };
 }
 
 /** Another model's stats.json, fetched once (null when it has none). */
@@ -52,9 +64,19 @@ function otherStats(model) {
   return data.other.get(model);
 }
 
+/** A prompt's values of the statistic in a model: one row of its table, fetched once. */
+function rowValues(model, stats, row) {
+  const key = `${model}/${state.stat}/${row}`;
+  if (!data.rows.has(key)) {
+    data.rows.set(key, loadStatRow(model, stats, state.stat, row).catch((e) => { data.rows.delete(key); throw e; }));
+  }
+  return data.rows.get(key);
+}
+
 const vsStats = () => (state.vs ? otherStats(state.vs) : Promise.resolve(null));
 const shape = (m) => `${m.n_layers} x ${m.n_heads}`;
 const sameShape = () => data.models.filter((m) => shape(m) === shape(data.model));
+const noValues = (stats) => range(stats.n_layers).map(() => range(stats.n_heads).map(() => NaN));
 
 /** Training step of a model: `name@step<N>` as compute_activations.py --checkpoint names it (NaN otherwise). */
 const stepOf = (m) => Number(/@step(\d+)$/.exec(m.model_name ?? "")?.[1] ?? /[@_]step(\d+)$/.exec(m.model_dir)?.[1] ?? NaN);
@@ -69,23 +91,22 @@ function seriesModels() {
 
 // ---- what is shown ----
 
-/** Whether a head is stored: in the chosen prompt, or (mean over prompts) in any prompt. */
+/** Whether the chosen prompt stores a head ("mean over prompts": statistics exist whether or not patterns do). */
 function stored(layer, head) {
-  const prompts = state.over === "mean" ? data.stats.prompts : [state.prompt];
-  return prompts.some((hash) => !data.prompts.has(hash) || isStored(data.prompts.get(hash), data.model, layer, head));
+  return state.over === "mean" || !data.prompt || isStored(data.prompt.record, data.model, layer, head);
 }
 
 /** Values shown, [layer][head]: the mean over prompts, or the chosen prompt's row of the table; NaN where missing. */
 function ownValues() {
   if (state.over === "mean") return statMeans(data.stats, state.stat);
-  const { n_layers: nL, n_heads: nH } = data.stats;
-  return range(nL).map((l) => range(nH).map((h) => data.table.at(state.prompt, l, h)));
+  return data.prompt ? rowValues(state.model, data.stats, data.prompt.row) : noValues(data.stats);
 }
 
-/** The subtracted model's values, the same way (the same prompt when one prompt is shown). */
-function vsValues(vs) {
+/** The subtracted model's values, the same way (the same prompt, found in its own index, when one prompt is shown). */
+async function vsValues(vs) {
   if (state.over === "mean") return statMeans(vs, state.stat);
-  return range(vs.n_layers).map((l) => range(vs.n_heads).map((h) => data.vsTable.at(state.prompt, l, h)));
+  const found = data.prompt && await (await promptIndex(state.vs)).find(state.prompt);
+  return found ? rowValues(state.vs, vs, found.row) : noValues(vs);
 }
 
 /** Why this model cannot be compared with the "minus" model (null when it can). */
@@ -101,32 +122,53 @@ function vsProblem(vs) {
 
 /** What the heatmap shows: {values, a, b, problem}; with "minus", values = a - b. */
 async function shownValues() {
-  const a = ownValues();
+  const a = await ownValues();
   if (!state.vs) return { values: a, a };
   const vs = await vsStats(), problem = vsProblem(vs);
   if (problem) return { values: a, a, problem };
-  const b = vsValues(vs);
+  const b = await vsValues(vs);
   return { values: a.map((row, l) => row.map((v, h) => v - b[l][h])), a, b };
 }
 
-/** The prompts where a head's statistic is best (highest, or lowest when listing the lowest), best first. */
+const isKept = (hash) => data.heads.prompts[hash]?.stored !== false;
+
+/** The stored prompts where a head's statistic is best (highest, or lowest when listing the lowest), best first. */
 function bestPrompts(layer, head, n) {
   if (state.over === "prompt") return [state.prompt];
-  const sign = state.order === "asc" ? 1 : -1;
-  return data.stats.prompts.map((hash, p) => [data.table.atRow(p, layer, head), hash])
-    .filter(([v]) => !Number.isNaN(v)).sort((a, b) => sign * (a[0] - b[0])).slice(0, n).map(([, hash]) => hash);
+  const listed = data.heads.heads[layer][head][state.order === "asc" ? "bottom" : "top"];
+  return listed.map(([hash]) => hash).filter(isKept).slice(0, n);
 }
 
-/** Where clicking a head goes: the single view on its best prompt, or the grid on its 12 best. */
-function headUrl(layer, head) {
-  if (state.click === "grid") return topGridUrl([[layer, head]], bestPrompts(layer, head, 12));
+/** The single view on a head's best prompt, or the grid on its 12 best. */
+function openUrl(layer, head, click = state.click) {
+  if (click === "grid") return topGridUrl([[layer, head]], bestPrompts(layer, head, 12));
   const prompt = bestPrompts(layer, head, 1)[0] ?? state.prompt;
   return singleUrl({ model: state.model, prompt, layer, head, figure: "raw" });
+}
+
+const headKey = (layer, head) => `L${layer}H${head}`;
+
+/** Where clicking a head goes: its panel on this page (a link, so it opens in a new tab too), or openUrl. */
+const headUrl = (layer, head) => (state.click === "panel" ? pageUrl("heads", { ...state, panel: headKey(layer, head) })
+  : openUrl(layer, head));
+
+/** A plain click on a head opens its panel in place; other clicks (new tab, the other modes) follow the link. */
+function clickHead(event, layer, head) {
+  if (state.click !== "panel" || event.button !== 0 || event.ctrlKey || event.metaKey || event.shiftKey) return;
+  event.preventDefault();
+  update({ panel: headKey(layer, head) });
 }
 
 const topGridUrl = (heads, prompts) => gridUrl({
   model: state.model, heads, prompts, stat: state.stat, desc: state.order === "desc",
 });
+
+/** The head whose panel is open, [layer, head], or null. */
+function panelHead() {
+  const m = /^L(\d+)H(\d+)$/.exec(state.panel);
+  const [l, h] = m ? [Number(m[1]), Number(m[2])] : [];
+  return m && l < data.stats.n_layers && h < data.stats.n_heads ? [l, h] : null;
+}
 
 // ---- render ----
 
@@ -135,18 +177,19 @@ async function render() {
   if (!data.stats || !state.stat) {
     $("heatmap").replaceChildren(el("p", { class: "notice" },
       `${state.model} has no head statistics yet: run render_figures.py (it writes ${statsUrl(state.model)}).`));
-    $("legend").replaceChildren();
-    $("top-list").replaceChildren();
+    for (const id of ["legend", "top-list", "head-panel"]) $(id).replaceChildren();
+    $("head-panel").classList.add("hidden");
     writeState("heads", state);
     return;
   }
-  await loadTable();
+  await loadHeads();
   const shown = await shownValues();
   $("vs-problem").textContent = shown.problem ?? "";
   $("vs-problem").classList.toggle("hidden", !shown.problem);
   const ranked = rankHeads(shown.values, state.order === "desc");
   renderHeatmap(shown, ranked);
   renderTop(ranked);
+  renderPanel(shown.a);
   await renderSeries();
   writeState("heads", state);  // last: tests and users see the URL change once the view shows it
 }
@@ -166,7 +209,7 @@ function valueRange(values, centred) {
 function renderHeatmap({ values, a, b }, ranked) {
   const { n_layers: nL, n_heads: nH } = data.stats;
   const [lo, hi] = valueRange(values, !!b), colormap = b ? data.diverging : data.colormap;
-  const rank = new Map(ranked.map((h) => [`${h.layer},${h.head}`, h.rank]));
+  const rank = new Map(ranked.map((h) => [headKey(h.layer, h.head), h.rank]));
   const width = $("heatmap").parentElement.clientWidth - 40;
   const size = Math.max(14, Math.min(52, Math.floor(width / nH)));
   const grid = el("div", { class: "heatmap-grid", style: { gridTemplateColumns: `32px repeat(${nH}, ${size}px)`, gridAutoRows: `${size}px` } });
@@ -175,7 +218,7 @@ function renderHeatmap({ values, a, b }, ranked) {
     grid.append(el("span", { class: "heat-label row-label muted" }, `${l}`));
     for (let h = 0; h < nH; h++) {
       const why = b ? ` = ${formatNumber(a[l][h])} \u2212 ${formatNumber(b[l][h])} (${state.vs})` : "";
-      grid.append(heatCell(l, h, values[l][h], rank.get(`${l},${h}`), ranked.length, lo, hi, size, colormap, why));
+      grid.append(heatCell(l, h, values[l][h], rank.get(headKey(l, h)), ranked.length, lo, hi, size, colormap, why));
     }
   }
   $("heatmap").replaceChildren(grid);
@@ -188,10 +231,11 @@ function heatCell(l, h, v, rank, of, lo, hi, size, colormap = data.colormap, why
   const info = `L${l}H${h}: ${text}${kept ? why : ""}${rank ? ` (rank ${rank} / ${of})` : ""}`;
   const c = kept && !Number.isNaN(v) ? colour(v, lo, hi, colormap) : null;
   const kind = !kept ? "not-stored" : !c ? "no-value" : c[0] * 0.3 + c[1] * 0.59 + c[2] * 0.11 > 120 ? "on-light" : "";
+  const open = state.panel === headKey(l, h) ? "open" : "";
   return el("a", {
-    class: `heat ${kind}`.trim(), href: headUrl(l, h), title: info, dataset: { layer: l, head: h, value: String(v) },
+    class: `heat ${kind} ${open}`.trim(), href: headUrl(l, h), title: info, dataset: { layer: l, head: h, value: String(v) },
     style: c ? { background: `rgb(${c.join(", ")})` } : {},
-    onmouseenter: () => { $("hover-info").textContent = info; },
+    onmouseenter: () => { $("hover-info").textContent = info; }, onclick: (e) => clickHead(e, l, h),
   }, size >= 40 ? text : "");
 }
 
@@ -208,19 +252,23 @@ function renderLegend(box, lo, hi, colormap = data.colormap) {
 
 function renderTop(ranked) {
   const top = ranked.slice(0, Number(state.top) || 10);
+  const follow = (e, layer, head) => {
+    clickHead(e, layer, head);
+    if (!e.defaultPrevented && !e.target.closest("a")) location.href = headUrl(layer, head);
+  };
   $("top-list").replaceChildren(el("table", { class: "data top-table" },
     el("thead", {}, el("tr", {}, el("th", {}, "#"), el("th", {}, "head"), el("th", {}, state.stat))),
-    el("tbody", {}, top.map(({ layer, head, value, rank }) => el("tr", { onclick: () => { location.href = headUrl(layer, head); } },
-      el("td", { class: "num" }, `${rank}`),
-      el("td", {}, el("a", { href: headUrl(layer, head) }, `L${layer}H${head}`)),
-      el("td", { class: "num" }, formatNumber(value)))))));
+    el("tbody", {}, top.map(({ layer, head, value, rank }) => el("tr", {
+      class: state.panel === headKey(layer, head) ? "selected" : "", onclick: (e) => follow(e, layer, head),
+    },
+    el("td", { class: "num" }, `${rank}`),
+    el("td", {}, el("a", { href: headUrl(layer, head) }, headKey(layer, head))),
+    el("td", { class: "num" }, formatNumber(value)))))));
   const heads = top.map((h) => [h.layer, h.head]);
   $("top-grid").href = topGridUrl(heads, [state.prompt]);
-  $("top-grid").textContent = `open these ${heads.length} heads in the grid (prompt ${promptIndex() + 1})`;
+  $("top-grid").textContent = `open these ${heads.length} heads in the grid (prompt ${(data.prompt?.row ?? -1) + 1})`;
   $("top-grid").classList.toggle("hidden", !heads.length);
 }
-
-const promptIndex = () => (data.stats ? data.stats.prompts.indexOf(state.prompt) : -1);
 
 function renderControls() {
   fillSelect($("model"), data.models.map((m) => m.model_dir), state.model);
@@ -230,8 +278,8 @@ function renderControls() {
   fillSelect($("vs"), ["", ...(state.vs && !others.includes(state.vs) ? [state.vs] : []), ...others], state.vs,
     (m) => m || "nothing");
   $("series").checked = state.series === "1";
-  const i = promptIndex(), n = data.stats?.prompts.length ?? 0;
-  const text = data.prompts.get(state.prompt)?.text.replace(/\s+/g, " ") ?? state.prompt;
+  const i = data.prompt?.row ?? -1, n = data.index?.count ?? 0;
+  const text = oneLine(data.prompt?.record.text ?? state.prompt);
   $("prompt-label").textContent = `prompt ${i + 1}/${n}: ${text.slice(0, 40)}${text.length > 40 ? "\u2026" : ""}`;
   $("prompt-label").title = text;
   $("prompt-picker").classList.toggle("dim", state.over === "mean");
@@ -240,6 +288,106 @@ function renderControls() {
   $("stat-doc").textContent = data.stats?.stats[state.stat]?.doc || "";
   $("grid-link").href = gridUrl({ model: state.model, stat: state.stat });
   $("single-link").href = singleUrl({ model: state.model, prompt: state.prompt, layer: 0, head: 0, figure: "raw" });
+}
+
+// ---- a head's panel: its distribution over prompts and its highest and lowest prompts ----
+
+function renderPanel(own) {
+  const head = panelHead(), box = $("head-panel");
+  box.classList.toggle("hidden", !head);
+  if (!head) {
+    box.replaceChildren();
+    return;
+  }
+  const [l, h] = head, info = data.heads.heads[l][h], stat = data.stats.stats[state.stat];
+  const at = (table) => table?.[l]?.[h] ?? NaN;
+  const value = state.over === "prompt" ? at(own) : NaN;
+  box.dataset.head = headKey(l, h);
+  box.replaceChildren(...[
+    el("h2", { class: "row" }, el("span", {}, `${headKey(l, h)} \u00b7 ${state.stat}`), el("span", { class: "spacer" }),
+      el("button", { type: "button", class: "link panel-close", title: "close (Esc)", onclick: () => update({ panel: "" }) }, "\u00d7")),
+    histogramSvg(info.hist, at(stat.mean), value),
+    el("p", { class: "hist-caption muted" }, `${at(stat.count)} of ${data.stats.n_prompts} prompts have a value`,
+      Number.isNaN(value) ? "" : ` \u00b7 this prompt: ${formatNumber(value)}`),
+    headNumbers(stat, at),
+    el("p", { class: "head-links" }, el("a", { href: openUrl(l, h, "single") }, "single view"), " \u00b7 ",
+      el("a", { href: openUrl(l, h, "grid") }, "grid of its top prompts")),
+    promptList("highest", info.top, l, h),
+    promptList("lowest", info.bottom, l, h),
+    notStoredNote([...info.top, ...info.bottom]),
+  ].filter(Boolean));
+}
+
+/** The quantiles from min to max (one row, read like a box plot), then mean and std, as labelled numbers. */
+function headNumbers(stat, at) {
+  const q = stat.quantiles ?? {};
+  const items = [["min", stat.min], ["5%", q["0.05"]], ["25%", q["0.25"]], ["median", q["0.5"]], ["75%", q["0.75"]],
+    ["95%", q["0.95"]], ["max", stat.max], ["mean", stat.mean], ["std", stat.std]];
+  return el("dl", { class: "head-numbers" }, items.map(([label, table]) => el("div", {
+    dataset: { key: label, value: String(at(table)) },
+  }, el("dt", {}, label), el("dd", { class: "mono" }, formatNumber(at(table))))));
+}
+
+/** One list of prompts with their values; a stored prompt links to the single view on this head. */
+function promptList(title, entries, layer, head) {
+  const snippets = data.heads.prompts;
+  return el("section", { class: "head-prompts", dataset: { list: title } },
+    el("h3", {}, title),
+    entries.length ? el("ol", {}, entries.map(([hash, value]) => {
+      const p = snippets[hash], text = p ? oneLine(p.text) : hash, kept = isKept(hash);
+      const tip = `${text}${p ? ` (${p.n_tokens} tokens)` : ""}\n${hash}: ${value}`;
+      return el("li", { class: kept ? "" : "unstored", dataset: { hash, value: String(value) }, title: tip },
+        el("span", { class: "num mono" }, formatNumber(value)),
+        kept ? el("a", { class: "snippet", href: singleUrl({ model: state.model, prompt: hash, layer, head, figure: "raw" }) }, text)
+          : el("span", { class: "snippet" }, text),
+        !kept && el("span", { class: "tag-not-stored" }, "not stored"));
+    })) : el("p", { class: "muted" }, "no prompt has a value"));
+}
+
+/** What to run when some listed prompts have statistics but no stored patterns. */
+function notStoredNote(entries) {
+  if (entries.every(([hash]) => isKept(hash))) return null;
+  const k = data.stats.top_k ?? 10, name = data.model.model_name ?? data.model.model_dir;
+  return el("p", { class: "notice not-stored-note" }, "The prompts marked \u201cnot stored\u201d have statistics but no ",
+    `stored patterns. To store the patterns of every head's top ${k} prompts, run`,
+    el("code", { class: "command" }, `python compute_activations.py ${name} PROMPTS --top ${k}`),
+    "with the same prompts file (PROMPTS) and the same --save-path.");
+}
+
+const SVG_NS = "http://www.w3.org/2000/svg";
+function svgEl(tag, attrs, ...children) {
+  const node = document.createElementNS(SVG_NS, tag);
+  for (const [k, v] of Object.entries(attrs)) node.setAttribute(k, v);
+  node.append(...children);
+  return node;
+}
+
+/** The head's histogram over prompts as SVG bars, with its range, the largest count, the mean and this prompt. */
+function histogramSvg(hist, mean, value) {
+  if (!hist) return el("p", { class: "notice" }, "no prompt has a value for this head");
+  const W = 400, H = 120, L = 34, R = 6, T = 6, B = 18;
+  const counts = hist.hi > hist.lo ? hist.counts : [hist.counts.reduce((a, b) => a + b, 0)];
+  const top = Math.max(...counts), bw = (W - L - R) / counts.length, span = hist.hi - hist.lo;
+  const x = (v) => L + ((v - hist.lo) / (span || 1)) * (W - L - R), y = (c) => T + (1 - c / top) * (H - T - B);
+  const chart = svgEl("svg", { class: "head-hist", viewBox: `0 0 ${W} ${H}`, role: "img",
+    "aria-label": `histogram of ${counts.length} bins from ${formatNumber(hist.lo)} to ${formatNumber(hist.hi)}` });
+  counts.forEach((c, i) => {
+    const a = hist.lo + (i * span) / counts.length, b = hist.lo + ((i + 1) * span) / counts.length;
+    chart.append(svgEl("rect", { class: "bar", x: L + i * bw + 0.5, y: y(c), width: Math.max(bw - 1, 0.5), height: H - B - y(c),
+      "data-count": c }, svgEl("title", {}, `${formatNumber(a)} to ${formatNumber(b)}: ${c} prompt${c === 1 ? "" : "s"}`)));
+  });
+  chart.append(svgEl("line", { class: "axis", x1: L, y1: H - B, x2: W - R, y2: H - B }),
+    svgEl("text", { x: L, y: H - 4, "text-anchor": "start" }, formatNumber(hist.lo)),
+    svgEl("text", { x: W - R, y: H - 4, "text-anchor": "end" }, formatNumber(hist.hi)),
+    svgEl("text", { x: L - 4, y: T + 8, "text-anchor": "end" }, String(top)),
+    svgEl("text", { x: L - 4, y: H - B, "text-anchor": "end" }, "0"));
+  for (const [v, cls, label] of [[mean, "mark-mean", "mean"], [value, "mark-prompt", "this prompt"]]) {
+    if (Number.isFinite(v) && span > 0) {
+      chart.append(svgEl("line", { class: cls, x1: x(v), y1: T, x2: x(v), y2: H - B },
+        svgEl("title", {}, `${label}: ${formatNumber(v)}`)));
+    }
+  }
+  return chart;
 }
 
 // ---- wire ----
@@ -255,14 +403,50 @@ async function update(patch, reload = false) {
   }
 }
 
-function stepPrompt(delta) {
-  const prompts = data.stats?.prompts || [], i = promptIndex() + delta;
-  if (i >= 0 && i < prompts.length) update({ prompt: prompts[i], over: "prompt" });
+async function choosePrompt(found) {
+  if (!found) return;
+  data.prompt = found;
+  await update({ prompt: found.record.hash, over: "prompt" });
+}
+
+async function stepPrompt(delta) {
+  if (!data.index) return;
+  try {
+    await choosePrompt(await promptAt(data.index, (data.prompt?.row ?? -1) + delta));
+  } catch (e) {
+    showError(e);
+  }
 }
 
 function stepStat(delta) {
   const names = Object.keys(data.stats?.stats || {});
   if (names.length) update({ stat: names[(names.indexOf(state.stat) + delta + names.length) % names.length] });
+}
+
+/** Arrow keys move the open panel to the neighbouring head. */
+function movePanel(dl, dh) {
+  const head = data.stats && panelHead();
+  if (!head) return false;
+  const l = Math.min(Math.max(head[0] + dl, 0), data.stats.n_layers - 1);
+  const h = Math.min(Math.max(head[1] + dh, 0), data.stats.n_heads - 1);
+  update({ panel: headKey(l, h) });
+  return true;
+}
+
+/** The prompt search: the index's matches under the box, a click chooses one. */
+async function searchPrompts(query) {
+  const box = $("prompt-results");
+  if (!query.trim() || !data.index) {
+    box.classList.add("hidden");
+    return;
+  }
+  const found = await data.index.search(query, 12);
+  box.replaceChildren(...(found.length ? found.map((f) => el("button", {
+    type: "button", class: "prompt-result", title: f.record.text, dataset: { hash: f.record.hash },
+    onclick: () => { box.classList.add("hidden"); $("prompt-search").value = ""; choosePrompt(f); },
+  }, el("span", { class: "muted mono" }, `${f.row + 1}`), ` ${oneLine(f.record.text).slice(0, 80)}`))
+    : [el("span", { class: "muted" }, "no prompt matches")]));
+  box.classList.remove("hidden");
 }
 
 function wire() {
@@ -274,17 +458,25 @@ function wire() {
   $("prev-prompt").addEventListener("click", () => stepPrompt(-1));
   $("next-prompt").addEventListener("click", () => stepPrompt(1));
   $("help-button").addEventListener("click", () => $("help").classList.toggle("hidden"));
+  $("prompt-search").addEventListener("input", debounce((e) => searchPrompts(e.target.value).catch(showError), 150));
+  $("prompt-search").addEventListener("keydown", (e) => {
+    if (e.key === "Escape") { e.target.value = ""; $("prompt-results").classList.add("hidden"); e.target.blur(); }
+  });
   document.addEventListener("keydown", (e) => {
     if (e.target.matches("input, select, textarea") || e.ctrlKey || e.metaKey || e.altKey) return;
     const actions = {
       s: () => stepStat(1), S: () => stepStat(-1), n: () => stepPrompt(1), p: () => stepPrompt(-1),
       m: () => update({ over: state.over === "mean" ? "prompt" : "mean" }),
       c: () => update({ series: state.series ? "" : "1" }),
+      "/": () => $("prompt-search").focus(),
       "?": () => $("help").classList.toggle("hidden"),
+      Escape: () => state.panel && update({ panel: "" }),
+      ArrowLeft: () => movePanel(0, -1), ArrowRight: () => movePanel(0, 1),
+      ArrowUp: () => movePanel(-1, 0), ArrowDown: () => movePanel(1, 0),
     };
-    if (actions[e.key]) { e.preventDefault(); actions[e.key](); }
+    if (actions[e.key] && actions[e.key]() !== false) e.preventDefault();
   });
-  window.addEventListener("resize", () => data.table && render());
+  window.addEventListener("resize", () => data.heads && render());
 }
 
 // ---- across checkpoints: one small heatmap per model of this shape, and the top heads against the step ----
@@ -335,28 +527,21 @@ function seriesChart(models, means) {
   const W = 560, H = 220, L = 48, R = 90, T = 10, B = 30;
   const sx = (s) => L + ((s - steps[0]) / (steps.at(-1) - steps[0] || 1)) * (W - L - R);
   const sy = (v) => T + (1 - (v - lo) / (hi - lo || 1)) * (H - T - B);
-  const ns = "http://www.w3.org/2000/svg";
-  const svg = (tag, attrs, ...children) => {
-    const node = document.createElementNS(ns, tag);
-    for (const [k, v] of Object.entries(attrs)) node.setAttribute(k, v);
-    node.append(...children);
-    return node;
-  };
-  const chart = svg("svg", { class: "series-chart", viewBox: `0 0 ${W} ${H}`, width: W, height: H });
-  chart.append(svg("line", { x1: L, y1: H - B, x2: W - R, y2: H - B, class: "axis" }),
-    svg("line", { x1: L, y1: T, x2: L, y2: H - B, class: "axis" }));
-  for (const v of [lo, (lo + hi) / 2, hi]) chart.append(svg("text", { x: L - 4, y: sy(v) + 4, "text-anchor": "end" }, formatNumber(v)));
-  steps.forEach((s) => chart.append(svg("text", { x: sx(s), y: H - B + 16, "text-anchor": "middle" }, String(s))));
-  chart.append(svg("text", { x: (L + W - R) / 2, y: H - 2, "text-anchor": "middle" },
+  const chart = svgEl("svg", { class: "series-chart", viewBox: `0 0 ${W} ${H}`, width: W, height: H });
+  chart.append(svgEl("line", { x1: L, y1: H - B, x2: W - R, y2: H - B, class: "axis" }),
+    svgEl("line", { x1: L, y1: T, x2: L, y2: H - B, class: "axis" }));
+  for (const v of [lo, (lo + hi) / 2, hi]) chart.append(svgEl("text", { x: L - 4, y: sy(v) + 4, "text-anchor": "end" }, formatNumber(v)));
+  steps.forEach((s) => chart.append(svgEl("text", { x: sx(s), y: H - B + 16, "text-anchor": "middle" }, String(s))));
+  chart.append(svgEl("text", { x: (L + W - R) / 2, y: H - 2, "text-anchor": "middle" },
     steps.every((s, i) => s === i) ? "model" : "training step"));
   top.forEach(({ layer, head }, i) => {
     const ys = means.map((v) => v?.[layer][head] ?? NaN);
     const points = steps.map((s, j) => [s, ys[j]]).filter(([, v]) => !Number.isNaN(v));
     const style = `stroke: var(--series-${i + 1}); fill: var(--series-${i + 1})`;
-    chart.append(svg("polyline", {
-      points: points.map(([s, v]) => `${sx(s)},${sy(v)}`).join(" "), style, "data-head": `L${layer}H${head}`,
+    chart.append(svgEl("polyline", {
+      points: points.map(([s, v]) => `${sx(s)},${sy(v)}`).join(" "), style, "data-head": headKey(layer, head),
       "data-values": JSON.stringify(ys.map((v) => (Number.isNaN(v) ? null : v))),
-    }), svg("text", { x: W - R + 6, y: sy(points.at(-1)[1]) + 4, style: `fill: var(--series-${i + 1})` }, `L${layer}H${head}`));
+    }), svgEl("text", { x: W - R + 6, y: sy(points.at(-1)[1]) + 4, style: `fill: var(--series-${i + 1})` }, headKey(layer, head)));
   });
   return chart;
 }

@@ -40,9 +40,12 @@ export const PAGES = {
     defaults: {
       model: "", stat: "",
       over: "mean",        // mean over prompts | prompt (one prompt's values)
-      prompt: "", click: "single", top: "10", order: "desc",
+      prompt: "",
+      click: "panel",      // what clicking a head opens: panel (its distribution and top prompts) | single | grid
+      top: "10", order: "desc",
       vs: "",              // a model of the same shape: show this model's values minus its values
       series: "",          // "1": the statistic across the models of the same shape (training checkpoints)
+      panel: "",           // the head whose panel is open, as L<layer>H<head>; "" none
     },
   },
 };

@@ -205,9 +205,10 @@ def test_statistics_tables_hold_each_prompts_values(fake_data_dir, tmp_path):
     write_figure_file(tmp_path / "figs", "good.py", GOOD)
     run_render("--save-path", fake_data_dir, "--figures-dir", tmp_path / "figs", "--figures", "first_key", "--jobs", "2")
     index, tables = lens.read_stats(fake_data_dir, "fake-model")
-    assert index["prompts"] == lens.finished_prompts(fake_data_dir, "fake-model") and list(tables) == ["first_key"]
+    hashes = lens.finished_prompts(fake_data_dir, "fake-model")  # the tables' rows
+    assert index["n_prompts"] == len(hashes) and list(tables) == ["first_key"]
     assert index["stats"]["first_key"]["doc"] == "attention to key 0"
-    for i, phash in enumerate(index["prompts"]):
+    for i, phash in enumerate(hashes):
         patterns = lens.load_patterns(fake_data_dir, "fake-model", phash)
         for layer, head in patterns.heads:
             expected = patterns.head(layer, head)[:, 0].mean()

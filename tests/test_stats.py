@@ -128,14 +128,15 @@ def assert_equal_to_detect_head(ckpt: Path, texts: list[str], tmp_path: Path) ->
 
     model_dir = run_pipeline(ckpt, texts, tmp_path / "data", "--figures", ",".join(TL_SCORES))
     index = json.loads((model_dir / "stats.json").read_text())
-    text_of = {h: json.loads((model_dir / "prompts" / h / "prompt.json").read_text())["text"] for h in index["prompts"]}
+    hashes = lens.finished_prompts(model_dir.parent, model_dir.name)  # the tables' rows
+    text_of = {h: json.loads((model_dir / "prompts" / h / "prompt.json").read_text())["text"] for h in hashes}
     assert sorted(text_of.values()) == sorted(texts)
     model = load_model(str(ckpt), "cpu", "float32")
     assert all(1 < len(model.to_tokens(t)[0]) < model.cfg.n_ctx for t in texts)  # what detect_head accepts
     shape = (len(texts), index["n_layers"], index["n_heads"])
     for name in TL_SCORES:
         table = np.fromfile(model_dir / "stats" / f"{name}.f32", "<f4").reshape(shape)
-        for i, h in enumerate(index["prompts"]):
+        for i, h in enumerate(hashes):
             expected = detect_head(model, text_of[h], name).numpy()
             np.testing.assert_allclose(table[i], expected, atol=1e-4, rtol=0, err_msg=f"{name} on {text_of[h]!r}")
         mean = detect_head(model, texts, name).numpy()  # detect_head on a list: the mean over prompts
@@ -164,7 +165,7 @@ def test_stats_tables_on_disk(fake_data_dir):
     model = fake_data_dir / "fake-model"
     index = json.loads((model / "stats.json").read_text())
     hashes = sorted(p.name for p in (model / "prompts").iterdir())
-    assert index["prompts"] == hashes and (index["n_layers"], index["n_heads"]) == (2, 3)
+    assert index["n_prompts"] == len(hashes) and (index["n_layers"], index["n_heads"]) == (2, 3)
     assert list(index["stats"]) == ["bos", "previous_token_head", "induction_head"]
     table = np.fromfile(model / "stats" / "bos.f32", "<f4").reshape(len(hashes), 2, 3)
     for i, h in enumerate(hashes):
