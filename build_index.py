@@ -152,9 +152,10 @@ def histogram(values: np.ndarray, bins: int) -> dict | None:
 
 # ---- Merging statistics: every compute run's parts (shards copied together), and stored prompts' stats.json ----
 
-def merged_stats(save_path: Path, model: str, shape: tuple[int, int]) -> tuple[list[str], dict[str, np.ndarray], dict]:
+def merged_stats(save_path: Path, model: str, shape: tuple[int, int]) -> tuple[list[str], dict[str, np.ndarray], dict, dict]:
     """Every prompt's statistics: the sorted hashes (of the parts' prompts and the stored prompts, the prompt
-    index's rows), {name: float32 [prompts, layers, heads], NaN where missing}, and the parts' rows by hash.
+    index's rows), {name: float32 [prompts, layers, heads], NaN where missing}, the parts' rows by hash and
+    the parts' docs of their statistics.
 
     A prompt in several parts (a run recomputed it) takes its first part's values, in part name order, so
     the result does not depend on which shard ran first; stored prompts' stats.json (render_figures.py's
@@ -182,7 +183,8 @@ def merged_stats(save_path: Path, model: str, shape: tuple[int, int]) -> tuple[l
             table = tables.setdefault(name, np.full((len(hashes), *shape), np.nan, np.float32))
             if np.isnan(table[position[h]]).all():
                 table[position[h]] = values
-    return hashes, tables, rows
+    docs = {name: doc for part in parts for name, doc in part.docs.items()}
+    return hashes, tables, rows, docs
 
 
 def read_rendered_stats(save_path: Path, model: str, phash: str, shape: tuple[int, int]) -> dict[str, np.ndarray]:
@@ -197,11 +199,11 @@ def read_rendered_stats(save_path: Path, model: str, phash: str, shape: tuple[in
 def write_model_stats(save_path: Path, model: str, cfg: dict, figures: dict[str, lens.Figure]) -> int:
     """Merge a model's statistics and write the aggregates the site reads; returns the number of statistics."""
     shape = (cfg["n_layers"], cfg["n_heads"])
-    hashes, tables, rows = merged_stats(save_path, model, shape)
+    hashes, tables, rows, part_docs = merged_stats(save_path, model, shape)
     if not tables:
         return 0
     order = [n for n in figures if n in tables] + sorted(set(tables) - set(figures))
-    docs = {name: inspect.getdoc(figures[name].func) or "" for name in order if name in figures}
+    docs = {**part_docs, **{name: inspect.getdoc(figures[name].func) or "" for name in order if name in figures}}
     stored = set(lens.finished_prompts(save_path, model))
     prompts = {h: {"text": rows[h]["text"], "n_tokens": rows[h]["n_tokens"], "stored": h in stored}
                for h in hashes if h in rows}
@@ -221,7 +223,7 @@ def top_prompts(save_path: Path, model_name: str, k: int, stat_spec: str | None)
         raise lens.UserError(f"--top {k}: no statistics of {model_name} in {save_path} yet; compute them first: "
                              f"python compute_activations.py {model_name} PROMPTS --patterns none")
     cfg = lens.read_json(cfg_path)
-    hashes, tables, rows = merged_stats(save_path, model, (cfg["n_layers"], cfg["n_heads"]))
+    hashes, tables, rows, _ = merged_stats(save_path, model, (cfg["n_layers"], cfg["n_heads"]))
     names = [n.strip() for n in (stat_spec or ",".join(tables)).split(",") if n.strip()]
     unknown = [n for n in names if n not in tables]
     if unknown or not names:

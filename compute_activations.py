@@ -11,6 +11,7 @@ From a notebook, with any model object that has the TransformerLens interface:
     compute_activations([{"text": "..."}], model, "attn_data", model_name="my-model")
 """
 import argparse
+import inspect
 import math
 import os
 import random
@@ -49,6 +50,8 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help="store the patterns of each head's K highest and K lowest prompts by the statistics "
                    "already computed (see --stat), and nothing else; the prompts come from the data dir")
     p.add_argument("--stat", metavar="NAME[,NAME...]", help="with --top: these statistics only (default: all)")
+    p.add_argument("--figures-dir", type=Path, default=lens.FIGURES_DIR,
+                   help="where the @statistic plug-ins computed for every prompt live (default: figures/)")
     p.add_argument("--save-path", type=Path, default=lens.DEFAULT_SAVE_PATH,
                    help="data directory (default: %(default)s)")
     p.add_argument("--batch-size", type=lens.positive_int, default=BATCH_SIZE,
@@ -532,10 +535,12 @@ def finish_prompt(job: PromptJob, save_path: Path, model_dir: str, str_tokens: l
 class StatsPart:
     """This run's statistics part (lens.read_parts reads it): created on first use, appended batch by batch."""
 
-    def __init__(self, save_path: Path, model_dir: str, names: list[str], n_layers: int, n_heads: int):
+    def __init__(self, save_path: Path, model_dir: str, stats: list[lens.Figure], n_layers: int, n_heads: int):
         run = f"{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}-{os.urandom(3).hex()}"  # shards never collide
         self.header = lens.parts_dir(save_path, model_dir) / f"{run}.json"
-        self.meta = {"stats": names, "n_layers": n_layers, "n_heads": n_heads}
+        # the docs travel with the values: the site shows them whichever figures dir build_index.py reads
+        self.meta = {"stats": [f.name for f in stats], "docs": {f.name: inspect.getdoc(f.func) or "" for f in stats},
+                     "n_layers": n_layers, "n_heads": n_heads}
         self.rows = 0
 
     def append(self, jobs: list[PromptJob], values: np.ndarray) -> None:
@@ -618,7 +623,7 @@ def plan_run(prompts: list[dict], model, save_path: Path, model_name: str, force
                   file=sys.stderr)
         jobs.append(PromptJob(p, ids[:limit], len(ids) > limit, job_heads, phash not in have_stats))
     import torch
-    part = StatsPart(save_path, model_dir, device_names + [f.name for f in plugins], n_layers, n_heads)
+    part = StatsPart(save_path, model_dir, [registry[n] for n in device_names] + plugins, n_layers, n_heads)
     device = next(model.parameters()).device if hasattr(model, "parameters") else torch.device("cpu")
     needs_norms = any(j.heads for j in jobs) or any("value_norms" in f.options["inputs"] for f in plugins)
     return RunPlan(save_path, model_name, model_dir, n_layers, n_heads, is_causal(model), jobs,
@@ -807,7 +812,8 @@ def main(argv=None) -> None:
         prompts, store = work[model_name]
         model = load_model(name, device, args.dtype, args.revision, step, args.device_map, args.n_devices)
         s = compute_activations(prompts, model, args.save_path, model_name=model_name, batch_size=args.batch_size,
-                                force=args.force, heads=args.heads, max_tokens=args.max_tokens, patterns=store)
+                                force=args.force, heads=args.heads, max_tokens=args.max_tokens, patterns=store,
+                                figures_dir=args.figures_dir)
         print(summary_line(s, args.save_path))
         del model
     from build_index import build_index

@@ -540,7 +540,7 @@ def write_prompt_stats(save_path: Path, model: str, phash: str, stats: dict[str,
 
 
 # ---- Statistic parts: what compute_activations.py writes for every prompt, patterns stored or not ----
-# <model>/parts/<run>.json: {"stats": [names], "n_layers", "n_heads"}, written when the run starts;
+# <model>/parts/<run>.json: {"stats": [names], "docs": {name: doc}, "n_layers", "n_heads"}, written when the run starts;
 # <run>.f32: float32 [len(stats), n_layers, n_heads] per prompt, appended batch by batch;
 # <run>.jsonl: one {"hash", "text", "n_tokens", "meta", "truncated"} per prompt, appended after its values,
 # so a line means its values are whole. A killed run leaves at most a partial last line, which is ignored.
@@ -554,6 +554,7 @@ class Part:
     """One run's statistics: its prompts (rows of its .jsonl) and their values [prompts, stats, layers, heads]."""
     path: Path  # the .json header
     stats: list[str]
+    docs: dict[str, str]
     rows: list[dict]
     values: np.ndarray
 
@@ -572,11 +573,12 @@ def read_parts(save_path: Path, model: str) -> list[Part]:
         except json.JSONDecodeError as e:
             raise UserError(f"{lines}: not valid JSON ({e.msg}); delete the part's three files and recompute") from None
         table = header.with_suffix(".f32")
-        values = np.fromfile(table, "<f4") if table.exists() else np.zeros(0, np.float32)
+        values = (np.memmap(table, "<f4", mode="r") if table.exists() and table.stat().st_size
+                  else np.zeros(0, np.float32))  # mapped: a 100,000-prompt part is not read to list its rows
         per_row = int(np.prod(shape))
         if values.size < len(rows) * per_row:
             raise UserError(f"{table}: {values.size // max(per_row, 1)} rows of values for {len(rows)} prompts in {lines}")
-        parts.append(Part(header, meta["stats"], rows, values[:len(rows) * per_row].reshape(len(rows), *shape)))
+        parts.append(Part(header, meta["stats"], meta.get("docs", {}), rows, values[:len(rows) * per_row].reshape(len(rows), *shape)))
     return parts
 
 

@@ -5,14 +5,13 @@
     python render_figures.py --shard 3/8            # one of 8 array jobs, split by prompt hash
 
 Writes <model>/prompts/<hash>/L<l>/H<h>/<figure>.svg per head (or <figure>.error.txt when the
-figure failed on that head), each prompt's statistics to prompts/<hash>/stats.json and the per-model
-tables <model>/stats.json + <model>/stats/<name>.f32, records which --figures-dir it rendered with,
-and then rebuilds the indexes (build_index.py). Existing images and statistics are kept unless
+figure failed on that head) and each prompt's plug-in statistics that compute_activations.py did not
+compute to prompts/<hash>/stats.json, records which --figures-dir it rendered with, and then rebuilds
+the indexes and the per-model statistics tables (build_index.py). Existing images and statistics are kept unless
 --force. A prompt whose files cannot be read is a warning naming it; the others are rendered.
 """
 import fnmatch
 import gzip
-import inspect
 import math
 import os
 import sys
@@ -26,7 +25,6 @@ import numpy as np
 from tqdm import tqdm
 
 import lens
-from build_index import write_stat_aggregates
 
 _FIGURES: list[lens.Figure] = []  # the selected figures and statistics, per process (see init_worker)
 
@@ -193,31 +191,6 @@ def render_prompt_heads(save_path: Path, model: str, phash: str, force: bool, co
         lens.write_prompt_stats(save_path, model, phash, {**old_stats, **values})
 
 
-def aggregate_stats(save_path: Path, model: str, registry: dict[str, lens.Figure]) -> list[str]:
-    """Collect every prompt's stats.json into <model>/stats.json + stats/<name>.f32 + .heads.json; returns the names."""
-    cfg = lens.read_json(lens.model_cfg_path(save_path, model))
-    shape = (cfg["n_layers"], cfg["n_heads"])
-    hashes = lens.finished_prompts(save_path, model)
-    per_prompt, records = {}, {}
-    for h in hashes:
-        try:
-            per_prompt[h] = lens.read_prompt_stats(save_path, model, h, shape)
-            info = lens.read_json(lens.prompt_json_path(save_path, model, h))
-            records[h] = {"text": info["text"], "n_tokens": info["n_tokens"], "stored": True}  # finished: has patterns
-        except lens.UserError as e:
-            print(f"warning: {e}; left out of {lens.stats_path(save_path, model)}", file=sys.stderr)
-            per_prompt[h] = {}
-    seen = {name for s in per_prompt.values() for name in s}
-    names = [n for n, f in registry.items() if f.kind == "statistic" and n in seen] + sorted(seen - set(registry))
-    if not names:
-        return []
-    tables = {name: np.stack([per_prompt[h].get(name, np.full(shape, np.nan)) for h in hashes]).astype(np.float32)
-              for name in names}
-    docs = {name: inspect.getdoc(registry[name].func) or "" for name in names if name in registry}
-    write_stat_aggregates(save_path, model, hashes, tables, docs, records)
-    return names
-
-
 def render_model(save_path: Path, model: str, hashes: list[str], names: list[str], args) -> dict:
     """Render one model's prompts in parallel, with a progress bar in head-images/s; returns summed counts."""
     cfg = lens.read_json(lens.model_cfg_path(save_path, model))
@@ -272,9 +245,6 @@ def main() -> None:
         hashes = [h for h in hashes[:args.n_samples] if lens.in_shard(h, shard)]
         n_tasks += len(hashes)
         add_counts(totals, render_model(save_path, model, hashes, names, args) if hashes else new_counts())
-        stat_names = aggregate_stats(save_path, model, registry)
-        if stat_names:
-            print(f"{model}: statistics {', '.join(stat_names)} -> {lens.stats_path(save_path, model)}")
     print(summary_line(totals, time.perf_counter() - start))
     if n_tasks and totals["unreadable"] == n_tasks:
         raise lens.UserError(f"none of the {n_tasks} prompt(s) could be read (see the warnings)")

@@ -1,0 +1,206 @@
+"""Statistics at compute time: the device statistics against the figures' definitions, --patterns, --top,
+shards merged by build_index.py, a killed run resumed, plug-in statistics, bad flags."""
+import json
+import random
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+import compute_activations as ca
+import lens
+from build_index import build_index
+
+ROOT = Path(__file__).resolve().parent.parent
+DEMO = ROOT / "demo" / "model"
+WORDS = "the of and to in is for that with as on by it be from this are cat sat mat dog ran".split()
+
+
+def make_texts(n: int, seed: int = 0) -> list[str]:
+    """Prose-like word strings, half of them said twice (so induction and duplicate scores vary)."""
+    rng = random.Random(seed)
+    texts = []
+    for i in range(n):
+        seq = " ".join(rng.choice(WORDS) for _ in range(rng.randint(3, 14)))
+        texts.append(f"{i}: {seq} {seq}" if i % 2 else f"{i}: {seq}.")
+    return texts
+
+
+TEXTS = make_texts(24)
+
+
+@pytest.fixture(scope="module")
+def demo_model():
+    return ca.load_model(str(DEMO), "cpu", "float32")
+
+
+@pytest.fixture
+def prompts_file(tmp_path) -> Path:
+    path = tmp_path / "prompts.jsonl"
+    path.write_text("".join(json.dumps({"text": t}) + "\n" for t in TEXTS))
+    return path
+
+
+def run_main(*args) -> None:
+    ca.main([str(a) for a in args])
+
+
+def stored(data: Path, model: str = "model") -> set[str]:
+    return set(lens.finished_prompts(data, model))
+
+
+def stat_tables(data: Path, model: str = "model") -> tuple[dict, dict[str, np.ndarray]]:
+    return lens.read_stats(data, model)
+
+
+def test_device_statistics_equal_the_figures_definitions(demo_model, tmp_path):
+    summary = ca.compute_activations(TEXTS, demo_model, tmp_path, model_name="demo", patterns="none",
+                                     batch_size=5, progress=False)
+    assert summary["done"] == len(TEXTS) and summary["stored"] == 0 and stored(tmp_path, "demo") == set()
+    [part] = lens.read_parts(tmp_path, "demo")
+    assert part.stats == list(ca.DEVICE_STATISTICS)
+    assert sorted(r["text"] for r in part.rows) == sorted(TEXTS)
+    registry, _ = lens.load_figures()
+    for row, values in zip(part.rows, part.values):
+        ids = ca.tokenize(demo_model.to_tokens, row["text"])
+        assert row["n_tokens"] == len(ids)
+        _, cache = demo_model.run_with_cache(torch.tensor([ids]), names_filter=ca.is_pattern_hook)
+        for layer in range(demo_model.cfg.n_layers):
+            exact = cache[f"blocks.{layer}.attn.hook_pattern"][0].numpy()
+            for s, name in enumerate(part.stats):
+                expected = [lens.call_plugin(registry[name], a, {"token_ids": ids}) for a in exact]
+                np.testing.assert_allclose(values[s, layer], expected, atol=1e-4, rtol=0,
+                                           err_msg=f"{name} L{layer} on {row['text']!r}")
+
+
+def test_patterns_sample_stores_n_prompts_and_statistics_for_every_prompt_and_head(prompts_file, tmp_path, capsys):
+    data = tmp_path / "data"
+    run_main(DEMO, prompts_file, "--patterns", "5", "--heads", "L0H0", "--save-path", data)
+    assert "24 prompts computed, 0 skipped (already saved), 5 of them with patterns stored" in capsys.readouterr().out
+    assert len(stored(data)) == 5
+    assert all(lens.load_patterns(data, "model", h).heads == [(0, 0)] for h in stored(data))
+    index, tables = stat_tables(data)
+    assert index["n_prompts"] == 24 and list(index["stats"]) == list(ca.DEVICE_STATISTICS)
+    assert np.isfinite(tables["bos"]).all() and np.isfinite(tables["induction_head"]).all()  # every head
+    run_main(DEMO, prompts_file, "--patterns", "5", "--heads", "L0H0", "--save-path", data)
+    assert "0 prompts computed, 24 skipped" in capsys.readouterr().out
+    assert len(lens.read_parts(data, "model")) == 1  # the rerun wrote no part: nothing was new
+    run_main(DEMO, prompts_file, "--patterns", "none", "--save-path", data / "none")
+    assert stored(data / "none") == set() and stat_tables(data / "none")[0]["n_prompts"] == 24
+
+
+def test_shards_copied_together_give_the_aggregates_of_one_run(prompts_file, tmp_path):
+    one, merged = tmp_path / "one", tmp_path / "merged"
+    run_main(DEMO, prompts_file, "--patterns", "6", "--save-path", one)
+    for k in (1, 2):
+        run_main(DEMO, prompts_file, "--patterns", "6", "--shard", f"{k}/2", "--save-path", tmp_path / f"shard{k}")
+        shutil.copytree(tmp_path / f"shard{k}" / "model", merged / "model", dirs_exist_ok=True)
+    assert len(lens.read_parts(merged, "model")) == 2
+    build_index(merged)
+    assert stored(merged) == stored(one) and len(stored(one)) == 6  # the sample does not depend on the shard
+    (index1, tables1), (index2, tables2) = stat_tables(one), stat_tables(merged)
+    assert index1["n_prompts"] == index2["n_prompts"] == 24
+    for name, table in tables1.items():
+        np.testing.assert_allclose(tables2[name], table, atol=1e-6, rtol=0, err_msg=name)
+        for key in ("mean", "std", "min", "max"):
+            np.testing.assert_allclose(index2["stats"][name][key], index1["stats"][name][key], atol=1e-6, err_msg=name)
+        heads1, heads2 = (json.loads(lens.stat_heads_path(d, "model", name).read_text()) for d in (one, merged))
+        tops = [[[[h for h, _ in head[side]] for head in layer] for layer in heads["heads"]] for heads in (heads1, heads2)
+                for side in ("top", "bottom")]
+        assert tops[:2] == tops[2:] and heads1["prompts"] == heads2["prompts"]
+
+
+def test_a_killed_run_resumes_and_loses_at_most_the_batches_in_flight(demo_model, tmp_path, monkeypatch):
+    full = tmp_path / "full"
+    ca.compute_activations(TEXTS, demo_model, full, model_name="m", patterns=3, batch_size=4, progress=False)
+    data = tmp_path / "data"
+    real_run_batch, calls = ca.run_batch, []
+
+    def dying_run_batch(*args):
+        calls.append(1)
+        if len(calls) == 4:
+            raise KeyboardInterrupt
+        return real_run_batch(*args)
+
+    monkeypatch.setattr(ca, "run_batch", dying_run_batch)
+    with pytest.raises(KeyboardInterrupt):
+        ca.compute_activations(TEXTS, demo_model, data, model_name="m", patterns=3, batch_size=4, progress=False)
+    monkeypatch.setattr(ca, "run_batch", real_run_batch)
+    [part] = lens.read_parts(data, "m")
+    assert len(part.rows) == 12  # the three batches before the kill
+    with part.path.with_suffix(".jsonl").open("a") as f:
+        f.write('{"hash": "0123')  # a kill in the middle of a line: ignored
+    summary = ca.compute_activations(TEXTS, demo_model, data, model_name="m", patterns=3, batch_size=4, progress=False)
+    # the 12 without statistics, and any sampled prompt whose patterns were in flight (a batch at most)
+    assert 12 <= summary["done"] <= 16 and summary["done"] + summary["skipped"] == 24
+    for d in (full, data):
+        build_index(d)
+    assert stored(data, "m") == stored(full, "m")
+    (index1, tables1), (index2, tables2) = stat_tables(full, "m"), stat_tables(data, "m")
+    assert index2["n_prompts"] == 24
+    for name in tables1:
+        np.testing.assert_allclose(tables2[name], tables1[name], atol=1e-6, rtol=0, err_msg=name)
+
+
+def test_top_k_stores_each_heads_extremes_and_is_idempotent(prompts_file, tmp_path, capsys):
+    data = tmp_path / "data"
+    run_main(DEMO, prompts_file, "--patterns", "none", "--save-path", data)
+    heads = json.loads(lens.stat_heads_path(data, "model", "induction_head").read_text())
+    expected = {h for layer in heads["heads"] for head in layer for side in ("top", "bottom") for h, _ in head[side][:2]}
+    assert all(not p["stored"] for p in heads["prompts"].values())
+    capsys.readouterr()
+    run_main(DEMO, "--top", "2", "--stat", "induction_head", "--save-path", data)
+    assert f"{len(expected)} prompts computed" in capsys.readouterr().out
+    assert stored(data) == expected and 2 < len(expected) < 24
+    heads = json.loads(lens.stat_heads_path(data, "model", "induction_head").read_text())
+    assert {h for h, p in heads["prompts"].items() if p["stored"]} >= expected
+    run_main(DEMO, "--top", "2", "--stat", "induction_head", "--save-path", data)
+    assert "0 prompts computed" in capsys.readouterr().out and stored(data) == expected
+    assert stat_tables(data)[0]["n_prompts"] == 24
+
+
+def test_a_plugin_statistic_runs_at_compute_time_from_the_stored_form(prompts_file, tmp_path, demo_model):
+    figs = tmp_path / "figs"
+    figs.mkdir()
+    (figs / "mine.py").write_text("from lens import statistic\n\n@statistic\ndef first_key(attn):\n"
+                                  "    '''Mean attention to key 0.'''\n    return float(attn[:, 0].mean())\n")
+    data = tmp_path / "data"
+    run_main(DEMO, prompts_file, "--patterns", "none", "--figures-dir", figs, "--save-path", data)
+    index, tables = stat_tables(data)
+    assert list(index["stats"]) == ["first_key"] and index["stats"]["first_key"]["doc"] == "Mean attention to key 0."
+    hashes = sorted(lens.prompt_hash(t) for t in TEXTS)  # the tables' row order
+    for i, text in enumerate(sorted(TEXTS, key=lens.prompt_hash)):
+        assert lens.prompt_hash(text) == hashes[i]
+        _, cache = demo_model.run_with_cache(text, names_filter=ca.is_pattern_hook)
+        for layer in range(demo_model.cfg.n_layers):
+            exact = cache[f"blocks.{layer}.attn.hook_pattern"][0].numpy()
+            np.testing.assert_allclose(tables["first_key"][i, layer], exact[:, :, 0].mean(-1), atol=2 / lens.PATTERN_SCALE)
+
+
+@pytest.mark.parametrize("extra, message", [
+    (["--patterns", "-1"], "error: argument --patterns: expected all, none or a number of prompts, got '-1'"),
+    (["--patterns", "some"], "error: argument --patterns: expected all, none or a number of prompts, got 'some'"),
+    (["--top", "0"], "error: argument --top: expected a positive integer, got '0'"),
+    (["--top", "3", "--no-prompts"], "error: --top 3: no statistics of MODEL in data yet; compute them first"),
+    (["--no-prompts"], "error: PROMPTS: a prompts file is needed (or --top K"),
+])
+def test_bad_scale_flags_fail_with_one_line_and_write_nothing(tmp_path, prompts_file, extra, message):
+    args = [a for a in extra if a != "--no-prompts"]
+    prompts = [] if "--no-prompts" in extra else [str(prompts_file)]
+    r = subprocess.run([sys.executable, str(ROOT / "compute_activations.py"), str(DEMO), *prompts, *args,
+                        "--save-path", "data"], cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert r.returncode != 0
+    assert message.replace("MODEL", str(DEMO)) in r.stderr, r.stderr
+    assert r.stderr.strip().splitlines()[-1].startswith("error:") and not (tmp_path / "data").exists()
+
+
+def test_top_with_an_unknown_statistic_names_the_computed_ones(prompts_file, tmp_path):
+    data = tmp_path / "data"
+    run_main(DEMO, prompts_file, "--patterns", "none", "--save-path", data)
+    with pytest.raises(lens.UserError, match=r"--stat nope: no statistic 'nope' \(computed: bos, diagonal"):
+        run_main(DEMO, "--top", "2", "--stat", "nope", "--save-path", data)
+    assert stored(data) == set()
