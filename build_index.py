@@ -145,6 +145,7 @@ def histogram(values: np.ndarray, bins: int) -> dict | None:
     """Counts in `bins` equal bins from the lowest value to the highest (all in the first when they are equal)."""
     if not len(values):
         return None
+    values = values.astype(np.float64)  # float32 values one ulp apart cannot make 32 float32 bins
     lo, hi = float(values.min()), float(values.max())
     counts = np.histogram(values, bins, (lo, hi))[0] if hi > lo else np.eye(bins, dtype=int)[0] * len(values)
     return {"lo": lo, "hi": hi, "counts": counts.tolist()}

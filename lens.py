@@ -121,18 +121,14 @@ def value_norms_path(save_path: Path, model: str, phash: str) -> Path:
     return prompt_dir(save_path, model, phash) / VALUE_NORMS_FILE
 
 
-def head_dir(save_path: Path, model: str, phash: str, layer: int, head: int) -> Path:
-    return prompt_dir(save_path, model, phash) / f"L{layer}" / f"H{head}"
+def figure_pack_path(save_path: Path, model: str, phash: str, output: str) -> Path:
+    """Every head's image of one figure output (`raw`, or `func.name` for a multi-figure): see PackWriter."""
+    return prompt_dir(save_path, model, phash) / f"{output}.pack"
 
 
-def image_path(save_path: Path, model: str, phash: str, layer: int, head: int, output: str,
-               format: str = "svg") -> Path:
-    """Image of one figure output (`raw`, or `func.name` for a multi-figure) in its figure's format."""
-    return head_dir(save_path, model, phash, layer, head) / f"{output}.{format}"
-
-
-def error_path(save_path: Path, model: str, phash: str, layer: int, head: int, output: str) -> Path:
-    return head_dir(save_path, model, phash, layer, head) / f"{output}.error.txt"
+def figure_errors_path(save_path: Path, model: str, phash: str, name: str) -> Path:
+    """{"L<l>H<h>": traceback} of the heads a figure output or statistic failed on; only when one did."""
+    return prompt_dir(save_path, model, phash) / f"{name}.errors.json"
 
 
 def model_dirs(save_path: Path) -> list[str]:
@@ -501,6 +497,82 @@ def load_patterns(save_path: Path, model: str, phash: str) -> Patterns:
     return Patterns(path)
 
 
+# ---- Figure packs: every head's image of one figure output in one file --------------------
+# <output>.pack: the magic b"ATTNFIG1", uint32 n_layers, uint32 n_heads (16 bytes), then n_layers * n_heads + 1
+# little-endian uint64 offsets from the file's start, then the images: PNG (SVG for some imported from
+# pattern-lens). Head i = layer * n_heads + head is bytes [offset[i], offset[i + 1]); an empty range is a head
+# without an image (not stored, or the figure failed on it: <output>.errors.json). A reader takes the 16 bytes
+# at 16 + 8 i, then the image: two HTTP range requests for the site (data.js loadFigureImage).
+
+PACK_MAGIC = b"ATTNFIG1"
+PACK_HEADER = 16
+
+
+class PackWriter:
+    """Write one figure output's pack head by head, in ascending head order, then rename it into place:
+    a prompt's images are never all held in memory, and a killed run leaves no pack that looks finished."""
+
+    def __init__(self, path: Path, n_layers: int, n_heads: int):
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        for stale in self.path.parent.glob(f".{self.path.name}.tmp*"):  # left by a killed run
+            stale.unlink(missing_ok=True)
+        self.tmp = self.path.with_name(f".{self.path.name}.tmp{os.getpid()}")
+        self.n_heads, self.n = n_heads, n_layers * n_heads
+        self.file = open(self.tmp, "wb")
+        self.file.write(PACK_MAGIC + struct.pack("<II", n_layers, n_heads) + bytes(8 * (self.n + 1)))
+        self.starts: dict[int, int] = {}
+
+    def add(self, layer: int, head: int, image: bytes) -> None:
+        index = layer * self.n_heads + head
+        if not 0 <= head < self.n_heads or not 0 <= index < self.n or any(i >= index for i in self.starts):
+            raise ValueError(f"{self.path}: head L{layer}H{head} out of range or out of order")
+        self.starts[index] = self.file.tell()
+        self.file.write(image)
+
+    def close(self) -> None:
+        offsets = [self.file.tell()] * (self.n + 1)
+        for i in reversed(range(self.n)):  # a head without an image ends where the next one starts
+            offsets[i] = self.starts.get(i, offsets[i + 1])
+        self.file.seek(PACK_HEADER)
+        self.file.write(struct.pack(f"<{self.n + 1}Q", *offsets))
+        self.file.close()
+        os.replace(self.tmp, self.path)
+
+    def abort(self) -> None:
+        """Drop the temp file (nothing once closed)."""
+        self.file.close()
+        self.tmp.unlink(missing_ok=True)
+
+
+def read_pack_image(path: Path, layer: int, head: int) -> bytes | None:
+    """One head's image from a figure pack, read as the site reads it (its offsets, then its bytes); None when
+    the head has none. A file that is not a whole pack is a UserError naming it."""
+    path = Path(path)
+    with open(path, "rb") as f:
+        size = os.fstat(f.fileno()).st_size
+        header = f.read(PACK_HEADER)
+        if len(header) < PACK_HEADER or header[:8] != PACK_MAGIC:
+            raise UserError(f"{path}: not a figure pack; re-render it with render_figures.py --force")
+        n_layers, n_heads = struct.unpack("<II", header[8:])
+        if not (0 <= layer < n_layers and 0 <= head < n_heads):
+            raise IndexError(f"{path}: no head L{layer}H{head} (the pack has {n_layers} x {n_heads})")
+        f.seek(PACK_HEADER + 8 * (layer * n_heads + head))
+        start, end = struct.unpack("<QQ", f.read(16).ljust(16, b"\xff"))
+        if not start <= end <= size:
+            raise UserError(f"{path}: truncated or corrupt at L{layer}H{head}; re-render it with render_figures.py --force")
+        f.seek(start)
+        return f.read(end - start) or None
+
+
+def png_as_svg(png: bytes) -> str:
+    """A PNG as an <svg> holding it (base64), drawn pixelated at its own width x height (site/export.js pngAsSvg)."""
+    w, h = struct.unpack(">II", png[16:24])  # the IHDR chunk, first after the signature
+    return (f'<svg xmlns="http://www.w3.org/2000/svg" width="{w}" height="{h}" viewBox="0 0 {w} {h}">'
+            f'<image width="{w}" height="{h}" style="image-rendering:pixelated" preserveAspectRatio="none" '
+            f'href="data:image/png;base64,{base64.b64encode(png).decode("ascii")}"/></svg>')
+
+
 # ---- Statistics: one value per head and prompt ---------------------------------------------
 # prompts/<hash>/stats.json: {name: [[value per head] per layer]}, null where undefined.
 # <model>/stats/<name>.f32: little-endian float32 [n_prompts, n_layers, n_heads], NaN where missing; row r
@@ -690,11 +762,7 @@ def matrix_as_png(matrix: np.ndarray, cmap: str = "viridis", normalize: bool = F
 def matrix_as_svg(matrix: np.ndarray, cmap: str = "viridis", normalize: bool = False,
                   diverging: bool = False, normalize_min: float | None = None) -> str:
     """A matrix as an <svg> holding its PNG (base64), drawn pixelated at width x height = columns x rows."""
-    png = matrix_as_png(matrix, cmap, normalize, diverging, normalize_min)
-    h, w = np.shape(matrix)
-    return (f'<svg xmlns="http://www.w3.org/2000/svg" width="{w}" height="{h}" viewBox="0 0 {w} {h}">'
-            f'<image width="{w}" height="{h}" style="image-rendering:pixelated" preserveAspectRatio="none" '
-            f'href="data:image/png;base64,{base64.b64encode(png).decode("ascii")}"/></svg>')
+    return png_as_svg(matrix_as_png(matrix, cmap, normalize, diverging, normalize_min))
 
 
 # ---- Figure registry: plug-ins in figures/*.py --------------------------------------
