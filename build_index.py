@@ -13,9 +13,10 @@ of shards run on several machines once they are copied into one data dir.
 compute_activations.py and render_figures.py run it when they finish.
 """
 import contextlib
+import gzip
 import inspect
 import json
-import os
+import re
 import sys
 import warnings
 import zipfile
@@ -352,20 +353,46 @@ def converted_prompt(path: Path, n: int) -> dict:
             "meta": old.get("meta", {}), **rest, "pattern_lens_hash": old.get("hash")}
 
 
+PATTERN_LENS_FIGURE = re.compile(r"L(\d+)/H(\d+)/([A-Za-z0-9_.-]+)\.(png|svg|svgz)")
+IMPORTED_PACK = "pattern-lens.{}"  # a pack name no figure function can have (not an identifier): render keeps it
+
+
+def pattern_lens_figures(old_dir: Path, n_layers: int, n_heads: int) -> dict[str, dict[tuple[int, int], Path]]:
+    """pattern-lens's per-head images, L<l>/H<h>/<name>.<fmt>, as {name: {(layer, head): file}} (the first
+    format of a name per head; files of heads the model lacks are not figures of it)."""
+    found = {}
+    for src in sorted(old_dir.glob("L*/H*/*")):
+        m = PATTERN_LENS_FIGURE.fullmatch(src.relative_to(old_dir).as_posix())
+        if m and src.is_file() and int(m[1]) < n_layers and int(m[2]) < n_heads:
+            found.setdefault(m[3], {}).setdefault((int(m[1]), int(m[2])), src)
+    return found
+
+
+def write_imported_packs(save_path: Path, model: str, phash: str, figures: dict, cfg: dict) -> None:
+    """One pack per pattern-lens figure name, pattern-lens.<name>.pack; svgz is stored as the SVG it holds."""
+    for name, files in figures.items():
+        pack = lens.PackWriter(lens.figure_pack_path(save_path, model, phash, IMPORTED_PACK.format(name)),
+                               cfg["n_layers"], cfg["n_heads"])
+        try:
+            for (layer, head), src in sorted(files.items()):
+                data = src.read_bytes()
+                pack.add(layer, head, gzip.decompress(data) if src.suffix == ".svgz" else data)
+            pack.close()
+        finally:
+            pack.abort()
+
+
 def import_prompt(save_path: Path, model: str, old_dir: Path, cfg: dict) -> None:
-    """Convert one pattern-lens prompt dir into ours (patterns.bin, prompt.json last), figures moved along."""
+    """Convert one pattern-lens prompt dir into ours (patterns.bin, figure packs, prompt.json last)."""
     activations = sorted(old_dir.glob("activations*.np[yz]"))
     patterns = read_activations(activations[0], cfg["n_layers"], cfg["n_heads"])
     old_json = lens.prompt_json_path(save_path, model, old_dir.name)
     info = converted_prompt(old_json, patterns.shape[-1])
-    new_dir = lens.prompt_dir(save_path, model, info["hash"])
+    figures = pattern_lens_figures(old_dir, cfg["n_layers"], cfg["n_heads"])
     lens.write_atomic(lens.patterns_path(save_path, model, info["hash"]), lens.encode_patterns(patterns))
-    for src in sorted(old_dir.glob("L*/H*/*")):
-        if src.is_file():
-            (new_dir / src.parent.relative_to(old_dir)).mkdir(parents=True, exist_ok=True)
-            os.replace(src, new_dir / src.relative_to(old_dir))
+    write_imported_packs(save_path, model, info["hash"], figures, cfg)
     lens.write_json(lens.prompt_json_path(save_path, model, info["hash"]), info)
-    for path in [*activations, old_json]:
+    for path in [*activations, old_json, *(src for files in figures.values() for src in files.values())]:
         path.unlink()
     for d in [*sorted(old_dir.glob("L*/H*")), *sorted(old_dir.glob("L*")), old_dir]:
         with contextlib.suppress(OSError):  # a dir still holding files we do not know stays

@@ -411,15 +411,17 @@ class DeviceStats:
 
     GROUP_BYTES = 64 * 2**20  # float32 bytes of one entropy pass
 
-    def __init__(self, jobs: list["PromptJob"], width: int, n_layers: int, n_heads: int, device):
+    def __init__(self, jobs: list["PromptJob"], tokens, n_layers: int, n_heads: int):
         import torch
+        device, width = tokens.device, tokens.shape[1]
         self.n = torch.tensor([j.n_tokens for j in jobs], device=device)
         q = torch.arange(width, device=device)
         self.valid = (q[None] < self.n[:, None]).float()  # [batch, pos]: a real query
         self.after_first = self.valid * (q[None] >= 1)
         self.per_query = (self.n - 1).clamp_min(1).float()[:, None]
         self.defined = (self.n >= 2)[:, None]  # detect_head refuses one-token prompts; the means need two
-        self.pairs = [repeat_pairs(jobs, width, device, shift) for shift in (0, 1)]
+        idx, weight = repeat_pairs(tokens, self.n)
+        self.pairs = [(idx, weight), (idx + 1, weight)]  # duplicate token, induction (the key after)
         self.values = torch.full((len(jobs), len(DEVICE_STATISTICS), n_layers, n_heads), float("nan"),
                                  device=device)
 
@@ -450,22 +452,22 @@ class DeviceStats:
         return -(bits * rows).sum(-1) / (self.per_query * math.log(2))
 
 
-def repeat_pairs(jobs: list["PromptJob"], width: int, device, shift: int):
-    """Flat pattern indices (query * width + key + shift) of every query whose token appeared at an earlier key,
-    padded to the batch's longest list, and 0/1 weights marking the real ones: shift 0 is detect_head's
-    duplicate-token pattern, shift 1 its induction pattern (the key after the earlier copy)."""
+def repeat_pairs(tokens, n) -> tuple:
+    """Flat pattern indices (query * width + key) of every query whose token appeared at an earlier key,
+    per prompt of the batch [batch, width] padded to the longest list, and 0/1 weights marking the real
+    ones: detect_head's duplicate-token pattern; its induction pattern is the key after each (index + 1)."""
     import torch
-    lists = []
-    for job in jobs:
-        ids = torch.tensor(job.ids)
-        q, k = torch.nonzero((ids[:, None] == ids[None, :]).tril(-1), as_tuple=True)
-        lists.append(q * width + k + shift)
-    size = max(1, max(len(x) for x in lists))
-    idx = torch.zeros(len(jobs), size, dtype=torch.long)
-    weight = torch.zeros(len(jobs), size)
-    for i, x in enumerate(lists):
-        idx[i, :len(x)], weight[i, :len(x)] = x, 1
-    return idx.to(device), weight.to(device)
+    b, width = tokens.shape
+    valid = torch.arange(width, device=tokens.device)[None] < n[:, None]
+    same = (tokens[:, :, None] == tokens[:, None, :]).tril(-1) & valid[:, :, None]
+    row, q, k = torch.nonzero(same, as_tuple=True)
+    counts = torch.bincount(row, minlength=b)
+    size = max(1, int(counts.max())) if len(row) else 1
+    slot = torch.arange(len(row), device=tokens.device) - (counts.cumsum(0) - counts)[row]
+    idx = torch.zeros(b, size, dtype=torch.long, device=tokens.device)
+    weight = torch.zeros(b, size, device=tokens.device)
+    idx[row, slot], weight[row, slot] = q * width + k, 1
+    return idx, weight
 
 
 def quantize_on_device(attn, keep) -> "torch.Tensor":
@@ -691,13 +693,14 @@ def run_batch(model, batch: list[PromptJob], plan: RunPlan, stream: PatternStrea
         start_prompt(job, plan, device, grams is not None)
     # Right padding is harmless under a causal mask; an encoder must be told which keys are padding.
     mask = None if plan.causal else (torch.arange(width) < torch.tensor([[j.n_tokens] for j in batch])).long()
-    stats = DeviceStats(batch, width, plan.n_layers, plan.n_heads, device)
+    tokens = tokens.to(device)
+    stats = DeviceStats(batch, tokens, plan.n_layers, plan.n_heads)
 
     def on_layer(layer, pattern):
         stats.add_layer(layer, pattern)
         stream.submit_layer(batch, layer, pattern)
 
-    forward_patterns(model, tokens.to(device), on_layer, plan.n_layers - 1, None if mask is None else mask.to(device),
+    forward_patterns(model, tokens, on_layer, plan.n_layers - 1, None if mask is None else mask.to(device),
                      (lambda layer, v: stream.submit_values(batch, layer, v, grams[layer])) if grams else None)
     values = stats.values.cpu().numpy()[:, [DEVICE_STATISTICS.index(n) for n in plan.part.meta["stats"]
                                            if n in DEVICE_STATISTICS]]

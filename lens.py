@@ -1,5 +1,5 @@
 """What the scripts share: the data layout's paths, the CLI skeleton, prompt hashing, atomic writes,
-head specs, pattern storage, statistic tables, colormaps and images, the figure registry.
+head specs, pattern storage, figure packs, statistic tables, colormaps and images, the figure registry.
 
 Pattern file (one per prompt, `patterns.bin`, format 2): the magic b"ATTNPAT2", a little-endian
 uint64 offset of the JSON footer, one zlib stream per stored head, then the footer (to the end
@@ -684,7 +684,7 @@ _COLORMAP_ANCHORS = {
     "RdBu": "67001f b2182b d6604d f4a582 fddbc7 f7f7f7 d1e5f0 92c5de 4393c3 2166ac 053061",
 }
 COLORMAPS = tuple(_COLORMAP_ANCHORS) + tuple(f"{name}_r" for name in _COLORMAP_ANCHORS)
-IMAGE_FORMATS = ("svg", "svgz", "png")
+IMAGE_FORMATS = ("svg", "svgz", "png")  # accepted from plug-ins; packs store PNG whatever they say
 _COLORMAP_CACHE: dict[str, np.ndarray] = {}
 
 

@@ -3,17 +3,21 @@
     python render_figures.py
     python render_figures.py --model gpt2 --figures 'raw,entropy*' --n-samples 50 --force --jobs 8
     python render_figures.py --shard 3/8            # one of 8 array jobs, split by prompt hash
+    python render_figures.py --export-svg gpt2/0123456789abcdef/L1H2/raw -o raw.svg   # one head, standalone
 
-Writes <model>/prompts/<hash>/L<l>/H<h>/<figure>.svg per head (or <figure>.error.txt when the
-figure failed on that head) and each prompt's plug-in statistics that compute_activations.py did not
-compute to prompts/<hash>/stats.json, records which --figures-dir it rendered with, and then rebuilds
-the indexes and the per-model statistics tables (build_index.py). Existing images and statistics are kept unless
+Writes one pack per prompt and figure output, <model>/prompts/<hash>/<output>.pack, holding every
+head's PNG (lens.PackWriter; <output>.errors.json names the heads the figure failed on, with their
+tracebacks), and each prompt's plug-in statistics that compute_activations.py did not compute to
+prompts/<hash>/stats.json, records which --figures-dir it rendered with, and then rebuilds the indexes
+and the per-model statistics tables (build_index.py). Existing packs and statistics are kept unless
 --force. A prompt whose files cannot be read is a warning naming it; the others are rendered.
+--export-svg MODEL/HASH/L<l>H<h>/OUTPUT writes one stored head's image as an SVG (the PNG inside, as
+lens.matrix_as_svg draws it) to -o FILE, or to stdout; it renders nothing.
 """
 import fnmatch
-import gzip
 import math
 import os
+import re
 import sys
 import time
 import traceback
@@ -45,6 +49,9 @@ def parse_args():
     p.add_argument("--shard", metavar="K/N",
                    help="render only the prompts in shard K of N (by hash, as compute_activations.py --shard)")
     p.add_argument("--figures-dir", type=Path, default=lens.FIGURES_DIR, help="where figure plug-ins live")
+    p.add_argument("--export-svg", metavar="MODEL/HASH/L<l>H<h>/OUTPUT",
+                   help="write one rendered head's image as a standalone SVG instead of rendering")
+    p.add_argument("-o", "--output", type=Path, help="file for --export-svg (default: stdout)")
     return p.parse_args()
 
 
@@ -80,12 +87,8 @@ def init_worker(figures_dir: Path, names: list[str]) -> None:
 
 
 def image_bytes(fig: lens.Figure, matrix) -> bytes:
-    """Encode one output matrix in the figure's format."""
-    opts = {k: fig.options[k] for k in ("cmap", "normalize", "diverging", "normalize_min")}
-    if fig.format == "png":
-        return lens.matrix_as_png(matrix, **opts)
-    svg = lens.matrix_as_svg(matrix, **opts).encode()
-    return gzip.compress(svg, 6, mtime=0) if fig.format == "svgz" else svg
+    """Encode one output matrix as PNG, whatever the figure's format: packs hold the PNG, --export-svg wraps it."""
+    return lens.matrix_as_png(matrix, **{k: fig.options[k] for k in ("cmap", "normalize", "diverging", "normalize_min")})
 
 
 def run_figure(fig: lens.Figure, attn: np.ndarray, inputs: dict) -> dict[str, bytes]:
@@ -100,8 +103,9 @@ def run_figure(fig: lens.Figure, attn: np.ndarray, inputs: dict) -> dict[str, by
     return {f"{fig.name}.{k}": image_bytes(fig, result[k]) for k in expected}
 
 
-def render_head(fig: lens.Figure, attn: np.ndarray, inputs: dict, head: tuple) -> int:
-    """Write one figure's images for one head, or its .error.txt files; returns the number of failures.
+def render_head(fig: lens.Figure, attn: np.ndarray, inputs: dict, head: tuple,
+                packs: dict[str, lens.PackWriter], errors: dict[str, dict]) -> int:
+    """Add one figure's images of one head to their packs, or its traceback to errors; returns the number of failures.
 
     `head` is (save_path, model, hash, layer, head), as the lens path functions take it."""
     try:
@@ -109,30 +113,37 @@ def render_head(fig: lens.Figure, attn: np.ndarray, inputs: dict, head: tuple) -
     except Exception:  # a user's figure failing on one head must not stop the run
         message = f"{fig.source}: {fig.name} failed on {where(head)}\n{traceback.format_exc()}"
         for out in fig.outputs:
-            lens.write_atomic(lens.error_path(*head, out), message)
-            lens.image_path(*head, out, fig.format).unlink(missing_ok=True)
+            errors[out][head_key(head)] = message
         return 1
     for out, data in images.items():
-        path = lens.image_path(*head, out, fig.format)
-        path.unlink(missing_ok=True)  # ext4 flushes a file renamed over another to disk: ~1 ms each
-        lens.write_atomic(path, data)
-        lens.error_path(*head, out).unlink(missing_ok=True)
+        packs[out].add(*head[3:], data)
     return 0
 
 
 def where(head: tuple) -> str:
-    _, _, phash, layer, h = head
-    return f"L{layer}H{h} of prompt {phash}"
+    return f"{head_key(head)} of prompt {head[2]}"
 
 
-def run_statistic(stat: lens.Figure, attn: np.ndarray, inputs: dict, head: tuple) -> float | None:
-    """One statistic of one head (NaN means "not defined here"); None, and an .error.txt, when it fails."""
+def head_key(head: tuple) -> str:
+    """A head's key in an errors file: L<l>H<h>."""
+    return f"L{head[3]}H{head[4]}"
+
+
+def run_statistic(stat: lens.Figure, attn: np.ndarray, inputs: dict, head: tuple, errors: dict[str, dict]) -> float | None:
+    """One statistic of one head (NaN means "not defined here"); None, and its traceback in errors, when it fails."""
     try:
         return float(lens.call_plugin(stat, attn, inputs))
     except Exception:  # same isolation as render_head: a statistic is a user's figure function too
-        lens.write_atomic(lens.error_path(*head, stat.name),
-                          f"{stat.source}: {stat.name} failed on {where(head)}\n{traceback.format_exc()}")
+        errors[stat.name][head_key(head)] = f"{stat.source}: {stat.name} failed on {where(head)}\n{traceback.format_exc()}"
         return None
+
+
+def write_errors(path: Path, failures: dict[str, str]) -> None:
+    """An errors file when some head failed; none (a stale one removed) when none did."""
+    if failures:
+        lens.write_json(path, failures)
+    else:
+        path.unlink(missing_ok=True)
 
 
 def new_counts() -> dict:
@@ -169,26 +180,40 @@ def render_prompt_heads(save_path: Path, model: str, phash: str, force: bool, co
     counts["no_input"] += len(patterns.heads) * sum(max(1, len(f.outputs)) for f in lacking)
     figs, stats = [f for f in figs if f not in lacking], [s for s in stats if s not in lacking]
     values = {s.name: np.full(shape, np.nan) for s in stats}
-    for layer, h in patterns.heads:  # compute_activations.py --heads may have kept only some: no image, null stats
-        head = (save_path, model, phash, layer, h)
-        todo = [f for f in figs if force or not all(lens.image_path(*head, o, f.format).exists() for o in f.outputs)]
-        counts["skipped"] += sum(len(f.outputs) for f in figs) - sum(len(f.outputs) for f in todo)
-        if not todo and not stats:
-            continue
-        if todo:
-            lens.head_dir(*head).mkdir(parents=True, exist_ok=True)
-        attn = patterns.head(layer, h)
-        inputs = {"token_ids": info.get("token_ids"), "value_norms": None if norms is None else norms[layer, h]}
-        for fig in todo:
-            failed = render_head(fig, attn, inputs, head)
-            counts["failed"] += failed * len(fig.outputs)
-            counts["images"] += (1 - failed) * len(fig.outputs)
-        for stat in stats:
-            value = run_statistic(stat, attn, inputs, head)
-            counts["stat_failed"] += value is None
-            values[stat.name][layer, h] = math.nan if value is None else value
+    prompt = (save_path, model, phash)
+    todo = [f for f in figs if force or not all(done(prompt, o) for o in f.outputs)]
+    counts["skipped"] += len(patterns.heads) * sum(len(f.outputs) for f in figs if f not in todo)
+    if not todo and not stats:
+        return
+    packs = {o: lens.PackWriter(lens.figure_pack_path(*prompt, o), *shape) for f in todo for o in f.outputs}
+    errors = {name: {} for name in [*packs, *(s.name for s in stats)]}
+    try:
+        for layer, h in patterns.heads:  # compute_activations.py --heads may have kept only some: no image, null stats
+            head = (*prompt, layer, h)
+            attn = patterns.head(layer, h)
+            inputs = {"token_ids": info.get("token_ids"), "value_norms": None if norms is None else norms[layer, h]}
+            for fig in todo:
+                failed = render_head(fig, attn, inputs, head, packs, errors)
+                counts["failed"] += failed * len(fig.outputs)
+                counts["images"] += (1 - failed) * len(fig.outputs)
+            for stat in stats:
+                value = run_statistic(stat, attn, inputs, head, errors)
+                counts["stat_failed"] += value is None
+                values[stat.name][layer, h] = math.nan if value is None else value
+        for name, failures in errors.items():  # before the packs: a finished pack's errors file is its own
+            write_errors(lens.figure_errors_path(*prompt, name), failures)
+        for pack in packs.values():
+            pack.close()
+    finally:  # an unreadable head, Ctrl-C: no half pack stays behind
+        for pack in packs.values():
+            pack.abort()
     if stats:
         lens.write_prompt_stats(save_path, model, phash, {**old_stats, **values})
+
+
+def done(prompt: tuple, output: str) -> bool:
+    """Whether an output is rendered for a prompt: its pack is there and no head failed (a fixed figure is retried)."""
+    return lens.figure_pack_path(*prompt, output).exists() and not lens.figure_errors_path(*prompt, output).exists()
 
 
 def render_model(save_path: Path, model: str, hashes: list[str], names: list[str], args) -> dict:
@@ -218,16 +243,50 @@ def add_counts(totals: dict, counts: dict) -> None:
 def summary_line(totals: dict, seconds: float) -> str:
     return (f"{totals['images']} images in {seconds:.1f} s ({totals['images'] / seconds:.0f}/s), "
             f"{totals['skipped']} already there, {totals['failed']} failed"
-            + (" (see the .error.txt files)" if totals["failed"] else "")
+            + (" (see the <output>.errors.json files)" if totals["failed"] else "")
             + (f", {totals['stat_failed']} statistic values failed" if totals["stat_failed"] else "")
             + (f", {totals['unreadable']} prompt(s) unreadable (see the warnings)" if totals["unreadable"] else "")
             + (f", {totals['no_input']} not made: their prompts have no value norms or token ids (computed before "
                "those were stored, or imported; recompute with compute_activations.py --force)" if totals["no_input"] else ""))
 
 
+EXPORT_SPEC = re.compile(r"(.+)/([0-9a-f]+)/L(\d+)H(\d+)/([^/]+)")
+
+
+def export_svg(save_path: Path, spec: str, out: Path | None) -> None:
+    """--export-svg: one head's image from its pack as a standalone SVG, to `out` or stdout."""
+    m = EXPORT_SPEC.fullmatch(spec)
+    if not m:
+        raise lens.UserError(f"--export-svg {spec}: expected MODEL/HASH/L<layer>H<head>/OUTPUT, e.g. gpt2/{'0' * 16}/L1H2/raw")
+    model, phash, layer, head, output = lens.model_dir_name(m[1]), m[2], int(m[3]), int(m[4]), m[5]
+    path = lens.figure_pack_path(lens.require_data_dir(save_path), model, phash, output)
+    if not path.is_file():
+        raise lens.UserError(f"{path}: no such pack; render it first (python render_figures.py --save-path {save_path} "
+                             f"--figures {output.split('.')[0]})")
+    try:
+        image = lens.read_pack_image(path, layer, head)
+    except IndexError as e:
+        raise lens.UserError(str(e)) from None
+    if image is None:
+        errors = lens.figure_errors_path(save_path, model, phash, output)
+        failed = errors.is_file() and f"L{layer}H{head}" in lens.read_json(errors)
+        raise lens.UserError(f"{path}: no image of L{layer}H{head} "
+                             + (f"({output} failed on it: see {errors})" if failed else "(the head is not stored)"))
+    svg = image.decode("utf-8") if image.startswith(b"<") else lens.png_as_svg(image)  # imported SVGs stay as they are
+    if out is None:
+        sys.stdout.write(svg)
+    else:
+        lens.write_atomic(out, svg)
+
+
 def main() -> None:
     args = parse_args()
     save_path = args.save_path
+    if args.export_svg:
+        export_svg(save_path, args.export_svg, args.output)
+        return
+    if args.output:
+        raise lens.UserError("-o/--output is the file of --export-svg; rendering writes into --save-path")
     shard = lens.parse_shard(args.shard)
     models = find_models(save_path, args.model)
     registry, import_errors = lens.load_figures(args.figures_dir)

@@ -16,17 +16,15 @@ export const promptJsonUrl = (model, hash) => `${promptDir(model, hash)}prompt.j
 export const patternsUrl = (model, hash) => `${promptDir(model, hash)}patterns.bin`;
 export const promptStatsUrl = (model, hash) => `${promptDir(model, hash)}stats.json`;
 export const valueNormsUrl = (model, hash) => `${promptDir(model, hash)}value_norms.f32`;
-export const headDir = (model, hash, layer, head) => `${promptDir(model, hash)}L${layer}/H${head}/`;
-/** Image of one figure output (`raw`, or `func.name` for a multi-figure) in its figure's format. */
-export const imageUrl = (model, hash, layer, head, output, format = "svg") =>
-  `${headDir(model, hash, layer, head)}${output}.${format}`;
-export const errorUrl = (model, hash, layer, head, output) =>
-  `${headDir(model, hash, layer, head)}${output}.error.txt`;
+/** Every head's image of one figure output (`raw`, or `func.name` for a multi-figure): see loadFigureImage. */
+export const figurePackUrl = (model, hash, output) => `${promptDir(model, hash)}${output}.pack`;
+/** {"L<l>H<h>": traceback} of the heads a figure output failed on; only when one did. */
+export const figureErrorsUrl = (model, hash, output) => `${promptDir(model, hash)}${output}.errors.json`;
 
 // ---- which script writes each file, and which files a data dir may lack ----
 
-// A 404 on an optional file is an answer (null), not an error: statistics exist only after
-// render_figures.py, an .error.txt only where a figure failed. Any other failed fetch is an error
+// A 404 on an optional file is an answer (null), not an error: statistics and figure packs exist only
+// after render_figures.py, an .errors.json only where a figure failed. Any other failed fetch is an error
 // naming the file and the script that writes it.
 const FILES = [
   { path: /^models\.jsonl$/, writer: "build_index.py" },
@@ -41,7 +39,8 @@ const FILES = [
   { path: /\/patterns\.bin$/, writer: "compute_activations.py" },
   { path: /\/value_norms\.f32$/, writer: "compute_activations.py", optional: true },  // older data dirs lack it
   { path: /\/prompts\/[^/]+\/stats\.json$/, writer: "render_figures.py", optional: true },
-  { path: /\.error\.txt$/, writer: "render_figures.py", optional: true },
+  { path: /\/prompts\/[^/]+\/[^/]+\.pack$/, writer: "render_figures.py", optional: true },
+  { path: /\/prompts\/[^/]+\/[^/]+\.errors\.json$/, writer: "render_figures.py", optional: true },
 ];
 const fileInfo = (path) => FILES.find((f) => f.path.test(path)) ?? {};
 
@@ -126,6 +125,32 @@ export async function fetchRange(path, start, size) {
 }
 
 // ---- figures and colormaps ----
+
+// A figure pack (lens.PackWriter): 16 bytes of header (magic, n_layers, n_heads), then n_layers * n_heads + 1
+// little-endian uint64 offsets; head i = layer * n_heads + head is bytes [offset[i], offset[i + 1]).
+const PACK_HEADER = 16;
+
+/** One head's image from its figure pack, as a Blob (PNG; SVG for some imported ones), by two range requests:
+ * its two offsets, then its bytes. Null when it has none: the output is not rendered for this prompt, or the
+ * figure failed on this head (loadFigureError says why). */
+export async function loadFigureImage(model, hash, layer, head, nHeads, output) {
+  const url = figurePackUrl(model, hash, output);
+  const offsets = await fetchRange(url, PACK_HEADER + 8 * (layer * nHeads + head), 16);
+  if (!offsets) return null;
+  const view = offsets.byteLength === 16 ? new DataView(offsets) : null;
+  const [start, end] = view ? [0, 8].map((at) => Number(view.getBigUint64(at, true))) : [1, 0];
+  if (end < start) throw new Error(`${url}: truncated or corrupt at L${layer}H${head}; re-run render_figures.py --force`);
+  if (end === start) return null;
+  const bytes = await fetchRange(url, start, end - start);
+  if (bytes.byteLength !== end - start) throw new Error(`${url}: truncated at L${layer}H${head}; re-run render_figures.py --force`);
+  return new Blob([bytes], { type: new Uint8Array(bytes)[0] === 0x89 ? "image/png" : "image/svg+xml" });
+}
+
+/** The traceback of a head a figure output failed on; null when it did not fail there. */
+export async function loadFigureError(model, hash, layer, head, output) {
+  const errors = await fetchData(figureErrorsUrl(model, hash, output));
+  return errors?.[`L${layer}H${head}`] ?? null;
+}
 
 /** Every image output of the figure records (figures.jsonl), as [{output, format, figure}]. */
 export function figureOutputs(figures) {

@@ -1,6 +1,7 @@
 // Figures for a paper: the single view's panels laid out once as a list of drawing items (title,
 // captions, token labels, pattern images, colour bars with ticks), then written as SVG (real <text>
-// labels, one pixel-exact image per pattern) or drawn into a PNG at 2x or 4x.
+// labels, one pixel-exact image per pattern) or drawn into a PNG at 2x or 4x; and one head's rendered
+// figure image as a standalone SVG.
 import { formatNumber } from "./dom.js";
 import { labelStep, labelText } from "./matrix.js";
 
@@ -116,6 +117,18 @@ export function sceneSvg({ width, height, items }) {
   }
   out.push("</svg>");
   return out.join("\n");
+}
+
+/** A PNG (ArrayBuffer) as an <svg> holding it, drawn pixelated at its own size: byte for byte what
+ * lens.png_as_svg writes (and render_figures.py --export-svg). */
+export function pngAsSvg(png) {
+  const view = new DataView(png), w = view.getUint32(16), h = view.getUint32(20);  // IHDR, after the signature
+  const bytes = new Uint8Array(png);
+  let binary = "";
+  for (let i = 0; i < bytes.length; i += 0x8000) binary += String.fromCharCode(...bytes.subarray(i, i + 0x8000));
+  return `<svg xmlns="http://www.w3.org/2000/svg" width="${w}" height="${h}" viewBox="0 0 ${w} ${h}">`
+    + `<image width="${w}" height="${h}" style="image-rendering:pixelated" preserveAspectRatio="none" `
+    + `href="data:image/png;base64,${btoa(binary)}"/></svg>`;
 }
 
 /** The scene drawn at `scale` device pixels per unit, as a PNG blob. */

@@ -1,7 +1,7 @@
 // Grid view: choose models, heads, prompts and figures; see their images side by side.
 // Everything the view shows is in the URL (url.js PAGES.grid), so a link reproduces it.
 import {
-  FIGURES_URL, MODELS_URL, errorUrl, fetchData, fetchEach, figureOutputs, formatHeads, imageUrl, isStored,
+  FIGURES_URL, MODELS_URL, fetchData, fetchEach, figureOutputs, formatHeads, isStored, loadFigureError, loadFigureImage,
   loadStatTable, parseHeads, promptsUrl, range, statsUrl,
 } from "./data.js";
 import { $, debounce, el, formatNumber, oneLine, showError, startPage } from "./dom.js";
@@ -274,7 +274,7 @@ function tiles() {
         if (layer >= m.n_layers || head >= m.n_heads) continue;
         const stored = isStored(prompt, m, layer, head);
         for (const o of outputs) {
-          out.push({ model: m.model_dir, prompt: hash, layer, head, figure: o.output, format: o.format, stored });
+          out.push({ model: m.model_dir, nHeads: m.n_heads, prompt: hash, layer, head, figure: o.output, stored });
         }
       }
     }
@@ -325,6 +325,7 @@ function groupLabel(tile, key) {
 let imageObserver = null;
 let moreObserver = null;
 let firstImageMarked = false;
+let imageUrls = [];  // the tiles' Blob URLs, revoked when the grid is rebuilt
 
 /** Rebuild the grid: tiles are added CHUNK at a time and load their image when near the viewport. */
 function renderGrid() {
@@ -333,6 +334,8 @@ function renderGrid() {
   imageObserver?.disconnect();
   moreObserver?.disconnect();
   grid.replaceChildren();
+  imageUrls.forEach((url) => URL.revokeObjectURL(url));
+  imageUrls = [];
   imageObserver = new IntersectionObserver(onTilesVisible, { rootMargin: "300px 0px" });
   const models = new Set(all.map((t) => t.model));
   $("summary").textContent = `${all.length} image${all.length === 1 ? "" : "s"}`;
@@ -398,15 +401,22 @@ function onTilesVisible(entries) {
   for (const entry of entries) {
     if (!entry.isIntersecting) continue;
     imageObserver.unobserve(entry.target);
-    loadImage(entry.target);
+    loadImage(entry.target).catch(showError);
   }
 }
 
-function loadImage(node) {
+/** A tile's image, read from its figure pack (two range requests), or what stands in for it. */
+async function loadImage(node) {
   const t = tileData.get(node);
   const frame = node.querySelector(".frame");
   if (!t.stored) {
     frame.replaceChildren(el("div", { class: "not-stored" }, "not stored", el("br"), `L${t.layer}H${t.head}`));
+    return;
+  }
+  const image = await loadFigureImage(t.model, t.prompt, t.layer, t.head, t.nHeads, t.figure);
+  if (!frame.isConnected) return;  // the grid was rebuilt meanwhile
+  if (!image) {
+    await showMissing(frame, t);
     return;
   }
   const img = el("img", { alt: `L${t.layer}H${t.head} ${t.figure}`, decoding: "async", draggable: "false" });
@@ -418,7 +428,8 @@ function loadImage(node) {
     fitImage(frame);
   });
   img.addEventListener("error", () => showMissing(frame, t).catch(showError));
-  img.src = imageUrl(t.model, t.prompt, t.layer, t.head, t.figure, t.format);
+  img.src = URL.createObjectURL(image);
+  imageUrls.push(img.src);
   frame.replaceChildren(img);
 }
 
@@ -444,9 +455,9 @@ const refitImages = debounce(() => document.querySelectorAll(".tile .frame").for
 
 /** A failed figure shows its error text; an image never rendered shows a grey placeholder naming it. */
 async function showMissing(frame, t) {
-  const text = await fetchData(errorUrl(t.model, t.prompt, t.layer, t.head, t.figure), "text");
+  const text = await loadFigureError(t.model, t.prompt, t.layer, t.head, t.figure);
   frame.replaceChildren(text === null
-    ? el("div", { class: "no-image" }, "no image", el("br"), `${t.figure}.${t.format}`)
+    ? el("div", { class: "no-image" }, "no image", el("br"), t.figure)
     : el("div", { class: "figure-error", title: text }, `figure failed:\n${text}`));
 }
 

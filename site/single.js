@@ -1,11 +1,11 @@
 // Single view: one head's pattern drawn from the stored values, hover/pin a cell for its exact
 // value, keys to step through cells, heads, layers and prompts. State lives in the URL.
 import {
-  FIGURES_URL, MODELS_URL, errorUrl, fetchData, fetchEach, figureOutputs, imageUrl, isStored, loadColormap,
-  loadValueNorms, modelCfgUrl, patternsUrl, promptJsonUrl, promptStatsUrl, promptsUrl, rankHeads, statMeans, statsUrl,
+  FIGURES_URL, MODELS_URL, fetchData, fetchEach, figureOutputs, isStored, loadColormap, loadFigureError,
+  loadFigureImage, loadValueNorms, modelCfgUrl, patternsUrl, promptJsonUrl, promptStatsUrl, promptsUrl, rankHeads, statMeans, statsUrl,
 } from "./data.js";
 import { $, cssColor, el, fillSelect, formatNumber, showError, startPage } from "./dom.js";
-import { download, figureScene, scenePng, sceneSvg } from "./export.js";
+import { download, figureScene, pngAsSvg, scenePng, sceneSvg } from "./export.js";
 import * as matrix from "./matrix.js";
 import { NotStoredError, loadHead } from "./patterns.js";
 import { gridUrl, headsUrl, pageUrl, readState, singleUrl, writeState } from "./url.js";
@@ -408,26 +408,45 @@ function renderStats() {
 
 // ---- the rendered figure image ----
 
+let figureRenders = 0;
+let figureImageUrl = null;  // the shown image's Blob URL, revoked when another replaces it
+
 function renderFigure() {
-  const box = $("figure-view");
-  if (!view.a.attention) {
-    box.replaceChildren(el("p", { class: "not-stored" }, "not stored"));
-    return;
-  }
-  const outputs = figureOutputs(data.figures);
-  const chosen = outputs.find((o) => o.output === state.figure) || { output: state.figure, format: "svg" };
-  const args = [state.model, state.prompt, Number(state.layer), Number(state.head), chosen.output];
-  const img = el("img", { src: imageUrl(...args, chosen.format), alt: `${chosen.output} figure` });
-  img.addEventListener("error", () => showMissingFigure(img, chosen.output, args).catch(showError));
-  box.replaceChildren(img, chosen.figure?.doc ? el("p", { class: "muted" }, chosen.figure.doc) : "");
+  showFigure(++figureRenders).catch(showError);
 }
 
-/** A failed figure shows its error text; an image never rendered says so (unless another head is shown by then). */
-async function showMissingFigure(img, output, args) {
-  const text = await fetchData(errorUrl(...args), "text");
-  if (!img.isConnected) return;
-  img.parentElement.replaceChildren(text === null ? el("p", { class: "no-image" }, `no ${output} image for this head`)
-    : el("pre", { class: "figure-error" }, text));
+function replaceFigure(...nodes) {
+  if (figureImageUrl) URL.revokeObjectURL(figureImageUrl);
+  figureImageUrl = null;
+  $("figure-view").replaceChildren(...nodes);
+}
+
+/** The head's image, read from its figure pack, with an SVG download; a failed figure shows its error text, an
+ * image never rendered says so. Nothing is shown when another head or figure was asked for meanwhile. */
+async function showFigure(mine) {
+  if (!view.a.attention) {
+    replaceFigure(el("p", { class: "not-stored" }, "not stored"));
+    return;
+  }
+  const chosen = figureOutputs(data.figures).find((o) => o.output === state.figure) || { output: state.figure };
+  const args = [state.model, state.prompt, Number(state.layer), Number(state.head)];
+  const image = await loadFigureImage(...args, data.cfg.n_heads, chosen.output);
+  const error = image ? null : await loadFigureError(...args, chosen.output);
+  if (mine !== figureRenders) return;
+  if (!image) {
+    replaceFigure(error === null ? el("p", { class: "no-image" }, `no ${chosen.output} image for this head`)
+      : el("pre", { class: "figure-error" }, error));
+    return;
+  }
+  const url = URL.createObjectURL(image);
+  const name = `${state.model}_L${state.layer}H${state.head}_${state.prompt.slice(0, 8)}_${chosen.output}.svg`;
+  const save = async () => download(image.type === "image/png"
+    ? new Blob([pngAsSvg(await image.arrayBuffer())], { type: "image/svg+xml" }) : image, name);
+  replaceFigure(el("img", { src: url, alt: `${chosen.output} figure` }),
+    el("p", { class: "muted" }, chosen.figure?.doc ?? "", " ", el("button", {
+      type: "button", id: "figure-svg", title: "this head's image as a standalone SVG", onclick: () => save().catch(showError),
+    }, "SVG")));
+  figureImageUrl = url;
 }
 
 // ---- moving: cells, heads, layers, prompts ----

@@ -43,3 +43,19 @@ def make_data(save_path: Path, model: str = "fake-model", n_layers: int = 2, n_h
             "n_tokens": len(tokens), "meta": {}})
         hashes.append(h)
     return hashes
+
+
+def drop_images(save_path: Path, model: str, phash: str, output: str, heads: list[tuple[int, int]],
+                error: str | None = None) -> None:
+    """Rewrite a rendered pack without the images of `heads` (as render_figures.py leaves a head it made no image
+    of); with `error`, those heads failed with that traceback, in the output's errors file."""
+    cfg = lens.read_json(lens.model_cfg_path(save_path, model))
+    path = lens.figure_pack_path(save_path, model, phash, output)
+    images = {(l, h): lens.read_pack_image(path, l, h) for l in range(cfg["n_layers"]) for h in range(cfg["n_heads"])}
+    pack = lens.PackWriter(path, cfg["n_layers"], cfg["n_heads"])
+    for (l, h), image in images.items():
+        if image is not None and (l, h) not in heads:
+            pack.add(l, h, image)
+    pack.close()
+    if error is not None:
+        lens.write_json(lens.figure_errors_path(save_path, model, phash, output), {f"L{l}H{h}": error for l, h in heads})

@@ -1,0 +1,128 @@
+"""Benchmark the dataset axis: statistics of 100,000 short prompts at forward speed, then the site over them.
+
+    python bench/bench_scale.py                          # 100,000 prompts through the demo model, CPU
+    python bench/bench_scale.py --prompts 10000 --device cuda --batch-size 64
+
+1. compute_activations with --patterns none (every built-in statistic on the device, no pattern stored),
+   timed whole (tokenizing, forward, statistics, writing the part), against the same tokenizing and
+   TransformerLens forward stopped at the last pattern with hooks that keep nothing. Target: >= 0.85x.
+2. Bytes and files on disk per prompt.
+3. build_index.py over them: the merged statistics tables, per-head summaries and top lists, the prompt index.
+4. The site (headless chromium, served by serve.py): the grid's first page and a text search, the heads
+   page with a head's panel; the same over a synthetic 1,000,000-prompt index (bench_site.py's).
+5. compute_activations --top 5 for one statistic: how many prompts it stored, how long it took.
+Run it alone on an idle machine (check `uptime`).
+"""
+import argparse
+import os
+import random
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+ROOT = Path(__file__).resolve().parent.parent
+sys.path[:0] = [str(ROOT), str(ROOT / "tests"), str(ROOT / "bench")]
+
+import torch  # noqa: E402
+
+import compute_activations as ca  # noqa: E402
+import lens  # noqa: E402
+from bench_activations import forward_seconds, padded_batches  # noqa: E402
+from build_index import build_index, top_prompts  # noqa: E402
+
+WORDS = ("the of and to in is for that with as on by it be from this are was he she they we you not but "
+         "cat sat mat dog ran river stone cloud north lamp seven house light water tree").split()
+
+
+def short_texts(n: int, seed: int = 0) -> list[str]:
+    """n distinct texts of 6-30 words; a third say their first half twice (so induction scores vary)."""
+    rng = random.Random(seed)
+    texts = []
+    for i in range(n):
+        words = [rng.choice(WORDS) for _ in range(rng.randint(6, 30))]
+        if i % 3 == 0:
+            words = words[:len(words) // 2] * 2
+        texts.append(f"{i}. " + " ".join(words))
+    return texts
+
+
+def reference_seconds(model, texts: list[str], batch_size: int, device: str) -> float:
+    """Tokenizing and the forward stopped at the last pattern, as compute_activations batches it, keeping nothing."""
+    start = time.perf_counter()
+    token_lists = [ca.tokenize(model.to_tokens, t) for t in texts]
+    batches = padded_batches(token_lists, batch_size, model.tokenizer.pad_token_id or 0)
+    tokenized = time.perf_counter() - start
+    return tokenized + forward_seconds(model, [b.to(device) for b in batches], True)
+
+
+def disk_use(path: Path) -> tuple[int, int, int]:
+    """(files, bytes of their contents, bytes allocated on disk) under path."""
+    files = [p for p in path.rglob("*") if p.is_file()]
+    stats = [p.stat() for p in files]
+    return len(files), sum(s.st_size for s in stats), sum(s.st_blocks * 512 for s in stats)
+
+
+def bench_compute(model, texts: list[str], data: Path, args) -> None:
+    ca.compute_activations(texts[:args.batch_size * 2], model, data.parent / "warm", model_name="demo",
+                           batch_size=args.batch_size, patterns="none", progress=False)  # warm-up
+    ref = reference_seconds(model, texts, args.batch_size, args.device)
+    start = time.perf_counter()
+    s = ca.compute_activations(texts, model, data, model_name="demo", batch_size=args.batch_size,
+                               patterns="none", progress=False)
+    ours = time.perf_counter() - start
+    n = len(texts)
+    print(f"compute, --patterns none: {n} prompts, {s['tokens']:,} tokens ({s['tokens'] / n:.1f} per prompt), "
+          f"batch {args.batch_size}, device {args.device}, {torch.get_num_threads()} torch threads")
+    print(f"  tokenize + forward stopped at the last pattern, nothing kept (reference): {ref:.1f} s, "
+          f"{n / ref:,.0f} prompts/s")
+    print(f"  compute_activations, 6 statistics of every head on the device, part written: {ours:.1f} s, "
+          f"{n / ours:,.0f} prompts/s = {ref / ours:.2f}x the reference's throughput (target >= 0.85x)")
+
+
+def bench_build_index(data: Path, n: int) -> None:
+    start = time.perf_counter()
+    build_index(data)
+    seconds = time.perf_counter() - start
+    files, size, allocated = disk_use(data / "demo")
+    print(f"build_index.py: {seconds:.1f} s for {n} prompts (target <= 60 s)")
+    print(f"disk: {files} files for {n} prompts ({files / n:.4f} per prompt), {size / n:,.0f} bytes per prompt "
+          f"({allocated / n:,.0f} allocated), statistics included")
+
+
+def bench_top(model, data: Path, args) -> None:
+    start = time.perf_counter()
+    prompts, _ = top_prompts(data, "demo", 5, "induction_head")
+    s = ca.compute_activations(prompts, model, data, model_name="demo", batch_size=args.batch_size, progress=False)
+    build_index(data)
+    seconds = time.perf_counter() - start
+    print(f"--top 5 --stat induction_head: {s['stored']} prompts stored (each head's 5 highest and 5 lowest of "
+          f"{args.prompts}), {seconds:.1f} s with build_index.py")
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--prompts", type=int, default=100_000)
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--no-site", action="store_true", help="skip the browser measurements (4)")
+    p.add_argument("--million", type=int, default=1_000_000, help="size of the synthetic index (default: 1000000)")
+    args = p.parse_args()
+    print(f"load average before: {os.getloadavg()[0]:.2f}, {os.cpu_count()} cores")
+    model = ca.load_model(str(ROOT / "demo" / "model"), args.device, "float32")
+    print(f"model: demo ({model.cfg.n_layers} layers x {model.cfg.n_heads} heads, d_model {model.cfg.d_model})")
+    texts = short_texts(args.prompts)
+    with tempfile.TemporaryDirectory() as tmp:
+        data = Path(tmp) / "data"
+        bench_compute(model, texts, data, args)
+        bench_build_index(data, args.prompts)
+        if not args.no_site:
+            from bench_site import bench_scale_site
+            bench_scale_site(data, "demo", Path(tmp) / "million", args.million)
+        bench_top(model, data, args)
+    print(f"load average after: {os.getloadavg()[0]:.2f}")
+
+
+if __name__ == "__main__":
+    main()
