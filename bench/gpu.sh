@@ -1,0 +1,15 @@
+#!/usr/bin/env bash
+# The GPU checks, in one run on the device machine (torch and transformers there; no transformer_lens, no network):
+#   prepare here:  pip download transformer-lens==4.3.0 jaxtyping beartype einops fancy-einsum typeguard better-abc \
+#                  transformers-stream-generator wadler-lindig --no-deps -d .whl
+#   then:          run(command="bash bench/gpu.sh", carry=[".whl"], timeout_s=540)
+# Budget: under 8 minutes. Prints the three benchmarks' numbers; docs/benchmarks.md records them.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+export HF_HUB_OFFLINE=1
+python -c "import transformer_lens" 2>/dev/null || python -m pip install -q --no-index --find-links .whl --no-deps .whl/*.whl
+nvidia-smi --query-gpu=name,memory.total --format=csv,noheader
+uptime
+timeout 150 python bench/bench_activations.py --device cuda --n-prompts 64 --batch-size 16
+timeout 120 python bench/bench_memory.py --device cuda --tokens 1400 || echo "bench_memory: failed or timed out"
+timeout 180 python bench/bench_scale.py --device cuda --prompts 10000 --batch-size 128 --no-site
