@@ -4,8 +4,9 @@
     python build_index.py --save-path DIR
     python build_index.py --import-pattern-lens --save-path DIR   # convert a pattern-lens data dir first
 
-Writes models.jsonl (every <model>/model_cfg.json), <model>/prompts.jsonl (every finished
-prompt.json, sorted by hash), figures.jsonl (the figure registry of the figures dir that
+Writes models.jsonl (every <model>/model_cfg.json), <model>/index/ (every prompt with statistics or
+stored patterns, sorted by hash, in chunks a page fetches as it needs them, and a word index to search
+them; prompt.json is read only where it is new or changed since the last run), figures.jsonl (the figure registry of the figures dir that
 render_figures.py last rendered with, else figures/), colormaps.json (the tables the images
 use, for the site's legends) and copies site/ into the data dir: it alone writes what the site
 reads about figures. It only reads what is on disk, so it is idempotent and merges the outputs
@@ -30,16 +31,121 @@ import lens
 SITE_DIR = Path(__file__).resolve().parent / "site"
 
 
-def prompt_records(save_path: Path, model: str) -> tuple[list[dict], int]:
-    """Every finished prompt of a model, sorted by hash, and how many were left out (a warning each) as unreadable."""
-    records, unreadable = [], 0
+# ---- The prompt index: every prompt's row in hash order, in chunks, with a word index to search it ----
+
+INDEX_CHUNK_ROWS = 200  # rows per index/rows/<k>.jsonl: a page of search results touches at most 100 of them
+INDEX_TEXT_CHARS = 300  # a row holds the text up to this length; prompt.json holds it whole
+WORD = re.compile(r"\w+")  # site/data.js's WORD: letters, digits and _ (Unicode)
+
+
+def prompt_index_records(save_path: Path, model: str) -> list[dict]:
+    """Every prompt with statistics (the parts' rows) or stored patterns (prompt.json without its token
+    lists), sorted by hash: the statistics tables' rows. "stored" says whether the patterns are kept."""
+    records = {}
+    for part in lens.read_parts(save_path, model):
+        for row in part.rows:
+            records.setdefault(row["hash"], {**index_record(row), "stored": False})
+    records.update(stored_prompt_records(save_path, model))
+    return [records[h] for h in sorted(records)]
+
+
+def index_record(info: dict) -> dict:
+    """What the index keeps of a prompt.json or a part's row: no token lists."""
+    return {"hash": info["hash"], "text": info["text"], "n_tokens": info["n_tokens"], "meta": info.get("meta", {}),
+            "truncated": info.get("truncated", False), **({"heads": info["heads"]} if "heads" in info else {})}
+
+
+def stored_prompt_records(save_path: Path, model: str) -> dict[str, dict]:
+    """The records of the finished prompt dirs by hash, reading prompt.json only where it is new or changed
+    (mtime, size) since the last run: the others come from the index's cache. An unreadable one is a warning."""
+    cache_path = lens.index_cache_path(save_path, model)
+    try:
+        cached = {row["hash"]: row for _, row in lens.iter_jsonl(cache_path)} if cache_path.is_file() else {}
+    except lens.UserError:  # our own file, damaged: read every prompt.json again
+        cached = {}
+    entries = {}
     for h in lens.finished_prompts(save_path, model):
+        path = lens.prompt_json_path(save_path, model, h)
+        stat = path.stat()
+        stamp = [stat.st_mtime_ns, stat.st_size]
+        if h in cached and cached[h]["stamp"] == stamp:
+            entries[h] = cached[h]
+            continue
         try:
-            records.append(lens.read_json(lens.prompt_json_path(save_path, model, h)))
+            entries[h] = {"hash": h, "stamp": stamp, "record": {**read_stored_record(path, h), "stored": True}}
         except lens.UserError as e:  # one bad prompt must not hide the others from the site
             print(f"build_index.py: warning: {e}; prompt left out of the index", file=sys.stderr)
-            unreadable += 1
-    return records, unreadable
+    if entries != cached:
+        lens.write_jsonl(cache_path, entries.values())
+    return {h: e["record"] for h, e in entries.items()}
+
+
+def read_stored_record(path: Path, phash: str) -> dict:
+    info = lens.read_json(path)
+    if not isinstance(info.get("text"), str) or not isinstance(info.get("n_tokens"), int):
+        raise lens.UserError(f"{path}: no text or n_tokens")
+    return index_record({**info, "hash": phash})
+
+
+def index_row(record: dict) -> dict:
+    """A record as an index row: its text cut to INDEX_TEXT_CHARS ("snippet": true when cut)."""
+    if len(record["text"]) <= INDEX_TEXT_CHARS:
+        return record
+    return {**record, "text": record["text"][:INDEX_TEXT_CHARS], "snippet": True}
+
+
+def shard_name(word: str) -> str:
+    """The word shard a word is in: its first two characters, those other than a-z and 0-9 as _<hex code point>
+    (file names safe on any file system); site/data.js shardName is the same rule."""
+    return "".join(c if "a" <= c <= "z" or "0" <= c <= "9" else f"_{ord(c):x}" for c in word[:2])
+
+
+def search_words(record: dict) -> set[str]:
+    """The words a search finds a prompt by: of its text and its meta values, lowercased."""
+    meta = record["meta"]
+    text = record["text"] + (" " + json.dumps(list(meta.values()), ensure_ascii=False) if meta else "")
+    return set(WORD.findall(" ".join(set(text.lower().split()))))  # no \w is a space: each piece once is enough
+
+
+def word_shards(records: list[dict]) -> dict[str, dict[str, list[int]]]:
+    """{shard: {word: its rows, first row then differences}}: a search fetches the shards of its words only."""
+    rows = {}
+    for r, record in enumerate(records):
+        for word in search_words(record):
+            rows.setdefault(word, []).append(r)
+    shards = {}
+    for word in sorted(rows):
+        found = rows[word]
+        shards.setdefault(shard_name(word), {})[word] = found[:1] + [b - a for a, b in zip(found, found[1:])]
+    return shards
+
+
+def write_prompt_index(save_path: Path, model: str, records: list[dict]) -> None:
+    """index/: meta.json, hashes.json, rows/<k>.jsonl, words/<shard>.json, by_tokens.u32 and stored.json (see
+    lens.py); files whose bytes did not change are left alone, files of a larger former index are removed."""
+    size = INDEX_CHUNK_ROWS
+    chunks = [records[i:i + size] for i in range(0, len(records), size)]
+    written = set()
+
+    def write(path: Path, data: bytes) -> None:
+        write_if_changed(path, data)
+        written.add(path)
+    for k, chunk in enumerate(chunks):
+        write(lens.index_rows_path(save_path, model, k), lens.jsonl_bytes(map(index_row, chunk)))
+    for shard, words in word_shards(records).items():
+        write(lens.index_words_path(save_path, model, shard), json.dumps(words, separators=(",", ":")).encode())
+    n_tokens = np.array([r["n_tokens"] for r in records], np.int64)
+    write(lens.index_order_path(save_path, model),
+          np.lexsort((np.arange(len(records)), n_tokens)).astype("<u4").tobytes())
+    stored = [r for r, record in enumerate(records) if record["stored"]]
+    write(lens.index_stored_path(save_path, model), json.dumps(stored).encode())
+    write(lens.index_hashes_path(save_path, model), json.dumps([c[0]["hash"] for c in chunks]).encode())
+    write(lens.prompt_index_path(save_path, model), lens.json_bytes(  # last: it says how many rows there are
+        {"count": len(records), "chunk_size": size, "text_chars": INDEX_TEXT_CHARS, "n_stored": len(stored)}))
+    written.add(lens.index_cache_path(save_path, model))
+    for old in lens.prompt_index_dir(save_path, model).rglob("*"):
+        if old.is_file() and old not in written:
+            old.unlink()
 
 
 def write_if_changed(path: Path, data: bytes) -> None:
@@ -248,7 +354,7 @@ def top_prompts(save_path: Path, model_name: str, k: int, stat_spec: str | None)
 
 
 def build_index(save_path: Path, figures_dir: Path | None = None) -> None:
-    """Rebuild models.jsonl, each model's prompts.jsonl, figures.jsonl and colormaps.json, and copy the site."""
+    """Rebuild models.jsonl, each model's prompt index, figures.jsonl and colormaps.json, and copy the site."""
     save_path = lens.require_data_dir(save_path)
     names = lens.model_dirs(save_path)
     if not names:
@@ -260,11 +366,11 @@ def build_index(save_path: Path, figures_dir: Path | None = None) -> None:
     for name in names:
         cfg = lens.read_json(lens.model_cfg_path(save_path, name))
         write_model_stats(save_path, name, cfg, figures)
-        prompts, unreadable = prompt_records(save_path, name)
-        write_if_changed(lens.prompts_path(save_path, name), lens.jsonl_bytes(prompts))
-        models.append({**cfg, "model_dir": name, "n_prompts": len(prompts)})
-        n_prompts += len(prompts)
-        n_unreadable += unreadable
+        records = prompt_index_records(save_path, name)
+        write_prompt_index(save_path, name, records)
+        models.append({**cfg, "model_dir": name, "n_prompts": len(records)})
+        n_prompts += len(records)
+        n_unreadable += len(lens.finished_prompts(save_path, name)) - sum(r["stored"] for r in records)
     write_if_changed(lens.models_path(save_path), lens.jsonl_bytes(models))
     write_if_changed(lens.figures_path(save_path), lens.jsonl_bytes(lens.figure_records(figures)))
     write_if_changed(lens.colormaps_path(save_path), colormaps_json())

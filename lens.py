@@ -80,8 +80,44 @@ def model_cfg_path(save_path: Path, model: str) -> Path:
     return Path(save_path) / model / "model_cfg.json"
 
 
-def prompts_path(save_path: Path, model: str) -> Path:
-    return Path(save_path) / model / "prompts.jsonl"
+def prompt_index_dir(save_path: Path, model: str) -> Path:
+    """The prompt index (build_index.py): rows in hash order, the statistics tables' row order, in chunks."""
+    return Path(save_path) / model / "index"
+
+
+def prompt_index_path(save_path: Path, model: str) -> Path:
+    """{count, chunk_size, text_chars, n_stored}: all a page reads before the rows it shows."""
+    return prompt_index_dir(save_path, model) / "meta.json"
+
+
+def index_hashes_path(save_path: Path, model: str) -> Path:
+    """The first hash of each chunk of rows: where to look a hash up."""
+    return prompt_index_dir(save_path, model) / "hashes.json"
+
+
+def index_rows_path(save_path: Path, model: str, chunk: int) -> Path:
+    """Rows chunk * chunk_size ... of the index, one JSON object a line."""
+    return prompt_index_dir(save_path, model) / "rows" / f"{chunk}.jsonl"
+
+
+def index_words_path(save_path: Path, model: str, shard: str) -> Path:
+    """{word: rows (first, then differences)} of the words starting with the shard's characters."""
+    return prompt_index_dir(save_path, model) / "words" / f"{shard}.json"
+
+
+def index_order_path(save_path: Path, model: str) -> Path:
+    """uint32 row numbers sorted by n_tokens (ties in row order): the prompt table's token order."""
+    return prompt_index_dir(save_path, model) / "by_tokens.u32"
+
+
+def index_stored_path(save_path: Path, model: str) -> Path:
+    """The rows of the prompts whose patterns are stored, ascending."""
+    return prompt_index_dir(save_path, model) / "stored.json"
+
+
+def index_cache_path(save_path: Path, model: str) -> Path:
+    """build_index.py's own record of the prompt.json files it read (the site never reads it)."""
+    return prompt_index_dir(save_path, model) / "prompt_json_cache.jsonl"
 
 
 def stats_path(save_path: Path, model: str) -> Path:

@@ -7,7 +7,12 @@ export const MODELS_URL = "models.jsonl";
 export const FIGURES_URL = "figures.jsonl";
 export const COLORMAPS_URL = "colormaps.json";
 export const modelCfgUrl = (model) => `${model}/model_cfg.json`;
-export const promptsUrl = (model) => `${model}/prompts.jsonl`;
+export const promptIndexUrl = (model) => `${model}/index/meta.json`;
+export const indexHashesUrl = (model) => `${model}/index/hashes.json`;
+export const indexRowsUrl = (model, chunk) => `${model}/index/rows/${chunk}.jsonl`;
+export const indexWordsUrl = (model, shard) => `${model}/index/words/${shard}.json`;
+export const indexOrderUrl = (model) => `${model}/index/by_tokens.u32`;
+export const indexStoredUrl = (model) => `${model}/index/stored.json`;
 export const statsUrl = (model) => `${model}/stats.json`;
 export const statTableUrl = (model, stat) => `${model}/stats/${stat}.f32`;
 export const statHeadsUrl = (model, stat) => `${model}/stats/${stat}.heads.json`;
@@ -30,7 +35,8 @@ const FILES = [
   { path: /^models\.jsonl$/, writer: "build_index.py" },
   { path: /^figures\.jsonl$/, writer: "build_index.py" },
   { path: /^colormaps\.json$/, writer: "build_index.py" },
-  { path: /^[^/]+\/prompts\.jsonl$/, writer: "build_index.py" },
+  { path: /^[^/]+\/index\/words\//, writer: "build_index.py", optional: true },  // missing: no word starts so
+  { path: /^[^/]+\/index\//, writer: "build_index.py" },
   { path: /^[^/]+\/model_cfg\.json$/, writer: "compute_activations.py" },
   { path: /^[^/]+\/stats\.json$/, writer: "render_figures.py", optional: true },
   { path: /^[^/]+\/stats\/[^/]+\.f32$/, writer: "render_figures.py" },
@@ -100,6 +106,161 @@ function parseJson(text, path) {
 function parseJsonl(text, path = "") {
   const lines = text.split("\n");
   return lines.flatMap((line, i) => (line.trim() ? [parseJson(line, `${path}:${i + 1}`)] : []));
+}
+
+// ---- the prompt index (build_index.py write_prompt_index): every prompt's row in hash order, the row order of the
+// statistics tables, in chunks of meta.json's chunk_size rows, and a word index in shards; a page fetches the chunks
+// and shards it shows, never the whole index. A row is prompt.json without its token lists, its text cut to
+// meta.json's text_chars ("snippet": true when cut), "stored": whether its patterns are kept ----
+
+const WORD = /[\p{L}\p{N}_]+/gu;  // build_index.py's WORD
+const MAX_CHUNKS = 256;  // chunks of rows kept in memory
+const ORDER_BLOCK = 65536;  // entries of by_tokens.u32 fetched at once
+const HASH_TERM = /^[0-9a-f]{6,16}$/;  // a search word that may also be the start of a prompt's hash
+
+/** The word shard a word is in: its first two characters, those other than a-z and 0-9 as _<hex code point>
+ * (build_index.shard_name). */
+export function shardName(word) {
+  return [...word].slice(0, 2).map((c) => (/[a-z0-9]/.test(c) ? c : `_${c.codePointAt(0).toString(16)}`)).join("");
+}
+
+/** A model's prompt index: {count, nStored, rows(start, n), at(rows), find(hash), matches(query),
+ * search(query, limit), ordered(order, start, n, among), storedRows()}. Chunks are fetched once, when needed. */
+export async function openPromptIndex(model) {
+  const { count, chunk_size: size, n_stored: nStored } = await fetchData(promptIndexUrl(model));
+  const chunks = new Map(), shards = new Map(), blocks = new Map(), once = new Map();
+  const fetchOnce = (url, as) => {
+    if (!once.has(url)) once.set(url, fetchData(url, as));
+    return once.get(url);
+  };
+
+  /** Chunk k's rows, the most recently used MAX_CHUNKS kept. */
+  function chunk(k) {
+    const rows = chunks.get(k) ?? fetchData(indexRowsUrl(model, k), "jsonl");
+    chunks.delete(k);
+    chunks.set(k, rows);
+    if (chunks.size > MAX_CHUNKS) chunks.delete(chunks.keys().next().value);
+    rows.catch(() => chunks.get(k) === rows && chunks.delete(k));
+    return rows;
+  }
+
+  /** The records of these rows, in this order. */
+  async function at(list) {
+    const ks = [...new Set(list.filter((r) => r >= 0 && r < count).map((r) => Math.floor(r / size)))];
+    const got = new Map(await Promise.all(ks.map(async (k) => [k, await chunk(k)])));
+    return list.map((r) => {
+      const record = r >= 0 && r < count ? got.get(Math.floor(r / size))[r % size] : undefined;
+      if (!record) throw new Error(`${indexRowsUrl(model, Math.floor(r / size))}: no row ${r}; re-run build_index.py`);
+      return record;
+    });
+  }
+
+  const rows = (start, n) => {
+    const from = Math.max(0, start), to = Math.min(count, start + n);
+    return at(range(Math.max(0, to - from)).map((i) => from + i));
+  };
+
+  /** The chunk a hash is in or would be in: the last whose first hash is not after it (-1: before all). */
+  async function chunkOf(hash) {
+    const firsts = await fetchOnce(indexHashesUrl(model));
+    let lo = 0, hi = firsts.length - 1;
+    while (lo <= hi) {
+      const mid = (lo + hi) >> 1;
+      if (firsts[mid] <= hash) lo = mid + 1;
+      else hi = mid - 1;
+    }
+    return hi;
+  }
+
+  /** {row, record} of a prompt by its hash; null when the index does not have it. */
+  async function find(hash) {
+    const k = await chunkOf(hash);
+    if (k < 0) return null;
+    const list = await chunk(k), i = list.findIndex((r) => r.hash === hash);
+    return i < 0 ? null : { row: k * size + i, record: list[i] };
+  }
+
+  /** The rows whose hash starts with `prefix`: one run of rows, from the chunk the prefix sorts into. */
+  async function hashRows(prefix) {
+    const out = [];
+    for (let k = Math.max(0, await chunkOf(prefix)); k * size < count; k++) {
+      const list = await chunk(k);
+      for (let i = 0; i < list.length; i++) {
+        if (list[i].hash.startsWith(prefix)) out.push(k * size + i);
+        else if (list[i].hash > prefix) return out;
+      }
+    }
+    return out;
+  }
+
+  /** The rows of the words starting with `term` (a one-character term: that word only), ascending; and those
+   * whose hash starts with it when it looks like a hash. */
+  async function termRows(term) {
+    const shard = shardName(term);
+    if (!shards.has(shard)) shards.set(shard, fetchData(indexWordsUrl(model, shard)));
+    const words = (await shards.get(shard)) ?? {};
+    const lists = Object.entries(words).filter(([word]) => word.startsWith(term)).map(([, deltas]) => {
+      let r = 0;
+      return deltas.map((d) => (r += d));
+    });
+    if (HASH_TERM.test(term)) lists.push(await hashRows(term));
+    if (lists.length === 1) return lists[0];
+    return [...new Set(lists.flat())].sort((a, b) => a - b);
+  }
+
+  /** The rows matching a search, ascending; null for a query without words. Each word of the query starts a
+   * word of the prompt's text or meta values (case-insensitive), or 6-16 hex digits start its hash. */
+  async function matches(query) {
+    const terms = [...new Set(query.toLowerCase().match(WORD) ?? [])];
+    if (!terms.length) return null;
+    const lists = (await Promise.all(terms.map(termRows))).sort((a, b) => a.length - b.length);
+    return lists.slice(1).reduce((found, list) => {
+      const other = new Set(list);
+      return found.filter((r) => other.has(r));
+    }, lists[0]);
+  }
+
+  /** The first `limit` matches of a search as [{row, record}]. */
+  async function search(query, limit = 100) {
+    const found = ((await matches(query)) ?? []).slice(0, limit), records = await at(found);
+    return found.map((row, i) => ({ row, record: records[i] }));
+  }
+
+  const orderBlock = (b) => {
+    if (!blocks.has(b)) {
+      blocks.set(b, fetchRange(indexOrderUrl(model), b * ORDER_BLOCK * 4, ORDER_BLOCK * 4).then((bytes) => new Uint32Array(bytes)));
+    }
+    return blocks.get(b);
+  };
+
+  /** Rows [start, start + n) in token order ("tokens": shortest first, "-tokens": longest first; ties in row
+   * order), counting only the rows in `among` (a Set) when given: by_tokens.u32, ORDER_BLOCK entries at a time. */
+  async function ordered(order, start, n, among = null) {
+    const desc = order === "-tokens", nBlocks = Math.ceil(count / ORDER_BLOCK);
+    if (!among) {
+      const positions = range(Math.max(0, Math.min(n, count - start))).map((i) => (desc ? count - 1 - start - i : start + i));
+      const got = new Map(await Promise.all([...new Set(positions.map((p) => Math.floor(p / ORDER_BLOCK)))]
+        .map(async (b) => [b, await orderBlock(b)])));
+      return positions.map((p) => got.get(Math.floor(p / ORDER_BLOCK))[p % ORDER_BLOCK]);
+    }
+    const out = [];
+    let skip = start;
+    for (let b = 0; b < nBlocks && out.length < n; b++) {
+      const block = await orderBlock(desc ? nBlocks - 1 - b : b);
+      for (let j = 0; j < block.length && out.length < n; j++) {
+        const row = block[desc ? block.length - 1 - j : j];
+        if (!among.has(row)) continue;
+        if (skip > 0) skip--;
+        else out.push(row);
+      }
+    }
+    return out;
+  }
+
+  /** The rows of the prompts whose patterns are stored, ascending. */
+  const storedRows = () => fetchOnce(indexStoredUrl(model));
+
+  return { model, count, nStored, rows, at, find, matches, search, ordered, storedRows };
 }
 
 /** One head's value norms ||v_j W_O^h|| per key token (Float32Array of n_tokens, NaN where the head is not
@@ -183,19 +344,26 @@ export async function loadStatRow(model, stats, name, row) {
   return range(nL).map((l) => Array.from(values.subarray(l * nH, (l + 1) * nH)));
 }
 
-/** One statistic's whole table (`prompts`: the hashes of its rows, the prompt index's order):
- * `at(hash, layer, head)` and `atRow(promptIndex, layer, head)`, NaN where missing. */
-export async function loadStatTable(model, stats, name, prompts) {
-  const url = statTableUrl(model, name);
-  const values = new Float32Array(await fetchData(url, "bytes"));
-  const { n_layers: nL, n_heads: nH } = stats;
-  if (values.length !== prompts.length * nL * nH) {
-    throw new Error(`${url}: ${values.length} values, ${statsUrl(model)} says ${prompts.length * nL * nH}; `
-      + "re-run render_figures.py");
+/** Several prompts' values of a statistic as Map(row -> [layer][head]): one byte range per run of consecutive rows. */
+export async function loadStatRows(model, stats, name, rows) {
+  const { n_layers: nL, n_heads: nH } = stats, url = statTableUrl(model, name), size = nL * nH * 4;
+  const sorted = [...new Set(rows)].sort((a, b) => a - b), runs = [];
+  for (const r of sorted) {
+    if (runs.length && runs.at(-1).end === r) runs.at(-1).end++;
+    else runs.push({ start: r, end: r + 1 });
   }
-  const row = new Map(prompts.map((hash, i) => [hash, i]));
-  const atRow = (p, layer, head) => (layer < nL && head < nH ? values[(p * nL + layer) * nH + head] : NaN);
-  return { name, prompts, atRow, at: (hash, layer, head) => (row.has(hash) ? atRow(row.get(hash), layer, head) : NaN) };
+  const out = new Map();
+  await Promise.all(runs.map(async ({ start, end }) => {
+    const part = await fetchRange(url, start * size, (end - start) * size);
+    if (part.byteLength !== (end - start) * size) {
+      throw new Error(`${url}: no row ${end - 1} (${statsUrl(model)} says ${stats.n_prompts} prompts); re-run render_figures.py`);
+    }
+    for (let r = start; r < end; r++) {
+      const values = new Float32Array(part, (r - start) * size, nL * nH);
+      out.set(r, range(nL).map((l) => Array.from(values.subarray(l * nH, (l + 1) * nH))));
+    }
+  }));
+  return out;
 }
 
 /** A statistic's mean over prompts as [layer][head] numbers (NaN where missing). */
@@ -262,8 +430,9 @@ export function formatHeads(heads, nLayers, nHeads) {
   return parts.join(",");
 }
 
-/** Whether a prompt stores a head: prompt.json's "heads" spec names the stored heads; without it, all are. */
+/** Whether a prompt (its index row or prompt.json) stores a head: "heads" names the stored heads; without it, all are. */
 export function isStored(prompt, model, layer, head) {
+  if (prompt.stored === false) return false;  // a prompt with statistics only
   if (!prompt.heads) return true;
   if (!prompt.storedHeads) {
     prompt.storedHeads = new Set(parseHeads(prompt.heads, model.n_layers, model.n_heads, false)

@@ -2,7 +2,7 @@
 // Everything the view shows is in the URL (url.js PAGES.grid), so a link reproduces it.
 import {
   FIGURES_URL, MODELS_URL, fetchData, fetchEach, figureOutputs, formatHeads, isStored, loadFigureError, loadFigureImage,
-  loadStatTable, parseHeads, promptsUrl, range, statsUrl,
+  loadStatRows, openPromptIndex, parseHeads, range, statsUrl,
 } from "./data.js";
 import { $, debounce, el, formatNumber, oneLine, showError, startPage } from "./dom.js";
 import { headsUrl, readState, singleUrl, writeState } from "./url.js";
@@ -14,13 +14,16 @@ const MAX_SELECT = 1000;  // "select all matching" cap: keeps the URL and the gr
 
 const state = readState("grid");
 const data = {
-  models: [],                 // rows of models.jsonl
-  outputs: [],                // [{output, format, figure}] of figures.jsonl
-  promptsByModel: new Map(),  // model dir -> Map(hash -> row of its prompts.jsonl)
-  prompts: [],                // union of the selected models' prompts, by hash
-  promptByHash: new Map(),    // hash -> {...row, models: Set of model dirs}
-  stats: new Map(),           // model dir -> its stats.json (null without statistics)
-  statTables: new Map(),      // `${model}/${stat}` -> data.loadStatTable's table
+  models: [],            // rows of models.jsonl
+  outputs: [],           // [{output, format, figure}] of figures.jsonl
+  indexes: new Map(),    // model dir -> promise of its prompt index (data.openPromptIndex)
+  stats: new Map(),      // model dir -> its stats.json (null without statistics)
+  table: null,           // the prompt index the table lists: the first selected model's
+  search: null,          // {key, matches}: the table's search and its rows (null: no search)
+  total: 0,              // rows the table pages through
+  page: [],              // the records of the table's page
+  chosen: new Map(),     // selected prompt hash -> Map(model dir -> {row, record}) of the selected models having it
+  values: new Map(),     // `${model}/${stat}/${row}` -> one prompt's values of the statistic, [layer][head]
 };
 const list = (value) => (value ? value.split(",") : []);
 
@@ -43,38 +46,83 @@ async function load() {
     state.figures = data.outputs.some((o) => o.output === "raw") ? "raw" : data.outputs[0].output;
   }
   await loadModels();
-  if (!state.prompts && data.prompts.length) state.prompts = data.prompts[0].hash;
+  if (!state.prompts && data.table?.count) state.prompts = (await data.table.rows(0, 1))[0].hash;
+  await loadChosen();
 }
 
-/** Fetch the prompts (and stats.json) of every selected model not loaded yet, then merge the prompts. */
+/** A model's prompt index, opened once. */
+function promptIndex(model) {
+  if (!data.indexes.has(model)) {
+    data.indexes.set(model, openPromptIndex(model).catch((e) => {
+      data.indexes.delete(model);
+      throw e;
+    }));
+  }
+  return data.indexes.get(model);
+}
+
+/** Open the prompt index (and stats.json) of every selected model; the table lists the first one's prompts. */
 async function loadModels() {
   const models = selectedModels();
   await fetchEach(models.flatMap((m) => [
-    !data.promptsByModel.has(m.model_dir) && fetchData(promptsUrl(m.model_dir), "jsonl").then((rows) => {
-      for (const row of rows) row.search = `${row.text}\n${JSON.stringify(row.meta ?? {})}\n${row.hash}`.toLowerCase();
-      data.promptsByModel.set(m.model_dir, new Map(rows.map((row) => [row.hash, row])));
-    }),
+    promptIndex(m.model_dir),
     !data.stats.has(m.model_dir) && fetchData(statsUrl(m.model_dir)).then((s) => data.stats.set(m.model_dir, s)),
   ]));
-  data.promptByHash = new Map();
-  for (const m of models) {
-    for (const row of data.promptsByModel.get(m.model_dir).values()) {
-      if (!data.promptByHash.has(row.hash)) data.promptByHash.set(row.hash, { ...row, models: new Set() });
-      data.promptByHash.get(row.hash).models.add(m.model_dir);
-    }
-  }
-  data.prompts = [...data.promptByHash.values()];
-  await loadStatTables();
+  data.table = models.length ? await promptIndex(models[0].model_dir) : null;
+  await loadPage();
 }
 
-/** The chosen statistic's table of every selected model that has it. */
-async function loadStatTables() {
+let pageLoads = 0;
+
+/** The table's page of records: the search's matching rows (run again only when the search changed) or all
+ * rows, in hash or token order. */
+async function loadPage() {
+  const mine = ++pageLoads, index = data.table;
+  if (!index) {
+    Object.assign(data, { search: null, total: 0, page: [] });
+    return;
+  }
+  const key = `${index.model}\n${state.q}`;
+  const search = data.search?.key === key ? data.search : { key, matches: await index.matches(state.q) };
+  const total = search.matches ? search.matches.length : index.count;
+  const page = Math.min(Math.max(0, Math.floor(+state.page) || 0), Math.max(0, Math.ceil(total / PAGE_SIZE) - 1));
+  const records = await index.at(await tableRows(index, search.matches, page * PAGE_SIZE, PAGE_SIZE));
+  if (mine !== pageLoads) return;  // a newer search or page is loading
+  Object.assign(data, { search, total, page: records });
+  state.page = String(page);
+}
+
+/** Rows [start, start + n) of the table: of the search's matches when searching, in hash or token order. */
+function tableRows(index, matches, start, n) {
+  if (state.order) return index.ordered(state.order, start, n, matches && new Set(matches));
+  if (matches) return matches.slice(start, start + n);
+  return range(Math.max(0, Math.min(n, index.count - start))).map((i) => start + i);
+}
+
+let chosenLoads = 0;
+
+/** Each selected prompt's row in every selected model's index, then the statistic's values of those rows. */
+async function loadChosen() {
+  const mine = ++chosenLoads, hashes = [...new Set(list(state.prompts))], models = selectedModels();
+  const found = await Promise.all(models.map(async (m) => {
+    const index = await promptIndex(m.model_dir);
+    return Promise.all(hashes.map((h) => index.find(h)));
+  }));
+  if (mine !== chosenLoads) return;
+  data.chosen = new Map(hashes.map((h, i) => [h, new Map(models.flatMap((m, j) => (found[j][i] ? [[m.model_dir, found[j][i]]] : [])))]));
+  await loadValues();
+}
+
+/** The chosen statistic's values of the selected prompts, by byte ranges of its table (never the whole table). */
+async function loadValues() {
   if (!state.stat) return;
   await fetchEach(selectedModels().map(async (m) => {
-    const key = `${m.model_dir}/${state.stat}`, stats = data.stats.get(m.model_dir);
-    if (data.statTables.has(key) || !stats?.stats?.[state.stat]) return;
-    const hashes = [...data.promptsByModel.get(m.model_dir).keys()];  // prompts.jsonl's order: the table's rows
-    data.statTables.set(key, await loadStatTable(m.model_dir, stats, state.stat, hashes));
+    const stats = data.stats.get(m.model_dir), key = (row) => `${m.model_dir}/${state.stat}/${row}`;
+    if (!stats?.stats?.[state.stat]) return;
+    const rows = [...data.chosen.values()].map((byModel) => byModel.get(m.model_dir)?.row)
+      .filter((row) => row !== undefined && !data.values.has(key(row)));
+    if (!rows.length) return;
+    for (const [row, values] of await loadStatRows(m.model_dir, stats, state.stat, rows)) data.values.set(key(row), values);
   }));
 }
 
@@ -193,36 +241,32 @@ function renderFigures() {
 
 // ---- the prompt table ----
 
-function matchingPrompts() {
-  const terms = state.q.toLowerCase().split(/\s+/).filter(Boolean);
-  const rows = terms.length ? data.prompts.filter((p) => terms.every((t) => p.search.includes(t))) : [...data.prompts];
-  if (state.order === "tokens") rows.sort((a, b) => a.n_tokens - b.n_tokens);
-  if (state.order === "-tokens") rows.sort((a, b) => b.n_tokens - a.n_tokens);
-  return rows;
-}
-
-function pagePrompts() {
-  const page = Math.max(0, +state.page || 0);
-  return matchingPrompts().slice(page * PAGE_SIZE, (page + 1) * PAGE_SIZE);
-}
-
 function renderPrompts() {
-  const matching = matchingPrompts();
-  const pages = Math.max(1, Math.ceil(matching.length / PAGE_SIZE));
-  if (+state.page >= pages) state.page = String(pages - 1);
+  const pages = Math.max(1, Math.ceil(data.total / PAGE_SIZE));
   const chosen = new Set(list(state.prompts));
-  $("prompt-table").tBodies[0].replaceChildren(...pagePrompts().map((p) => el("tr", {
+  $("prompt-table").tBodies[0].replaceChildren(...data.page.map((p) => el("tr", {
     class: chosen.has(p.hash) ? "selected" : null, dataset: { hash: p.hash },
   },
   el("td", { class: "check" }, el("input", { type: "checkbox", checked: chosen.has(p.hash), tabindex: -1 })),
-  el("td", { class: "text", title: p.text }, oneLine(p.text)),
+  el("td", { class: "text", title: fullText(p) }, oneLine(p.text)),
   el("td", { class: "num" }, p.n_tokens),
   el("td", { class: "meta mono" }, metaText(p.meta)))));
-  $("prompt-count").textContent = `${chosen.size} selected \u00b7 ${matching.length} of ${data.prompts.length} match`;
+  $("prompt-count").textContent = `${chosen.size} selected \u00b7 ${data.total} of ${data.table?.count ?? 0} match`;
   $("page-info").textContent = `page ${+state.page + 1} / ${pages}`;
   $("sort-tokens").textContent = { tokens: "tokens \u2191", "-tokens": "tokens \u2193" }[state.order] ?? "tokens";
   $("prev-page").disabled = +state.page <= 0;
   $("next-page").disabled = +state.page >= pages - 1;
+}
+
+/** A row's text as far as the index has it (its first characters when "snippet"). */
+const fullText = (record) => (record.snippet ? `${record.text}\u2026` : record.text);
+
+/** Load the table's page, then show it; a newer call supersedes this one. */
+function refreshTable() {
+  return loadPage().then(() => {
+    writeState("grid", state);
+    renderPrompts();
+  }).catch(showError);
 }
 
 function metaText(meta) {
@@ -264,23 +308,23 @@ function applySize() {
 function tiles() {
   const heads = selectedHeads();
   const outputs = data.outputs.filter((o) => list(state.figures).includes(o.output));
-  const prompts = [...new Set(list(state.prompts))].filter((h) => data.promptByHash.has(h));
+  const prompts = [...new Set(list(state.prompts))];
   const out = [];
   for (const m of selectedModels()) {
     for (const hash of prompts) {
-      const prompt = data.promptsByModel.get(m.model_dir).get(hash);
-      if (!prompt) continue;
+      const found = data.chosen.get(hash)?.get(m.model_dir);
+      if (!found) continue;
       for (const [layer, head] of heads) {
         if (layer >= m.n_layers || head >= m.n_heads) continue;
-        const stored = isStored(prompt, m, layer, head);
+        const stored = isStored(found.record, m, layer, head);
         for (const o of outputs) {
-          out.push({ model: m.model_dir, nHeads: m.n_heads, prompt: hash, layer, head, figure: o.output, stored });
+          out.push({ model: m.model_dir, nHeads: m.n_heads, prompt: hash, row: found.row, layer, head, figure: o.output, stored });
         }
       }
     }
   }
   if (state.stat) {
-    for (const t of out) t.value = data.statTables.get(`${t.model}/${state.stat}`)?.at(t.prompt, t.layer, t.head) ?? NaN;
+    for (const t of out) t.value = data.values.get(`${t.model}/${state.stat}/${t.row}`)?.[t.layer]?.[t.head] ?? NaN;
   }
   return sortTiles(filterTiles(out));
 }
@@ -314,9 +358,12 @@ function sortTiles(all) {
   });
 }
 
+/** A tile's prompt as its model's index has it. */
+const record = (tile) => data.chosen.get(tile.prompt).get(tile.model).record;
+
 function groupLabel(tile, key) {
   if (key === "model") return tile.model;
-  if (key === "prompt") return oneLine(data.promptByHash.get(tile.prompt).text);
+  if (key === "prompt") return oneLine(record(tile).text);
   if (key === "layer") return `layer ${tile.layer}`;
   if (key === "head") return `head ${tile.head}`;
   return tile.figure;
@@ -379,11 +426,11 @@ function emptyReason() {
 const tileData = new WeakMap();
 
 function tileElement(t, showModel) {
-  const prompt = data.promptByHash.get(t.prompt);
+  const prompt = record(t);
   const where = `L${t.layer}H${t.head}`;
   const node = el("a", {
     class: "tile", href: singleUrl({ model: t.model, prompt: t.prompt, layer: t.layer, head: t.head, figure: t.figure }),
-    title: `${t.model} ${where} ${t.figure}\n${prompt.text}`,
+    title: `${t.model} ${where} ${t.figure}\n${fullText(prompt)}`,
     dataset: { model: t.model, prompt: t.prompt, layer: t.layer, head: t.head, figure: t.figure },
   },
   el("div", { class: "frame" }),
@@ -467,7 +514,7 @@ async function toggleModel(model, on) {
   const chosen = list(state.models).filter((m) => m !== model);
   if (on) chosen.push(model);
   setState({ models: data.models.map((m) => m.model_dir).filter((m) => chosen.includes(m)).join(",") });
-  await loadModels().catch(showError);
+  await loadModels().then(loadChosen).catch(showError);
   renderHeads();
   renderPrompts();
   renderLayout();
@@ -501,11 +548,34 @@ function onPickerClick(event) {
   setState({ heads: formatHeads(heads, nL, nH) }, renderHeads, renderGrid);
 }
 
-function selectPrompts(rows) {
+/** Select these prompts: load their rows in each model's index and their values, then show them. */
+async function choose(prompts) {
+  setState({ prompts: prompts.join(",") });
+  try {
+    await loadChosen();
+  } catch (e) {
+    showError(e);
+  }
+  renderPrompts();
+  renderGrid();
+}
+
+function selectPrompts(records) {
   const chosen = list(state.prompts);
   const seen = new Set(chosen);
-  for (const row of rows) if (!seen.has(row.hash)) chosen.push(row.hash);
-  setState({ prompts: chosen.join(",") }, renderPrompts, renderGrid);
+  for (const record of records) if (!seen.has(record.hash)) chosen.push(record.hash);
+  return choose(chosen);
+}
+
+/** "select all matching": the table's first MAX_SELECT rows. */
+async function selectMatching() {
+  const index = data.table;
+  if (!index) return;
+  try {
+    await selectPrompts(await index.at(await tableRows(index, data.search?.matches, 0, MAX_SELECT)));
+  } catch (e) {
+    showError(e);
+  }
 }
 
 function onPromptClick(event) {
@@ -513,8 +583,7 @@ function onPromptClick(event) {
   if (!tr) return;
   const chosen = list(state.prompts);
   const hash = tr.dataset.hash;
-  const next = chosen.includes(hash) ? chosen.filter((h) => h !== hash) : [...chosen, hash];
-  setState({ prompts: next.join(",") }, renderPrompts, renderGrid);
+  choose(chosen.includes(hash) ? chosen.filter((h) => h !== hash) : [...chosen, hash]);
 }
 
 function wire() {
@@ -522,16 +591,16 @@ function wire() {
   $("heads-spec").addEventListener("change", applyHeadSpec);
   $("head-picker").addEventListener("click", onPickerClick);
   $("search").value = state.q;
-  $("search").addEventListener("input", debounce(() => setState({ q: $("search").value, page: "0" }, renderPrompts), 120));
-  $("select-page").addEventListener("click", () => selectPrompts(pagePrompts()));
-  $("select-matching").addEventListener("click", () => selectPrompts(matchingPrompts().slice(0, MAX_SELECT)));
-  $("clear-prompts").addEventListener("click", () => setState({ prompts: "" }, renderPrompts, renderGrid));
-  $("prev-page").addEventListener("click", () => setState({ page: String(Math.max(0, +state.page - 1)) }, renderPrompts));
-  $("next-page").addEventListener("click", () => setState({ page: String(+state.page + 1) }, renderPrompts));
+  $("search").addEventListener("input", debounce(() => setState({ q: $("search").value, page: "0" }, refreshTable), 120));
+  $("select-page").addEventListener("click", () => selectPrompts(data.page));
+  $("select-matching").addEventListener("click", selectMatching);
+  $("clear-prompts").addEventListener("click", () => choose([]));
+  $("prev-page").addEventListener("click", () => setState({ page: String(Math.max(0, +state.page - 1)) }, refreshTable));
+  $("next-page").addEventListener("click", () => setState({ page: String(+state.page + 1) }, refreshTable));
   $("prompt-table").tBodies[0].addEventListener("click", onPromptClick);
   $("sort-tokens").addEventListener("click", () => {
     const order = { "": "tokens", tokens: "-tokens", "-tokens": "" }[state.order] ?? "";
-    setState({ order, page: "0" }, renderPrompts);
+    setState({ order, page: "0" }, refreshTable);
   });
   $("size").addEventListener("input", () => setState({ size: $("size").value }, applySize));
   $("cols").addEventListener("input", debounce(() => setState({ cols: $("cols").value }, applySize), 200));
@@ -539,7 +608,7 @@ function wire() {
   $("sort").addEventListener("change", () => setState({ sort: $("sort").value }, renderGrid));
   $("stat").addEventListener("change", async () => {
     setState({ stat: $("stat").value });
-    await loadStatTables().catch(showError);
+    await loadValues().catch(showError);
     renderLayout();
     renderGrid();
   });

@@ -2,7 +2,8 @@
 // value, keys to step through cells, heads, layers and prompts. State lives in the URL.
 import {
   FIGURES_URL, MODELS_URL, fetchData, fetchEach, figureOutputs, isStored, loadColormap, loadFigureError,
-  loadFigureImage, loadValueNorms, modelCfgUrl, patternsUrl, promptJsonUrl, promptStatsUrl, promptsUrl, rankHeads, statMeans, statsUrl,
+  loadFigureImage, loadValueNorms, modelCfgUrl, openPromptIndex, patternsUrl, promptIndexUrl, promptJsonUrl,
+  promptStatsUrl, rankHeads, statMeans, statsUrl,
 } from "./data.js";
 import { $, cssColor, el, fillSelect, formatNumber, showError, startPage } from "./dom.js";
 import { download, figureScene, pngAsSvg, scenePng, sceneSvg } from "./export.js";
@@ -12,15 +13,17 @@ import { gridUrl, headsUrl, pageUrl, readState, singleUrl, writeState } from "./
 
 const state = readState("single");
 const data = {
-  models: [], figures: [], colormap: null, diverging: null, cfg: null, prompts: [], stats: null,
-  byModel: new Map(),  // model dir -> promise of {cfg, prompts}
+  models: [], figures: [], colormap: null, diverging: null, cfg: null, index: null, stats: null,
+  byModel: new Map(),  // model dir -> promise of {cfg, index}: its config and prompt index
 };
 const view = {
-  promptIndex: -1, prompt: null, promptStats: null, hover: null, pinned: null,
+  stored: [], place: -1,  // the rows of the prompts with stored patterns, the shown prompt's place among them
+  prompt: null, promptStats: null, hover: null, pinned: null,
   a: null, b: null, diff: null,  // the shown patterns (loadSide), B only when comparing, diff = A - B
   matrices: null,                // {a, b, d}: matrix.js views of the three canvases
 };
 const VW = ["", "raw", "row"];
+const B_CHOICES = 100;  // prompts B's prompt menu offers, around B's prompt
 const weight = (v) => formatNumber(v, 5);  // an attention weight to its stored precision (3.1e-5)
 
 // ---- load ----
@@ -32,10 +35,10 @@ async function load() {
   Object.assign(data, { models, figures, colormap, diverging });
   if (!state.model) state.model = models[0]?.model_dir ?? "";
   if (!state.model) throw new Error(`${MODELS_URL}: no models (run compute_activations.py)`);
-  const [{ cfg, prompts }, stats] = await fetchEach([modelData(state.model), fetchData(statsUrl(state.model))]);
-  Object.assign(data, { cfg, prompts, stats });
-  if (!state.prompt) state.prompt = prompts[0]?.hash ?? "";
-  if (!state.prompt) throw new Error(`${promptsUrl(state.model)}: no prompts`);
+  const [{ cfg, index }, stats] = await fetchEach([modelData(state.model), fetchData(statsUrl(state.model))]);
+  Object.assign(data, { cfg, index, stats });
+  if (!state.prompt) state.prompt = (await index.at((await index.storedRows()).slice(0, 1)))[0]?.hash ?? "";
+  if (!state.prompt) throw new Error(`${promptIndexUrl(state.model)}: no prompt with stored patterns`);
   view.pinned = pinnedFromUrl();
   Object.assign(view, await loadPrompt());
   Object.assign(view, await loadSides(view.prompt));
@@ -43,27 +46,31 @@ async function load() {
 
 const pinnedFromUrl = () => (state.q !== "" && state.k !== "" ? { q: Number(state.q), k: Number(state.k) } : null);
 
-/** A model's config and prompt list, fetched once (B may be another model). */
+/** A model's config and prompt index, fetched once (B may be another model). */
 function modelData(model) {
   if (!data.byModel.has(model)) {
-    data.byModel.set(model, fetchEach([fetchData(modelCfgUrl(model)), fetchData(promptsUrl(model), "jsonl")])
-      .then(([cfg, prompts]) => ({ cfg, prompts })));
+    data.byModel.set(model, fetchEach([fetchData(modelCfgUrl(model)), openPromptIndex(model)])
+      .then(([cfg, index]) => ({ cfg, index })));
   }
   return data.byModel.get(model);
 }
 
-/** A prompt's record: its prompts.jsonl row, else its prompt.json. */
-function promptRecord(model, prompts, hash) {
-  return prompts.find((p) => p.hash === hash) ?? fetchData(promptJsonUrl(model, hash));
+/** A prompt's prompt.json (its whole text and its tokens); a prompt with statistics only has none: said so. */
+async function promptJson(model, index, hash) {
+  if ((await index.find(hash))?.record.stored === false) {
+    throw new Error(`${model}: prompt ${hash} has statistics only, no stored patterns `
+      + "(compute_activations.py --top K stores the patterns of each head's top prompts)");
+  }
+  return fetchData(promptJsonUrl(model, hash));
 }
 
-/** The prompt's record, its place in the list and its statistics. */
+/** The prompt's prompt.json, its place among the stored prompts and its statistics. */
 async function loadPrompt() {
-  const promptIndex = data.prompts.findIndex((p) => p.hash === state.prompt);
-  const [prompt, promptStats] = await fetchEach([
-    promptRecord(state.model, data.prompts, state.prompt), fetchData(promptStatsUrl(state.model, state.prompt)),
+  const [found, stored, prompt, promptStats] = await fetchEach([
+    data.index.find(state.prompt), data.index.storedRows(),
+    promptJson(state.model, data.index, state.prompt), fetchData(promptStatsUrl(state.model, state.prompt)),
   ]);
-  return { promptIndex, prompt, promptStats };
+  return { stored, place: found ? stored.indexOf(found.row) : -1, prompt, promptStats };
 }
 
 /** Pattern A (the URL's model, prompt, layer, head) and, when one is pinned, pattern B. */
@@ -74,8 +81,8 @@ async function loadSides(prompt) {
 }
 
 async function loadB() {
-  const { cfg, prompts } = await modelData(state.bmodel);
-  const prompt = await promptRecord(state.bmodel, prompts, state.bprompt);
+  const { cfg, index } = await modelData(state.bmodel);
+  const prompt = await promptJson(state.bmodel, index, state.bprompt);
   return loadSide(state.bmodel, cfg, prompt, Number(state.blayer), Number(state.bhead));
 }
 
@@ -158,9 +165,12 @@ function saveUrl(push = false) {
   writeState("single", { ...state, q: view.pinned?.q ?? "", k: view.pinned?.k ?? "" }, push);
 }
 
-const promptLabel = (prompts, hash, record) => {
-  const i = prompts.findIndex((p) => p.hash === hash), text = record.text.replace(/\s+/g, " ");
-  return `${i >= 0 ? `prompt ${i + 1}/${prompts.length}` : hash}: ${text.slice(0, 60)}${text.length > 60 ? "\u2026" : ""}`;
+/** "prompt i/n" among the stored prompts, else its hash. */
+const promptNumber = () => (view.place >= 0 ? `prompt ${view.place + 1}/${view.stored.length}` : state.prompt);
+
+const promptLabel = () => {
+  const text = view.prompt.text.replace(/\s+/g, " ");
+  return `${promptNumber()}: ${text.slice(0, 60)}${text.length > 60 ? "\u2026" : ""}`;
 };
 
 function renderControls() {
@@ -171,11 +181,11 @@ function renderControls() {
   const outputs = figureOutputs(data.figures).map((o) => o.output);
   fillSelect($("figure"), outputs.includes(state.figure) ? outputs : [state.figure, ...outputs], state.figure);
   for (const id of ["scale", "shade", "vw"]) $(id).value = state[id];
-  const i = view.promptIndex;
-  $("prompt-label").textContent = promptLabel(data.prompts, state.prompt, view.prompt);
+  const i = view.place;
+  $("prompt-label").textContent = promptLabel();
   $("prompt-label").title = view.prompt.text;
   $("prev-prompt").disabled = i <= 0;
-  $("next-prompt").disabled = i < 0 || i >= data.prompts.length - 1;
+  $("next-prompt").disabled = i < 0 || i >= view.stored.length - 1;
   $("title").textContent = `${state.model} L${state.layer}H${state.head}`;
   document.title = `L${state.layer}H${state.head} ${state.model}: attention lens`;
   // the grid shows every head of this prompt, the view one usually comes from
@@ -191,7 +201,7 @@ function renderBControls() {
   if (!b) return;
   const names = data.models.map((m) => m.model_dir), n = view.a.attention?.n ?? view.prompt.tokens.length;
   fillSelect($("b-model"), names.includes(b.model) ? names : [b.model, ...names], b.model);
-  modelData(b.model).then(({ prompts }) => {
+  modelData(b.model).then(({ index }) => bChoices(index, b.prompt.hash)).then((prompts) => {
     const hashes = prompts.map((p) => p.hash);
     fillSelect($("b-prompt"), hashes.includes(b.prompt.hash) ? hashes : [b.prompt.hash, ...hashes], b.prompt.hash,
       (hash) => {
@@ -204,6 +214,14 @@ function renderBControls() {
   const same = b.prompt.tokens.length === view.prompt.tokens.length
     && b.prompt.tokens.every((t, j) => t === view.prompt.tokens[j]);
   $("b-note").textContent = same ? "same tokens as A" : "B's tokens differ from A's: cells are compared by position";
+}
+
+/** B's prompt menu: up to B_CHOICES stored prompts of B's model, around B's prompt (index rows). */
+async function bChoices(index, hash) {
+  const [stored, found] = await Promise.all([index.storedRows(), index.find(hash)]);
+  const at = Math.max(0, stored.findIndex((r) => r >= (found?.row ?? 0)));
+  const start = Math.max(0, Math.min(at - B_CHOICES / 2, stored.length - B_CHOICES));
+  return index.at(stored.slice(start, start + B_CHOICES));
 }
 
 /** The panels drawn: A alone, or A, B and A - B; each {id, matrix, side}. */
@@ -249,9 +267,8 @@ function renderMatrix() {
 function caption(id, side) {
   if (id === "d") return "A \u2212 B";
   const what = state.vw === "raw" ? "\u03b1\u00b7\u2016v W_O\u2016" : state.vw === "row" ? "\u03b1\u00b7\u2016v W_O\u2016, rows sum to 1" : "";
-  const prompts = id === "a" ? data.prompts : [];
   return `${id.toUpperCase()}: ${side.model} L${side.layer}H${side.head} \u00b7 `
-    + `${prompts.length ? promptLabel(prompts, side.prompt.hash, side.prompt).split(":")[0] : side.prompt.hash.slice(0, 10)} `
+    + `${id === "a" ? promptNumber() : side.prompt.hash.slice(0, 10)} `
     + `(${side.prompt.tokens.length} tokens)${what ? ` \u00b7 ${what}` : ""}`;
 }
 
@@ -511,10 +528,16 @@ function stepLayer(delta) {
   update();
 }
 
-function stepPrompt(delta) {
-  const i = view.promptIndex + delta;
-  if (i < 0 || i >= data.prompts.length) return;
-  state.prompt = data.prompts[i].hash;
+/** The next (previous) prompt with stored patterns, in index order. */
+async function stepPrompt(delta) {
+  const row = view.stored[view.place + delta];
+  if (view.place < 0 || row === undefined) return;
+  try {
+    state.prompt = (await data.index.at([row]))[0].hash;
+  } catch (e) {
+    showError(e);
+    return;
+  }
   update(true);
 }
 

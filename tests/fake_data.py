@@ -59,3 +59,13 @@ def drop_images(save_path: Path, model: str, phash: str, output: str, heads: lis
     pack.close()
     if error is not None:
         lens.write_json(lens.figure_errors_path(save_path, model, phash, output), {f"L{l}H{h}": error for l, h in heads})
+
+
+def index_rows(save_path: Path, model: str) -> list[dict]:
+    """The prompt index's rows as build_index.py wrote them: every chunk, in row (hash) order."""
+    count = lens.read_json(lens.prompt_index_path(save_path, model))["count"]
+    rows, k = [], 0
+    while len(rows) < count:
+        rows += [row for _, row in lens.iter_jsonl(lens.index_rows_path(save_path, model, k))]
+        k += 1
+    return rows

@@ -9,7 +9,7 @@ import pytest
 
 import lens
 from build_index import SITE_DIR, build_index
-from fake_data import TEXTS, make_data
+from fake_data import TEXTS, index_rows, make_data
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -24,11 +24,12 @@ def test_indexes_match_what_is_on_disk(fake_data_dir):
     cfg = json.loads((fake_data_dir / "fake-model" / "model_cfg.json").read_text())
     assert models == [{**cfg, "model_dir": "fake-model", "n_prompts": len(TEXTS)}]
 
-    prompts = read_lines(fake_data_dir / "fake-model" / "prompts.jsonl")
+    prompts = index_rows(fake_data_dir, "fake-model")
     assert [p["hash"] for p in prompts] == sorted(lens.prompt_hash(t) for t in TEXTS)
-    for p in prompts:  # each line is that prompt's prompt.json, unchanged
-        stored = lens.prompt_dir(fake_data_dir, "fake-model", p["hash"]) / "prompt.json"
-        assert p == json.loads(stored.read_text())
+    for p in prompts:  # each row is that prompt's prompt.json without its token lists
+        stored = json.loads(lens.prompt_json_path(fake_data_dir, "fake-model", p["hash"]).read_text())
+        assert p == {**{k: v for k, v in stored.items() if k not in ("tokens", "token_ids")},
+                     "truncated": False, "stored": True}
 
     figures, _ = lens.load_figures()
     assert read_lines(fake_data_dir / "figures.jsonl") == json.loads(json.dumps(lens.figure_records(figures)))
@@ -53,7 +54,7 @@ def test_unfinished_prompts_are_left_out(fake_data_dir):
     unfinished.mkdir()
     (unfinished / "patterns.bin").write_bytes(b"half")
     build_index(fake_data_dir)
-    assert len(read_lines(fake_data_dir / "fake-model" / "prompts.jsonl")) == len(TEXTS)
+    assert len(index_rows(fake_data_dir, "fake-model")) == len(TEXTS)
 
 
 def test_idempotent(fake_data_dir):
@@ -78,7 +79,7 @@ def test_merges_shards_and_models(tmp_path):
     build_index(merged)
     models = read_lines(merged / "models.jsonl")
     assert [(m["model_dir"], m["n_prompts"]) for m in models] == [("fake-model", 4), ("other-model", 1)]
-    hashes = [p["hash"] for p in read_lines(merged / "fake-model" / "prompts.jsonl")]
+    hashes = [p["hash"] for p in index_rows(merged, "fake-model")]
     assert hashes == sorted(lens.prompt_hash(t) for t in TEXTS)
 
 
@@ -138,7 +139,7 @@ def test_cli_unreadable_prompt_is_a_warning_and_the_rest_are_indexed(fake_data_d
     assert proc.stderr.startswith(f"build_index.py: warning: {bad}") and message in proc.stderr
     assert len(proc.stderr.strip().splitlines()) == 1, proc.stderr
     assert "3 prompt(s)" in proc.stdout and "1 unreadable prompt(s) left out" in proc.stdout
-    hashes = [p["hash"] for p in read_lines(lens.prompts_path(fake_data_dir, "fake-model"))]
+    hashes = [p["hash"] for p in index_rows(fake_data_dir, "fake-model")]
     assert hashes == sorted(lens.prompt_hash(t) for t in TEXTS if lens.prompt_hash(t) != bad.parent.name)
 
 

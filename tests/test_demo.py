@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 import lens
+from fake_data import index_rows
 
 ROOT = Path(__file__).resolve().parent.parent
 DEMO = ROOT / "demo"
@@ -33,6 +34,11 @@ def read_jsonl(path: Path) -> list[dict]:
 
 def prompt_rows() -> list[dict]:
     return read_jsonl(ROOT / "prompts.jsonl")
+
+
+def stored_prompts(data: Path) -> list[dict]:
+    """The prompt.json of every prompt in the data dir's index, in index order."""
+    return [lens.read_json(lens.prompt_json_path(data, MODEL, row["hash"])) for row in index_rows(data, MODEL)]
 
 
 def repeated_texts() -> list[str]:
@@ -75,7 +81,7 @@ def test_first_run_writes_everything_the_site_reads(demo_data):
     assert (model["model_dir"], model["n_layers"], model["n_heads"], model["n_prompts"]) == \
         (MODEL, 2, 4, len({r["text"] for r in prompt_rows()}))
     assert (demo_data / "index.html").is_file() and lens.figures_path(demo_data).is_file()
-    for p in read_jsonl(lens.prompts_path(demo_data, MODEL)):
+    for p in stored_prompts(demo_data):
         folder = lens.prompt_dir(demo_data, MODEL, p["hash"])
         assert "".join(p["tokens"]) == p["text"] and len(p["tokens"]) == p["n_tokens"]  # no BOS, as Pythia
         assert all((folder / f"L{l}" / f"H{h}" / "raw.svg").is_file() for l in range(2) for h in range(4))
@@ -109,7 +115,7 @@ def test_stored_patterns_show_the_induction_heads(demo_data):
 
 def test_stored_patterns_show_the_previous_token_head(demo_data):
     """On every prompt, text and repeated alike, one layer-0 head puts most of its attention on the previous token."""
-    for prompt in read_jsonl(lens.prompts_path(demo_data, MODEL)):
+    for prompt in stored_prompts(demo_data):
         patterns = lens.load_patterns(demo_data, MODEL, prompt["hash"])
         rows = np.arange(1, prompt["n_tokens"])
         previous = np.array([patterns.head(0, h)[rows, rows - 1] for h in range(4)])

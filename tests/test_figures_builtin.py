@@ -33,7 +33,7 @@ def test_no_bos_drops_the_sink_and_renormalises():
     expected = np.zeros((4, 5), np.float32)
     expected[np.arange(4), np.arange(4)] = 1  # query i+2 -> key i+1 after dropping BOS
     np.testing.assert_allclose(out[1:], expected)
-    lens.matrix_as_svg(out)  # stays in [0, 1]: renders without normalize
+    lens.matrix_as_png(out)  # stays in [0, 1]: renders without normalize
 
 
 def test_log_scale_floors_at_1e_minus_4():

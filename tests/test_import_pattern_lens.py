@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 import lens
-from fake_data import fake_patterns
+from fake_data import fake_patterns, index_rows
 from tiny_model import train_tokenizer
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -119,7 +119,7 @@ def test_imported_prompts_render_and_reach_the_site_index(tmp_path, tokenizer):
         for l in range(N_LAYERS):
             for head in range(N_HEADS):
                 assert (lens.prompt_dir(data, MODEL, h) / f"L{l}" / f"H{head}" / "raw.svg").is_file()
-    assert [p["hash"] for p in read_lines(data / MODEL / "prompts.jsonl")] == hashes
+    assert [p["hash"] for p in index_rows(data, MODEL)] == hashes
     [model] = read_lines(data / "models.jsonl")
     assert (model["model_dir"], model["n_prompts"]) == (MODEL, 2)
     assert (data / "index.html").is_file() and (data / MODEL / "stats" / "bos.f32").is_file()

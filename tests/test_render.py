@@ -1,6 +1,5 @@
 """render_figures.py and the lens helpers it brings: colormaps, matrix_as_svg, figure plug-ins."""
 import base64
-import gzip
 import io
 import json
 import re
@@ -30,6 +29,24 @@ def svg_png(svg: str) -> tuple[tuple[int, int], np.ndarray]:
     width, height = (int(re.search(rf'<svg[^>]* {a}="(\d+)"', svg).group(1)) for a in ("width", "height"))
     png = base64.b64decode(re.search(r'href="data:image/png;base64,([^"]+)"', svg).group(1))
     return (width, height), np.array(Image.open(io.BytesIO(png)).convert("RGB"))
+
+
+def pack_png(pdir: Path, output: str, layer: int, head: int) -> tuple[tuple[int, int], np.ndarray]:
+    """(width, height) of one head's image in a prompt dir's pack and its pixels, decoded by pillow to RGB."""
+    image = Image.open(io.BytesIO(lens.read_pack_image(pdir / f"{output}.pack", layer, head)))
+    assert image.format == "PNG"
+    return image.size, np.array(image.convert("RGB"))
+
+
+def pack_heads(pdir: Path, output: str, n_layers: int = 2, n_heads: int = 3) -> set[tuple[int, int]]:
+    """The heads with an image in a prompt dir's pack."""
+    return {(l, h) for l in range(n_layers) for h in range(n_heads)
+            if lens.read_pack_image(pdir / f"{output}.pack", l, h) is not None}
+
+
+def errors(pdir: Path, output: str) -> dict[str, str]:
+    path = pdir / f"{output}.errors.json"
+    return json.loads(path.read_text()) if path.exists() else {}
 
 
 def write_figure_file(figures_dir: Path, name: str, code: str) -> None:
@@ -188,12 +205,14 @@ def test_render_writes_every_head_and_the_indexes(fake_data_dir):
     if n_needing_norms:  # synthetic patterns come without value norms: those figures are skipped, and said so
         assert f"{4 * 2 * 3 * n_needing_norms} not made: their prompts have no value norms" in r.stdout
     for pdir in prompt_dirs(fake_data_dir):
-        attn = lens.Patterns(pdir / lens.PATTERN_FILE).head(1, 2)
-        (w, h), rgb = svg_png((pdir / "L1" / "H2" / "raw.svg").read_text())
-        assert (w, h) == attn.shape[::-1]
-        np.testing.assert_array_equal(rgb, lens.colormap_table("viridis")[lens.quantize(attn)])
-        assert (pdir / "L0" / "H0" / "vs_uniform.excess.svg").exists()
-        assert (pdir / "L0" / "H0" / "vs_uniform.log_ratio.svg").exists()
+        patterns = lens.Patterns(pdir / lens.PATTERN_FILE)
+        for layer, head in patterns.heads:
+            attn = patterns.head(layer, head)
+            (w, h), rgb = pack_png(pdir, "raw", layer, head)
+            assert (w, h) == attn.shape[::-1]
+            np.testing.assert_array_equal(rgb, lens.colormap_table("viridis")[lens.quantize(attn)])
+        assert pack_heads(pdir, "vs_uniform.excess") == pack_heads(pdir, "vs_uniform.log_ratio") == set(patterns.heads)
+        assert not [p for p in pdir.rglob("*") if p.is_dir()]  # no per-head folders
     colormaps = json.loads((fake_data_dir / "colormaps.json").read_text())
     assert colormaps["viridis"][0] == "#440154" and len(colormaps["RdBu"]) == 256
     names = [json.loads(line)["name"] for line in (fake_data_dir / "figures.jsonl").read_text().splitlines()]
@@ -218,15 +237,31 @@ def test_statistics_tables_hold_each_prompts_values(fake_data_dir, tmp_path):
 
 def test_skip_existing_unless_force(fake_data_dir):
     run_render("--save-path", fake_data_dir, "--figures", "raw", "--jobs", "1")
-    image = prompt_dirs(fake_data_dir)[0] / "L0" / "H1" / "raw.svg"
-    image.write_text("kept")
+    pack = prompt_dirs(fake_data_dir)[0] / "raw.pack"
+    pack.write_text("kept")
     r = run_render("--save-path", fake_data_dir, "--figures", "raw", "--jobs", "1")
-    assert "0 images" in r.stdout and "24 already there" in r.stdout and image.read_text() == "kept"
-    image.unlink()
+    assert "0 images" in r.stdout and "24 already there" in r.stdout and pack.read_text() == "kept"
+    pack.unlink()
     r = run_render("--save-path", fake_data_dir, "--figures", "raw", "--jobs", "1")
-    assert "1 images" in r.stdout and image.read_text().startswith("<svg")
+    assert "6 images" in r.stdout and "18 already there" in r.stdout and pack_heads(pack.parent, "raw") == {
+        (l, h) for l in range(2) for h in range(3)}
     r = run_render("--save-path", fake_data_dir, "--figures", "raw", "--force", "--jobs", "2")
     assert "24 images" in r.stdout
+
+
+def test_a_killed_run_resumes(fake_data_dir):
+    """A run killed while writing a pack leaves its temp file, never a pack: the next run renders that output
+    and clears the temp file; the packs it finished are kept."""
+    first, second, *_ = prompt_dirs(fake_data_dir)
+    run_render("--save-path", fake_data_dir, "--figures", "raw", "--jobs", "1")
+    (second / "raw.pack").unlink()
+    (second / ".raw.pack.tmp99999").write_bytes(lens.PACK_MAGIC + b"half a pack")
+    kept = (first / "raw.pack").stat().st_mtime_ns
+    r = run_render("--save-path", fake_data_dir, "--figures", "raw", "--jobs", "1")
+    assert "6 images" in r.stdout and "18 already there" in r.stdout
+    assert (first / "raw.pack").stat().st_mtime_ns == kept
+    assert pack_heads(second, "raw") == {(l, h) for l in range(2) for h in range(3)}
+    assert not list(fake_data_dir.rglob(".*.tmp*"))
 
 
 def test_figure_selection_by_glob_and_n_samples(fake_data_dir, tmp_path):
@@ -234,17 +269,18 @@ def test_figure_selection_by_glob_and_n_samples(fake_data_dir, tmp_path):
     r = run_render("--save-path", fake_data_dir, "--figures-dir", tmp_path / "figs", "--figures", "h*,doubled",
                    "--n-samples", "2", "--jobs", "1")
     assert f"{2 * 6 * 3} images" in r.stdout  # prompts x heads x (doubled, halves.upper, halves.lower)
-    done = [p for p in prompt_dirs(fake_data_dir) if (p / "L0").exists()]
+    done = [p for p in prompt_dirs(fake_data_dir) if list(p.glob("*.pack"))]
     assert len(done) == 2
-    files = {f.name for f in (done[0] / "L1" / "H1").iterdir()}
-    assert files == {"doubled.svg", "halves.upper.svg", "halves.lower.svg"}
+    files = {f.name for f in done[0].glob("*.pack")}
+    assert files == {"doubled.pack", "halves.upper.pack", "halves.lower.pack"}
+    assert pack_heads(done[0], "halves.lower") == {(l, h) for l in range(2) for h in range(3)}
 
 
 def test_shards_split_the_prompts(fake_data_dir):
     for k in (1, 2):
         run_render("--save-path", fake_data_dir, "--figures", "raw,bos", "--shard", f"{k}/2", "--jobs", "1")
         hashes = [p.name for p in prompt_dirs(fake_data_dir)]
-        done = {h for h in hashes if (fake_data_dir / "fake-model" / "prompts" / h / "L0" / "H0" / "raw.svg").exists()}
+        done = {h for h in hashes if lens.figure_pack_path(fake_data_dir, "fake-model", h, "raw").exists()}
         assert done == {h for h in hashes if int(h, 16) % 2 < k}  # shard 1/2 holds the even hashes
     stats = json.loads((fake_data_dir / "fake-model" / "stats.json").read_text())
     assert all(v is not None for row in stats["stats"]["bos"]["mean"] for v in row)
@@ -295,21 +331,26 @@ def test_failing_figures_write_error_files_and_the_run_goes_on(fake_data_dir, tm
     write_figure_file(tmp_path / "figs", "broken.py", "def broken(:\n")
     r = run_render("--save-path", fake_data_dir, "--figures-dir", tmp_path / "figs", "--jobs", "2")
     assert "broken.py" in r.stderr and "SyntaxError" in r.stderr
-    heads = [p / f"L{l}" / f"H{h}" for p in prompt_dirs(fake_data_dir) for l in range(2) for h in range(3)]
-    sharp = [d for d in heads if (d / "boom.error.txt").exists()]
-    assert 0 < len(sharp) < len(heads)
-    assert all((d / "boom.svg").exists() != (d / "boom.error.txt").exists() for d in heads)
-    error = (sharp[0] / "boom.error.txt").read_text()
-    assert "too sharp" in error and f"{sharp[0].parent.name}{sharp[0].name} of prompt" in error
-    for d in heads:
-        assert (d / "fine.svg").exists()
-        assert "2-D" in (d / "flat.error.txt").read_text()
-        assert "NaN" in (d / "nan.error.txt").read_text()
-        assert (d / "wrong_keys.a.error.txt").exists() and (d / "wrong_keys.b.error.txt").exists()
-        assert (d / "plain_png.png").read_bytes().startswith(b"\x89PNG")
-    assert gzip.decompress((heads[0] / "zipped.svgz").read_bytes()).startswith(b"<svg")
-    n_failed = len(sharp) + 2 * len(heads) + 2 * len(heads)  # boom, flat, nan, wrong_keys (2 outputs)
+    every = {(l, h) for l in range(2) for h in range(3)}
+    n_sharp, retried = 0, 0
+    for pdir in prompt_dirs(fake_data_dir):
+        sharp = {tuple(map(int, key[1:].split("H"))) for key in errors(pdir, "boom")}
+        assert pack_heads(pdir, "boom") == every - sharp  # an image or an error, never both
+        n_sharp += len(sharp)
+        retried += 6 if sharp else 0
+        for key, error in errors(pdir, "boom").items():
+            assert "too sharp" in error and f"{key} of prompt {pdir.name}" in error
+        assert pack_heads(pdir, "fine") == every and not (pdir / "fine.errors.json").exists()
+        for output, message in [("flat", "2-D"), ("nan", "NaN"), ("wrong_keys.a", "keys"), ("wrong_keys.b", "keys")]:
+            assert pack_heads(pdir, output) == set() and len(errors(pdir, output)) == 6
+            assert all(message in e for e in errors(pdir, output).values())
+        for output in ("plain_png", "zipped"):  # packs hold PNG whatever the figure's format
+            assert pack_png(pdir, output, 1, 2)[0] == pack_png(pdir, "fine", 1, 2)[0]
+    assert 0 < n_sharp < 24
+    n_failed = n_sharp + 2 * 24 + 2 * 24  # boom, flat, nan, wrong_keys (2 outputs)
     assert f"{n_failed} failed" in r.stdout
+    r = run_render("--save-path", fake_data_dir, "--figures-dir", tmp_path / "figs", "--figures", "fine,boom", "--jobs", "1")
+    assert f"{retried - n_sharp} images" in r.stdout and f"{48 - retried} already there" in r.stdout  # failed: retried
     indexed = [json.loads(line)["name"] for line in (fake_data_dir / "figures.jsonl").read_text().splitlines()]
     assert sorted(indexed) == ["boom", "fine", "flat", "nan", "plain_png", "wrong_keys", "zipped"]
 
@@ -331,7 +372,7 @@ def test_bad_input_is_one_clear_error(tmp_path, fake_data_dir):
         assert r.returncode == 1 and r.stderr.startswith("error: ") and message in r.stderr, (args, r.stderr)
         assert len(r.stderr.strip().splitlines()) == 1, r.stderr
     assert (tmp_path / "file").read_text() == "mine"
-    assert not list(fake_data_dir.rglob("*.svg")) and not lens.models_path(fake_data_dir).exists()
+    assert not list(fake_data_dir.rglob("*.pack")) and not lens.models_path(fake_data_dir).exists()
 
 
 def damage_patterns(path: Path) -> None:
@@ -366,13 +407,12 @@ def test_an_unreadable_prompt_is_a_warning_and_the_others_are_rendered(fake_data
     assert message in warnings[0] and "Traceback" not in r.stderr
     assert "1 prompt(s) unreadable (see the warnings)" in r.stdout
     for pdir in [first, *rest]:
-        assert (pdir / "L1" / "H2" / "raw.svg").read_text().startswith("<svg")
+        assert pack_heads(pdir, "raw") == {(l, h) for l in range(2) for h in range(3)}
         assert "bos" in json.loads((pdir / "stats.json").read_text())
     assert (bad / file).read_bytes() == damaged
     if file != "stats.json":
         assert not (bad / "stats.json").exists()  # no statistics from half a prompt
-    if file != "patterns.bin":
-        assert not list(bad.rglob("*.svg"))  # found unreadable before any head was rendered
+    assert not list(bad.glob("*.pack")) and not list(bad.glob(".*"))  # no pack, not even half of one
     assert lens.models_path(fake_data_dir).is_file()  # the indexes are rebuilt all the same
 
 

@@ -10,10 +10,10 @@ import pytest
 import lens
 from browser import assert_only_local, bos, browser_session, render, screenshot
 from build_index import build_index
-from fake_data import TEXTS, fake_patterns, make_data
+from fake_data import TEXTS, fake_patterns, index_rows, make_data
 
 MODEL = "fake-model"  # 2 layers x 3 heads, 4 prompts (tests/fake_data.py)
-HASHES = sorted(lens.prompt_hash(t) for t in TEXTS)  # prompts.jsonl order
+HASHES = sorted(lens.prompt_hash(t) for t in TEXTS)  # the prompt index's order
 
 
 @pytest.fixture
@@ -305,7 +305,7 @@ def test_whole_pipeline_on_a_tiny_model(tiny_checkpoint, tmp_path):
     (model,) = [m["model_dir"] for m in map(json.loads, (data / "models.jsonl").read_text().splitlines())]
     cfg = json.loads((data / model / "model_cfg.json").read_text())
     n_heads = cfg["n_layers"] * cfg["n_heads"]
-    prompts = {p["hash"]: p for p in map(json.loads, (data / model / "prompts.jsonl").read_text().splitlines())}
+    prompts = {p["hash"]: p for p in index_rows(data, model)}
     assert {p["text"] for p in prompts.values()} == set(texts)
     stat = next(iter(json.loads((data / model / "stats.json").read_text())["stats"]))  # any statistic
 

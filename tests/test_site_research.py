@@ -12,6 +12,7 @@ import pytest
 
 import lens
 from browser import assert_only_local, browser_session, render, screenshot
+from fake_data import index_rows
 from test_site_single import formatted, hover_cell, open_single
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -40,7 +41,7 @@ def demo_site(_demo_site, tmp_path) -> Path:
 
 
 def prompts_of(data: Path, model: str) -> list[dict]:
-    return [json.loads(line) for line in (data / model / "prompts.jsonl").read_text().splitlines()]
+    return index_rows(data, model)
 
 
 def norms_of(data: Path, model: str, phash: str) -> np.ndarray:

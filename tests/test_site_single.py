@@ -11,7 +11,7 @@ import pytest
 
 import lens
 from browser import assert_only_local, bos, browser_session, render, screenshot
-from fake_data import TEXTS, make_data
+from fake_data import TEXTS, index_rows, make_data
 
 MODEL = "fake-model"
 
@@ -60,7 +60,7 @@ def site(rendered_data_dir) -> Path:
 
 
 def prompt_hashes(data_dir: Path) -> list[str]:
-    return [json.loads(line)["hash"] for line in (data_dir / MODEL / "prompts.jsonl").read_text().splitlines()]
+    return [row["hash"] for row in index_rows(data_dir, MODEL)]
 
 
 def test_hover_shows_stored_values(site):

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 import lens
-from test_render import svg_png
+from test_render import pack_png
 
 ROOT = Path(__file__).resolve().parent.parent
 TEXTS = ["When Mary and John went to the store, John gave a drink to Mary.", "The cat sat on the mat."]
@@ -40,7 +40,7 @@ def test_value_weighted_figure_is_attention_times_value_norms(data_dir):
         for layer, head in patterns.heads:
             product = patterns.head(layer, head) * norms[layer, head][None, :]
             expected = lens.colormap_table("viridis")[lens.quantize(product, normalize=True, normalize_min=0.0)]
-            size, pixels = svg_png(lens.image_path(data_dir, model, phash, layer, head, "value_weighted").read_text())
+            size, pixels = pack_png(lens.prompt_dir(data_dir, model, phash), "value_weighted", layer, head)
             assert size == (patterns.n_tokens, patterns.n_tokens)
             np.testing.assert_array_equal(pixels, expected)
 
@@ -63,12 +63,11 @@ def test_a_prompt_without_value_norms_makes_no_such_image_and_says_so(data_dir):
     model = lens.model_dirs(data_dir)[0]
     phash = lens.prompt_hash(TEXTS[1])
     lens.value_norms_path(data_dir, model, phash).unlink()  # as data computed before value norms existed
-    for layer, head in lens.load_patterns(data_dir, model, phash).heads:
-        lens.image_path(data_dir, model, phash, layer, head, "value_weighted").unlink()
+    lens.figure_pack_path(data_dir, model, phash, "value_weighted").unlink()
     r = run("render_figures.py", "--save-path", str(data_dir), "--figures", "value_weighted", "--force",
             "--jobs", "1", cwd=data_dir.parent)
     assert r.returncode == 0, r.stderr
     assert ", 0 failed" in r.stdout and "8 not made: their prompts have no value norms or token ids" in r.stdout  # 2 layers x 4 heads
-    assert not lens.image_path(data_dir, model, phash, 0, 0, "value_weighted").exists()
-    assert not lens.error_path(data_dir, model, phash, 0, 0, "value_weighted").exists()
-    assert lens.image_path(data_dir, model, lens.prompt_hash(TEXTS[0]), 0, 0, "value_weighted").is_file()
+    assert not lens.figure_pack_path(data_dir, model, phash, "value_weighted").exists()
+    assert not lens.figure_errors_path(data_dir, model, phash, "value_weighted").exists()
+    assert lens.read_pack_image(lens.figure_pack_path(data_dir, model, lens.prompt_hash(TEXTS[0]), "value_weighted"), 0, 0)
