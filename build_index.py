@@ -316,7 +316,10 @@ def write_model_stats(save_path: Path, model: str, cfg: dict, figures: dict[str,
     prompts = {h: {"text": rows[h]["text"], "n_tokens": rows[h]["n_tokens"], "stored": h in stored}
                for h in hashes if h in rows}
     for h in stored - set(rows):  # stored prompts no compute run recorded (imported, or older runs)
-        info = lens.read_json(lens.prompt_json_path(save_path, model, h))
+        try:
+            info = lens.read_json(lens.prompt_json_path(save_path, model, h))
+        except lens.UserError:  # the prompt index warns of it; its values stay, without a snippet
+            continue
         prompts[h] = {"text": info["text"], "n_tokens": info["n_tokens"], "stored": True}
     write_stat_aggregates(save_path, model, hashes, {n: tables[n] for n in order}, docs, prompts)
     return len(order)
