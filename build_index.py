@@ -38,11 +38,11 @@ INDEX_TEXT_CHARS = 300  # a row holds the text up to this length; prompt.json ho
 WORD = re.compile(r"\w+")  # site/data.js's WORD: letters, digits and _ (Unicode)
 
 
-def prompt_index_records(save_path: Path, model: str) -> list[dict]:
+def prompt_index_records(save_path: Path, model: str, parts: list[lens.Part] | None = None) -> list[dict]:
     """Every prompt with statistics (the parts' rows) or stored patterns (prompt.json without its token
     lists), sorted by hash: the statistics tables' rows. "stored" says whether the patterns are kept."""
     records = {}
-    for part in lens.read_parts(save_path, model):
+    for part in lens.read_parts(save_path, model) if parts is None else parts:
         for row in part.rows:
             records.setdefault(row["hash"], {**index_record(row), "stored": False})
     records.update(stored_prompt_records(save_path, model))
@@ -260,39 +260,35 @@ def histogram(values: np.ndarray, bins: int) -> dict | None:
 
 # ---- Merging statistics: every compute run's parts (shards copied together), and stored prompts' stats.json ----
 
-def merged_stats(save_path: Path, model: str, shape: tuple[int, int]) -> tuple[list[str], dict[str, np.ndarray], dict, dict]:
-    """Every prompt's statistics: the sorted hashes (of the parts' prompts and the stored prompts, the prompt
-    index's rows), {name: float32 [prompts, layers, heads], NaN where missing}, the parts' rows by hash and
-    the parts' docs of their statistics.
+def merged_stats(save_path: Path, model: str, shape: tuple[int, int], parts: list[lens.Part],
+                 records: list[dict]) -> tuple[dict[str, np.ndarray], dict[str, str]]:
+    """Every prompt's statistics, {name: float32 [prompts, layers, heads], NaN where missing}, with rows in the
+    order of `records` (prompt_index_records: the prompt index's rows), and the parts' docs of their statistics.
 
     A prompt in several parts (a run recomputed it) takes its first part's values, in part name order, so
     the result does not depend on which shard ran first; stored prompts' stats.json (render_figures.py's
     statistics) fill in the statistics no part has."""
-    parts = lens.read_parts(save_path, model)
-    rows, first = {}, []
-    for part in parts:
-        keep = [r for r, row in enumerate(part.rows) if row["hash"] not in rows]
-        rows.update((part.rows[r]["hash"], part.rows[r]) for r in keep)
-        first.append(keep)
-    stored = lens.finished_prompts(save_path, model)
-    hashes = sorted(set(rows) | set(stored))
-    position = {h: i for i, h in enumerate(hashes)}
+    position = {r["hash"]: i for i, r in enumerate(records)}
     names = list(dict.fromkeys(name for part in parts for name in part.stats))
-    tables = {name: np.full((len(hashes), *shape), np.nan, np.float32) for name in names}
-    for part, keep in zip(parts, first):
+    tables = {name: np.full((len(records), *shape), np.nan, np.float32) for name in names}
+    seen = set()
+    for part in parts:
         if (part.values.shape[2:]) != shape:
             raise lens.UserError(f"{part.path}: statistics of {part.values.shape[2]} x {part.values.shape[3]} heads, "
                                  f"but the model has {shape[0]} x {shape[1]}")
+        keep = [r for r, row in enumerate(part.rows) if row["hash"] not in seen]
+        seen.update(part.rows[r]["hash"] for r in keep)
         at = np.array([position[part.rows[r]["hash"]] for r in keep], int)
         for s, name in enumerate(part.stats):
             tables[name][at] = part.values[keep, s]
-    for h in stored:
-        for name, values in read_rendered_stats(save_path, model, h, shape).items():
-            table = tables.setdefault(name, np.full((len(hashes), *shape), np.nan, np.float32))
-            if np.isnan(table[position[h]]).all():
-                table[position[h]] = values
-    docs = {name: doc for part in parts for name, doc in part.docs.items()}
-    return hashes, tables, rows, docs
+    for record in records:
+        if not record["stored"]:
+            continue
+        for name, values in read_rendered_stats(save_path, model, record["hash"], shape).items():
+            table = tables.setdefault(name, np.full((len(records), *shape), np.nan, np.float32))
+            if np.isnan(table[position[record["hash"]]]).all():
+                table[position[record["hash"]]] = values
+    return tables, {name: doc for part in parts for name, doc in part.docs.items()}
 
 
 def read_rendered_stats(save_path: Path, model: str, phash: str, shape: tuple[int, int]) -> dict[str, np.ndarray]:
@@ -304,24 +300,16 @@ def read_rendered_stats(save_path: Path, model: str, phash: str, shape: tuple[in
         return {}
 
 
-def write_model_stats(save_path: Path, model: str, cfg: dict, figures: dict[str, lens.Figure]) -> int:
+def write_model_stats(save_path: Path, model: str, cfg: dict, figures: dict[str, lens.Figure],
+                      parts: list[lens.Part], records: list[dict]) -> int:
     """Merge a model's statistics and write the aggregates the site reads; returns the number of statistics."""
-    shape = (cfg["n_layers"], cfg["n_heads"])
-    hashes, tables, rows, part_docs = merged_stats(save_path, model, shape)
+    tables, part_docs = merged_stats(save_path, model, (cfg["n_layers"], cfg["n_heads"]), parts, records)
     if not tables:
         return 0
     order = [n for n in figures if n in tables] + sorted(set(tables) - set(figures))
     docs = {**part_docs, **{name: inspect.getdoc(figures[name].func) or "" for name in order if name in figures}}
-    stored = set(lens.finished_prompts(save_path, model))
-    prompts = {h: {"text": rows[h]["text"], "n_tokens": rows[h]["n_tokens"], "stored": h in stored}
-               for h in hashes if h in rows}
-    for h in stored - set(rows):  # stored prompts no compute run recorded (imported, or older runs)
-        try:
-            info = lens.read_json(lens.prompt_json_path(save_path, model, h))
-        except lens.UserError:  # the prompt index warns of it; its values stay, without a snippet
-            continue
-        prompts[h] = {"text": info["text"], "n_tokens": info["n_tokens"], "stored": True}
-    write_stat_aggregates(save_path, model, hashes, {n: tables[n] for n in order}, docs, prompts)
+    write_stat_aggregates(save_path, model, [r["hash"] for r in records], {n: tables[n] for n in order}, docs,
+                          {r["hash"]: r for r in records})
     return len(order)
 
 
@@ -330,11 +318,13 @@ def top_prompts(save_path: Path, model_name: str, k: int, stat_spec: str | None)
     computed so far (the lists heads.json shows), as prompts to store the patterns of."""
     model = lens.model_dir_name(model_name)
     cfg_path = lens.model_cfg_path(save_path, model)
-    if not cfg_path.is_file() or not lens.read_parts(save_path, model):
+    parts = lens.read_parts(save_path, model) if cfg_path.is_file() else []
+    if not parts:
         raise lens.UserError(f"--top {k}: no statistics of {model_name} in {save_path} yet; compute them first: "
                              f"python compute_activations.py {model_name} PROMPTS --patterns none")
     cfg = lens.read_json(cfg_path)
-    hashes, tables, rows, _ = merged_stats(save_path, model, (cfg["n_layers"], cfg["n_heads"]))
+    records = prompt_index_records(save_path, model, parts)
+    tables, _ = merged_stats(save_path, model, (cfg["n_layers"], cfg["n_heads"]), parts, records)
     names = [n.strip() for n in (stat_spec or ",".join(tables)).split(",") if n.strip()]
     unknown = [n for n in names if n not in tables]
     if unknown or not names:
@@ -348,12 +338,8 @@ def top_prompts(save_path: Path, model_name: str, k: int, stat_spec: str | None)
                 column = table[:, layer, head]
                 finite = np.flatnonzero(np.isfinite(column))
                 for highest in (True, False):
-                    chosen.update(hashes[r] for r, _ in extremes(finite, column[finite], k, highest))
-    prompts = []
-    for h in sorted(chosen):
-        row = rows.get(h) or lens.read_json(lens.prompt_json_path(save_path, model, h))
-        prompts.append({"text": row["text"], "meta": row.get("meta", {})})
-    return prompts, "all"
+                    chosen.update(r for r, _ in extremes(finite, column[finite], k, highest))
+    return [{"text": records[r]["text"], "meta": records[r]["meta"]} for r in sorted(chosen)], "all"
 
 
 def build_index(save_path: Path, figures_dir: Path | None = None) -> None:
@@ -368,8 +354,9 @@ def build_index(save_path: Path, figures_dir: Path | None = None) -> None:
     models, n_prompts, n_unreadable = [], 0, 0
     for name in names:
         cfg = lens.read_json(lens.model_cfg_path(save_path, name))
-        write_model_stats(save_path, name, cfg, figures)
-        records = prompt_index_records(save_path, name)
+        parts = lens.read_parts(save_path, name)
+        records = prompt_index_records(save_path, name, parts)
+        write_model_stats(save_path, name, cfg, figures, parts, records)
         write_prompt_index(save_path, name, records)
         models.append({**cfg, "model_dir": name, "n_prompts": len(records)})
         n_prompts += len(records)

@@ -20,6 +20,7 @@ import time
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 
 import numpy as np
@@ -371,7 +372,7 @@ class PatternStream:
             return float(lens.call_plugin(fig, attn, inputs))
         except Exception as e:  # a user's statistic failing on one head must not stop the run
             self.plugin_errors.setdefault(fig.name, f"{fig.source}: {fig.name} failed on L{layer}H{head} of prompt "
-                                          f"{lens.prompt_hash(job.prompt['text'])}: {type(e).__name__}: {e}")
+                                          f"{job.hash}: {type(e).__name__}: {e}")
             return math.nan
 
     def _append(self, writer: lens.PatternWriter | None, streams, nbytes: int) -> None:
@@ -501,7 +502,7 @@ class PromptJob:
     def n_tokens(self) -> int:
         return len(self.ids)
 
-    @property
+    @cached_property
     def hash(self) -> str:
         return lens.prompt_hash(self.prompt["text"])
 
