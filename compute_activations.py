@@ -395,6 +395,14 @@ class PatternStream:
         while self.queue:
             self.queue.popleft().result()
 
+    def settle(self) -> None:
+        """After an interruption: let what the device already computed reach the disk (its failures are moot)."""
+        while self.queue:
+            try:
+                self.queue.popleft().result()
+            except Exception:
+                pass
+
     def close(self) -> None:
         self.compress.shutdown(cancel_futures=True)
         self.write.shutdown(cancel_futures=True)
@@ -667,6 +675,7 @@ def compute_activations(prompts: list[dict | str], model, save_path: Path | str 
         stream.drain()
         n_bytes = sum(f.result() for f in results)
     except BaseException:
+        stream.settle()  # the batches before the interruption are kept; a second Ctrl-C stops this too
         for job in plan.jobs:
             if job.writer is not None and not job.writer.file.closed:
                 job.writer.abort()

@@ -172,7 +172,10 @@ function panelHead() {
 
 // ---- render ----
 
+let renders = 0;  // a render that a newer one overtook while it waited draws nothing
+
 async function render() {
+  const mine = ++renders;
   renderControls();
   if (!data.stats || !state.stat) {
     $("heatmap").replaceChildren(el("p", { class: "notice" },
@@ -184,6 +187,7 @@ async function render() {
   }
   await loadHeads();
   const shown = await shownValues();
+  if (mine !== renders) return;
   $("vs-problem").textContent = shown.problem ?? "";
   $("vs-problem").classList.toggle("hidden", !shown.problem);
   const ranked = rankHeads(shown.values, state.order === "desc");
@@ -191,6 +195,7 @@ async function render() {
   renderTop(ranked);
   renderPanel(shown.a);
   await renderSeries();
+  if (mine !== renders) return;
   writeState("heads", state);  // last: tests and users see the URL change once the view shows it
 }
 

@@ -84,8 +84,9 @@ def test_first_run_writes_everything_the_site_reads(demo_data):
     for p in stored_prompts(demo_data):
         folder = lens.prompt_dir(demo_data, MODEL, p["hash"])
         assert "".join(p["tokens"]) == p["text"] and len(p["tokens"]) == p["n_tokens"]  # no BOS, as Pythia
-        assert all((folder / f"L{l}" / f"H{h}" / "raw.svg").is_file() for l in range(2) for h in range(4))
-        assert not list(folder.rglob("*.error.txt"))
+        pack = lens.figure_pack_path(demo_data, MODEL, p["hash"], "raw")
+        assert all(lens.read_pack_image(pack, l, h).startswith(b"\x89PNG") for l in range(2) for h in range(4))
+        assert not list(folder.glob("*.errors.json"))
 
 
 def repeat_period(ids: list[int]) -> int:

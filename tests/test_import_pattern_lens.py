@@ -1,6 +1,7 @@
 """build_index.py --import-pattern-lens: a pattern-lens data dir converted in place, then rendered and indexed."""
 import base64
 import hashlib
+import io
 import json
 import subprocess
 import sys
@@ -8,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from PIL import Image
 
 import lens
 from fake_data import fake_patterns, index_rows
@@ -95,8 +97,9 @@ def test_import_keeps_values_fields_and_figures(tmp_path, tokenizer):
         assert info["n_tokens"] == len(ids) + 1 == patterns[kind].shape[-1]
         assert (info["text"], info["hash"], info["meta"]) == (text, lens.prompt_hash(text), {"kind": kind})
         assert (info["source_fname"], info["pattern_lens_hash"]) == ("data/pile_1k.jsonl", pattern_lens_hash(text))
-        figure = lens.prompt_dir(data, MODEL, lens.prompt_hash(text)) / "L0" / "H1" / "raw.png"
-        assert figure.read_bytes() == b"\x89PNG pattern-lens figure " + kind.encode()
+        pack = lens.figure_pack_path(data, MODEL, lens.prompt_hash(text), "pattern-lens.raw")
+        assert lens.read_pack_image(pack, 0, 1) == b"\x89PNG pattern-lens figure " + kind.encode()
+        assert lens.read_pack_image(pack, 0, 0) is None  # pattern-lens had no figure for that head
         assert not (data / MODEL / "prompts" / pattern_lens_hash(text)).exists()
     assert corrupt.exists()  # left as it was, for the user to look at
 
@@ -118,7 +121,8 @@ def test_imported_prompts_render_and_reach_the_site_index(tmp_path, tokenizer):
     for h in hashes:
         for l in range(N_LAYERS):
             for head in range(N_HEADS):
-                assert (lens.prompt_dir(data, MODEL, h) / f"L{l}" / f"H{head}" / "raw.svg").is_file()
+                png = lens.read_pack_image(lens.figure_pack_path(data, MODEL, h, "raw"), l, head)
+                assert Image.open(io.BytesIO(png)).size == (lens.load_patterns(data, MODEL, h).n_tokens,) * 2
     assert [p["hash"] for p in index_rows(data, MODEL)] == hashes
     [model] = read_lines(data / "models.jsonl")
     assert (model["model_dir"], model["n_prompts"]) == (MODEL, 2)

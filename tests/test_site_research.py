@@ -41,7 +41,8 @@ def demo_site(_demo_site, tmp_path) -> Path:
 
 
 def prompts_of(data: Path, model: str) -> list[dict]:
-    return index_rows(data, model)
+    """The model's prompts in the index's order, each its prompt.json (the index rows hold no tokens)."""
+    return [lens.read_json(lens.prompt_json_path(data, model, r["hash"])) for r in index_rows(data, model)]
 
 
 def norms_of(data: Path, model: str, phash: str) -> np.ndarray:

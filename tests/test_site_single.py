@@ -11,7 +11,7 @@ import pytest
 
 import lens
 from browser import assert_only_local, bos, browser_session, render, screenshot
-from fake_data import TEXTS, index_rows, make_data
+from fake_data import TEXTS, drop_images, index_rows, make_data
 
 MODEL = "fake-model"
 
@@ -166,9 +166,7 @@ def test_head_statistics_panel(site):
 
 def test_figure_image_or_error(site):
     h = prompt_hashes(site)[0]
-    d = lens.prompt_dir(site, MODEL, h) / "L0" / "H1"
-    (d / "raw.svg").unlink()
-    lens.write_atomic(d / "raw.error.txt", "ValueError: boom")
+    drop_images(site, MODEL, h, "raw", [(0, 1)], error="ValueError: boom")
     with browser_session(site) as s:
         open_single(s, model=MODEL, prompt=h, layer=0, head=1, figure="raw")
         s.page.wait_for_selector("#figure-view .figure-error")

@@ -193,7 +193,8 @@ def test_failing_statistic_is_isolated(fake_data_dir, tmp_path):
         assert np.isnan(row).all() if n > 6 else (row == 1).all()
     failed = 6 * sum(n > 6 for n in n_tokens)
     assert failed and f"{failed} statistic values failed" in r.stdout
-    assert list((fake_data_dir / "fake-model" / "prompts").glob("*/L0/H0/picky.error.txt"))
+    errors = [json.loads(p.read_text()) for p in (fake_data_dir / "fake-model" / "prompts").glob("*/picky.errors.json")]
+    assert len(errors) == sum(n > 6 for n in n_tokens) and all(len(e) == 6 and "L0H0" in e for e in errors)
     for row, p in zip(table, sorted((fake_data_dir / "fake-model" / "prompts").glob("*/stats.json"))):
         values = json.loads(p.read_text())["picky"]
         assert np.array_equal(np.array(values, dtype=float).ravel(), row, equal_nan=True)  # NaN is null in JSON
