@@ -23,6 +23,7 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
+import build_index  # noqa: E402
 import lens  # noqa: E402
 from browser import CHROMIUM, CHROMIUM_ARGS, served  # noqa: E402
 from fake_data import make_data  # noqa: E402
@@ -51,7 +52,7 @@ def bench_grid(browser, tmp: Path, runs: int, n_tokens: int) -> None:
     text = " ".join(f"w{i % 97}" for i in range(n_tokens - 1))
     (phash,) = make_data(tmp, model="gpt2-shaped", n_layers=12, n_heads=12, texts=[text])
     render_raw(tmp)
-    size = sum(p.stat().st_size for p in tmp.glob("gpt2-shaped/prompts/*/L*/H*/raw.svg"))
+    size = lens.figure_pack_path(tmp, "gpt2-shaped", phash, "raw").stat().st_size
     print(f"grid: 144 raw images of {n_tokens} tokens, {size / 144 / 1024:.1f} KiB each; {runs} cold loads")
     results = []
     with served(tmp) as url:
@@ -70,32 +71,126 @@ def bench_grid(browser, tmp: Path, runs: int, n_tokens: int) -> None:
               + (f", all 144 {med[2]:.0f} ms" if height > 1000 else "") + " (medians from navigation start)")
 
 
-def write_index(save_path: Path, n: int) -> int:
-    """A 12 x 12-head model's prompt index of n prompts (122 tokens each, every 1000th holding "needle").
-
-    Only the indexes: the grid reads nothing else until a tile scrolls into view, and writing n prompt
-    dirs for build_index.py would time the file system, not the page."""
+def synthetic_records(n: int) -> list[dict]:
+    """n prompts' index records in hash order (122 tokens each, every 1000th holding "needle")."""
     rng = np.random.default_rng(0)
-    words = ["alpha", "beta", "gamma", "delta", "river", "stone", "cloud", "seven", "north", "lamp"]
-    rows = []
+    words = np.array(["alpha", "beta", "gamma", "delta", "river", "stone", "cloud", "seven", "north", "lamp"])
+    picks = rng.integers(0, len(words), (n, 120))
+    records = []
     for i in range(n):
-        text = " ".join(rng.choice(words, 120)) + (" needle" if i % 1000 == 7 else "") + f" #{i}"
-        tokens = ["<|endoftext|>"] + [" " + w for w in text.split()]
-        rows.append({"text": text, "hash": lens.prompt_hash(text), "tokens": tokens,
-                     "token_ids": list(range(len(tokens))), "n_tokens": len(tokens), "meta": {"i": i}})
-    lens.write_jsonl(save_path / "big" / "prompts.jsonl", sorted(rows, key=lambda r: r["hash"]))
-    lens.write_jsonl(save_path / "models.jsonl", [{"model_name": "big", "model_dir": "big", "n_layers": 12,
-                                                   "n_heads": 12, "n_prompts": n}])
+        text = " ".join(words[picks[i]]) + (" needle" if i % 1000 == 7 else "") + f" #{i}"
+        records.append({"hash": lens.prompt_hash(text), "text": text, "n_tokens": 122 + (i % 1000 == 7),
+                        "meta": {"i": i}, "truncated": False, "stored": False})
+    return sorted(records, key=lambda r: r["hash"])
+
+
+def write_index(save_path: Path, n: int, model: str = "big", shape: tuple[int, int] = (12, 12),
+                stats: bool = False) -> int:
+    """A model's prompt index of n synthetic prompts, written by build_index.py's writer; with `stats`, a
+    `bos` statistic of random values for every prompt and head, aggregated as build_index.py does. Returns
+    the index's bytes.
+
+    No prompt dirs: the pages read nothing else until a tile or a prompt is opened, and writing n prompt
+    dirs would time the file system, not the page."""
+    records = synthetic_records(n)
+    build_index.write_prompt_index(save_path, model, records)
+    if stats:
+        table = np.random.default_rng(1).random((n, *shape), np.float32)
+        build_index.write_stat_aggregates(save_path, model, [r["hash"] for r in records], {"bos": table},
+                                          {"bos": "Random values (bench)."}, {r["hash"]: r for r in records})
+    lens.write_json(lens.model_cfg_path(save_path, model), {"model_name": model, "n_layers": shape[0],
+                                                            "n_heads": shape[1]})
+    lens.write_jsonl(lens.models_path(save_path), [{"model_name": model, "model_dir": model, "n_layers": shape[0],
+                                                    "n_heads": shape[1], "n_prompts": n}])
     figures, _ = lens.load_figures()
-    lens.write_jsonl(save_path / "figures.jsonl", lens.figure_records(figures))
-    shutil.copytree(ROOT / "site", save_path, dirs_exist_ok=True)
-    return (save_path / "big" / "prompts.jsonl").stat().st_size
+    lens.write_jsonl(lens.figures_path(save_path), lens.figure_records(figures))
+    lens.write_atomic(lens.colormaps_path(save_path), build_index.colormaps_json())
+    build_index.copy_site(save_path)
+    return sum(p.stat().st_size for p in lens.prompt_index_dir(save_path, model).rglob("*") if p.is_file())
+
+
+def tab_megabytes(page) -> float:
+    """The tab's JavaScript heap in use (Chrome DevTools Protocol), MB."""
+    cdp = page.context.new_cdp_session(page)
+    cdp.send("Performance.enable")
+    metrics = {m["name"]: m["value"] for m in cdp.send("Performance.getMetrics")["metrics"]}
+    return metrics["JSHeapUsedSize"] / 1e6
+
+
+def time_grid_page(page, url: str, n: int, search: str, n_found: int) -> tuple[float, float, float]:
+    """(first table page shown, a search shown, JS heap MB) for an index of n prompts, from navigation start."""
+    t0 = time.perf_counter()
+    page.goto(url + "index.html")
+    page.wait_for_function("document.querySelectorAll('#prompt-table tbody tr').length === 100", timeout=120_000)
+    first = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    page.fill("#search", search)
+    page.wait_for_function(f"document.querySelector('#prompt-count').textContent.endsWith(' {n_found} of {n} match')",
+                           timeout=120_000)
+    found = time.perf_counter() - t0
+    return first, found, tab_megabytes(page)
+
+
+def time_heads_page(page, url: str, model: str, stat: str) -> tuple[float, float, int]:
+    """(heatmap shown, a head's panel with its histogram and top prompts shown, bytes the page fetched)."""
+    fetched = []
+    page.on("response", lambda r: fetched.append(int(r.headers.get("content-length", 0))))
+    t0 = time.perf_counter()
+    page.goto(f"{url}heads.html?model={model}&stat={stat}")
+    page.wait_for_selector("body[data-ready='1'] .heatmap-grid", timeout=120_000)
+    heatmap = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    page.click(".heatmap-grid .heat[data-layer='1'][data-head='1']")
+    page.wait_for_selector("#head-panel .head-hist", timeout=120_000)
+    page.wait_for_selector("#head-panel [data-list='highest'] li", timeout=120_000)
+    return heatmap, time.perf_counter() - t0, sum(fetched)
+
+
+def bench_pages(browser, url: str, model: str, n: int, search: str, n_found: int, stat: str, runs: int) -> None:
+    times = []
+    for _ in range(runs):
+        context = browser.new_context(viewport={"width": 1440, "height": 900})
+        page = context.new_page()
+        grid = time_grid_page(page, url, n, search, n_found)
+        page.close()
+        page = context.new_page()
+        times.append((*grid, *time_heads_page(page, url, model, stat)))
+        context.close()
+    med = [statistics.median(t[i] for t in times) for i in range(6)]
+    print(f"  grid: first page {med[0]:.2f} s (target <= 1 s at 100k, <= 2 s at 1M), search {search!r} "
+          f"({n_found} found) {med[1]:.2f} s (target <= 1 s), tab JS heap {med[2]:.0f} MB (target < 300 MB)")
+    print(f"  heads page: heatmap {med[3]:.2f} s, a head's histogram and top prompts {med[4]:.2f} s, "
+          f"{med[5] / 1e3:.0f} kB fetched (medians of {runs} cold loads)")
+
+
+def bench_scale_site(data: Path, model: str, million_dir: Path, million: int, runs: int = 3) -> None:
+    """The pages over a real data dir (bench_scale.py's, one statistic per prompt and head, prompts "<i>. ...")
+    and over a synthetic index of `million` prompts."""
+    from playwright.sync_api import sync_playwright
+    n = lens.read_json(lens.prompt_index_path(data, model))["count"]
+    index_bytes = sum(p.stat().st_size for p in lens.prompt_index_dir(data, model).rglob("*") if p.is_file())
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS, headless=True)
+        print(f"site over {n} prompts (index {index_bytes / 1e6:.1f} MB in {index_files(data, model)} files):")
+        with served(data) as url:
+            bench_pages(browser, url, model, n, "4242", 1, "induction_head", runs)
+        start = time.perf_counter()
+        size = write_index(million_dir, million, model="synthetic", shape=(2, 4), stats=True)
+        print(f"site over a synthetic {million}-prompt index ({size / 1e6:.0f} MB, written in "
+              f"{time.perf_counter() - start:.0f} s):")
+        with served(million_dir) as url:
+            bench_pages(browser, url, "synthetic", million, "needle", len(range(7, million, 1000)), "bos", runs)
+        browser.close()
+
+
+def index_files(data: Path, model: str) -> int:
+    return sum(1 for p in lens.prompt_index_dir(data, model).rglob("*") if p.is_file())
 
 
 def bench_index(browser, tmp: Path, runs: int, n: int) -> None:
     size = write_index(tmp, n)
     n_needles = len(range(7, n, 1000))
-    print(f"index: {n} prompts (prompts.jsonl {size / 1e6:.0f} MB); {runs} cold loads")
+    print(f"index: {n} prompts (index/ {size / 1e6:.0f} MB); {runs} cold loads")
     times = []
     with served(tmp) as url:
         for _ in range(runs):

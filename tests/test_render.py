@@ -213,10 +213,33 @@ def test_render_writes_every_head_and_the_indexes(fake_data_dir):
             np.testing.assert_array_equal(rgb, lens.colormap_table("viridis")[lens.quantize(attn)])
         assert pack_heads(pdir, "vs_uniform.excess") == pack_heads(pdir, "vs_uniform.log_ratio") == set(patterns.heads)
         assert not [p for p in pdir.rglob("*") if p.is_dir()]  # no per-head folders
+        assert len(list(pdir.iterdir())) <= 16  # every figure, patterns and statistics, whatever the head count
+        for pack in pdir.glob("*.pack"):
+            pngs = [lens.read_pack_image(pack, l, h) or b"" for l in range(2) for h in range(3)]
+            assert pack.stat().st_size <= 1.1 * sum(map(len, pngs))  # a pack is its PNGs plus a small index
     colormaps = json.loads((fake_data_dir / "colormaps.json").read_text())
     assert colormaps["viridis"][0] == "#440154" and len(colormaps["RdBu"]) == 256
     names = [json.loads(line)["name"] for line in (fake_data_dir / "figures.jsonl").read_text().splitlines()]
     assert "raw" in names and "bos" in names
+
+
+def test_one_head_exports_as_a_standalone_svg(fake_data_dir, tmp_path):
+    run_render("--save-path", fake_data_dir, "--figures", "raw", "--jobs", "1")
+    pdir = prompt_dirs(fake_data_dir)[1]
+    spec = f"fake-model/{pdir.name}/L1H2/raw"
+    run_render("--save-path", fake_data_dir, "--export-svg", spec, "-o", tmp_path / "head.svg")
+    svg = (tmp_path / "head.svg").read_text()
+    attn = lens.Patterns(pdir / lens.PATTERN_FILE).head(1, 2)
+    size, rgb = svg_png(svg)  # pillow decodes the PNG inside
+    assert size == attn.shape[::-1] and svg.startswith("<svg")
+    np.testing.assert_array_equal(rgb, lens.colormap_table("viridis")[lens.quantize(attn)])
+    assert run_render("--save-path", fake_data_dir, "--export-svg", spec).stdout == svg  # no -o: to stdout
+    for bad, message in [(f"fake-model/{pdir.name}/L9H0/raw", "no head L9H0 (the pack has 2 x 3)"),
+                         (f"fake-model/{pdir.name}/L1H2/nope", "nope.pack: no such pack; render it first"),
+                         ("fake-model/L1H2", "expected MODEL/HASH/L<layer>H<head>/OUTPUT")]:
+        r = run_render("--save-path", fake_data_dir, "--export-svg", bad, "-o", tmp_path / "bad.svg", ok=False)
+        assert r.stderr.strip().startswith("error:") and message in r.stderr and len(r.stderr.strip().splitlines()) == 1
+    assert not (tmp_path / "bad.svg").exists()
 
 
 def test_statistics_tables_hold_each_prompts_values(fake_data_dir, tmp_path):

@@ -254,9 +254,11 @@ def test_prompt_table_sorts_by_tokens_and_theme_toggle_persists(site):
         wait_settled(page, 6)
         counts = lambda: page.eval_on_selector_all("#prompt-table td.num", "n => n.map(x => +x.textContent)")
         assert counts() != sorted(counts())
+        table = "[...document.querySelectorAll('#prompt-table td.num')].map(x => +x.textContent)"
+        page.click("#sort-tokens")  # the order is read from the index's by_tokens.u32: wait for it
+        page.wait_for_function(f"() => {{ const c = {table}; return c.length === 4 && c.every((x, i) => !i || c[i - 1] <= x); }}")
         page.click("#sort-tokens")
-        assert counts() == sorted(counts())
-        page.click("#sort-tokens")
+        page.wait_for_function(f"() => {{ const c = {table}; return c.length === 4 && c.every((x, i) => !i || c[i - 1] >= x); }}")
         assert counts() == sorted(counts(), reverse=True) and params(page)["order"] == "-tokens"
 
         page.fill("#cols", "4")  # tiles per row, e.g. one layer's heads on a row
