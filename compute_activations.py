@@ -448,8 +448,7 @@ class DeviceStats:
             *((torch.gather(flat, 2, idx[:, None].expand(-1, flat.shape[1], -1)).float() * w[:, None]).sum(-1) / total
               for idx, w in self.pairs),
         ]
-        for s, value in enumerate(scores):
-            self.values[:, s, layer] = torch.where(self.defined, value, float("nan"))
+        self.values[:, :, layer] = torch.where(self.defined[:, :, None], torch.stack(scores, 1), float("nan"))
 
     def entropy(self, pattern, rows) -> "torch.Tensor":
         """Mean entropy in bits of the queries after the first, a group of heads at a time (bounded memory)."""
@@ -697,9 +696,8 @@ def run_batch(model, batch: list[PromptJob], plan: RunPlan, stream: PatternStrea
     device, grams = plan.device, plan.grams
     width = max(j.n_tokens for j in batch)
     pad_id = getattr(model.tokenizer, "pad_token_id", None) or 0
-    tokens = torch.full((len(batch), width), pad_id, dtype=torch.long)
-    for i, job in enumerate(batch):
-        tokens[i, :job.n_tokens] = torch.tensor(job.ids)
+    tokens = torch.tensor([job.ids + [pad_id] * (width - job.n_tokens) for job in batch])
+    for job in batch:
         start_prompt(job, plan, device, grams is not None)
     # Right padding is harmless under a causal mask; an encoder must be told which keys are padding.
     mask = None if plan.causal else (torch.arange(width) < torch.tensor([[j.n_tokens] for j in batch])).long()
@@ -739,9 +737,10 @@ def start_prompt(job: PromptJob, plan: RunPlan, device, with_norms: bool) -> Non
     job.layout = "tril" if plan.causal else "full"
     for l, h in job.heads:
         job.layer_heads.setdefault(l, []).append(h)
-    job.keep = torch.from_numpy(lens.tril_positions(n, "tril")).to(device) if plan.causal else None
     if plan.plugins and job.needs_stats:
         job.plugin_values = np.full((len(plan.plugins), plan.n_layers, plan.n_heads), np.nan, np.float32)
+    if plan.causal and (job.heads or job.plugin_values is not None):  # what reaches the host is cut to the tril
+        job.keep = torch.from_numpy(lens.tril_positions(n, "tril")).to(device)
     if with_norms:
         job.norms = np.full((plan.n_layers, plan.n_heads, n), np.nan, np.float32)
     if job.heads:

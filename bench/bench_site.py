@@ -173,7 +173,7 @@ def bench_scale_site(data: Path, model: str, million_dir: Path, million: int, ru
         browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS, headless=True)
         print(f"site over {n} prompts (index {index_bytes / 1e6:.1f} MB in {index_files(data, model)} files):")
         with served(data) as url:
-            bench_pages(browser, url, model, n, "4242", 1, "induction_head", runs)
+            bench_pages(browser, url, model, n, str(n // 2), 1, "induction_head", runs)  # text "<n // 2>. ..."
         start = time.perf_counter()
         size = write_index(million_dir, million, model="synthetic", shape=(2, 4), stats=True)
         print(f"site over a synthetic {million}-prompt index ({size / 1e6:.0f} MB, written in "
