@@ -429,8 +429,17 @@ class DeviceStats:
         self.after_first = self.valid * (q[None] >= 1)
         self.per_query = (self.n - 1).clamp_min(1).float()[:, None]
         self.defined = (self.n >= 2)[:, None]  # detect_head refuses one-token prompts; the means need two
+        # The five linear scores are sums of pattern entries with weights: gather each prompt's entries (first
+        # key, diagonal, previous token, its repeat pairs, the keys after them) and one matmul weighs them.
         idx, weight = repeat_pairs(tokens, self.n)
-        self.pairs = [(idx, weight), (idx + 1, weight)]  # duplicate token, induction (the key after)
+        first = (q * width).expand(len(jobs), -1)
+        self.idx = torch.cat([first, first + q, first + (q - 1).clamp_min(0), idx, idx + 1], 1)
+        weights = torch.zeros(len(jobs), self.idx.shape[1], 5, device=device)
+        at = [0, width, 2 * width, 3 * width, 3 * width + idx.shape[1], self.idx.shape[1]]
+        for s, w in enumerate([self.after_first / self.per_query, self.after_first / self.per_query,
+                               self.valid * (q[None] >= 1), weight, weight]):
+            weights[:, at[s]:at[s + 1], s] = w
+        self.weights = weights
         self.values = torch.full((len(jobs), len(DEVICE_STATISTICS), n_layers, n_heads), float("nan"),
                                  device=device)
 
@@ -438,24 +447,22 @@ class DeviceStats:
         """Fill in one layer's statistics from its pattern [batch, heads, pos, pos]."""
         import torch
         rows = self.after_first[:, None, :]
-        total = (pattern.sum(-1, dtype=torch.float32) * self.valid[:, None, :]).sum(-1)
         flat = pattern.reshape(*pattern.shape[:2], -1)
-        scores = [
-            (pattern[..., 0].float() * rows).sum(-1) / self.per_query,
-            (pattern.diagonal(0, -2, -1).float() * rows).sum(-1) / self.per_query,
-            self.entropy(pattern, rows),
-            (pattern.diagonal(-1, -2, -1).float() * self.valid[:, None, 1:]).sum(-1) / total,
-            *((torch.gather(flat, 2, idx[:, None].expand(-1, flat.shape[1], -1)).float() * w[:, None]).sum(-1) / total
-              for idx, w in self.pairs),
-        ]
-        self.values[:, :, layer] = torch.where(self.defined[:, :, None], torch.stack(scores, 1), float("nan"))
+        picked = torch.gather(flat, 2, self.idx[:, None].expand(-1, flat.shape[1], -1)).float()
+        linear = torch.bmm(picked, self.weights)  # [batch, heads, 5]: bos, diagonal, then three sums over A
+        total = (pattern.sum(-1, dtype=torch.float32) * self.valid[:, None, :]).sum(-1)  # detect_head's sum(A)
+        scores = torch.cat([linear[..., :2], self.entropy(pattern, rows)[..., None], linear[..., 2:] / total[..., None]],
+                           -1).transpose(1, 2)
+        self.values[:, :, layer] = torch.where(self.defined[:, :, None], scores, float("nan"))
 
     def entropy(self, pattern, rows) -> "torch.Tensor":
         """Mean entropy in bits of the queries after the first, a group of heads at a time (bounded memory)."""
         import torch
         b, h, p, _ = pattern.shape
         group = max(1, self.GROUP_BYTES // (4 * b * p * p))
-        bits = torch.cat([torch.special.xlogy(x, x).sum(-1) for x in
+        # x log x, 0 where x < 1e-30 (those add less than 1e-28 bits): the clamp keeps denormal probabilities,
+        # which softmax makes plenty of and a CPU takes ~10x longer over, out of the log
+        bits = torch.cat([(x * x.clamp_min(1e-30).log()).sum(-1) for x in
                           (pattern[:, g:g + group].float() for g in range(0, h, group))], 1)
         return -(bits * rows).sum(-1) / (self.per_query * math.log(2))
 

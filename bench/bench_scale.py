@@ -16,6 +16,8 @@ Run it alone on an idle machine (check `uptime`).
 import argparse
 import os
 import random
+import shutil
+import statistics
 import sys
 import tempfile
 import time
@@ -65,20 +67,29 @@ def disk_use(path: Path) -> tuple[int, int, int]:
 
 
 def bench_compute(model, texts: list[str], data: Path, args) -> None:
+    """The reference and compute_activations alternately, args.repeats times each (a shared machine's speed
+    drifts); medians. The last run's data dir is kept for what follows."""
     ca.compute_activations(texts[:args.batch_size * 2], model, data.parent / "warm", model_name="demo",
                            batch_size=args.batch_size, patterns="none", progress=False)  # warm-up
-    ref = reference_seconds(model, texts, args.batch_size, args.device)
-    start = time.perf_counter()
-    s = ca.compute_activations(texts, model, data, model_name="demo", batch_size=args.batch_size,
-                               patterns="none", progress=False)
-    ours = time.perf_counter() - start
-    n = len(texts)
+    refs, ours = [], []
+    for r in range(args.repeats):
+        refs.append(reference_seconds(model, texts, args.batch_size, args.device))
+        out = data if r == args.repeats - 1 else data.parent / f"run{r}"
+        start = time.perf_counter()
+        s = ca.compute_activations(texts, model, out, model_name="demo", batch_size=args.batch_size,
+                                   patterns="none", progress=False)
+        ours.append(time.perf_counter() - start)
+        if out != data:
+            shutil.rmtree(out)
+    ref, mine, n = statistics.median(refs), statistics.median(ours), len(texts)
     print(f"compute, --patterns none: {n} prompts, {s['tokens']:,} tokens ({s['tokens'] / n:.1f} per prompt), "
-          f"batch {args.batch_size}, device {args.device}, {torch.get_num_threads()} torch threads")
+          f"batch {args.batch_size}, device {args.device}, {torch.get_num_threads()} torch threads, "
+          f"medians of {args.repeats} alternating runs")
     print(f"  tokenize + forward stopped at the last pattern, nothing kept (reference): {ref:.1f} s, "
-          f"{n / ref:,.0f} prompts/s")
-    print(f"  compute_activations, 6 statistics of every head on the device, part written: {ours:.1f} s, "
-          f"{n / ours:,.0f} prompts/s = {ref / ours:.2f}x the reference's throughput (target >= 0.85x)")
+          f"{n / ref:,.0f} prompts/s (runs: {', '.join(f'{x:.1f}' for x in refs)})")
+    print(f"  compute_activations, 6 statistics of every head on the device, part written: {mine:.1f} s, "
+          f"{n / mine:,.0f} prompts/s (runs: {', '.join(f'{x:.1f}' for x in ours)}) = {ref / mine:.2f}x the "
+          f"reference's throughput (target >= 0.85x)")
 
 
 def bench_build_index(data: Path, n: int) -> None:
@@ -106,6 +117,7 @@ def main() -> None:
     p.add_argument("--prompts", type=int, default=100_000)
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--device", default="cpu")
+    p.add_argument("--repeats", type=int, default=3, help="alternating runs of the reference and ours (default: 3)")
     p.add_argument("--no-site", action="store_true", help="skip the browser measurements (4)")
     p.add_argument("--million", type=int, default=1_000_000, help="size of the synthetic index (default: 1000000)")
     args = p.parse_args()
