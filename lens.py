@@ -23,6 +23,7 @@ import os
 import re
 import struct
 import sys
+import tempfile
 import zlib
 from dataclasses import dataclass, field
 from functools import lru_cache
@@ -201,8 +202,16 @@ def check_writable_dir(save_path: Path) -> None:
     existing = next(p for p in [save_path.absolute(), *save_path.absolute().parents] if p.exists())
     if not existing.is_dir():
         raise UserError(f"--save-path {save_path}: cannot be created ({existing} is a file)")
-    if not os.access(existing, os.W_OK | os.X_OK):
-        raise UserError(f"--save-path {save_path}: cannot be created or written ({existing} is not writable)")
+    created = [p for p in [save_path.absolute(), *save_path.absolute().parents] if not p.exists()]
+    try:  # try it: os.access says yes to root, even where nothing can be created (/proc, a read-only mount)
+        save_path.mkdir(parents=True, exist_ok=True)
+        tempfile.TemporaryFile(dir=save_path).close()
+    except OSError as e:
+        raise UserError(f"--save-path {save_path}: cannot be created or written ({e.strerror})") from None
+    finally:
+        for p in created:  # nothing is left behind by the check itself
+            if p.is_dir():
+                p.rmdir()
 
 
 # ---- The command line, the same in every script --------------------------------------------
@@ -305,8 +314,12 @@ def write_atomic(path: Path, data: bytes | str) -> None:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    tmp.write_bytes(data.encode("utf-8") if isinstance(data, str) else data)
-    os.replace(tmp, path)
+    try:
+        tmp.write_bytes(data.encode("utf-8") if isinstance(data, str) else data)
+        os.replace(tmp, path)
+    except BaseException:  # a full disk, Ctrl-C: no temp file stays behind
+        tmp.unlink(missing_ok=True)
+        raise
 
 
 def json_bytes(obj) -> bytes:

@@ -165,6 +165,7 @@ def test_write_atomic_leaves_nothing_when_interrupted(tmp_path, monkeypatch):
     with pytest.raises(KeyboardInterrupt):
         lens.write_atomic(target, b"new")
     assert target.read_bytes() == b"old"
+    assert sorted(p.name for p in target.parent.iterdir()) == ["patterns.bin"]  # no .tmp<pid> left behind
 
 
 def test_pattern_storage_round_trip_and_size(tmp_path):
@@ -246,6 +247,7 @@ def test_a_prompts_file_with_a_byte_order_mark_is_read(tmp_path):
 @pytest.mark.parametrize("save_path, message", [
     ("afile", "--save-path afile: a file, not a directory"),
     ("afile/data", "--save-path afile/data: cannot be created ("),
+    ("/proc/nope", "--save-path /proc/nope: cannot be created or written ("),  # os.access says yes to root
 ])
 def test_a_save_path_that_cannot_be_a_data_dir_fails_before_the_model_loads(tiny_checkpoint, tmp_path, save_path,
                                                                              message):
