@@ -388,3 +388,25 @@ def test_heads_not_stored_show_a_placeholder(partial_heads_data_dir):
         assert not [u for u in s.requests if f"{partial}/L0/H1/" in u or f"{partial}/L0/H2/" in u]
         screenshot(s, "grid-not-stored")
         assert s.errors == []
+
+
+def test_the_prompt_table_shows_enough_of_each_prompt_to_recognise_it(tmp_path):
+    """At 1440 px with every built-in figure listed, each row shows at least 40 characters of its prompt
+    (the panel once shrank beside the others to two letters), and its title holds the whole text."""
+    texts = [json.loads(line)["text"] for line in (Path(__file__).resolve().parent.parent / "prompts.jsonl")
+             .read_text().splitlines()[:6]]
+    make_data(tmp_path, texts=texts)
+    build_index(tmp_path)
+    with browser_session(tmp_path, width=1440) as s:
+        s.page.goto(s.url)
+        s.page.wait_for_selector("body[data-ready='1'] #prompt-table td.text")
+        cells = s.page.eval_on_selector_all("#prompt-table td.text", """cs => cs.map(c => {
+            const ctx = document.createElement('canvas').getContext('2d');
+            ctx.font = getComputedStyle(c).font;
+            return {chars: c.clientWidth / ctx.measureText('0').width, title: c.title};
+        })""")
+        assert len(cells) == 6
+        assert all(c["chars"] >= 40 for c in cells), cells
+        assert sorted(c["title"] for c in cells) == sorted(texts)
+        assert s.errors == []
+        assert_only_local(s)
