@@ -20,7 +20,6 @@ import time
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from functools import cached_property
 from pathlib import Path
 
 import numpy as np
@@ -501,6 +500,7 @@ class PromptJob:
     """One prompt of a batch: its tokens, the heads to store (none: statistics only), whether its
     statistics are still to be written, and what the forward pass fills in."""
     prompt: dict
+    hash: str  # lens.prompt_hash of its text
     ids: list[int]
     truncated: bool
     heads: list[tuple[int, int]]
@@ -515,10 +515,6 @@ class PromptJob:
     @property
     def n_tokens(self) -> int:
         return len(self.ids)
-
-    @cached_property
-    def hash(self) -> str:
-        return lens.prompt_hash(self.prompt["text"])
 
 
 def stored_heads(pdir: Path) -> set[tuple[int, int]] | None:
@@ -638,7 +634,7 @@ def plan_run(prompts: list[dict], model, save_path: Path, model_name: str, force
             print(f"warning: prompt {phash} ({p['text'][:40]!r}...) has {len(ids)} tokens, "
                   f"more than {'--max-tokens' if limit < cfg.n_ctx else 'n_ctx'}={limit}: truncated",
                   file=sys.stderr)
-        jobs.append(PromptJob(p, ids[:limit], len(ids) > limit, job_heads, phash not in have_stats))
+        jobs.append(PromptJob(p, phash, ids[:limit], len(ids) > limit, job_heads, phash not in have_stats))
     import torch
     part = StatsPart(save_path, model_dir, [registry[n] for n in device_names] + plugins, n_layers, n_heads)
     device = next(model.parameters()).device if hasattr(model, "parameters") else torch.device("cpu")
