@@ -38,14 +38,15 @@ INDEX_TEXT_CHARS = 300  # a row holds the text up to this length; prompt.json ho
 WORD = re.compile(r"\w+")  # site/data.js's WORD: letters, digits and _ (Unicode)
 
 
-def prompt_index_records(save_path: Path, model: str, parts: list[lens.Part] | None = None) -> list[dict]:
+def prompt_index_records(save_path: Path, model: str, parts: list[lens.Part] | None = None,
+                         finished: list[str] | None = None) -> list[dict]:
     """Every prompt with statistics (the parts' rows) or stored patterns (prompt.json without its token
     lists), sorted by hash: the statistics tables' rows. "stored" says whether the patterns are kept."""
     records = {}
     for part in lens.read_parts(save_path, model) if parts is None else parts:
         for row in part.rows:
             records.setdefault(row["hash"], {**index_record(row), "stored": False})
-    records.update(stored_prompt_records(save_path, model))
+    records.update(stored_prompt_records(save_path, model, finished))
     return [records[h] for h in sorted(records)]
 
 
@@ -55,16 +56,17 @@ def index_record(info: dict) -> dict:
             "truncated": info.get("truncated", False), **({"heads": info["heads"]} if "heads" in info else {})}
 
 
-def stored_prompt_records(save_path: Path, model: str) -> dict[str, dict]:
+def stored_prompt_records(save_path: Path, model: str, finished: list[str] | None = None) -> dict[str, dict]:
     """The records of the finished prompt dirs by hash, reading prompt.json only where it is new or changed
-    (mtime, size) since the last run: the others come from the index's cache. An unreadable one is a warning."""
+    (mtime, size) since the last run: the others come from the index's cache. An unreadable one is a warning.
+    `finished`: lens.finished_prompts, when the caller has listed them already."""
     cache_path = lens.index_cache_path(save_path, model)
     try:
         cached = {row["hash"]: row for _, row in lens.iter_jsonl(cache_path)} if cache_path.is_file() else {}
     except lens.UserError:  # our own file, damaged: read every prompt.json again
         cached = {}
     entries = {}
-    for h in lens.finished_prompts(save_path, model):
+    for h in lens.finished_prompts(save_path, model) if finished is None else finished:
         path = lens.prompt_json_path(save_path, model, h)
         stat = path.stat()
         stamp = [stat.st_mtime_ns, stat.st_size]
@@ -355,12 +357,13 @@ def build_index(save_path: Path, figures_dir: Path | None = None) -> None:
     for name in names:
         cfg = lens.read_json(lens.model_cfg_path(save_path, name))
         parts = lens.read_parts(save_path, name)
-        records = prompt_index_records(save_path, name, parts)
+        finished = lens.finished_prompts(save_path, name)  # listed once: 100,000 dirs are not free
+        records = prompt_index_records(save_path, name, parts, finished)
         write_model_stats(save_path, name, cfg, figures, parts, records)
         write_prompt_index(save_path, name, records)
         models.append({**cfg, "model_dir": name, "n_prompts": len(records)})
         n_prompts += len(records)
-        n_unreadable += len(lens.finished_prompts(save_path, name)) - sum(r["stored"] for r in records)
+        n_unreadable += len(finished) - sum(r["stored"] for r in records)
     write_if_changed(lens.models_path(save_path), lens.jsonl_bytes(models))
     write_if_changed(lens.figures_path(save_path), lens.jsonl_bytes(lens.figure_records(figures)))
     write_if_changed(lens.colormaps_path(save_path), colormaps_json())
