@@ -27,8 +27,73 @@ from pathlib import Path
 import numpy as np
 
 import lens
+import storage
 
 SITE_DIR = Path(__file__).resolve().parent / "site"
+
+
+# ---- Where the index's files are (site/data.js builds the same paths) ----
+
+def prompt_index_dir(save_path: Path, model: str) -> Path:
+    """The prompt index (build_index.py): rows in hash order, the statistics tables' row order, in chunks."""
+    return Path(save_path) / model / "index"
+
+
+def prompt_index_path(save_path: Path, model: str) -> Path:
+    """{count, chunk_size, text_chars, n_stored}: all a page reads before the rows it shows."""
+    return prompt_index_dir(save_path, model) / "meta.json"
+
+
+def index_hashes_path(save_path: Path, model: str) -> Path:
+    """The first hash of each chunk of rows: where to look a hash up."""
+    return prompt_index_dir(save_path, model) / "hashes.json"
+
+
+def index_rows_path(save_path: Path, model: str, chunk: int) -> Path:
+    """Rows chunk * chunk_size ... of the index, one JSON object a line."""
+    return prompt_index_dir(save_path, model) / "rows" / f"{chunk}.jsonl"
+
+
+def index_words_path(save_path: Path, model: str, shard: str) -> Path:
+    """{word: rows (first, then differences)} of the words starting with the shard's characters."""
+    return prompt_index_dir(save_path, model) / "words" / f"{shard}.json"
+
+
+def index_order_path(save_path: Path, model: str) -> Path:
+    """uint32 row numbers sorted by n_tokens (ties in row order): the prompt table's token order."""
+    return prompt_index_dir(save_path, model) / "by_tokens.u32"
+
+
+def index_stored_path(save_path: Path, model: str) -> Path:
+    """The rows of the prompts whose patterns are stored, ascending."""
+    return prompt_index_dir(save_path, model) / "stored.json"
+
+
+def index_cache_path(save_path: Path, model: str) -> Path:
+    """build_index.py's own record of the prompt.json files it read (the site never reads it)."""
+    return prompt_index_dir(save_path, model) / "prompt_json_cache.jsonl"
+
+
+def stats_path(save_path: Path, model: str) -> Path:
+    return Path(save_path) / model / "stats.json"
+
+
+def stat_table_path(save_path: Path, model: str, stat: str) -> Path:
+    return Path(save_path) / model / "stats" / f"{stat}.f32"
+
+
+def stat_heads_path(save_path: Path, model: str, stat: str) -> Path:
+    return Path(save_path) / model / "stats" / f"{stat}.heads.json"
+
+
+# ---- The statistics' aggregates (write_stat_aggregates) ----
+# <model>/stats/<name>.f32: little-endian float32 [n_prompts, n_layers, n_heads], NaN where missing; row r
+#                      is the r-th prompt in hash order (the prompt index's row r), read by byte range.
+# <model>/stats.json: {"n_prompts", "n_layers", "n_heads", "top_k", "stats": {name: {"doc", "mean", "std",
+#                      "min", "max", "count", "quantiles": {"0.05": .., "0.95": ..}}}}, each a [layer][head] table.
+# <model>/stats/<name>.heads.json: {"bins", "heads": [[{"hist": {"lo", "hi", "counts"} | null, "top": [[hash,
+#                      value] x K], "bottom": ..} per head] per layer], "prompts": {hash: {"text", "n_tokens",
+#                      "stored"}} (those in some top or bottom list)}. build_index.write_stat_aggregates writes them.
 
 
 # ---- The prompt index: every prompt's row in hash order, in chunks, with a word index to search it ----
@@ -38,12 +103,12 @@ INDEX_TEXT_CHARS = 300  # a row holds the text up to this length; prompt.json ho
 WORD = re.compile(r"\w+")  # site/data.js's WORD: letters, digits and _ (Unicode)
 
 
-def prompt_index_records(save_path: Path, model: str, parts: list[lens.Part] | None = None,
+def prompt_index_records(save_path: Path, model: str, parts: list[storage.Part] | None = None,
                          finished: list[str] | None = None) -> list[dict]:
     """Every prompt with statistics (the parts' rows) or stored patterns (prompt.json without its token
     lists), sorted by hash: the statistics tables' rows. "stored" says whether the patterns are kept."""
     records = {}
-    for part in lens.read_parts(save_path, model) if parts is None else parts:
+    for part in storage.read_parts(save_path, model) if parts is None else parts:
         for row in part.rows:
             records.setdefault(row["hash"], {**index_record(row), "stored": False})
     records.update(stored_prompt_records(save_path, model, finished))
@@ -60,7 +125,7 @@ def stored_prompt_records(save_path: Path, model: str, finished: list[str] | Non
     """The records of the finished prompt dirs by hash, reading prompt.json only where it is new or changed
     (mtime, size) since the last run: the others come from the index's cache. An unreadable one is a warning.
     `finished`: lens.finished_prompts, when the caller has listed them already."""
-    cache_path = lens.index_cache_path(save_path, model)
+    cache_path = index_cache_path(save_path, model)
     try:
         cached = {row["hash"]: row for _, row in lens.iter_jsonl(cache_path)} if cache_path.is_file() else {}
     except lens.UserError:  # our own file, damaged: read every prompt.json again
@@ -78,7 +143,7 @@ def stored_prompt_records(save_path: Path, model: str, finished: list[str] | Non
         except lens.UserError as e:  # one bad prompt must not hide the others from the site
             print(f"build_index.py: warning: {e}; prompt left out of the index", file=sys.stderr)
     if entries != cached:
-        lens.write_jsonl(cache_path, entries.values())
+        write_jsonl(cache_path, entries.values())
     return {h: e["record"] for h, e in entries.items()}
 
 
@@ -133,27 +198,38 @@ def write_prompt_index(save_path: Path, model: str, records: list[dict]) -> None
         write_if_changed(path, data)
         written.add(path)
     for k, chunk in enumerate(chunks):
-        write(lens.index_rows_path(save_path, model, k), lens.jsonl_bytes(map(index_row, chunk)))
+        write(index_rows_path(save_path, model, k), lens.jsonl_bytes(map(index_row, chunk)))
     for shard, words in word_shards(records).items():
-        write(lens.index_words_path(save_path, model, shard), json.dumps(words, separators=(",", ":")).encode())
+        write(index_words_path(save_path, model, shard), json.dumps(words, separators=(",", ":")).encode())
     n_tokens = np.array([r["n_tokens"] for r in records], np.int64)
-    write(lens.index_order_path(save_path, model),
+    write(index_order_path(save_path, model),
           np.lexsort((np.arange(len(records)), n_tokens)).astype("<u4").tobytes())
     stored = [r for r, record in enumerate(records) if record["stored"]]
-    write(lens.index_stored_path(save_path, model), json.dumps(stored).encode())
-    write(lens.index_hashes_path(save_path, model), json.dumps([c[0]["hash"] for c in chunks]).encode())
-    write(lens.prompt_index_path(save_path, model), lens.json_bytes(  # last: it says how many rows there are
+    write(index_stored_path(save_path, model), json.dumps(stored).encode())
+    write(index_hashes_path(save_path, model), json.dumps([c[0]["hash"] for c in chunks]).encode())
+    write(prompt_index_path(save_path, model), lens.json_bytes(  # last: it says how many rows there are
         {"count": len(records), "chunk_size": size, "text_chars": INDEX_TEXT_CHARS, "n_stored": len(stored)}))
-    written.add(lens.index_cache_path(save_path, model))
-    for old in lens.prompt_index_dir(save_path, model).rglob("*"):
+    written.add(index_cache_path(save_path, model))
+    for old in prompt_index_dir(save_path, model).rglob("*"):
         if old.is_file() and old not in written:
             old.unlink()
+
+
+def write_jsonl(path: Path, rows) -> None:
+    lens.write_atomic(path, lens.jsonl_bytes(rows))
 
 
 def write_if_changed(path: Path, data: bytes) -> None:
     """Atomic write that leaves an identical file alone, so its mtime (and browser caches) stay valid."""
     if not (path.is_file() and path.read_bytes() == data):
         lens.write_atomic(path, data)
+
+
+def figure_records(figures: dict[str, lens.Figure]) -> list[dict]:
+    """One figures.jsonl row per registered function: what the site shows and needs to find images."""
+    return [{"name": f.name, "kind": f.kind, "outputs": f.outputs, "format": f.format,
+             "doc": inspect.getdoc(f.func) or "", "source": f.source,
+             "code": inspect.getsource(f.func), "options": f.options} for f in figures.values()]
 
 
 def copy_site(save_path: Path) -> None:
@@ -200,12 +276,12 @@ def write_stat_aggregates(save_path: Path, model: str, hashes: list[str], tables
         if table.shape != (len(hashes), n_layers, n_heads):
             raise ValueError(f"{name}: table of shape {table.shape} for {len(hashes)} prompts x {n_layers} x {n_heads}")
         table = np.where(np.isfinite(table), table, np.nan).astype("<f4")
-        lens.write_atomic(lens.stat_table_path(save_path, model, name), table.tobytes())
+        lens.write_atomic(stat_table_path(save_path, model, name), table.tobytes())
         heads = stat_heads(table, hashes, prompts, top_k, bins)
-        lens.write_atomic(lens.stat_heads_path(save_path, model, name),
+        lens.write_atomic(stat_heads_path(save_path, model, name),
                           json.dumps(heads, ensure_ascii=False, separators=(",", ":")))
         out["stats"][name] = {"doc": docs.get(name, ""), **stat_summary(table)}
-    lens.write_json(lens.stats_path(save_path, model), out)  # last: it names the statistics written above
+    lens.write_json(stats_path(save_path, model), out)  # last: it names the statistics written above
 
 
 def stat_summary(table: np.ndarray) -> dict:
@@ -218,8 +294,8 @@ def stat_summary(table: np.ndarray) -> dict:
         quantiles = np.nanquantile(values, QUANTILES, axis=0)
         summary = {"mean": np.nanmean(values, 0, dtype=np.float64), "std": np.nanstd(values, 0, dtype=np.float64),
                    "min": np.nanmin(values, 0), "max": np.nanmax(values, 0)}
-    return {**{k: lens._nulls(v) for k, v in summary.items()}, "count": count.tolist(),
-            "quantiles": {str(q): lens._nulls(v) for q, v in zip(QUANTILES, quantiles)}}
+    return {**{k: lens.nan_as_null(v) for k, v in summary.items()}, "count": count.tolist(),
+            "quantiles": {str(q): lens.nan_as_null(v) for q, v in zip(QUANTILES, quantiles)}}
 
 
 def stat_heads(table: np.ndarray, hashes: list[str], prompts: dict[str, dict], top_k: int, bins: int) -> dict:
@@ -262,7 +338,7 @@ def histogram(values: np.ndarray, bins: int) -> dict | None:
 
 # ---- Merging statistics: every compute run's parts (shards copied together), and stored prompts' stats.json ----
 
-def merged_stats(save_path: Path, model: str, shape: tuple[int, int], parts: list[lens.Part],
+def merged_stats(save_path: Path, model: str, shape: tuple[int, int], parts: list[storage.Part],
                  records: list[dict]) -> tuple[dict[str, np.ndarray], dict[str, str]]:
     """Every prompt's statistics, {name: float32 [prompts, layers, heads], NaN where missing}, with rows in the
     order of `records` (prompt_index_records: the prompt index's rows), and the parts' docs of their statistics.
@@ -303,7 +379,7 @@ def read_rendered_stats(save_path: Path, model: str, phash: str, shape: tuple[in
 
 
 def write_model_stats(save_path: Path, model: str, cfg: dict, figures: dict[str, lens.Figure],
-                      parts: list[lens.Part], records: list[dict]) -> int:
+                      parts: list[storage.Part], records: list[dict]) -> int:
     """Merge a model's statistics and write the aggregates the site reads; returns the number of statistics."""
     tables, part_docs = merged_stats(save_path, model, (cfg["n_layers"], cfg["n_heads"]), parts, records)
     if not tables:
@@ -320,7 +396,7 @@ def top_prompts(save_path: Path, model_name: str, k: int, stat_spec: str | None)
     computed so far (the lists heads.json shows), as prompts to store the patterns of."""
     model = lens.model_dir_name(model_name)
     cfg_path = lens.model_cfg_path(save_path, model)
-    parts = lens.read_parts(save_path, model) if cfg_path.is_file() else []
+    parts = storage.read_parts(save_path, model) if cfg_path.is_file() else []
     if not parts:
         raise lens.UserError(f"--top {k}: no statistics of {model_name} in {save_path} yet; compute them first: "
                              f"python compute_activations.py {model_name} PROMPTS --patterns none")
@@ -356,7 +432,7 @@ def build_index(save_path: Path, figures_dir: Path | None = None) -> None:
     models, n_prompts, n_unreadable = [], 0, 0
     for name in names:
         cfg = lens.read_json(lens.model_cfg_path(save_path, name))
-        parts = lens.read_parts(save_path, name)
+        parts = storage.read_parts(save_path, name)
         finished = lens.finished_prompts(save_path, name)  # listed once: 100,000 dirs are not free
         records = prompt_index_records(save_path, name, parts, finished)
         write_model_stats(save_path, name, cfg, figures, parts, records)
@@ -365,7 +441,7 @@ def build_index(save_path: Path, figures_dir: Path | None = None) -> None:
         n_prompts += len(records)
         n_unreadable += len(finished) - sum(r["stored"] for r in records)
     write_if_changed(lens.models_path(save_path), lens.jsonl_bytes(models))
-    write_if_changed(lens.figures_path(save_path), lens.jsonl_bytes(lens.figure_records(figures)))
+    write_if_changed(lens.figures_path(save_path), lens.jsonl_bytes(figure_records(figures)))
     write_if_changed(lens.colormaps_path(save_path), colormaps_json())
     copy_site(save_path)
     print(f"build_index.py: {len(models)} model(s), {n_prompts} prompt(s), {len(figures)} figure function(s)"
@@ -470,7 +546,7 @@ def pattern_lens_figures(old_dir: Path, n_layers: int, n_heads: int) -> dict[str
 def write_imported_packs(save_path: Path, model: str, phash: str, figures: dict, cfg: dict) -> None:
     """One pack per pattern-lens figure name, pattern-lens.<name>.pack; svgz is stored as the SVG it holds."""
     for name, files in figures.items():
-        pack = lens.PackWriter(lens.figure_pack_path(save_path, model, phash, IMPORTED_PACK.format(name)),
+        pack = storage.PackWriter(lens.figure_pack_path(save_path, model, phash, IMPORTED_PACK.format(name)),
                                cfg["n_layers"], cfg["n_heads"])
         try:
             for (layer, head), src in sorted(files.items()):
@@ -488,7 +564,7 @@ def import_prompt(save_path: Path, model: str, old_dir: Path, cfg: dict) -> None
     old_json = lens.prompt_json_path(save_path, model, old_dir.name)
     info = converted_prompt(old_json, patterns.shape[-1])
     figures = pattern_lens_figures(old_dir, cfg["n_layers"], cfg["n_heads"])
-    lens.write_atomic(lens.patterns_path(save_path, model, info["hash"]), lens.encode_patterns(patterns))
+    lens.write_atomic(lens.patterns_path(save_path, model, info["hash"]), storage.encode_patterns(patterns))
     write_imported_packs(save_path, model, info["hash"], figures, cfg)
     lens.write_json(lens.prompt_json_path(save_path, model, info["hash"]), info)
     for path in [*activations, old_json, *(src for files in figures.values() for src in files.values())]:

@@ -15,7 +15,9 @@ import inspect
 import math
 import os
 import random
+import re
 import sys
+import tempfile
 import time
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
@@ -25,6 +27,7 @@ from pathlib import Path
 import numpy as np
 
 import lens
+import storage
 
 BATCH_SIZE = 8
 
@@ -280,7 +283,7 @@ def output_weights(model) -> list | None:
         return None
 
 
-def value_norms(v, gram) -> "torch.Tensor":
+def value_norms(v, gram) -> "torch.Tensor":  # noqa: F821 (torch is imported where it runs)
     """||v_j W_O^h|| for every head and position: [batch, heads, pos] from v [batch, pos, kv_heads, d_head].
 
     With grouped-query attention, query head h reads key-value head h // (heads / kv_heads), as
@@ -359,12 +362,12 @@ class PatternStream:
         """In a worker: the host statistics of every head given, and the streams of those to store."""
         if job.plugin_values is not None:
             for k, h in enumerate(idx):
-                attn = lens.decode_stored(stored[k], job.n_tokens, job.layout)
+                attn = storage.decode_stored(stored[k], job.n_tokens, job.layout)
                 inputs = {"token_ids": job.ids, "value_norms": None if job.norms is None else job.norms[layer, h]}
                 for s, fig in enumerate(self.plugins):
                     job.plugin_values[s, layer, h] = self._run_plugin(fig, attn, inputs, job, layer, h)
         keep = set(job.layer_heads.get(layer, ()))
-        return lens.head_streams(stored[[k for k, h in enumerate(idx) if h in keep]]) if keep else []
+        return storage.head_streams(stored[[k for k, h in enumerate(idx) if h in keep]]) if keep else []
 
     def _run_plugin(self, fig: lens.Figure, attn: np.ndarray, inputs: dict, job, layer: int, head: int) -> float:
         try:
@@ -374,7 +377,7 @@ class PatternStream:
                                           f"{job.hash}: {type(e).__name__}: {e}")
             return math.nan
 
-    def _append(self, writer: lens.PatternWriter | None, streams, nbytes: int) -> None:
+    def _append(self, writer: storage.PatternWriter | None, streams, nbytes: int) -> None:
         try:
             if writer is not None:
                 writer.add(streams.result())
@@ -454,7 +457,7 @@ class DeviceStats:
                            -1).transpose(1, 2)
         self.values[:, :, layer] = torch.where(self.defined[:, :, None], scores, float("nan"))
 
-    def entropy(self, pattern, rows) -> "torch.Tensor":
+    def entropy(self, pattern, rows) -> "torch.Tensor":  # noqa: F821 (torch is imported where it runs)
         """Mean entropy in bits of the queries after the first, a group of heads at a time (bounded memory)."""
         import torch
         b, h, p, _ = pattern.shape
@@ -484,14 +487,14 @@ def repeat_pairs(tokens, n) -> tuple:
     return idx, weight
 
 
-def quantize_on_device(attn, keep) -> "torch.Tensor":
-    """[heads, n, n] probabilities -> [heads, 2, m] uint8 in the stored form (see lens.stored_form).
+def quantize_on_device(attn, keep) -> "torch.Tensor":  # noqa: F821 (torch is imported where it runs)
+    """[heads, n, n] probabilities -> [heads, 2, m] uint8 in the stored form (see storage.stored_form).
 
     Cut to the stored layout first, then work in place: each pass over the data costs as much as
     a softmax of the forward pass."""
     import torch
     x = torch.index_select(attn.flatten(1), 1, keep) if keep is not None else attn.flatten(1).clone()
-    q = x.float().mul_(lens.PATTERN_SCALE).round_().clamp_(0, lens.PATTERN_SCALE).to(torch.int16)
+    q = x.float().mul_(storage.PATTERN_SCALE).round_().clamp_(0, storage.PATTERN_SCALE).to(torch.int16)
     return q.view(torch.uint8).view(len(q), -1, 2).transpose(1, 2).contiguous()  # little-endian: low byte first
 
 
@@ -508,7 +511,7 @@ class PromptJob:
     layer_heads: dict = field(default_factory=dict)
     layout: str = "tril"
     keep: object = None  # flat positions of the stored layout, on the model's device (None: all)
-    writer: lens.PatternWriter | None = None
+    writer: storage.PatternWriter | None = None
     norms: np.ndarray | None = None  # value norms [n_layers, n_heads, n_tokens]
     plugin_values: np.ndarray | None = None  # host statistics [n_plugins, n_layers, n_heads]
 
@@ -522,7 +525,7 @@ def stored_heads(pdir: Path) -> set[tuple[int, int]] | None:
     if not lens.is_finished(pdir):
         return None
     try:
-        return set(lens.Patterns(pdir / lens.PATTERN_FILE).heads)
+        return set(storage.Patterns(pdir / lens.PATTERN_FILE).heads)
     except (lens.UserError, ValueError, OSError, KeyError):
         return None
 
@@ -540,17 +543,17 @@ def finish_prompt(job: PromptJob, save_path: Path, model_dir: str, str_tokens: l
     info = {"text": job.prompt["text"], "hash": job.hash, "tokens": str_tokens, "token_ids": job.ids,
             "n_tokens": len(job.ids), "meta": job.prompt.get("meta", {}), "truncated": job.truncated}
     if len(job.heads) < n_layers * n_heads:
-        info["heads"] = lens.format_heads(job.heads, n_layers, n_heads)
+        info["heads"] = format_heads(job.heads, n_layers, n_heads)
     lens.write_json(lens.prompt_json_path(save_path, model_dir, job.hash), info)
     return size
 
 
 class StatsPart:
-    """This run's statistics part (lens.read_parts reads it): created on first use, appended batch by batch."""
+    """This run's statistics part (storage.read_parts reads it): created on first use, appended batch by batch."""
 
     def __init__(self, save_path: Path, model_dir: str, stats: list[lens.Figure], n_layers: int, n_heads: int):
         run = f"{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}-{os.urandom(3).hex()}"  # shards never collide
-        self.header = lens.parts_dir(save_path, model_dir) / f"{run}.json"
+        self.header = storage.parts_dir(save_path, model_dir) / f"{run}.json"
         # the docs travel with the values: the site shows them whichever figures dir build_index.py reads
         self.meta = {"stats": [f.name for f in stats], "docs": {f.name: inspect.getdoc(f.func) or "" for f in stats},
                      "n_layers": n_layers, "n_heads": n_heads}
@@ -605,7 +608,7 @@ def plan_run(prompts: list[dict], model, save_path: Path, model_name: str, force
     """Which prompts need patterns (the heads asked for) or statistics, tokenised, with this run's part."""
     cfg = model.cfg
     n_layers, n_heads = cfg.n_layers, cfg.n_heads
-    wanted = lens.parse_heads(heads, n_layers, n_heads) if heads else [(l, h) for l in range(n_layers)
+    wanted = parse_heads(heads, n_layers, n_heads) if heads else [(l, h) for l in range(n_layers)
                                                                         for h in range(n_heads)]
     model_dir = lens.model_dir_name(model_name)
     registry, errors = lens.load_figures(figures_dir)
@@ -616,7 +619,7 @@ def plan_run(prompts: list[dict], model, save_path: Path, model_name: str, force
     plugins = [f for f in statistics if f.name not in DEVICE_STATISTICS]
     store = (set() if patterns == "none" else None if patterns == "all"
              else sample_hashes(prompts, patterns, 0) if isinstance(patterns, int) else set(patterns))
-    have_stats = set() if force else lens.part_hashes(save_path, model_dir)
+    have_stats = set() if force else part_hashes(save_path, model_dir)
     to_tokens, _ = tokenizer_functions(model)
     limit = min(cfg.n_ctx, max_tokens or cfg.n_ctx)
     jobs = []
@@ -743,12 +746,12 @@ def start_prompt(job: PromptJob, plan: RunPlan, device, with_norms: bool) -> Non
     if plan.plugins and job.needs_stats:
         job.plugin_values = np.full((len(plan.plugins), plan.n_layers, plan.n_heads), np.nan, np.float32)
     if plan.causal and (job.heads or job.plugin_values is not None):  # what reaches the host is cut to the tril
-        job.keep = torch.from_numpy(lens.tril_positions(n, "tril")).to(device)
+        job.keep = torch.from_numpy(storage.tril_positions(n, "tril")).to(device)
     if with_norms:
         job.norms = np.full((plan.n_layers, plan.n_heads, n), np.nan, np.float32)
     if job.heads:
         lens.prompt_json_path(plan.save_path, plan.model_dir, job.hash).unlink(missing_ok=True)  # unfinished until rewritten
-        job.writer = lens.PatternWriter(lens.patterns_path(plan.save_path, plan.model_dir, job.hash), plan.n_layers,
+        job.writer = storage.PatternWriter(lens.patterns_path(plan.save_path, plan.model_dir, job.hash), plan.n_layers,
                                         plan.n_heads, n, job.layout, job.heads)
 
 
@@ -798,6 +801,75 @@ def check_flags(args) -> None:
         raise lens.UserError("--device-map and --device are exclusive: --device-map places the model itself")
 
 
+def parse_heads(spec: str, n_layers: int, n_heads: int) -> list[tuple[int, int]]:
+    """Heads named by a spec such as `L0-3H*,L5H1,L*H0` (the grid's syntax), as sorted (layer, head) pairs."""
+    chosen = set()
+    for part in filter(None, (p.strip() for p in spec.split(","))):
+        m = re.fullmatch(r"L([0-9]+(?:-[0-9]+)?|\*)H([0-9]+(?:-[0-9]+)?|\*)", part.replace(" ", ""), re.I)
+        if not m:
+            raise lens.UserError(f"--heads {spec}: {part!r} is not a head spec (try L0-3H*, L5H1, L*H0)")
+        layers, heads = (_spec_range(spec, text, n, what) for text, n, what in
+                         [(m[1], n_layers, "layer"), (m[2], n_heads, "head")])
+        chosen.update((l, h) for l in layers for h in heads)
+    if not chosen:
+        raise lens.UserError(f"--heads {spec!r}: names no head")
+    return sorted(chosen)
+
+
+def _spec_range(spec: str, text: str, n: int, what: str) -> range:
+    if text == "*":
+        return range(n)
+    a, _, b = text.partition("-")
+    a, b = int(a), int(b or a)
+    if a > b or b >= n:
+        raise lens.UserError(f"--heads {spec}: {what}s {text} out of range (the model's {what}s are 0-{n - 1})")
+    return range(a, b + 1)
+
+
+def format_heads(heads: list[tuple[int, int]], n_layers: int, n_heads: int) -> str:
+    """The shortest spec for a set of heads: whole layers as `L0-3H*`, the rest per head (as site/data.js)."""
+    by_layer = [sorted(h for l2, h in heads if l2 == l) for l in range(n_layers)]
+    parts, l = [], 0
+    while l < n_layers:
+        if len(by_layer[l]) == n_heads:
+            end = l
+            while end + 1 < n_layers and len(by_layer[end + 1]) == n_heads:
+                end += 1
+            parts.append(f"L{l}-{end}H*" if end > l else f"L{l}H*")
+            l = end + 1
+            continue
+        parts += [f"L{l}H{h}" for h in by_layer[l]]
+        l += 1
+    return ",".join(parts)
+
+
+def check_writable_dir(save_path: Path) -> None:
+    """Fail before any work when the data dir to write is a file or cannot be created."""
+    save_path = Path(save_path)
+    if save_path.exists() and not save_path.is_dir():
+        raise lens.UserError(f"--save-path {save_path}: a file, not a directory")
+    existing = next(p for p in [save_path.absolute(), *save_path.absolute().parents] if p.exists())
+    if not existing.is_dir():
+        raise lens.UserError(f"--save-path {save_path}: cannot be created ({existing} is a file)")
+    created = [p for p in [save_path.absolute(), *save_path.absolute().parents] if not p.exists()]
+    try:  # try it: os.access says yes to root, even where nothing can be created (/proc, a read-only mount)
+        save_path.mkdir(parents=True, exist_ok=True)
+        tempfile.TemporaryFile(dir=save_path).close()
+    except OSError as e:
+        raise lens.UserError(f"--save-path {save_path}: cannot be created or written ({e.strerror})") from None
+    finally:
+        for p in created:  # nothing is left behind by the check itself
+            if p.is_dir():
+                p.rmdir()
+
+
+
+
+def part_hashes(save_path: Path, model: str) -> set[str]:
+    """The prompts whose statistics some part holds."""
+    return {row["hash"] for part in storage.read_parts(save_path, model) for row in part.rows}
+
+
 def main(argv=None) -> None:
     args = parse_args(argv)
     shard = lens.parse_shard(args.shard)
@@ -818,7 +890,7 @@ def main(argv=None) -> None:
         store = sample_hashes(prompts, args.patterns, args.seed) if isinstance(args.patterns, int) else args.patterns
         prompts = [p for p in prompts if lens.in_shard(lens.prompt_hash(p["text"]), shard)]
         work = {model_name: (prompts, store) for _, _, model_name in runs}
-    lens.check_writable_dir(args.save_path)
+    check_writable_dir(args.save_path)
     import torch
     device = args.device or (None if args.device_map else "cuda" if torch.cuda.is_available() else "cpu")
     if device and device.startswith("cuda") and not torch.cuda.is_available():

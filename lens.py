@@ -1,16 +1,6 @@
 """What the scripts share: the data layout's paths, the CLI skeleton, prompt hashing, atomic writes,
-head specs, pattern storage, figure packs, statistic tables, colormaps and images, the figure registry.
-
-Pattern file (one per prompt, `patterns.bin`, format 2): the magic b"ATTNPAT2", a little-endian
-uint64 offset of the JSON footer, one zlib stream per stored head, then the footer (to the end
-of the file: n_layers, n_heads, n_tokens, scale, layout, "heads" = the flat indices
-layer * n_heads + head stored, "chunks" = [start, size] of each head's stream). A stream holds
-the head's lower triangle (or full matrix for non-causal models) row by row as uint16 fixed
-point (value = q / scale, scale 2**14, max abs error 3.1e-5), low bytes first, then high bytes:
-attention values are small, so the high bytes are nearly all zero and compress to almost
-nothing. The footer comes last so that a file is written head by head as the forward pass goes.
-One head is read without touching the others. Format 1 (b"ATTNPAT1", a header with "offsets",
-every head stored) is still read.
+head specs, statistic tables, colormaps and images, the figure registry. The binary formats (pattern
+files, figure packs) are in patterns.py.
 """
 import argparse
 import base64
@@ -23,10 +13,8 @@ import os
 import re
 import struct
 import sys
-import tempfile
 import zlib
 from dataclasses import dataclass, field
-from functools import lru_cache
 from pathlib import Path
 from typing import Callable
 
@@ -35,9 +23,6 @@ import numpy as np
 DEFAULT_SAVE_PATH = Path("attn_data")
 PATTERN_FILE = "patterns.bin"
 VALUE_NORMS_FILE = "value_norms.f32"  # ||v_j W_O^h||: float32 [n_layers, n_heads, n_tokens], NaN where not stored
-PATTERN_MAGIC = b"ATTNPAT2"
-PATTERN_MAGIC_V1 = b"ATTNPAT1"  # format 1: header first, every head stored
-PATTERN_SCALE = 2**14
 
 
 class UserError(Exception):
@@ -79,58 +64,6 @@ def render_record_path(save_path: Path) -> Path:
 
 def model_cfg_path(save_path: Path, model: str) -> Path:
     return Path(save_path) / model / "model_cfg.json"
-
-
-def prompt_index_dir(save_path: Path, model: str) -> Path:
-    """The prompt index (build_index.py): rows in hash order, the statistics tables' row order, in chunks."""
-    return Path(save_path) / model / "index"
-
-
-def prompt_index_path(save_path: Path, model: str) -> Path:
-    """{count, chunk_size, text_chars, n_stored}: all a page reads before the rows it shows."""
-    return prompt_index_dir(save_path, model) / "meta.json"
-
-
-def index_hashes_path(save_path: Path, model: str) -> Path:
-    """The first hash of each chunk of rows: where to look a hash up."""
-    return prompt_index_dir(save_path, model) / "hashes.json"
-
-
-def index_rows_path(save_path: Path, model: str, chunk: int) -> Path:
-    """Rows chunk * chunk_size ... of the index, one JSON object a line."""
-    return prompt_index_dir(save_path, model) / "rows" / f"{chunk}.jsonl"
-
-
-def index_words_path(save_path: Path, model: str, shard: str) -> Path:
-    """{word: rows (first, then differences)} of the words starting with the shard's characters."""
-    return prompt_index_dir(save_path, model) / "words" / f"{shard}.json"
-
-
-def index_order_path(save_path: Path, model: str) -> Path:
-    """uint32 row numbers sorted by n_tokens (ties in row order): the prompt table's token order."""
-    return prompt_index_dir(save_path, model) / "by_tokens.u32"
-
-
-def index_stored_path(save_path: Path, model: str) -> Path:
-    """The rows of the prompts whose patterns are stored, ascending."""
-    return prompt_index_dir(save_path, model) / "stored.json"
-
-
-def index_cache_path(save_path: Path, model: str) -> Path:
-    """build_index.py's own record of the prompt.json files it read (the site never reads it)."""
-    return prompt_index_dir(save_path, model) / "prompt_json_cache.jsonl"
-
-
-def stats_path(save_path: Path, model: str) -> Path:
-    return Path(save_path) / model / "stats.json"
-
-
-def stat_table_path(save_path: Path, model: str, stat: str) -> Path:
-    return Path(save_path) / model / "stats" / f"{stat}.f32"
-
-
-def stat_heads_path(save_path: Path, model: str, stat: str) -> Path:
-    return Path(save_path) / model / "stats" / f"{stat}.heads.json"
 
 
 def prompts_dir(save_path: Path, model: str) -> Path:
@@ -194,26 +127,6 @@ def require_data_dir(save_path: Path) -> Path:
     return save_path
 
 
-def check_writable_dir(save_path: Path) -> None:
-    """Fail before any work when the data dir to write is a file or cannot be created."""
-    save_path = Path(save_path)
-    if save_path.exists() and not save_path.is_dir():
-        raise UserError(f"--save-path {save_path}: a file, not a directory")
-    existing = next(p for p in [save_path.absolute(), *save_path.absolute().parents] if p.exists())
-    if not existing.is_dir():
-        raise UserError(f"--save-path {save_path}: cannot be created ({existing} is a file)")
-    created = [p for p in [save_path.absolute(), *save_path.absolute().parents] if not p.exists()]
-    try:  # try it: os.access says yes to root, even where nothing can be created (/proc, a read-only mount)
-        save_path.mkdir(parents=True, exist_ok=True)
-        tempfile.TemporaryFile(dir=save_path).close()
-    except OSError as e:
-        raise UserError(f"--save-path {save_path}: cannot be created or written ({e.strerror})") from None
-    finally:
-        for p in created:  # nothing is left behind by the check itself
-            if p.is_dir():
-                p.rmdir()
-
-
 # ---- The command line, the same in every script --------------------------------------------
 
 class ArgumentParser(argparse.ArgumentParser):
@@ -267,48 +180,6 @@ def in_shard(phash: str, shard: tuple[int, int] | None) -> bool:
     return shard is None or int(phash, 16) % shard[1] == shard[0] - 1
 
 
-def parse_heads(spec: str, n_layers: int, n_heads: int) -> list[tuple[int, int]]:
-    """Heads named by a spec such as `L0-3H*,L5H1,L*H0` (the grid's syntax), as sorted (layer, head) pairs."""
-    chosen = set()
-    for part in filter(None, (p.strip() for p in spec.split(","))):
-        m = re.fullmatch(r"L([0-9]+(?:-[0-9]+)?|\*)H([0-9]+(?:-[0-9]+)?|\*)", part.replace(" ", ""), re.I)
-        if not m:
-            raise UserError(f"--heads {spec}: {part!r} is not a head spec (try L0-3H*, L5H1, L*H0)")
-        layers, heads = (_spec_range(spec, text, n, what) for text, n, what in
-                         [(m[1], n_layers, "layer"), (m[2], n_heads, "head")])
-        chosen.update((l, h) for l in layers for h in heads)
-    if not chosen:
-        raise UserError(f"--heads {spec!r}: names no head")
-    return sorted(chosen)
-
-
-def _spec_range(spec: str, text: str, n: int, what: str) -> range:
-    if text == "*":
-        return range(n)
-    a, _, b = text.partition("-")
-    a, b = int(a), int(b or a)
-    if a > b or b >= n:
-        raise UserError(f"--heads {spec}: {what}s {text} out of range (the model's {what}s are 0-{n - 1})")
-    return range(a, b + 1)
-
-
-def format_heads(heads: list[tuple[int, int]], n_layers: int, n_heads: int) -> str:
-    """The shortest spec for a set of heads: whole layers as `L0-3H*`, the rest per head (as site/data.js)."""
-    by_layer = [sorted(h for l2, h in heads if l2 == l) for l in range(n_layers)]
-    parts, l = [], 0
-    while l < n_layers:
-        if len(by_layer[l]) == n_heads:
-            end = l
-            while end + 1 < n_layers and len(by_layer[end + 1]) == n_heads:
-                end += 1
-            parts.append(f"L{l}-{end}H*" if end > l else f"L{l}H*")
-            l = end + 1
-            continue
-        parts += [f"L{l}H{h}" for h in by_layer[l]]
-        l += 1
-    return ",".join(parts)
-
-
 def write_atomic(path: Path, data: bytes | str) -> None:
     """Write via a temp file and rename, so a killed run never leaves a half file."""
     path = Path(path)
@@ -332,10 +203,6 @@ def write_json(path: Path, obj) -> None:
 
 def jsonl_bytes(rows) -> bytes:
     return "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows).encode("utf-8")
-
-
-def write_jsonl(path: Path, rows) -> None:
-    write_atomic(path, jsonl_bytes(rows))
 
 
 def read_text(path: Path) -> str:
@@ -376,263 +243,9 @@ def iter_jsonl(path: Path):
         yield lineno, row
 
 
-def head_streams(stored: np.ndarray, level: int = 1) -> list[bytes]:
-    """Compress [heads, 2, m] uint8 (stored form: low bytes, then high bytes) into one zlib stream per head."""
-    return [zlib.compress(h, level) for h in np.ascontiguousarray(stored)]
+# ---- Statistics: one value per head and prompt; prompts/<hash>/stats.json: {name: [[value per head] per layer]}, null where undefined
 
-
-def stored_form(values: np.ndarray) -> np.ndarray:
-    """[heads, m] attention values in [0, 1] -> [heads, 2, m] uint8: uint16 fixed point, low then high bytes."""
-    q = np.round(np.clip(values, 0.0, 1.0) * PATTERN_SCALE).astype("<u2", order="C")
-    return np.ascontiguousarray(q.view(np.uint8).reshape(len(q), -1, 2).transpose(0, 2, 1))
-
-
-class PatternWriter:
-    """Write one prompt's pattern file head by head (format 2), then rename it into place.
-
-    Streams are appended as they come (in ascending head order) and the footer that indexes
-    them is written last, so no more than one head's stream is ever held for the file."""
-
-    def __init__(self, path: Path, n_layers: int, n_heads: int, n_tokens: int, layout: str,
-                 heads: list[tuple[int, int]]):
-        self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        for stale in self.path.parent.glob(f".{self.path.name}.tmp*"):  # left by a killed run
-            stale.unlink(missing_ok=True)
-        self.tmp = self.path.with_name(f".{self.path.name}.tmp{os.getpid()}")
-        self.file = open(self.tmp, "wb")
-        self.file.write(PATTERN_MAGIC + bytes(8))
-        self.meta = {"format": 2, "n_layers": n_layers, "n_heads": n_heads, "n_tokens": n_tokens,
-                     "scale": PATTERN_SCALE, "layout": layout,
-                     "heads": [l * n_heads + h for l, h in heads], "chunks": []}
-
-    def add(self, streams: list[bytes]) -> None:
-        for s in streams:
-            self.meta["chunks"].append([self.file.tell(), len(s)])
-            self.file.write(s)
-
-    def close(self) -> int:
-        """Write the footer and move the file into place; returns its size in bytes."""
-        if len(self.meta["chunks"]) != len(self.meta["heads"]):
-            raise RuntimeError(f"{self.path}: {len(self.meta['chunks'])} streams for {len(self.meta['heads'])} heads")
-        footer = self.file.tell()
-        self.file.write(json.dumps(self.meta, separators=(",", ":")).encode())
-        size = self.file.tell()
-        self.file.seek(len(PATTERN_MAGIC))
-        self.file.write(struct.pack("<Q", footer))
-        self.file.close()
-        os.replace(self.tmp, self.path)
-        return size
-
-    def abort(self) -> None:
-        self.file.close()
-        self.tmp.unlink(missing_ok=True)
-
-
-def tril_positions(n: int, layout: str) -> np.ndarray:
-    """Flat positions (row * n + col) a layout stores, in stored order."""
-    return np.flatnonzero(np.tri(n, dtype=bool)) if layout == "tril" else np.arange(n * n)
-
-
-def encode_patterns(patterns: np.ndarray, heads: list[tuple[int, int]] | None = None, level: int = 1) -> bytes:
-    """Encode [n_layers, n_heads, n, n] attention patterns (all heads, or those listed) as a pattern file."""
-    import tempfile
-    n_layers, n_heads, n, _ = patterns.shape
-    heads = sorted(heads) if heads is not None else [(l, h) for l in range(n_layers) for h in range(n_heads)]
-    layout = "tril" if not np.triu(patterns, 1).any() else "full"
-    keep = tril_positions(n, layout)
-    with tempfile.TemporaryDirectory() as tmp:
-        writer = PatternWriter(Path(tmp) / PATTERN_FILE, n_layers, n_heads, n, layout, heads)
-        for l, h in heads:
-            writer.add(head_streams(stored_form(patterns[l, h].reshape(1, -1)[:, keep]), level))
-        writer.close()
-        return (Path(tmp) / PATTERN_FILE).read_bytes()
-
-
-class NotStored(KeyError):
-    """A head the pattern file does not hold (compute_activations.py --heads stored others)."""
-
-
-class Patterns:
-    """One prompt's stored patterns (format 1 or 2); each head is read and decompressed on demand."""
-
-    def __init__(self, path: Path):
-        self.path = Path(path)
-        try:
-            meta, chunks = self._read_index()
-            self.n_layers, self.n_heads, self.n_tokens = meta["n_layers"], meta["n_heads"], meta["n_tokens"]
-            self.scale, self.layout = meta["scale"], meta["layout"]
-            heads = meta["heads"]
-        except (struct.error, ValueError, KeyError, TypeError) as e:  # JSONDecodeError is a ValueError
-            raise UserError(f"{self.path}: truncated or corrupt pattern file ({type(e).__name__}: {e}); "
-                            "recompute it with compute_activations.py --force") from None
-        if any(start + size > self.size for start, size in chunks):
-            raise UserError(f"{self.path}: truncated pattern file ({self.size} bytes, its index needs more); "
-                            "recompute it with compute_activations.py --force")
-        self.chunks = dict(zip(heads, chunks))
-        self.heads = [divmod(i, self.n_heads) for i in heads]
-
-    def _read_index(self) -> tuple[dict, list[list[int]]]:
-        """The file's metadata and each stored head's [start, size], from the footer (or format 1's header)."""
-        with open(self.path, "rb") as f:
-            self.size = os.fstat(f.fileno()).st_size
-            magic = f.read(8)
-            if magic == PATTERN_MAGIC:
-                (footer,) = struct.unpack("<Q", f.read(8))
-                f.seek(footer)
-                meta = json.loads(f.read())
-                return meta, meta["chunks"]
-            if magic == PATTERN_MAGIC_V1:
-                (size,) = struct.unpack("<I", f.read(4))
-                meta = json.loads(f.read(size))
-                offsets = meta["offsets"]
-                meta["heads"] = list(range(len(offsets) - 1))
-                return meta, [[12 + size + a, b - a] for a, b in zip(offsets, offsets[1:])]
-        raise UserError(f"{self.path}: not a pattern file")
-
-    def stored(self, layer: int, head: int) -> bool:
-        return 0 <= head < self.n_heads and layer * self.n_heads + head in self.chunks
-
-    def head(self, layer: int, head: int) -> np.ndarray:
-        """The [n_tokens, n_tokens] float32 pattern of one head (query rows, key columns)."""
-        if not (0 <= layer < self.n_layers and 0 <= head < self.n_heads):
-            raise IndexError(f"{self.path}: no head L{layer}H{head}")
-        if not self.stored(layer, head):
-            raise NotStored(f"{self.path}: head L{layer}H{head} is not stored")
-        start, size = self.chunks[layer * self.n_heads + head]
-        with open(self.path, "rb") as f:
-            f.seek(start)
-            data = f.read(size)
-        expected = 2 * (self.n_tokens ** 2 if self.layout == "full" else self.n_tokens * (self.n_tokens + 1) // 2)
-        try:
-            raw = zlib.decompress(data)
-        except zlib.error as e:
-            raise UserError(f"{self.path}: head L{layer}H{head} is corrupt ({e}); "
-                            "recompute it with compute_activations.py --force") from None
-        if len(raw) != expected:
-            raise UserError(f"{self.path}: head L{layer}H{head} holds {len(raw)} bytes, not {expected}; "
-                            "recompute it with compute_activations.py --force")
-        return decode_stored(np.frombuffer(raw, np.uint8).reshape(2, -1), self.n_tokens, self.layout, self.scale)
-
-    def all(self) -> np.ndarray:
-        """Every head as one [n_layers, n_heads, n_tokens, n_tokens] float32 array (NaN where not stored)."""
-        out = np.full((self.n_layers, self.n_heads, self.n_tokens, self.n_tokens), np.nan, np.float32)
-        for l, h in self.heads:
-            out[l, h] = self.head(l, h)
-        return out
-
-
-def decode_stored(stored: np.ndarray, n: int, layout: str, scale: int = PATTERN_SCALE) -> np.ndarray:
-    """One head's stored form [2, m] uint8 (low bytes, high bytes; see stored_form) as its float32 [n, n] pattern."""
-    lo, hi = stored
-    values = (lo | (hi.astype(np.uint16) << 8)) * np.float32(1 / scale)
-    if layout == "full":
-        return values.reshape(n, n)
-    out = np.zeros((n, n), np.float32)
-    out[_tril_mask(n)] = values
-    return out
-
-
-@lru_cache(maxsize=16)
-def _tril_mask(n: int) -> np.ndarray:
-    return np.tri(n, dtype=bool)
-
-
-def load_patterns(save_path: Path, model: str, phash: str) -> Patterns:
-    """Open the stored patterns of one prompt of one model (see Patterns.head)."""
-    path = patterns_path(save_path, model, phash)
-    if not path.exists():
-        raise UserError(f"{path}: no patterns stored for prompt {phash} of model {model}")
-    return Patterns(path)
-
-
-# ---- Figure packs: every head's image of one figure output in one file --------------------
-# <output>.pack: the magic b"ATTNFIG1", uint32 n_layers, uint32 n_heads (16 bytes), then n_layers * n_heads + 1
-# little-endian uint64 offsets from the file's start, then the images: PNG (SVG for some imported from
-# pattern-lens). Head i = layer * n_heads + head is bytes [offset[i], offset[i + 1]); an empty range is a head
-# without an image (not stored, or the figure failed on it: <output>.errors.json). A reader takes the 16 bytes
-# at 16 + 8 i, then the image: two HTTP range requests for the site (data.js loadFigureImage).
-
-PACK_MAGIC = b"ATTNFIG1"
-PACK_HEADER = 16
-
-
-class PackWriter:
-    """Write one figure output's pack head by head, in ascending head order, then rename it into place:
-    a prompt's images are never all held in memory, and a killed run leaves no pack that looks finished."""
-
-    def __init__(self, path: Path, n_layers: int, n_heads: int):
-        self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        for stale in self.path.parent.glob(f".{self.path.name}.tmp*"):  # left by a killed run
-            stale.unlink(missing_ok=True)
-        self.tmp = self.path.with_name(f".{self.path.name}.tmp{os.getpid()}")
-        self.n_heads, self.n = n_heads, n_layers * n_heads
-        self.file = open(self.tmp, "wb")
-        self.file.write(PACK_MAGIC + struct.pack("<II", n_layers, n_heads) + bytes(8 * (self.n + 1)))
-        self.starts: dict[int, int] = {}
-
-    def add(self, layer: int, head: int, image: bytes) -> None:
-        index = layer * self.n_heads + head
-        if not 0 <= head < self.n_heads or not 0 <= index < self.n or any(i >= index for i in self.starts):
-            raise ValueError(f"{self.path}: head L{layer}H{head} out of range or out of order")
-        self.starts[index] = self.file.tell()
-        self.file.write(image)
-
-    def close(self) -> None:
-        offsets = [self.file.tell()] * (self.n + 1)
-        for i in reversed(range(self.n)):  # a head without an image ends where the next one starts
-            offsets[i] = self.starts.get(i, offsets[i + 1])
-        self.file.seek(PACK_HEADER)
-        self.file.write(struct.pack(f"<{self.n + 1}Q", *offsets))
-        self.file.close()
-        os.replace(self.tmp, self.path)
-
-    def abort(self) -> None:
-        """Drop the temp file (nothing once closed)."""
-        self.file.close()
-        self.tmp.unlink(missing_ok=True)
-
-
-def read_pack_image(path: Path, layer: int, head: int) -> bytes | None:
-    """One head's image from a figure pack, read as the site reads it (its offsets, then its bytes); None when
-    the head has none. A file that is not a whole pack is a UserError naming it."""
-    path = Path(path)
-    with open(path, "rb") as f:
-        size = os.fstat(f.fileno()).st_size
-        header = f.read(PACK_HEADER)
-        if len(header) < PACK_HEADER or header[:8] != PACK_MAGIC:
-            raise UserError(f"{path}: not a figure pack; re-render it with render_figures.py --force")
-        n_layers, n_heads = struct.unpack("<II", header[8:])
-        if not (0 <= layer < n_layers and 0 <= head < n_heads):
-            raise IndexError(f"{path}: no head L{layer}H{head} (the pack has {n_layers} x {n_heads})")
-        f.seek(PACK_HEADER + 8 * (layer * n_heads + head))
-        start, end = struct.unpack("<QQ", f.read(16).ljust(16, b"\xff"))
-        if not start <= end <= size:
-            raise UserError(f"{path}: truncated or corrupt at L{layer}H{head}; re-render it with render_figures.py --force")
-        f.seek(start)
-        return f.read(end - start) or None
-
-
-def png_as_svg(png: bytes) -> str:
-    """A PNG as an <svg> holding it (base64), drawn pixelated at its own width x height (site/export.js pngAsSvg)."""
-    w, h = struct.unpack(">II", png[16:24])  # the IHDR chunk, first after the signature
-    return (f'<svg xmlns="http://www.w3.org/2000/svg" width="{w}" height="{h}" viewBox="0 0 {w} {h}">'
-            f'<image width="{w}" height="{h}" style="image-rendering:pixelated" preserveAspectRatio="none" '
-            f'href="data:image/png;base64,{base64.b64encode(png).decode("ascii")}"/></svg>')
-
-
-# ---- Statistics: one value per head and prompt ---------------------------------------------
-# prompts/<hash>/stats.json: {name: [[value per head] per layer]}, null where undefined.
-# <model>/stats/<name>.f32: little-endian float32 [n_prompts, n_layers, n_heads], NaN where missing; row r
-#                      is the r-th prompt in hash order (the prompt index's row r), read by byte range.
-# <model>/stats.json: {"n_prompts", "n_layers", "n_heads", "top_k", "stats": {name: {"doc", "mean", "std",
-#                      "min", "max", "count", "quantiles": {"0.05": .., "0.95": ..}}}}, each a [layer][head] table.
-# <model>/stats/<name>.heads.json: {"bins", "heads": [[{"hist": {"lo", "hi", "counts"} | null, "top": [[hash,
-#                      value] x K], "bottom": ..} per head] per layer], "prompts": {hash: {"text", "n_tokens",
-#                      "stored"}} (those in some top or bottom list)}. build_index.write_stat_aggregates writes them.
-
-def _nulls(values) -> list:
+def nan_as_null(values) -> list:
     """[layers, heads] values as nested lists, NaN (or None) as null."""
     return [[v if math.isfinite(v) else None for v in row]
             for row in np.array(values, np.float64).tolist()]
@@ -654,66 +267,6 @@ def read_prompt_stats(save_path: Path, model: str, phash: str, shape: tuple[int,
             raise UserError(f"{path}: {name} is not a {shape[0]} x {shape[1]} table of numbers; "
                             "delete the file and re-run render_figures.py")
     return stats
-
-
-def write_prompt_stats(save_path: Path, model: str, phash: str, stats: dict[str, np.ndarray]) -> None:
-    write_json(prompt_stats_path(save_path, model, phash), {name: _nulls(v) for name, v in stats.items()})
-
-
-# ---- Statistic parts: what compute_activations.py writes for every prompt, patterns stored or not ----
-# <model>/parts/<run>.json: {"stats": [names], "docs": {name: doc}, "n_layers", "n_heads"}, written when the run starts;
-# <run>.f32: float32 [len(stats), n_layers, n_heads] per prompt, appended batch by batch;
-# <run>.jsonl: one {"hash", "text", "n_tokens", "meta", "truncated"} per prompt, appended after its values,
-# so a line means its values are whole. A killed run leaves at most a partial last line, which is ignored.
-
-def parts_dir(save_path: Path, model: str) -> Path:
-    return Path(save_path) / model / "parts"
-
-
-@dataclass
-class Part:
-    """One run's statistics: its prompts (rows of its .jsonl) and their values [prompts, stats, layers, heads]."""
-    path: Path  # the .json header
-    stats: list[str]
-    docs: dict[str, str]
-    rows: list[dict]
-    values: np.ndarray
-
-
-def read_parts(save_path: Path, model: str) -> list[Part]:
-    """Every statistic part of a model, in name order; an unreadable one is a UserError naming it."""
-    parts = []
-    for header in sorted(parts_dir(save_path, model).glob("*.json")):
-        meta = read_json(header)
-        shape = (len(meta["stats"]), meta["n_layers"], meta["n_heads"])
-        lines = header.with_suffix(".jsonl")
-        text = lines.read_bytes().decode("utf-8") if lines.exists() else ""
-        complete = text[:text.rfind("\n") + 1]  # a killed run's partial last line is not a row
-        try:
-            rows = [json.loads(line) for line in complete.splitlines() if line]
-        except json.JSONDecodeError as e:
-            raise UserError(f"{lines}: not valid JSON ({e.msg}); delete the part's three files and recompute") from None
-        table = header.with_suffix(".f32")
-        values = (np.memmap(table, "<f4", mode="r") if table.exists() and table.stat().st_size
-                  else np.zeros(0, np.float32))  # mapped: a 100,000-prompt part is not read to list its rows
-        per_row = int(np.prod(shape))
-        if values.size < len(rows) * per_row:
-            raise UserError(f"{table}: {values.size // max(per_row, 1)} rows of values for {len(rows)} prompts in {lines}")
-        parts.append(Part(header, meta["stats"], meta.get("docs", {}), rows, values[:len(rows) * per_row].reshape(len(rows), *shape)))
-    return parts
-
-
-def part_hashes(save_path: Path, model: str) -> set[str]:
-    """The prompts whose statistics some part holds."""
-    return {row["hash"] for part in read_parts(save_path, model) for row in part.rows}
-
-
-def read_stats(save_path: Path, model: str) -> tuple[dict, dict[str, np.ndarray]]:
-    """stats.json and each statistic's float32 [prompts, layers, heads] table."""
-    index = read_json(stats_path(save_path, model))
-    shape = (index["n_prompts"], index["n_layers"], index["n_heads"])
-    return index, {name: np.fromfile(stat_table_path(save_path, model, name), "<f4").reshape(shape)
-                   for name in index["stats"]}
 
 
 # ---- Colormaps and matrix images (numpy only; no matplotlib, no pillow) ------------------
@@ -808,6 +361,14 @@ def matrix_as_png(matrix: np.ndarray, cmap: str = "viridis", normalize: bool = F
     return indices_as_png(quantize(matrix, normalize, diverging, normalize_min), cmap)
 
 
+def png_as_svg(png: bytes) -> str:
+    """A PNG as an <svg> holding it (base64), drawn pixelated at its own width x height (site/export.js pngAsSvg)."""
+    w, h = struct.unpack(">II", png[16:24])  # the IHDR chunk, first after the signature
+    return (f'<svg xmlns="http://www.w3.org/2000/svg" width="{w}" height="{h}" viewBox="0 0 {w} {h}">'
+            f'<image width="{w}" height="{h}" style="image-rendering:pixelated" preserveAspectRatio="none" '
+            f'href="data:image/png;base64,{base64.b64encode(png).decode("ascii")}"/></svg>')
+
+
 def matrix_as_svg(matrix: np.ndarray, cmap: str = "viridis", normalize: bool = False,
                   diverging: bool = False, normalize_min: float | None = None) -> str:
     """A matrix as an <svg> holding its PNG (base64), drawn pixelated at width x height = columns x rows."""
@@ -889,18 +450,6 @@ def call_plugin(fig: "Figure", attn: np.ndarray, inputs: dict):
     return fig.func(attn, *(inputs[name] for name in fig.options["inputs"]))
 
 
-def read_value_norms(save_path: Path, model: str, phash: str, shape: tuple[int, int, int]) -> np.ndarray | None:
-    """A prompt's value norms [n_layers, n_heads, n_tokens] (NaN where not stored); None when it has none."""
-    path = value_norms_path(save_path, model, phash)
-    if not path.is_file():
-        return None
-    data = np.fromfile(path, "<f4")
-    if data.size != np.prod(shape):
-        raise UserError(f"{path}: {data.size} values, expected {shape[0]} x {shape[1]} x {shape[2]}; "
-                        "recompute the prompt with compute_activations.py --force")
-    return data.reshape(shape)
-
-
 def load_figures(figures_dir: Path = FIGURES_DIR) -> tuple[dict[str, Figure], list[str]]:
     """Import every figures_dir/*.py; return the registry and one message per file that failed to import."""
     figures_dir = Path(figures_dir)
@@ -927,10 +476,3 @@ def load_figures(figures_dir: Path = FIGURES_DIR) -> tuple[dict[str, Figure], li
             figures[fig.name] = fig
     _REGISTERING.clear()
     return figures, errors
-
-
-def figure_records(figures: dict[str, Figure]) -> list[dict]:
-    """One figures.jsonl row per registered function: what the site shows and needs to find images."""
-    return [{"name": f.name, "kind": f.kind, "outputs": f.outputs, "format": f.format,
-             "doc": inspect.getdoc(f.func) or "", "source": f.source,
-             "code": inspect.getsource(f.func), "options": f.options} for f in figures.values()]

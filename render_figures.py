@@ -6,7 +6,7 @@
     python render_figures.py --export-svg gpt2/0123456789abcdef/L1H2/raw -o raw.svg   # one head, standalone
 
 Writes one pack per prompt and figure output, <model>/prompts/<hash>/<output>.pack, holding every
-head's PNG (lens.PackWriter; <output>.errors.json names the heads the figure failed on, with their
+head's PNG (storage.PackWriter; <output>.errors.json names the heads the figure failed on, with their
 tracebacks), and each prompt's plug-in statistics that compute_activations.py did not compute to
 prompts/<hash>/stats.json, records which --figures-dir it rendered with, and then rebuilds the indexes
 and the per-model statistics tables (build_index.py). Existing packs and statistics are kept unless
@@ -29,6 +29,7 @@ import numpy as np
 from tqdm import tqdm
 
 import lens
+import storage
 
 _FIGURES: list[lens.Figure] = []  # the selected figures and statistics, per process (see init_worker)
 
@@ -104,7 +105,7 @@ def run_figure(fig: lens.Figure, attn: np.ndarray, inputs: dict) -> dict[str, by
 
 
 def render_head(fig: lens.Figure, attn: np.ndarray, inputs: dict, head: tuple,
-                packs: dict[str, lens.PackWriter], errors: dict[str, dict]) -> int:
+                packs: dict[str, storage.PackWriter], errors: dict[str, dict]) -> int:
     """Add one figure's images of one head to their packs, or its traceback to errors; returns the number of failures.
 
     `head` is (save_path, model, hash, layer, head), as the lens path functions take it."""
@@ -165,14 +166,14 @@ def render_prompt(task: tuple[Path, str, str, bool]) -> dict:
 def render_prompt_heads(save_path: Path, model: str, phash: str, force: bool, counts: dict) -> None:
     """Render all selected figures and statistics of one prompt's stored heads, adding to counts."""
     info = lens.read_json(lens.prompt_json_path(save_path, model, phash))
-    patterns = lens.load_patterns(save_path, model, phash)
+    patterns = storage.load_patterns(save_path, model, phash)
     shape = (patterns.n_layers, patterns.n_heads)
     figs = [f for f in _FIGURES if f.kind != "statistic"]
     old_stats = lens.read_prompt_stats(save_path, model, phash, shape)
     stats = [s for s in _FIGURES if s.kind == "statistic" and (force or s.name not in old_stats)]
     norms = None
     if any("value_norms" in f.options["inputs"] for f in figs + stats):
-        norms = lens.read_value_norms(save_path, model, phash, shape + (patterns.n_tokens,))
+        norms = read_value_norms(save_path, model, phash, shape + (patterns.n_tokens,))
     # Data computed before value norms were stored, or imported from pattern-lens (no token ids either):
     # what needs a missing input is not made, without an error per head; the summary counts it.
     missing = {name for name, value in [("token_ids", info.get("token_ids")), ("value_norms", norms)] if value is None}
@@ -185,7 +186,7 @@ def render_prompt_heads(save_path: Path, model: str, phash: str, force: bool, co
     counts["skipped"] += len(patterns.heads) * sum(len(f.outputs) for f in figs if f not in todo)
     if not todo and not stats:
         return
-    packs = {o: lens.PackWriter(lens.figure_pack_path(*prompt, o), *shape) for f in todo for o in f.outputs}
+    packs = {o: storage.PackWriter(lens.figure_pack_path(*prompt, o), *shape) for f in todo for o in f.outputs}
     errors = {name: {} for name in [*packs, *(s.name for s in stats)]}
     try:
         for layer, h in patterns.heads:  # compute_activations.py --heads may have kept only some: no image, null stats
@@ -208,7 +209,7 @@ def render_prompt_heads(save_path: Path, model: str, phash: str, force: bool, co
         for pack in packs.values():
             pack.abort()
     if stats:
-        lens.write_prompt_stats(save_path, model, phash, {**old_stats, **values})
+        write_prompt_stats(save_path, model, phash, {**old_stats, **values})
 
 
 def done(prompt: tuple, output: str) -> bool:
@@ -264,7 +265,7 @@ def export_svg(save_path: Path, spec: str, out: Path | None) -> None:
         raise lens.UserError(f"{path}: no such pack; render it first (python render_figures.py --save-path {save_path} "
                              f"--figures {output.split('.')[0]})")
     try:
-        image = lens.read_pack_image(path, layer, head)
+        image = storage.read_pack_image(path, layer, head)
     except IndexError as e:
         raise lens.UserError(str(e)) from None
     if image is None:
@@ -277,6 +278,24 @@ def export_svg(save_path: Path, spec: str, out: Path | None) -> None:
         sys.stdout.write(svg)
     else:
         lens.write_atomic(out, svg)
+
+
+def write_prompt_stats(save_path: Path, model: str, phash: str, stats: dict[str, np.ndarray]) -> None:
+    lens.write_json(lens.prompt_stats_path(save_path, model, phash), {name: lens.nan_as_null(v) for name, v in stats.items()})
+
+
+
+
+def read_value_norms(save_path: Path, model: str, phash: str, shape: tuple[int, int, int]) -> np.ndarray | None:
+    """A prompt's value norms [n_layers, n_heads, n_tokens] (NaN where not stored); None when it has none."""
+    path = lens.value_norms_path(save_path, model, phash)
+    if not path.is_file():
+        return None
+    data = np.fromfile(path, "<f4")
+    if data.size != np.prod(shape):
+        raise lens.UserError(f"{path}: {data.size} values, expected {shape[0]} x {shape[1]} x {shape[2]}; "
+                        "recompute the prompt with compute_activations.py --force")
+    return data.reshape(shape)
 
 
 def main() -> None:

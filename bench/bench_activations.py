@@ -12,11 +12,11 @@ would ever wait on it. Target: total <= 1.2x the Hugging Face reference.
 """
 import argparse
 import os
-from concurrent.futures import ThreadPoolExecutor
 import random
 import sys
 import tempfile
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -24,10 +24,11 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
 
 import torch  # noqa: E402
+from tiny_model import CORPUS, make_checkpoint  # noqa: E402
 
 import compute_activations as ca  # noqa: E402
 import lens  # noqa: E402
-from tiny_model import CORPUS, make_checkpoint  # noqa: E402
+import storage
 
 
 def make_prompts(model, n_prompts: int, target_tokens: int, seed: int = 0) -> list[str]:
@@ -89,12 +90,12 @@ def encoder_prompts_per_second(data_dir: Path, n_workers: int) -> float:
     files = sorted(data_dir.rglob(lens.PATTERN_FILE))
     stored = []
     for f in files:
-        p = lens.Patterns(f)
-        keep = lens.tril_positions(p.n_tokens, p.layout)
-        stored.append(lens.stored_form(p.all().reshape(len(p.heads), -1)[:, keep]))
+        p = storage.Patterns(f)
+        keep = storage.tril_positions(p.n_tokens, p.layout)
+        stored.append(storage.stored_form(p.all().reshape(len(p.heads), -1)[:, keep]))
     with ThreadPoolExecutor(n_workers) as pool:
         start = time.perf_counter()
-        list(pool.map(lambda x: [lens.head_streams(x[i:i + 12]) for i in range(0, len(x), 12)], stored))
+        list(pool.map(lambda x: [storage.head_streams(x[i:i + 12]) for i in range(0, len(x), 12)], stored))
         return len(files) / (time.perf_counter() - start)
 
 

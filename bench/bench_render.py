@@ -23,10 +23,11 @@ from PIL import Image
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
-import lens  # noqa: E402
-import render_figures  # noqa: E402
 from fake_data import make_data  # noqa: E402
 
+import lens  # noqa: E402
+import render_figures  # noqa: E402
+import storage
 
 RUNS = itertools.count()
 
@@ -91,7 +92,7 @@ def main() -> None:
         sizes = [f.stat().st_size for f in Path(tmp).glob("run0/bench-model/prompts/*/L*/H*/raw.svg")]
         all_s, _, counts = time_render(save_path, list(registry), args.jobs)
 
-        heads = [lens.Patterns(f).head(l, h) for f in list(save_path.glob("bench-model/prompts/*/patterns.bin"))[:4]
+        heads = [storage.Patterns(f).head(l, h) for f in list(save_path.glob("bench-model/prompts/*/patterns.bin"))[:4]
                  for l in range(12) for h in range(12)]
         start = time.perf_counter()
         old_sizes = [len(predecessor_svg(a)) for a in heads]

@@ -28,10 +28,9 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path[:0] = [str(ROOT), str(ROOT / "tests"), str(ROOT / "bench")]
 
 import torch  # noqa: E402
+from bench_activations import forward_seconds, padded_batches  # noqa: E402
 
 import compute_activations as ca  # noqa: E402
-import lens  # noqa: E402
-from bench_activations import forward_seconds, padded_batches  # noqa: E402
 from build_index import build_index, top_prompts  # noqa: E402
 
 WORDS = ("the of and to in is for that with as on by it be from this are was he she they we you not but "

@@ -163,9 +163,10 @@ def png_reference(data: Path, n_images: int) -> tuple[Clock, float]:
     from PIL import Image
 
     import lens
+    import storage
     matrices = []
     for h in lens.finished_prompts(data, MODEL_NAME):
-        patterns = lens.load_patterns(data, MODEL_NAME, h)
+        patterns = storage.load_patterns(data, MODEL_NAME, h)
         matrices += [patterns.head(l, k) for l, k in patterns.heads]
         if len(matrices) >= n_images:
             break
@@ -228,9 +229,10 @@ def one_repeat(r: int, ctx: dict, tmp: Path) -> dict:
 
 def setup(args, tmp: Path) -> dict:
     """The checkpoint, prompts, our model, the reference model and the token batches shared by every repeat."""
-    import compute_activations as ca
     from tiny_model import make_checkpoint
     from transformers import AutoTokenizer, GPT2Model
+
+    import compute_activations as ca
 
     ckpt = make_checkpoint(tmp / MODEL_NAME, n_layer=12, n_head=12, n_embd=768, n_positions=1024,
                            model_vocab_size=50257)
@@ -288,7 +290,7 @@ def table(q: dict[str, list[float]], ctx: dict) -> str:
     lines = [f"| {len(ctx['texts'])} prompts, {ctx['n_tokens']:,} tokens, batch {ctx['batch_size']} "
              "| pattern-lens 0.6.0 (TL 3.9) | this project | same-run ratio | physical reference (same run) |",
              "|---|---|---|---|---|"]
-    for label, cell, theirs, ours, unit, ref_text, ref in rows:
+    for label, cell, theirs, ours, _unit, ref_text, ref in rows:
         lines.append(f"| {label} | {cell.format(span(q[theirs]), span(q[f'{theirs}/{ref}']))} "
                      f"| {cell.format(span(q[ours]), span(q[f'{ours}/{ref}']))} "
                      f"| {span(q[f'{theirs}/{ours}'])}x (their time / ours) | {ref_text.format(span(q[ref]))} |")

@@ -16,8 +16,8 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import lens
 import serve
+import storage
 
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking"]
@@ -85,7 +85,7 @@ def screenshot(session: Session, name: str, full_page: bool = False) -> Path:
 
 
 # The site tests' own figures and statistics, a plug-in file as a user writes one: the tests do not
-# depend on which figures are built in, and their oracles compute the same values from lens.Patterns.
+# depend on which figures are built in, and their oracles compute the same values from storage.Patterns.
 TEST_FIGURES = '''"""Figures and statistics for the site's tests."""
 from lens import figure, statistic
 
@@ -133,6 +133,6 @@ def render(save_path: Path, figures: str = "*") -> None:
     assert proc.returncode == 0, proc.stderr
 
 
-def bos(patterns: "lens.Patterns", layer: int, head: int) -> float:
+def bos(patterns: "storage.Patterns", layer: int, head: int) -> float:
     """The tests' `bos` statistic computed from the stored pattern: the oracle for what the pages show."""
     return float(patterns.head(layer, head)[:, 0].mean())

@@ -48,16 +48,20 @@ def partial_heads_data_dir(tmp_path) -> Path:
     """fake_data_dir's data where one prompt stores only L0H0 and L1H* (as compute_activations.py --heads
     writes it: a pattern file holding those heads, "heads" in prompt.json), rendered and indexed."""
     import json
-    import lens
+
     from browser import render
     from fake_data import TEXTS, make_data
+
+    import lens
+    import storage
+    from compute_activations import format_heads
     data = tmp_path / "data"
     make_data(data)
     pdir = lens.prompt_dir(data, "fake-model", lens.prompt_hash(TEXTS[1]))
     heads = [(0, 0), (1, 0), (1, 1), (1, 2)]
     lens.write_atomic(pdir / lens.PATTERN_FILE,
-                      lens.encode_patterns(lens.Patterns(pdir / lens.PATTERN_FILE).all(), heads=heads))
+                      storage.encode_patterns(storage.Patterns(pdir / lens.PATTERN_FILE).all(), heads=heads))
     record = json.loads((pdir / "prompt.json").read_text())
-    lens.write_json(pdir / "prompt.json", {**record, "heads": lens.format_heads(heads, 2, 3)})
+    lens.write_json(pdir / "prompt.json", {**record, "heads": format_heads(heads, 2, 3)})
     render(data)
     return data

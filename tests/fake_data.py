@@ -4,7 +4,9 @@ from pathlib import Path
 
 import numpy as np
 
+import build_index
 import lens
+import storage
 
 TEXTS = [
     "The cat sat on the mat.",
@@ -37,7 +39,7 @@ def make_data(save_path: Path, model: str = "fake-model", n_layers: int = 2, n_h
         tokens = [t.replace("\u0120", " ") for t in tokens]
         h = lens.prompt_hash(text)
         lens.write_atomic(lens.patterns_path(save_path, model, h),
-                          lens.encode_patterns(fake_patterns(n_layers, n_heads, len(tokens), rng)))
+                          storage.encode_patterns(fake_patterns(n_layers, n_heads, len(tokens), rng)))
         lens.write_json(lens.prompt_json_path(save_path, model, h), {
             "text": text, "hash": h, "tokens": tokens, "token_ids": [zlib.crc32(t.encode()) % 1000 for t in tokens],
             "n_tokens": len(tokens), "meta": {}})
@@ -51,8 +53,8 @@ def drop_images(save_path: Path, model: str, phash: str, output: str, heads: lis
     of); with `error`, those heads failed with that traceback, in the output's errors file."""
     cfg = lens.read_json(lens.model_cfg_path(save_path, model))
     path = lens.figure_pack_path(save_path, model, phash, output)
-    images = {(l, h): lens.read_pack_image(path, l, h) for l in range(cfg["n_layers"]) for h in range(cfg["n_heads"])}
-    pack = lens.PackWriter(path, cfg["n_layers"], cfg["n_heads"])
+    images = {(l, h): storage.read_pack_image(path, l, h) for l in range(cfg["n_layers"]) for h in range(cfg["n_heads"])}
+    pack = storage.PackWriter(path, cfg["n_layers"], cfg["n_heads"])
     for (l, h), image in images.items():
         if image is not None and (l, h) not in heads:
             pack.add(l, h, image)
@@ -63,9 +65,17 @@ def drop_images(save_path: Path, model: str, phash: str, output: str, heads: lis
 
 def index_rows(save_path: Path, model: str) -> list[dict]:
     """The prompt index's rows as build_index.py wrote them: every chunk, in row (hash) order."""
-    count = lens.read_json(lens.prompt_index_path(save_path, model))["count"]
+    count = lens.read_json(build_index.prompt_index_path(save_path, model))["count"]
     rows, k = [], 0
     while len(rows) < count:
-        rows += [row for _, row in lens.iter_jsonl(lens.index_rows_path(save_path, model, k))]
+        rows += [row for _, row in lens.iter_jsonl(build_index.index_rows_path(save_path, model, k))]
         k += 1
     return rows
+
+
+def read_stats(save_path: Path, model: str) -> tuple[dict, dict[str, np.ndarray]]:
+    """stats.json and each statistic's float32 [prompts, layers, heads] table."""
+    index = lens.read_json(build_index.stats_path(save_path, model))
+    shape = (index["n_prompts"], index["n_layers"], index["n_heads"])
+    return index, {name: np.fromfile(build_index.stat_table_path(save_path, model, name), "<f4").reshape(shape)
+                   for name in index["stats"]}

@@ -9,10 +9,11 @@ import json
 import numpy as np
 import pytest
 import torch
+from tiny_model import train_tokenizer
 
 import compute_activations as ca
 import lens
-from tiny_model import train_tokenizer
+import storage
 
 TEXTS = [
     "The cat sat on the mat.",
@@ -74,7 +75,7 @@ def test_stored_patterns_equal_hugging_face_attentions(family, tokenizer, tmp_pa
         ids = json.loads((pdir / "prompt.json").read_text())["token_ids"]
         with torch.inference_mode():
             oracle = torch.stack(hf(torch.tensor([ids]), output_attentions=True).attentions)[:, 0].numpy()
-        stored = lens.Patterns(pdir / lens.PATTERN_FILE)
+        stored = storage.Patterns(pdir / lens.PATTERN_FILE)
         assert stored.layout == ("full" if family == "bert" else "tril")
         assert np.abs(stored.all() - oracle).max() <= 3.1e-5, family
         np.testing.assert_allclose(stored.all().sum(-1), 1, atol=len(ids) * 3.1e-5)

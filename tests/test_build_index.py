@@ -6,10 +6,10 @@ import sys
 from pathlib import Path
 
 import pytest
+from fake_data import TEXTS, index_rows, make_data
 
 import lens
-from build_index import SITE_DIR, build_index
-from fake_data import TEXTS, index_rows, make_data
+from build_index import SITE_DIR, build_index, figure_records
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -32,7 +32,7 @@ def test_indexes_match_what_is_on_disk(fake_data_dir):
                      "truncated": False, "stored": True}
 
     figures, _ = lens.load_figures()
-    assert read_lines(fake_data_dir / "figures.jsonl") == json.loads(json.dumps(lens.figure_records(figures)))
+    assert read_lines(fake_data_dir / "figures.jsonl") == json.loads(json.dumps(figure_records(figures)))
     assert {"raw", "bos"} <= {r["name"] for r in read_lines(fake_data_dir / "figures.jsonl")}
 
 

@@ -10,6 +10,7 @@ import torch
 
 import compute_activations as ca
 import lens
+import storage
 
 ROOT = Path(__file__).resolve().parent.parent
 TEXTS = [
@@ -78,7 +79,7 @@ def test_library_call_stores_patterns_and_prompt_json(model, tmp_path):
         assert info["text"] == text and info["hash"] == h and info["meta"] == {"i": i}
         assert info["tokens"][0] == "<|endoftext|>" and "".join(info["tokens"][1:]) == text
         assert info["n_tokens"] == len(info["tokens"]) == len(info["token_ids"])
-        stored = lens.load_patterns(tmp_path, "tiny", h)
+        stored = storage.load_patterns(tmp_path, "tiny", h)
         single = single_patterns(model, text)
         assert np.abs(stored.all() - single).max() < 1e-3
         np.testing.assert_array_equal(stored.head(1, 3), stored.all()[1, 3])
@@ -104,7 +105,7 @@ class InterfaceOnly:
 def test_any_object_with_the_interface_works(model, tmp_path):
     ca.compute_activations(TEXTS[:3], InterfaceOnly(model), tmp_path, model_name="wrapped", progress=False)
     for text in TEXTS[:3]:
-        stored = lens.load_patterns(tmp_path, "wrapped", lens.prompt_hash(text)).all()
+        stored = storage.load_patterns(tmp_path, "wrapped", lens.prompt_hash(text)).all()
         assert np.abs(stored - single_patterns(model, text)).max() < 1e-3
 
 
@@ -114,7 +115,7 @@ def test_long_prompt_is_truncated_with_warning(model, tmp_path, capsys):
     assert "more than n_ctx=128: truncated" in capsys.readouterr().err
     info = json.loads((lens.prompt_dir(tmp_path, "tiny", lens.prompt_hash(text)) / "prompt.json").read_text())
     assert info["n_tokens"] == 128 and info["truncated"] is True
-    assert lens.load_patterns(tmp_path, "tiny", info["hash"]).n_tokens == 128
+    assert storage.load_patterns(tmp_path, "tiny", info["hash"]).n_tokens == 128
 
 
 def test_script_runs_skips_and_forces(tiny_checkpoint, tmp_path):
@@ -174,15 +175,15 @@ def test_pattern_storage_round_trip_and_size(tmp_path):
     logits = np.where(np.tril(np.ones((n, n), bool)), rng.normal(0, 3, (3, 4, n, n)), -np.inf)
     p = np.exp(logits - logits.max(-1, keepdims=True))
     p = (p / p.sum(-1, keepdims=True)).astype(np.float32)
-    data = lens.encode_patterns(p)
+    data = storage.encode_patterns(p)
     assert len(data) < p.size  # under half the bytes of float16 for the full square
     lens.write_atomic(tmp_path / "p.bin", data)
-    stored = lens.Patterns(tmp_path / "p.bin")
+    stored = storage.Patterns(tmp_path / "p.bin")
     assert (stored.n_layers, stored.n_heads, stored.n_tokens, stored.layout) == (3, 4, n, "tril")
-    assert np.abs(stored.all() - p).max() <= 0.5 / lens.PATTERN_SCALE + 1e-7
+    assert np.abs(stored.all() - p).max() <= 0.5 / storage.PATTERN_SCALE + 1e-7
     full = rng.uniform(0, 1, (1, 2, 7, 7)).astype(np.float32)  # bidirectional: upper triangle kept
-    lens.write_atomic(tmp_path / "f.bin", lens.encode_patterns(full))
-    assert np.abs(lens.Patterns(tmp_path / "f.bin").head(0, 1) - full[0, 1]).max() < 1e-4
+    lens.write_atomic(tmp_path / "f.bin", storage.encode_patterns(full))
+    assert np.abs(storage.Patterns(tmp_path / "f.bin").head(0, 1) - full[0, 1]).max() < 1e-4
 
 
 def test_raw_documents_split_at_whitespace():
@@ -262,10 +263,10 @@ def test_a_save_path_that_cannot_be_a_data_dir_fails_before_the_model_loads(tiny
 def test_heads_stores_only_those_and_more_heads_recompute(model, tmp_path):
     ca.compute_activations(TEXTS[:2], model, tmp_path, model_name="tiny", heads="L1H0-1", progress=False)
     pdir = lens.prompt_dir(tmp_path, "tiny", lens.prompt_hash(TEXTS[1]))
-    stored = lens.Patterns(pdir / lens.PATTERN_FILE)
+    stored = storage.Patterns(pdir / lens.PATTERN_FILE)
     assert stored.heads == [(1, 0), (1, 1)] and not stored.stored(0, 0)
     assert json.loads((pdir / "prompt.json").read_text())["heads"] == "L1H0,L1H1"
-    with pytest.raises(lens.NotStored):
+    with pytest.raises(storage.NotStored):
         stored.head(0, 0)
     oracle = single_patterns(model, TEXTS[1])
     assert np.abs(stored.head(1, 1) - oracle[1, 1]).max() <= 3.1e-5
@@ -273,13 +274,13 @@ def test_heads_stores_only_those_and_more_heads_recompute(model, tmp_path):
     assert (again["done"], again["skipped"]) == (0, 2)  # heads already held: nothing to do
     more = ca.compute_activations(TEXTS[:2], model, tmp_path, model_name="tiny", heads="L0H2", progress=False)
     assert more["done"] == 2
-    stored = lens.Patterns(pdir / lens.PATTERN_FILE)
+    stored = storage.Patterns(pdir / lens.PATTERN_FILE)
     assert stored.heads == [(0, 2), (1, 0), (1, 1)]  # what it had, plus what was asked
     assert np.abs(stored.head(0, 2) - oracle[0, 2]).max() <= 3.1e-5
     everything = ca.compute_activations(TEXTS[:2], model, tmp_path, model_name="tiny", progress=False)
     assert everything["done"] == 2
     assert "heads" not in json.loads((pdir / "prompt.json").read_text())
-    assert np.abs(lens.Patterns(pdir / lens.PATTERN_FILE).all() - oracle).max() <= 3.1e-5
+    assert np.abs(storage.Patterns(pdir / lens.PATTERN_FILE).all() - oracle).max() <= 3.1e-5
 
 
 def test_max_tokens_truncates_and_the_estimate_says_how_to_shrink(model, tmp_path, capsys):
@@ -311,7 +312,7 @@ def test_loader_gets_checkpoint_revision_and_placement(tiny_checkpoint, monkeypa
 def test_device_map_places_a_local_checkpoint_on_the_cpu(tiny_checkpoint, tmp_path):
     model = ca.load_model(str(tiny_checkpoint), None, "float32", device_map="cpu")
     ca.compute_activations(TEXTS[:2], model, tmp_path, model_name="mapped", progress=False)
-    stored = lens.load_patterns(tmp_path, "mapped", lens.prompt_hash(TEXTS[1])).all()
+    stored = storage.load_patterns(tmp_path, "mapped", lens.prompt_hash(TEXTS[1])).all()
     assert np.abs(stored - single_patterns(model, TEXTS[1])).max() <= 3.1e-5
 
 
@@ -338,5 +339,5 @@ def test_auto_circuit_style_wrapper_works(model, tmp_path):
     ca.compute_activations(TEXTS[:3], PatchableModelLike(model), tmp_path, model_name="patchable",
                            batch_size=2, progress=False)
     for text in TEXTS[:3]:
-        stored = lens.load_patterns(tmp_path, "patchable", lens.prompt_hash(text)).all()
+        stored = storage.load_patterns(tmp_path, "patchable", lens.prompt_hash(text)).all()
         assert np.abs(stored - single_patterns(model, text)).max() <= 3.1e-5

@@ -7,9 +7,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from fake_data import index_rows
 
 import lens
-from fake_data import index_rows
+import storage
 
 ROOT = Path(__file__).resolve().parent.parent
 DEMO = ROOT / "demo"
@@ -55,8 +56,9 @@ def top_heads(scores, k: int) -> list[tuple[int, int]]:
 
 def detect_head_scores(model_dir: Path) -> dict[str, np.ndarray]:
     """transformer_lens.head_detector.detect_head, the oracle, on the repeated prompts: {head name: [layer, head]}."""
-    import compute_activations
     from transformer_lens.head_detector import HEAD_NAMES, detect_head
+
+    import compute_activations
     model = compute_activations.load_model(str(model_dir), "cpu", "float32")
     return {name: detect_head(model, repeated_texts(), name).numpy() for name in HEAD_NAMES}
 
@@ -85,7 +87,7 @@ def test_first_run_writes_everything_the_site_reads(demo_data):
         folder = lens.prompt_dir(demo_data, MODEL, p["hash"])
         assert "".join(p["tokens"]) == p["text"] and len(p["tokens"]) == p["n_tokens"]  # no BOS, as Pythia
         pack = lens.figure_pack_path(demo_data, MODEL, p["hash"], "raw")
-        assert all(lens.read_pack_image(pack, l, h).startswith(b"\x89PNG") for l in range(2) for h in range(4))
+        assert all(storage.read_pack_image(pack, l, h).startswith(b"\x89PNG") for l in range(2) for h in range(4))
         assert not list(folder.glob("*.errors.json"))
 
 
@@ -106,7 +108,7 @@ def test_stored_patterns_show_the_induction_heads(demo_data):
         counts = Counter(ids[:d])
         queries = np.array([q for q in range(d, len(ids)) if ids[q] == ids[q - d] and counts[ids[q]] == 1])
         assert len(queries) >= 10, text
-        patterns = lens.load_patterns(demo_data, MODEL, prompt["hash"])
+        patterns = storage.load_patterns(demo_data, MODEL, prompt["hash"])
         weight = np.array([[patterns.head(layer, head)[queries, queries - d + 1].mean() for head in range(4)]
                            for layer in range(2)])
         assert all(weight[h] > 0.25 for h in INDUCTION_HEADS), (text, weight)
@@ -117,7 +119,7 @@ def test_stored_patterns_show_the_induction_heads(demo_data):
 def test_stored_patterns_show_the_previous_token_head(demo_data):
     """On every prompt, text and repeated alike, one layer-0 head puts most of its attention on the previous token."""
     for prompt in stored_prompts(demo_data):
-        patterns = lens.load_patterns(demo_data, MODEL, prompt["hash"])
+        patterns = storage.load_patterns(demo_data, MODEL, prompt["hash"])
         rows = np.arange(1, prompt["n_tokens"])
         previous = np.array([patterns.head(0, h)[rows, rows - 1] for h in range(4)])
         assert previous[PREVIOUS_TOKEN_HEAD[1]].mean() > 0.6, prompt["text"]

@@ -9,11 +9,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from fake_data import fake_patterns, index_rows
 from PIL import Image
+from tiny_model import train_tokenizer
 
 import lens
-from fake_data import fake_patterns, index_rows
-from tiny_model import train_tokenizer
+import storage
 
 ROOT = Path(__file__).resolve().parent.parent
 MODEL, N_LAYERS, N_HEADS = "gpt2-tiny", 2, 3
@@ -89,7 +90,7 @@ def test_import_keeps_values_fields_and_figures(tmp_path, tokenizer):
 
     for kind in ("npz", "npy"):
         text = TEXTS[kind]
-        stored = lens.load_patterns(data, MODEL, lens.prompt_hash(text))
+        stored = storage.load_patterns(data, MODEL, lens.prompt_hash(text))
         assert np.abs(stored.all() - patterns[kind]).max() < 1e-3
         info = json.loads((lens.prompt_dir(data, MODEL, lens.prompt_hash(text)) / "prompt.json").read_text())
         ids = tokenizer(text)["input_ids"]
@@ -98,8 +99,8 @@ def test_import_keeps_values_fields_and_figures(tmp_path, tokenizer):
         assert (info["text"], info["hash"], info["meta"]) == (text, lens.prompt_hash(text), {"kind": kind})
         assert (info["source_fname"], info["pattern_lens_hash"]) == ("data/pile_1k.jsonl", pattern_lens_hash(text))
         pack = lens.figure_pack_path(data, MODEL, lens.prompt_hash(text), "pattern-lens.raw")
-        assert lens.read_pack_image(pack, 0, 1) == b"\x89PNG pattern-lens figure " + kind.encode()
-        assert lens.read_pack_image(pack, 0, 0) is None  # pattern-lens had no figure for that head
+        assert storage.read_pack_image(pack, 0, 1) == b"\x89PNG pattern-lens figure " + kind.encode()
+        assert storage.read_pack_image(pack, 0, 0) is None  # pattern-lens had no figure for that head
         assert not (data / MODEL / "prompts" / pattern_lens_hash(text)).exists()
     assert corrupt.exists()  # left as it was, for the user to look at
 
@@ -121,8 +122,8 @@ def test_imported_prompts_render_and_reach_the_site_index(tmp_path, tokenizer):
     for h in hashes:
         for l in range(N_LAYERS):
             for head in range(N_HEADS):
-                png = lens.read_pack_image(lens.figure_pack_path(data, MODEL, h, "raw"), l, head)
-                assert Image.open(io.BytesIO(png)).size == (lens.load_patterns(data, MODEL, h).n_tokens,) * 2
+                png = storage.read_pack_image(lens.figure_pack_path(data, MODEL, h, "raw"), l, head)
+                assert Image.open(io.BytesIO(png)).size == (storage.load_patterns(data, MODEL, h).n_tokens,) * 2
     assert [p["hash"] for p in index_rows(data, MODEL)] == hashes
     [model] = read_lines(data / "models.jsonl")
     assert (model["model_dir"], model["n_prompts"]) == (MODEL, 2)

@@ -7,11 +7,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from browser import assert_only_local, browser_session
+from fake_data import index_rows, make_data
 
 import build_index
 import lens
-from browser import assert_only_local, browser_session
-from fake_data import index_rows, make_data
 
 ROOT = Path(__file__).resolve().parent.parent
 MODEL = "fake-model"
@@ -31,29 +31,29 @@ def indexed(tmp_path, monkeypatch) -> Path:
 
 
 def test_rows_hold_no_tokens_and_split_at_chunk_size(indexed):
-    meta = lens.read_json(lens.prompt_index_path(indexed, MODEL))
+    meta = lens.read_json(build_index.prompt_index_path(indexed, MODEL))
     assert meta == {"count": 30, "chunk_size": CHUNK, "text_chars": build_index.INDEX_TEXT_CHARS, "n_stored": 30}
-    chunks = sorted(lens.prompt_index_dir(indexed, MODEL).glob("rows/*.jsonl"), key=lambda p: int(p.stem))
+    chunks = sorted(build_index.prompt_index_dir(indexed, MODEL).glob("rows/*.jsonl"), key=lambda p: int(p.stem))
     assert [len(p.read_text().splitlines()) for p in chunks] == [7, 7, 7, 7, 2]
     rows = index_rows(indexed, MODEL)
     assert [r["hash"] for r in rows] == sorted(lens.prompt_hash(t) for t in TEXTS)
-    assert json.loads(lens.index_hashes_path(indexed, MODEL).read_text()) == [r["hash"] for r in rows[::CHUNK]]
+    assert json.loads(build_index.index_hashes_path(indexed, MODEL).read_text()) == [r["hash"] for r in rows[::CHUNK]]
     for row in rows:
         info = lens.read_json(lens.prompt_json_path(indexed, MODEL, row["hash"]))
         assert not {"tokens", "token_ids"} & set(row)
         assert row["n_tokens"] == info["n_tokens"] and row["stored"] is True
         assert row["text"] == info["text"][:build_index.INDEX_TEXT_CHARS]
         assert row.get("snippet", False) == (info["text"] == LONG) and len(LONG) > build_index.INDEX_TEXT_CHARS
-    order = np.fromfile(lens.index_order_path(indexed, MODEL), "<u4")
+    order = np.fromfile(build_index.index_order_path(indexed, MODEL), "<u4")
     assert [rows[r]["n_tokens"] for r in order] == sorted(r["n_tokens"] for r in rows)
-    assert json.loads(lens.index_stored_path(indexed, MODEL).read_text()) == list(range(30))
+    assert json.loads(build_index.index_stored_path(indexed, MODEL).read_text()) == list(range(30))
 
 
 def test_a_smaller_index_leaves_no_stale_chunks(indexed, monkeypatch):
     for h in lens.finished_prompts(indexed, MODEL)[:10]:
         lens.prompt_json_path(indexed, MODEL, h).unlink()
     build_index.build_index(indexed)
-    assert sorted(p.name for p in lens.prompt_index_dir(indexed, MODEL).glob("rows/*")) == ["0.jsonl", "1.jsonl", "2.jsonl"]
+    assert sorted(p.name for p in build_index.prompt_index_dir(indexed, MODEL).glob("rows/*")) == ["0.jsonl", "1.jsonl", "2.jsonl"]
     assert len(index_rows(indexed, MODEL)) == 20
 
 
@@ -66,7 +66,7 @@ def counting_reads(monkeypatch) -> list[str]:
 
 
 def test_a_rerun_reads_only_new_and_changed_prompt_dirs(indexed, monkeypatch):
-    rows_dir = lens.prompt_index_dir(indexed, MODEL) / "rows"
+    rows_dir = build_index.prompt_index_dir(indexed, MODEL) / "rows"
     before = {p.name: p.stat().st_mtime_ns for p in rows_dir.iterdir()}
     added = [f"a new prompt {i}" for i in range(3)]
     make_data(indexed, texts=added, seed=1)
@@ -106,7 +106,7 @@ def test_statistic_only_prompts_are_rows_with_stored_false(statistics_only):
     assert len(stored) == 1
     assert [r["stored"] for r in rows] == [r["hash"] in stored for r in rows]
     assert {r["text"]: r["meta"] for r in rows} == {t: {"i": i} for i, t in enumerate(TEXTS[:4])}
-    assert json.loads(lens.index_stored_path(statistics_only, model).read_text()) == \
+    assert json.loads(build_index.index_stored_path(statistics_only, model).read_text()) == \
         [i for i, r in enumerate(rows) if r["stored"]]
     assert [m["n_prompts"] for m in map(json.loads, lens.models_path(statistics_only).read_text().splitlines())] == [4]
 

@@ -9,9 +9,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from fake_data import read_stats
 from PIL import Image
 
+import build_index
 import lens
+import storage
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -33,7 +36,7 @@ def svg_png(svg: str) -> tuple[tuple[int, int], np.ndarray]:
 
 def pack_png(pdir: Path, output: str, layer: int, head: int) -> tuple[tuple[int, int], np.ndarray]:
     """(width, height) of one head's image in a prompt dir's pack and its pixels, decoded by pillow to RGB."""
-    image = Image.open(io.BytesIO(lens.read_pack_image(pdir / f"{output}.pack", layer, head)))
+    image = Image.open(io.BytesIO(storage.read_pack_image(pdir / f"{output}.pack", layer, head)))
     assert image.format == "PNG"
     return image.size, np.array(image.convert("RGB"))
 
@@ -41,7 +44,7 @@ def pack_png(pdir: Path, output: str, layer: int, head: int) -> tuple[tuple[int,
 def pack_heads(pdir: Path, output: str, n_layers: int = 2, n_heads: int = 3) -> set[tuple[int, int]]:
     """The heads with an image in a prompt dir's pack."""
     return {(l, h) for l in range(n_layers) for h in range(n_heads)
-            if lens.read_pack_image(pdir / f"{output}.pack", l, h) is not None}
+            if storage.read_pack_image(pdir / f"{output}.pack", l, h) is not None}
 
 
 def errors(pdir: Path, output: str) -> dict[str, str]:
@@ -153,7 +156,7 @@ def test_load_figures_reports_broken_files_and_keeps_the_rest(tmp_path):
     assert len(errors) == 2
     assert any("syntax.py" in e and "SyntaxError" in e for e in errors)
     assert any("imports.py" in e and "no_such_module_xyz" in e for e in errors)
-    records = {r["name"]: r for r in lens.figure_records(figures)}
+    records = {r["name"]: r for r in build_index.figure_records(figures)}
     assert records["doubled"] == {
         "name": "doubled", "kind": "figure", "outputs": ["doubled"], "format": "svg", "doc": "twice the pattern",
         "source": "figs/good.py", "code": records["doubled"]["code"],
@@ -187,7 +190,7 @@ def test_builtin_figures_load_cleanly():
     assert errors == []
     assert {"raw", "no_bos", "log_scale", "vs_uniform", "bos", "previous_token_head", "duplicate_token_head",
             "induction_head"} <= set(figures)
-    assert all(r["source"].startswith("figures/") and r["doc"] for r in lens.figure_records(figures))
+    assert all(r["source"].startswith("figures/") and r["doc"] for r in build_index.figure_records(figures))
 
 
 # ---- the script ----
@@ -205,7 +208,7 @@ def test_render_writes_every_head_and_the_indexes(fake_data_dir):
     if n_needing_norms:  # synthetic patterns come without value norms: those figures are skipped, and said so
         assert f"{4 * 2 * 3 * n_needing_norms} not made: their prompts have no value norms" in r.stdout
     for pdir in prompt_dirs(fake_data_dir):
-        patterns = lens.Patterns(pdir / lens.PATTERN_FILE)
+        patterns = storage.Patterns(pdir / lens.PATTERN_FILE)
         for layer, head in patterns.heads:
             attn = patterns.head(layer, head)
             (w, h), rgb = pack_png(pdir, "raw", layer, head)
@@ -215,7 +218,7 @@ def test_render_writes_every_head_and_the_indexes(fake_data_dir):
         assert not [p for p in pdir.rglob("*") if p.is_dir()]  # no per-head folders
         assert len(list(pdir.iterdir())) <= 16  # every figure, patterns and statistics, whatever the head count
         for pack in pdir.glob("*.pack"):
-            pngs = [lens.read_pack_image(pack, l, h) or b"" for l in range(2) for h in range(3)]
+            pngs = [storage.read_pack_image(pack, l, h) or b"" for l in range(2) for h in range(3)]
             assert pack.stat().st_size <= 1.1 * sum(map(len, pngs))  # a pack is its PNGs plus a small index
     colormaps = json.loads((fake_data_dir / "colormaps.json").read_text())
     assert colormaps["viridis"][0] == "#440154" and len(colormaps["RdBu"]) == 256
@@ -229,7 +232,7 @@ def test_one_head_exports_as_a_standalone_svg(fake_data_dir, tmp_path):
     spec = f"fake-model/{pdir.name}/L1H2/raw"
     run_render("--save-path", fake_data_dir, "--export-svg", spec, "-o", tmp_path / "head.svg")
     svg = (tmp_path / "head.svg").read_text()
-    attn = lens.Patterns(pdir / lens.PATTERN_FILE).head(1, 2)
+    attn = storage.Patterns(pdir / lens.PATTERN_FILE).head(1, 2)
     size, rgb = svg_png(svg)  # pillow decodes the PNG inside
     assert size == attn.shape[::-1] and svg.startswith("<svg")
     np.testing.assert_array_equal(rgb, lens.colormap_table("viridis")[lens.quantize(attn)])
@@ -246,12 +249,12 @@ def test_statistics_tables_hold_each_prompts_values(fake_data_dir, tmp_path):
     """lens.read_stats gives what render_figures.py computed: one value per prompt and head, and their mean."""
     write_figure_file(tmp_path / "figs", "good.py", GOOD)
     run_render("--save-path", fake_data_dir, "--figures-dir", tmp_path / "figs", "--figures", "first_key", "--jobs", "2")
-    index, tables = lens.read_stats(fake_data_dir, "fake-model")
+    index, tables = read_stats(fake_data_dir, "fake-model")
     hashes = lens.finished_prompts(fake_data_dir, "fake-model")  # the tables' rows
     assert index["n_prompts"] == len(hashes) and list(tables) == ["first_key"]
     assert index["stats"]["first_key"]["doc"] == "attention to key 0"
     for i, phash in enumerate(hashes):
-        patterns = lens.load_patterns(fake_data_dir, "fake-model", phash)
+        patterns = storage.load_patterns(fake_data_dir, "fake-model", phash)
         for layer, head in patterns.heads:
             expected = patterns.head(layer, head)[:, 0].mean()
             assert tables["first_key"][i, layer, head] == pytest.approx(expected, abs=1e-6)
@@ -278,7 +281,7 @@ def test_a_killed_run_resumes(fake_data_dir):
     first, second, *_ = prompt_dirs(fake_data_dir)
     run_render("--save-path", fake_data_dir, "--figures", "raw", "--jobs", "1")
     (second / "raw.pack").unlink()
-    (second / ".raw.pack.tmp99999").write_bytes(lens.PACK_MAGIC + b"half a pack")
+    (second / ".raw.pack.tmp99999").write_bytes(storage.PACK_MAGIC + b"half a pack")
     kept = (first / "raw.pack").stat().st_mtime_ns
     r = run_render("--save-path", fake_data_dir, "--figures", "raw", "--jobs", "1")
     assert "6 images" in r.stdout and "18 already there" in r.stdout
@@ -405,7 +408,7 @@ def damage_patterns(path: Path) -> None:
 
 def damage_stream(path: Path) -> None:
     """One head's stream overwritten in place: the file's index is fine, that head is not."""
-    start, size = lens.Patterns(path).chunks[4]
+    start, size = storage.Patterns(path).chunks[4]
     data = bytearray(path.read_bytes())
     data[start:start + size] = bytes(size)
     path.write_bytes(bytes(data))

@@ -10,10 +10,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from fake_data import read_stats
 
 import compute_activations as ca
 import lens
-from build_index import build_index
+import storage
+from build_index import build_index, stat_heads_path
 
 ROOT = Path(__file__).resolve().parent.parent
 DEMO = ROOT / "demo" / "model"
@@ -54,14 +56,14 @@ def stored(data: Path, model: str = "model") -> set[str]:
 
 
 def stat_tables(data: Path, model: str = "model") -> tuple[dict, dict[str, np.ndarray]]:
-    return lens.read_stats(data, model)
+    return read_stats(data, model)
 
 
 def test_device_statistics_equal_the_figures_definitions(demo_model, tmp_path):
     summary = ca.compute_activations(TEXTS, demo_model, tmp_path, model_name="demo", patterns="none",
                                      batch_size=5, progress=False)
     assert summary["done"] == len(TEXTS) and summary["stored"] == 0 and stored(tmp_path, "demo") == set()
-    [part] = lens.read_parts(tmp_path, "demo")
+    [part] = storage.read_parts(tmp_path, "demo")
     assert part.stats == list(ca.DEVICE_STATISTICS)
     assert sorted(r["text"] for r in part.rows) == sorted(TEXTS)
     registry, _ = lens.load_figures()
@@ -82,13 +84,13 @@ def test_patterns_sample_stores_n_prompts_and_statistics_for_every_prompt_and_he
     run_main(DEMO, prompts_file, "--patterns", "5", "--heads", "L0H0", "--save-path", data)
     assert "24 prompts computed, 0 skipped (already saved), 5 of them with patterns stored" in capsys.readouterr().out
     assert len(stored(data)) == 5
-    assert all(lens.load_patterns(data, "model", h).heads == [(0, 0)] for h in stored(data))
+    assert all(storage.load_patterns(data, "model", h).heads == [(0, 0)] for h in stored(data))
     index, tables = stat_tables(data)
     assert index["n_prompts"] == 24 and list(index["stats"]) == list(ca.DEVICE_STATISTICS)
     assert np.isfinite(tables["bos"]).all() and np.isfinite(tables["induction_head"]).all()  # every head
     run_main(DEMO, prompts_file, "--patterns", "5", "--heads", "L0H0", "--save-path", data)
     assert "0 prompts computed, 24 skipped" in capsys.readouterr().out
-    assert len(lens.read_parts(data, "model")) == 1  # the rerun wrote no part: nothing was new
+    assert len(storage.read_parts(data, "model")) == 1  # the rerun wrote no part: nothing was new
     run_main(DEMO, prompts_file, "--patterns", "none", "--save-path", data / "none")
     assert stored(data / "none") == set() and stat_tables(data / "none")[0]["n_prompts"] == 24
 
@@ -99,7 +101,7 @@ def test_shards_copied_together_give_the_aggregates_of_one_run(prompts_file, tmp
     for k in (1, 2):
         run_main(DEMO, prompts_file, "--patterns", "6", "--shard", f"{k}/2", "--save-path", tmp_path / f"shard{k}")
         shutil.copytree(tmp_path / f"shard{k}" / "model", merged / "model", dirs_exist_ok=True)
-    assert len(lens.read_parts(merged, "model")) == 2
+    assert len(storage.read_parts(merged, "model")) == 2
     build_index(merged)
     assert stored(merged) == stored(one) and len(stored(one)) == 6  # the sample does not depend on the shard
     (index1, tables1), (index2, tables2) = stat_tables(one), stat_tables(merged)
@@ -108,7 +110,7 @@ def test_shards_copied_together_give_the_aggregates_of_one_run(prompts_file, tmp
         np.testing.assert_allclose(tables2[name], table, atol=1e-6, rtol=0, err_msg=name)
         for key in ("mean", "std", "min", "max"):
             np.testing.assert_allclose(index2["stats"][name][key], index1["stats"][name][key], atol=1e-6, err_msg=name)
-        heads1, heads2 = (json.loads(lens.stat_heads_path(d, "model", name).read_text()) for d in (one, merged))
+        heads1, heads2 = (json.loads(stat_heads_path(d, "model", name).read_text()) for d in (one, merged))
         tops = [[[[h for h, _ in head[side]] for head in layer] for layer in heads["heads"]] for heads in (heads1, heads2)
                 for side in ("top", "bottom")]
         assert tops[:2] == tops[2:] and heads1["prompts"] == heads2["prompts"]
@@ -130,7 +132,7 @@ def test_a_killed_run_resumes_and_loses_at_most_the_batches_in_flight(demo_model
     with pytest.raises(KeyboardInterrupt):
         ca.compute_activations(TEXTS, demo_model, data, model_name="m", patterns=3, batch_size=4, progress=False)
     monkeypatch.setattr(ca, "run_batch", real_run_batch)
-    [part] = lens.read_parts(data, "m")
+    [part] = storage.read_parts(data, "m")
     assert len(part.rows) == 12  # the three batches before the kill
     with part.path.with_suffix(".jsonl").open("a") as f:
         f.write('{"hash": "0123')  # a kill in the middle of a line: ignored
@@ -140,7 +142,7 @@ def test_a_killed_run_resumes_and_loses_at_most_the_batches_in_flight(demo_model
     for d in (full, data):
         build_index(d)
     assert stored(data, "m") == stored(full, "m")
-    (index1, tables1), (index2, tables2) = stat_tables(full, "m"), stat_tables(data, "m")
+    (_, tables1), (index2, tables2) = stat_tables(full, "m"), stat_tables(data, "m")
     assert index2["n_prompts"] == 24
     for name in tables1:
         np.testing.assert_allclose(tables2[name], tables1[name], atol=1e-6, rtol=0, err_msg=name)
@@ -149,14 +151,14 @@ def test_a_killed_run_resumes_and_loses_at_most_the_batches_in_flight(demo_model
 def test_top_k_stores_each_heads_extremes_and_is_idempotent(prompts_file, tmp_path, capsys):
     data = tmp_path / "data"
     run_main(DEMO, prompts_file, "--patterns", "none", "--save-path", data)
-    heads = json.loads(lens.stat_heads_path(data, "model", "induction_head").read_text())
+    heads = json.loads(stat_heads_path(data, "model", "induction_head").read_text())
     expected = {h for layer in heads["heads"] for head in layer for side in ("top", "bottom") for h, _ in head[side][:2]}
     assert all(not p["stored"] for p in heads["prompts"].values())
     capsys.readouterr()
     run_main(DEMO, "--top", "2", "--stat", "induction_head", "--save-path", data)
     assert f"{len(expected)} prompts computed" in capsys.readouterr().out
     assert stored(data) == expected and 2 < len(expected) < 24
-    heads = json.loads(lens.stat_heads_path(data, "model", "induction_head").read_text())
+    heads = json.loads(stat_heads_path(data, "model", "induction_head").read_text())
     assert {h for h, p in heads["prompts"].items() if p["stored"]} >= expected
     run_main(DEMO, "--top", "2", "--stat", "induction_head", "--save-path", data)
     assert "0 prompts computed" in capsys.readouterr().out and stored(data) == expected
@@ -178,7 +180,7 @@ def test_a_plugin_statistic_runs_at_compute_time_from_the_stored_form(prompts_fi
         _, cache = demo_model.run_with_cache(text, names_filter=ca.is_pattern_hook)
         for layer in range(demo_model.cfg.n_layers):
             exact = cache[f"blocks.{layer}.attn.hook_pattern"][0].numpy()
-            np.testing.assert_allclose(tables["first_key"][i, layer], exact[:, :, 0].mean(-1), atol=2 / lens.PATTERN_SCALE)
+            np.testing.assert_allclose(tables["first_key"][i, layer], exact[:, :, 0].mean(-1), atol=2 / storage.PATTERN_SCALE)
 
 
 @pytest.mark.parametrize("extra, message", [

@@ -15,11 +15,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
-import lens
-import serve
 from browser import served
 from fake_data import fake_patterns
+
+import serve
+import storage
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -148,7 +148,7 @@ def test_ranges_of_an_empty_file_are_416(root):
 def test_pattern_file_read_with_ranges_as_the_site_does(root):
     """Format 2: header (magic, footer offset), the footer (open-ended or suffix range), one stored head's chunk."""
     patterns = fake_patterns(2, 3, 9, np.random.default_rng(0))
-    data = lens.encode_patterns(patterns, heads=[(0, 1), (1, 2)])
+    data = storage.encode_patterns(patterns, heads=[(0, 1), (1, 2)])
     (root / "m" / "prompts" / "abc" / "patterns.bin").write_bytes(data)
     with served(root) as url:
         _, _, head = get(url, PATTERNS, {"Range": "bytes=0-15"})

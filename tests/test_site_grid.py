@@ -6,11 +6,12 @@ from urllib.parse import parse_qs, urlsplit
 
 import numpy as np
 import pytest
+from browser import assert_only_local, bos, browser_session, render, screenshot
+from fake_data import TEXTS, drop_images, fake_patterns, index_rows, make_data
 
 import lens
-from browser import assert_only_local, bos, browser_session, render, screenshot
+import storage
 from build_index import build_index
-from fake_data import TEXTS, drop_images, fake_patterns, index_rows, make_data
 
 MODEL = "fake-model"  # 2 layers x 3 heads, 4 prompts (tests/fake_data.py)
 HASHES = sorted(lens.prompt_hash(t) for t in TEXTS)  # the prompt index's order
@@ -128,7 +129,7 @@ def test_tile_opens_the_single_view(site):
 
 
 def test_sort_and_filter_by_statistic(site):
-    values = {(h, l, hd): bos(lens.load_patterns(site, MODEL, h), l, hd)
+    values = {(h, l, hd): bos(storage.load_patterns(site, MODEL, h), l, hd)
               for h in HASHES for l in range(2) for hd in range(3)}
     with browser_session(site) as s:
         page = s.page
@@ -151,7 +152,7 @@ def make_many_prompts(save_path: Path, n: int) -> None:
     """A GPT-2-shaped model (12 x 12 heads) with n short prompts, every 100th holding "needle"; indexed."""
     rng = np.random.default_rng(0)
     lens.write_json(save_path / "many" / "model_cfg.json", {"model_name": "many", "n_layers": 12, "n_heads": 12})
-    patterns = lens.encode_patterns(fake_patterns(12, 12, 4, rng))  # every prompt has 4 tokens
+    patterns = storage.encode_patterns(fake_patterns(12, 12, 4, rng))  # every prompt has 4 tokens
     for i in range(n):
         text = f"{'needle' if i % 100 == 7 else 'hay'} stack #{i}"
         h = lens.prompt_hash(text)
@@ -330,7 +331,7 @@ def test_long_patterns_shrink_by_averaging_not_skipping(tmp_path):
     (phash,) = make_data(tmp_path, n_layers=1, n_heads=1, texts=[" ".join(["w"] * 299)])
     stripes = np.zeros((300, 300), np.float32)
     stripes[:, ::7] = 1.0  # one-pixel columns
-    pack = lens.PackWriter(lens.figure_pack_path(tmp_path, MODEL, phash, "raw"), 1, 1)
+    pack = storage.PackWriter(lens.figure_pack_path(tmp_path, MODEL, phash, "raw"), 1, 1)
     pack.add(0, 0, lens.matrix_as_png(stripes))
     pack.close()
     build_index(tmp_path)

@@ -1,24 +1,25 @@
 """The heads page (layer x head heatmap of a statistic, a head's panel) in a real offline chromium, and the
-statistic aggregates it reads (build_index.write_stat_aggregates)."""
+statistic aggregates it reads (write_stat_aggregates)."""
 import json
 from pathlib import Path
 from urllib.parse import parse_qs, urlsplit
 
 import numpy as np
 import pytest
+from browser import assert_only_local, browser_session, render, screenshot
+from fake_data import make_data, read_stats
+from test_site_single import MODEL, oracle, prompt_hashes
 
 import lens
-from browser import assert_only_local, browser_session, render, screenshot
-from build_index import build_index, write_stat_aggregates
-from fake_data import make_data
-from test_site_single import MODEL, oracle, prompt_hashes
+import storage
+from build_index import build_index, stat_heads_path, stats_path, write_stat_aggregates
 
 
 def long_only(data_dir) -> np.ndarray:
     """The tests' `long_only` statistic from the stored patterns: [prompts, layers, heads], NaN on short prompts."""
     out = []
     for h in prompt_hashes(data_dir):
-        p = lens.load_patterns(data_dir, MODEL, h)
+        p = storage.load_patterns(data_dir, MODEL, h)
         out.append([[p.head(l, hd)[-1].max() if p.n_tokens > 10 else np.nan for hd in range(3)] for l in range(2)])
     return np.array(out)
 
@@ -153,7 +154,7 @@ def test_gpt2_shaped_heatmap(tmp_path, dark):
     data = tmp_path / "data"
     hashes = make_data(data, n_layers=12, n_heads=12, texts=["one two three", "four five six seven"])
     render(data, "bos")
-    mean = np.mean([[[float(lens.load_patterns(data, MODEL, h).head(l, hd)[:, 0].mean()) for hd in range(12)]
+    mean = np.mean([[[float(storage.load_patterns(data, MODEL, h).head(l, hd)[:, 0].mean()) for hd in range(12)]
                      for l in range(12)] for h in hashes], 0)
     order = [f"L{i // 12}H{i % 12}" for i in np.argsort(-mean.ravel(), kind="stable")[:10]]
     with browser_session(data, dark=dark) as s:
@@ -176,7 +177,7 @@ def test_write_stat_aggregates_on_a_hand_checked_table(tmp_path):
     prompts = {h: {"text": f"text {h} " + "x" * 300, "n_tokens": 7, "stored": h != "h9"} for h in hashes}
     write_stat_aggregates(tmp_path, "m", hashes, {"s": table}, {"s": "a doc"}, prompts, top_k=3, bins=3)
 
-    index, tables = lens.read_stats(tmp_path, "m")
+    index, tables = read_stats(tmp_path, "m")
     assert np.array_equal(tables["s"], table, equal_nan=True)
     assert (index["n_prompts"], index["n_layers"], index["n_heads"], index["top_k"]) == (10, 1, 3, 3)
     s = index["stats"]["s"]
@@ -187,7 +188,7 @@ def test_write_stat_aggregates_on_a_hand_checked_table(tmp_path):
         {"0.05": 0.45, "0.25": 2.25, "0.5": 4.5, "0.75": 6.75, "0.95": 8.55})
     assert s["quantiles"]["0.5"][0][1:] == [5.0, None]
 
-    heads = json.loads(lens.stat_heads_path(tmp_path, "m", "s").read_text())
+    heads = json.loads(stat_heads_path(tmp_path, "m", "s").read_text())
     h0, h1, h2 = heads["heads"][0]
     assert heads["bins"] == 3 and h0["hist"] == {"lo": 0.0, "hi": 9.0, "counts": [3, 3, 4]}  # [0,3) [3,6) [6,9]
     assert h0["top"] == [["h9", 9.0], ["h8", 8.0], ["h7", 7.0]] and h0["bottom"] == [["h0", 0.0], ["h1", 1.0], ["h2", 2.0]]
@@ -204,10 +205,10 @@ def test_render_writes_the_aggregates(rendered_data_dir):
     data = rendered_data_dir
     hashes = lens.finished_prompts(data, MODEL)
     values = oracle(data)["bos"]
-    index = json.loads(lens.stats_path(data, MODEL).read_text())
+    index = json.loads(stats_path(data, MODEL).read_text())
     assert "prompts" not in index and index["n_prompts"] == len(hashes)
     np.testing.assert_allclose(index["stats"]["bos"]["std"], values.std(0), atol=1e-6)
-    heads = json.loads(lens.stat_heads_path(data, MODEL, "bos").read_text())
+    heads = json.loads(stat_heads_path(data, MODEL, "bos").read_text())
     for l in range(2):
         for h in range(3):
             assert [hash for hash, _ in heads["heads"][l][h]["top"]] == [hashes[i] for i in np.argsort(-values[:, l, h])]
@@ -218,13 +219,13 @@ def test_render_writes_the_aggregates(rendered_data_dir):
 # ---- the head panel ----
 
 def heads_json(data: Path, stat: str) -> dict:
-    return json.loads(lens.stat_heads_path(data, MODEL, stat).read_text())
+    return json.loads(stat_heads_path(data, MODEL, stat).read_text())
 
 
 def rewrite_aggregates(data: Path, unstored: set[str]) -> None:
     """The aggregates again, as if `unstored` prompts had statistics but no patterns (compute_activations.py
     computes statistics for every prompt and may keep only some prompts' patterns)."""
-    index, tables = lens.read_stats(data, MODEL)
+    index, tables = read_stats(data, MODEL)
     hashes = lens.finished_prompts(data, MODEL)
     prompts = {}
     for h in hashes:
@@ -239,7 +240,7 @@ def test_head_panel(rendered_data_dir, dark):
     data = rendered_data_dir
     hashes = lens.finished_prompts(data, MODEL)
     bos = oracle(data)["bos"]
-    _, tables = lens.read_stats(data, MODEL)
+    _, tables = read_stats(data, MODEL)
     short = np.isnan(tables["long_only"]).all((1, 2))  # prompts without long_only values: never opened below
     layer, head = next((l, h) for l in range(2) for h in range(3) if short[np.argmax(bos[:, l, h])])
     unstored = hashes[np.argmax(bos[:, layer, head])]
@@ -333,7 +334,7 @@ def test_bytes_fetched_do_not_grow_with_the_prompts(tmp_path, monkeypatch):
     dirs = {n: many_prompts_dir(tmp_path / f"p{n}", n) for n in (10, 2000)}
     small, small_requests = fetched(dirs[10], "heads-panel-10-prompts")
     large, large_requests = fetched(dirs[2000], "heads-panel-2000-prompts")
-    heads = {n: lens.stat_heads_path(d, MODEL, "bos") for n, d in dirs.items()}
+    heads = {n: stat_heads_path(d, MODEL, "bos") for n, d in dirs.items()}
     print(f"heads page data bytes: {small} with 10 prompts, {large} with 2000 "
           f"(heads.json {heads[10].stat().st_size} and {heads[2000].stat().st_size})")
     for path, byte_range, size in large_requests:

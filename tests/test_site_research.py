@@ -9,11 +9,13 @@ from urllib.parse import parse_qs, urlsplit
 
 import numpy as np
 import pytest
-
-import lens
 from browser import assert_only_local, browser_session, render, screenshot
 from fake_data import index_rows
 from test_site_single import formatted, hover_cell, open_single
+
+import lens
+import render_figures
+import storage
 
 ROOT = Path(__file__).resolve().parent.parent
 STEPS = sorted(int(p.name[4:]) for p in (ROOT / "demo" / "checkpoints").glob("step*"))
@@ -47,8 +49,8 @@ def prompts_of(data: Path, model: str) -> list[dict]:
 
 def norms_of(data: Path, model: str, phash: str) -> np.ndarray:
     cfg = json.loads(lens.model_cfg_path(data, model).read_text())
-    n = lens.load_patterns(data, model, phash).n_tokens
-    return lens.read_value_norms(data, model, phash, (cfg["n_layers"], cfg["n_heads"], n))
+    n = storage.load_patterns(data, model, phash).n_tokens
+    return render_figures.read_value_norms(data, model, phash, (cfg["n_layers"], cfg["n_heads"], n))
 
 
 def url_state(page) -> dict[str, str]:
@@ -66,7 +68,7 @@ def test_value_weighted_hover_values(demo_site, dark):
     """alpha_ij * ||v_j W_O^h|| exactly (float32 product), and each row normalised to sum to 1;
     the norms are read by one byte range of value_norms.f32."""
     p = prompts_of(demo_site, FINAL)[1]
-    attn = lens.load_patterns(demo_site, FINAL, p["hash"]).head(1, 2)
+    attn = storage.load_patterns(demo_site, FINAL, p["hash"]).head(1, 2)
     norms = norms_of(demo_site, FINAL, p["hash"])
     n = len(attn)
     weighted = attn * norms[1, 2][None, :]  # float32 x float32, as the page multiplies
@@ -125,7 +127,7 @@ def test_compare_another_head_and_another_checkpoint(demo_site):
     """Pin A as B, move A to another head: A, B and A - B hover exactly; B from another checkpoint on
     the same prompt; all of it in the URL; the value-weighted mode compares value-weighted patterns."""
     p = prompts_of(demo_site, FINAL)[1]
-    final, first = (lens.load_patterns(demo_site, m, p["hash"]) for m in (FINAL, MODELS[0]))
+    final, first = (storage.load_patterns(demo_site, m, p["hash"]) for m in (FINAL, MODELS[0]))
     with browser_session(demo_site) as s:
         open_single(s, model=FINAL, prompt=p["hash"], layer=1, head=2)
         s.page.keyboard.press("b")  # pin this pattern as B
@@ -180,7 +182,7 @@ def test_what_cannot_be_compared_says_why(demo_site, dark):
             f"cannot compare: A has {a['n_tokens']} tokens, B has {b['n_tokens']}")
         hover_cell(s.page, 3, 1)
         assert s.page.text_content("#cell-d") == "\u2013"
-        assert exact(s.page, "#cell-b") == float(lens.load_patterns(demo_site, MODELS[0], b["hash"]).head(1, 0)[3, 1])
+        assert exact(s.page, "#cell-b") == float(storage.load_patterns(demo_site, MODELS[0], b["hash"]).head(1, 0)[3, 1])
         screenshot(s, f"single-compare-mismatch-{'dark' if dark else 'light'}")
         open_single(s, model=FINAL, prompt=a["hash"], layer=1, head=0, bmodel=MODELS[0], bprompt=a["hash"],
                     blayer=7, bhead=0)
@@ -241,6 +243,7 @@ def read_svg(path: Path):
     import base64
     import io
     import xml.etree.ElementTree as ET
+
     from PIL import Image
     root = ET.parse(path).getroot()
     texts = lambda cls: [t.text for t in root.iter(f"{SVG}text") if t.get("class") == cls]  # noqa: E731
@@ -252,7 +255,7 @@ def read_svg(path: Path):
 def test_export_svg_and_png(demo_site, tmp_path):
     from PIL import Image
     p = prompts_of(demo_site, FINAL)[1]
-    attn = lens.load_patterns(demo_site, FINAL, p["hash"]).head(1, 2)
+    attn = storage.load_patterns(demo_site, FINAL, p["hash"]).head(1, 2)
     n = len(attn)
     labels = [visible(t) for t in p["tokens"]]
     with browser_session(demo_site, dark=True) as s:  # the figure is for paper: light in either theme
@@ -363,8 +366,9 @@ def test_heads_difference_and_across_checkpoints(demo_site, dark):
 
 
 def test_heads_difference_of_different_shapes_says_why(demo_site, tmp_path):
-    from build_index import build_index
     from fake_data import make_data
+
+    from build_index import build_index
     make_data(demo_site, model="other", n_layers=3, n_heads=2)
     build_index(demo_site)
     with browser_session(demo_site) as s:

@@ -8,10 +8,11 @@ from urllib.parse import parse_qs, urlsplit
 
 import numpy as np
 import pytest
-
-import lens
 from browser import assert_only_local, bos, browser_session, render, screenshot
 from fake_data import TEXTS, drop_images, index_rows, make_data
+
+import lens
+import storage
 
 MODEL = "fake-model"
 
@@ -19,7 +20,7 @@ MODEL = "fake-model"
 def oracle(data_dir: Path) -> dict[str, np.ndarray]:
     """The tests' statistics (tests/browser.py) computed from the stored patterns: [prompts (hash order), layers, heads]."""
     hashes = prompt_hashes(data_dir)
-    bos_ = np.array([[[bos(lens.load_patterns(data_dir, MODEL, h), l, hd) for hd in range(3)] for l in range(2)]
+    bos_ = np.array([[[bos(storage.load_patterns(data_dir, MODEL, h), l, hd) for hd in range(3)] for l in range(2)]
                      for h in hashes])
     return {"bos": bos_}
 
@@ -65,7 +66,7 @@ def prompt_hashes(data_dir: Path) -> list[str]:
 
 def test_hover_shows_stored_values(site):
     h = lens.prompt_hash(TEXTS[1])  # the longest fake prompt (15 tokens)
-    stored = lens.load_patterns(site, MODEL, h).head(1, 2)
+    stored = storage.load_patterns(site, MODEL, h).head(1, 2)
     n = len(stored)
     with browser_session(site) as s:
         open_single(s, model=MODEL, prompt=h, layer=1, head=2)
@@ -107,13 +108,13 @@ def test_keys_pin_and_url_state(site):
         s.page.keyboard.press("h")  # next head
         s.page.wait_for_function("() => new URLSearchParams(location.search).get('head') === '1'")
         text, q, k = shown(s.page)
-        assert text == formatted(lens.load_patterns(site, MODEL, hashes[0]).head(0, 1)[5, 4])
+        assert text == formatted(storage.load_patterns(site, MODEL, hashes[0]).head(0, 1)[5, 4])
         s.page.keyboard.press("l")  # next layer
         s.page.wait_for_function("() => new URLSearchParams(location.search).get('layer') === '1'")
         s.page.keyboard.press("p")  # next prompt
         s.page.wait_for_function(f"() => new URLSearchParams(location.search).get('prompt') === '{hashes[1]}'")
         s.page.wait_for_function("() => document.querySelector('#title').textContent.endsWith('L1H1')")
-        stored = lens.load_patterns(site, MODEL, hashes[1]).head(1, 1)
+        stored = storage.load_patterns(site, MODEL, hashes[1]).head(1, 1)
         q, k = min(5, len(stored) - 1), min(4, len(stored) - 1)
         s.page.wait_for_function(f"() => document.querySelector('#cell-value').textContent === '{formatted(stored[q, k])}'")
         s.page.keyboard.press("H")  # previous head wraps to the previous layer's last head
@@ -127,7 +128,7 @@ def test_keys_pin_and_url_state(site):
         s.page.wait_for_selector("body[data-ready='1']")
         assert s.page.text_content("#title").endswith("L1H2")
         assert s.page.input_value("#shade") == "col"
-        assert shown(s.page)[0] == formatted(lens.load_patterns(site, MODEL, hashes[2]).head(1, 2)[3, 3])
+        assert shown(s.page)[0] == formatted(storage.load_patterns(site, MODEL, hashes[2]).head(1, 2)[3, 3])
         screenshot(s, "single-dark")
         for _ in range(5):  # fast key presses: the last head asked for is the one drawn
             s.page.keyboard.press("h")
@@ -135,7 +136,7 @@ def test_keys_pin_and_url_state(site):
         s.page.wait_for_timeout(300)  # L1H2 + 5 heads (of 6) is L1H1, and stays so
         assert s.page.text_content("#title").endswith("L1H1")
         assert (url_state(s.page)["layer"], url_state(s.page)["head"]) == ("1", "1")
-        assert shown(s.page)[0] == formatted(lens.load_patterns(site, MODEL, hashes[2]).head(1, 1)[3, 3])
+        assert shown(s.page)[0] == formatted(storage.load_patterns(site, MODEL, hashes[2]).head(1, 1)[3, 3])
         assert not s.errors
         assert_only_local(s)
 
@@ -154,7 +155,7 @@ def test_head_statistics_panel(site):
         assert float(by_name["bos"][0]) == pytest.approx(values[i, 1, 0], abs=5e-4)
         assert float(by_name["bos"][1]) == pytest.approx(mean[1, 0], abs=5e-4)
         assert by_name["bos"][2] == f"{1 + (mean > mean[1, 0]).sum()} / {mean.size}"
-        attn = lens.load_patterns(site, MODEL, hashes[i]).head(1, 0)
+        attn = storage.load_patterns(site, MODEL, hashes[i]).head(1, 0)
         if len(attn) > 10:
             assert float(by_name["long_only"][0]) == pytest.approx(attn[-1].max(), abs=5e-4)
         else:
@@ -183,7 +184,7 @@ def test_long_prompt_stays_usable(tmp_path):
     text = " ".join(f"w{i}" for i in range(999))
     (h,) = make_data(data, n_layers=2, n_heads=2, texts=[text])
     render(data, "raw")
-    stored = lens.load_patterns(data, MODEL, h).head(1, 1)
+    stored = storage.load_patterns(data, MODEL, h).head(1, 1)
     assert stored.shape == (1000, 1000)
     with browser_session(data) as s:
         open_single(s, model=MODEL, prompt=h, layer=1, head=1)
@@ -214,7 +215,7 @@ def test_real_pipeline_output(fake_data_dir):
     subprocess.run([sys.executable, str(root / "render_figures.py"), "--save-path", str(fake_data_dir), "--jobs", "1"],
                    check=True, capture_output=True, cwd=root)
     h = lens.prompt_hash(TEXTS[1])
-    stored = lens.load_patterns(fake_data_dir, MODEL, h).head(0, 1)
+    stored = storage.load_patterns(fake_data_dir, MODEL, h).head(0, 1)
     names = list(json.loads((fake_data_dir / MODEL / "stats.json").read_text())["stats"])  # the built-in ones
     with browser_session(fake_data_dir) as s:
         open_single(s, model=MODEL, prompt=h, layer=0, head=1, q=9, k=4)
@@ -244,7 +245,7 @@ def test_head_not_stored(partial_heads_data_dir):
     """A prompt computed with --heads L0H0,L1H*: its other heads say "not stored"; keys still move on."""
     data = partial_heads_data_dir
     h = lens.prompt_hash(TEXTS[1])
-    patterns = lens.load_patterns(data, MODEL, h)
+    patterns = storage.load_patterns(data, MODEL, h)
     with browser_session(data) as s:
         open_single(s, model=MODEL, prompt=h, layer=0, head=1, q=4, k=2)
         assert "not stored" in s.page.text_content("#not-stored") and s.page.is_visible("#not-stored")
@@ -275,9 +276,9 @@ def format_1(patterns: np.ndarray) -> bytes:
     """A causal pattern file as format 1 wrote it: "ATTNPAT1", uint32 header length, a JSON header with
     "offsets", then every head's stream, layer-major (what data dirs written before format 2 hold)."""
     n_layers, n_heads, n, _ = patterns.shape
-    q = np.round(patterns.reshape(-1, n, n)[:, np.tri(n, dtype=bool)] * lens.PATTERN_SCALE).astype("<u2")
+    q = np.round(patterns.reshape(-1, n, n)[:, np.tri(n, dtype=bool)] * storage.PATTERN_SCALE).astype("<u2")
     streams = [zlib.compress(np.ascontiguousarray(h).view(np.uint8).reshape(-1, 2).T.tobytes()) for h in q]
-    header = json.dumps({"n_layers": n_layers, "n_heads": n_heads, "n_tokens": n, "scale": lens.PATTERN_SCALE,
+    header = json.dumps({"n_layers": n_layers, "n_heads": n_heads, "n_tokens": n, "scale": storage.PATTERN_SCALE,
                          "layout": "tril", "offsets": np.cumsum([0] + [len(c) for c in streams]).tolist()}).encode()
     return b"ATTNPAT1" + struct.pack("<I", len(header)) + header + b"".join(streams)
 
@@ -285,8 +286,8 @@ def format_1(patterns: np.ndarray) -> bytes:
 def test_format_1_files_still_read(site):
     h = lens.prompt_hash(TEXTS[1])
     path = lens.prompt_dir(site, MODEL, h) / lens.PATTERN_FILE
-    lens.write_atomic(path, format_1(lens.Patterns(path).all()))
-    stored = lens.Patterns(path).head(1, 1)  # the oracle reads format 1 too
+    lens.write_atomic(path, format_1(storage.Patterns(path).all()))
+    stored = storage.Patterns(path).head(1, 1)  # the oracle reads format 1 too
     with browser_session(site) as s:
         open_single(s, model=MODEL, prompt=h, layer=1, head=1)
         for q, k in [(0, 0), (9, 4), (14, 14)]:
@@ -298,7 +299,7 @@ def test_format_1_files_still_read(site):
 def test_one_head_is_read_by_byte_ranges(site):
     """Format 2: the first 16 bytes, the footer (an open-ended range), then only the head's own stream."""
     h = lens.prompt_hash(TEXTS[1])
-    patterns = lens.load_patterns(site, MODEL, h)
+    patterns = storage.load_patterns(site, MODEL, h)
     start, size = patterns.chunks[1 * 3 + 2]
     footer = struct.unpack("<Q", patterns.path.read_bytes()[8:16])[0]
     with browser_session(site) as s:

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 import lens
+import storage
 
 ROOT = Path(__file__).resolve().parent.parent
 DEMO = ROOT / "demo" / "model"
@@ -124,6 +125,7 @@ def repeated_texts(words: list[str], seed: int = 0) -> list[str]:
 def assert_equal_to_detect_head(ckpt: Path, texts: list[str], tmp_path: Path) -> None:
     """Every prompt's stored TL scores equal detect_head's within 1e-4, and the stored means its mean."""
     from transformer_lens.head_detector import detect_head
+
     from compute_activations import load_model
 
     model_dir = run_pipeline(ckpt, texts, tmp_path / "data", "--figures", ",".join(TL_SCORES))
@@ -169,7 +171,7 @@ def test_stats_tables_on_disk(fake_data_dir):
     assert list(index["stats"]) == ["bos", "previous_token_head", "induction_head"]
     table = np.fromfile(model / "stats" / "bos.f32", "<f4").reshape(len(hashes), 2, 3)
     for i, h in enumerate(hashes):
-        patterns = lens.Patterns(model / "prompts" / h / lens.PATTERN_FILE)
+        patterns = storage.Patterns(model / "prompts" / h / lens.PATTERN_FILE)
         assert table[i, 1, 2] == pytest.approx(patterns.head(1, 2)[1:, 0].mean(), abs=1e-6)
         per_prompt = json.loads((model / "prompts" / h / "stats.json").read_text())
         assert per_prompt["bos"][1][2] == pytest.approx(float(table[i, 1, 2]), abs=1e-6)
@@ -213,8 +215,8 @@ def hand_wired_checkpoint(path: Path) -> Path:
     constant norm, so LayerNorm only rescales them. L0H1's query rotates each pair back by one
     position; L1H2's query is position 0's embedding for every token. Token embeddings are zero."""
     import torch
-    from transformers import GPT2Config, GPT2LMHeadModel
     from tiny_model import train_tokenizer
+    from transformers import GPT2Config, GPT2LMHeadModel
 
     tokenizer = train_tokenizer()
     config = GPT2Config(vocab_size=len(tokenizer), n_positions=N_POSITIONS, n_embd=D_MODEL, n_layer=2,

@@ -6,9 +6,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from test_render import pack_png
 
 import lens
-from test_render import pack_png
+import render_figures
+import storage
 
 ROOT = Path(__file__).resolve().parent.parent
 TEXTS = ["When Mary and John went to the store, John gave a drink to Mary.", "The cat sat on the mat."]
@@ -34,8 +36,8 @@ def test_value_weighted_figure_is_attention_times_value_norms(data_dir):
     model = lens.model_dirs(data_dir)[0]
     for text in TEXTS:
         phash = lens.prompt_hash(text)
-        patterns = lens.load_patterns(data_dir, model, phash)
-        norms = lens.read_value_norms(data_dir, model, phash, (2, 4, patterns.n_tokens))
+        patterns = storage.load_patterns(data_dir, model, phash)
+        norms = render_figures.read_value_norms(data_dir, model, phash, (2, 4, patterns.n_tokens))
         assert np.isfinite(norms).all() and (norms > 0).all()
         for layer, head in patterns.heads:
             product = patterns.head(layer, head) * norms[layer, head][None, :]
@@ -70,4 +72,4 @@ def test_a_prompt_without_value_norms_makes_no_such_image_and_says_so(data_dir):
     assert ", 0 failed" in r.stdout and "8 not made: their prompts have no value norms or token ids" in r.stdout  # 2 layers x 4 heads
     assert not lens.figure_pack_path(data_dir, model, phash, "value_weighted").exists()
     assert not lens.figure_errors_path(data_dir, model, phash, "value_weighted").exists()
-    assert lens.read_pack_image(lens.figure_pack_path(data_dir, model, lens.prompt_hash(TEXTS[0]), "value_weighted"), 0, 0)
+    assert storage.read_pack_image(lens.figure_pack_path(data_dir, model, lens.prompt_hash(TEXTS[0]), "value_weighted"), 0, 0)

@@ -12,7 +12,7 @@ CORPUS = [
 
 
 def train_tokenizer(vocab_size: int = 512):
-    from tokenizers import Tokenizer, models, pre_tokenizers, decoders, trainers
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast
 
     tok = Tokenizer(models.BPE())
