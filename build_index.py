@@ -17,6 +17,7 @@ import contextlib
 import gzip
 import inspect
 import json
+import os
 import re
 import sys
 import warnings
@@ -57,6 +58,11 @@ def index_rows_path(save_path: Path, model: str, chunk: int) -> Path:
 def index_words_path(save_path: Path, model: str, shard: str) -> Path:
     """{word: rows (first, then differences)} of the words starting with the shard's characters."""
     return prompt_index_dir(save_path, model) / "words" / f"{shard}.json"
+
+
+def index_shards_path(save_path: Path, model: str) -> Path:
+    """The names of the word shards there are: a search never asks for one that does not exist."""
+    return prompt_index_dir(save_path, model) / "shards.json"
 
 
 def index_order_path(save_path: Path, model: str) -> Path:
@@ -112,6 +118,9 @@ def prompt_index_records(save_path: Path, model: str, parts: list[storage.Part] 
         for row in part.rows:
             records.setdefault(row["hash"], {**index_record(row), "stored": False})
     records.update(stored_prompt_records(save_path, model, finished))
+    for record in records.values():
+        if record["stored"]:
+            record["files"] = prompt_files(save_path, model, record["hash"])
     return [records[h] for h in sorted(records)]
 
 
@@ -119,6 +128,13 @@ def index_record(info: dict) -> dict:
     """What the index keeps of a prompt.json or a part's row: no token lists."""
     return {"hash": info["hash"], "text": info["text"], "n_tokens": info["n_tokens"], "meta": info.get("meta", {}),
             "truncated": info.get("truncated", False), **({"heads": info["heads"]} if "heads" in info else {})}
+
+
+def prompt_files(save_path: Path, model: str, phash: str) -> list[str]:
+    """The files of a prompt dir the site may ask for (packs, their errors, stats.json, value norms): listed in
+    its row, so that a page never requests one that is not there."""
+    skip = {"prompt.json", lens.PATTERN_FILE}
+    return sorted(f for f in os.listdir(lens.prompt_dir(save_path, model, phash)) if f not in skip and f[0] != ".")
 
 
 def stored_prompt_records(save_path: Path, model: str, finished: list[str] | None = None) -> dict[str, dict]:
@@ -199,8 +215,10 @@ def write_prompt_index(save_path: Path, model: str, records: list[dict]) -> None
         written.add(path)
     for k, chunk in enumerate(chunks):
         write(index_rows_path(save_path, model, k), lens.jsonl_bytes(map(index_row, chunk)))
-    for shard, words in word_shards(records).items():
+    shards = word_shards(records)
+    for shard, words in shards.items():
         write(index_words_path(save_path, model, shard), json.dumps(words, separators=(",", ":")).encode())
+    write(index_shards_path(save_path, model), json.dumps(sorted(shards), ensure_ascii=False).encode())
     n_tokens = np.array([r["n_tokens"] for r in records], np.int64)
     write(index_order_path(save_path, model),
           np.lexsort((np.arange(len(records)), n_tokens)).astype("<u4").tobytes())
@@ -382,7 +400,9 @@ def write_model_stats(save_path: Path, model: str, cfg: dict, figures: dict[str,
                       parts: list[storage.Part], records: list[dict]) -> int:
     """Merge a model's statistics and write the aggregates the site reads; returns the number of statistics."""
     tables, part_docs = merged_stats(save_path, model, (cfg["n_layers"], cfg["n_heads"]), parts, records)
-    if not tables:
+    if not tables:  # said as such, so the site knows there are none (and a former build's are gone)
+        lens.write_json(stats_path(save_path, model), {"n_prompts": len(records), "n_layers": cfg["n_layers"],
+                                                       "n_heads": cfg["n_heads"], "stats": {}})
         return 0
     order = [n for n in figures if n in tables] + sorted(set(tables) - set(figures))
     docs = {**part_docs, **{name: inspect.getdoc(figures[name].func) or "" for name in order if name in figures}}

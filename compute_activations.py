@@ -4,6 +4,12 @@
     python compute_activations.py ./my-hf-checkpoint prompts.jsonl --device cuda
     python compute_activations.py gpt2,pythia-70m prompts.jsonl --n-samples 100 --batch-size 16
     python compute_activations.py gpt2 prompts.jsonl --shard 3/8        # one of 8 array jobs
+    python compute_activations.py gpt2 pile.jsonl --patterns none       # statistics of every head only
+    python compute_activations.py gpt2 --top 5 --stat induction_head    # then the patterns of the extremes
+
+Every head's statistics are computed on the model's device for every prompt; the patterns of those
+--patterns chooses are stored per prompt (all heads in one compact file). Prompts longer than the
+model's context (n_ctx) are truncated to n_ctx tokens, with a warning naming them.
 
 From a notebook, with any model object that has the TransformerLens interface:
 
@@ -21,7 +27,7 @@ import tempfile
 import time
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -37,11 +43,7 @@ class StopForward(Exception):
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    p = lens.ArgumentParser(
-        description="Compute attention patterns of TransformerLens models over prompts and save "
-        "them per prompt (all layers and heads in one compact file).",
-        epilog="Prompts longer than the model's context (n_ctx) are truncated to n_ctx tokens, "
-        "with a warning naming them.")
+    p = lens.script_parser(__doc__)
     p.add_argument("models", help="model name(s) TransformerLens can load (e.g. gpt2), or a local "
                    "Hugging Face checkpoint directory; several separated by commas")
     p.add_argument("prompts", type=Path, nargs="?",
@@ -311,6 +313,34 @@ def make_batches(items: list, lengths: list[int], batch_size: int) -> list[list]
     return [[items[i] for i in order[s:s + batch_size]] for s in range(0, len(order), batch_size)]
 
 
+@dataclass(frozen=True)
+class PromptJob:
+    """One prompt as the plan decided it: its tokens, the heads to store (none: statistics only) and
+    whether its statistics are still to be written."""
+    prompt: dict
+    hash: str  # lens.prompt_hash of its text
+    ids: list[int]
+    truncated: bool
+    heads: list[tuple[int, int]]
+    needs_stats: bool
+
+    @property
+    def n_tokens(self) -> int:
+        return len(self.ids)
+
+
+@dataclass
+class OpenPrompt:
+    """A prompt during its forward pass (PatternStream.open): the files and arrays its hooks fill in."""
+    job: PromptJob
+    layout: str  # "tril" (causal) or "full"
+    layer_heads: dict[int, list[int]]  # the heads to store, by layer
+    keep: object  # flat positions of the stored layout on the model's device (None: all)
+    writer: storage.PatternWriter | None  # None: nothing stored
+    norms: np.ndarray | None  # value norms [n_layers, n_heads, n_tokens]
+    plugin_values: np.ndarray | None  # host statistics [n_plugins, n_layers, n_heads]
+
+
 class PatternStream:
     """Takes each layer's patterns as its hook fires and streams them into the batch's pattern files.
 
@@ -331,42 +361,64 @@ class PatternStream:
         self.lock = threading.Lock()
         self.plugins = plugins
         self.plugin_errors: dict[str, str] = {}  # statistic -> the first failure's message
+        self.writers: list[storage.PatternWriter] = []  # every file opened: close() drops the unfinished ones
 
-    def submit_values(self, jobs: list["PromptJob"], layer: int, v, gram) -> None:
+    def open(self, job: PromptJob, plan: "RunPlan") -> OpenPrompt:
+        """Make what a prompt's forward pass fills in: its pattern file (if it stores any heads), its
+        value norms and host statistics (if something needs them)."""
+        import torch
+        n, layout = job.n_tokens, "tril" if plan.causal else "full"
+        layer_heads = {}
+        for l, h in job.heads:
+            layer_heads.setdefault(l, []).append(h)
+        plugin_values = (np.full((len(plan.plugins), plan.n_layers, plan.n_heads), np.nan, np.float32)
+                         if plan.plugins and job.needs_stats else None)
+        keep = (torch.from_numpy(storage.tril_positions(n, "tril")).to(plan.device)  # what reaches the host is cut
+                if plan.causal and (job.heads or plugin_values is not None) else None)  # to the lower triangle
+        norms = np.full((plan.n_layers, plan.n_heads, n), np.nan, np.float32) if plan.grams is not None else None
+        writer = None
+        if job.heads:
+            lens.prompt_json_path(plan.save_path, plan.model_dir, job.hash).unlink(missing_ok=True)  # unfinished
+            writer = storage.PatternWriter(lens.patterns_path(plan.save_path, plan.model_dir, job.hash),
+                                           plan.n_layers, plan.n_heads, n, layout, job.heads)
+            self.writers.append(writer)
+        return OpenPrompt(job, layout, layer_heads, keep, writer, norms, plugin_values)
+
+    def submit_values(self, batch: list[OpenPrompt], layer: int, v, gram) -> None:
         norms = value_norms(v, gram).cpu().numpy()
-        for i, job in enumerate(jobs):
-            if job.norms is not None:
-                job.norms[layer] = norms[i, :, :job.n_tokens]
+        for i, o in enumerate(batch):
+            if o.norms is not None:
+                o.norms[layer] = norms[i, :, :o.job.n_tokens]
 
-    def submit_layer(self, jobs: list["PromptJob"], layer: int, pattern) -> None:
-        for i, job in enumerate(jobs):
-            heads = list(range(pattern.shape[1])) if job.plugin_values is not None else job.layer_heads.get(layer)
+    def submit_layer(self, batch: list[OpenPrompt], layer: int, pattern) -> None:
+        for i, o in enumerate(batch):
+            heads = list(range(pattern.shape[1])) if o.plugin_values is not None else o.layer_heads.get(layer)
             if not heads:
                 continue
-            n = job.n_tokens
+            n = o.job.n_tokens
             group = max(1, self.GROUP_BYTES // (4 * n * n))
             for g in range(0, len(heads), group):
                 idx = heads[g:g + group]
-                stored = quantize_on_device(pattern[i, idx, :n, :n], job.keep).cpu().numpy()
-                self._submit(job, layer, idx, stored)
+                stored = quantize_on_device(pattern[i, idx, :n, :n], o.keep).cpu().numpy()
+                self._submit(o, layer, idx, stored)
 
-    def _submit(self, job: "PromptJob", layer: int, idx: list[int], stored: np.ndarray) -> None:
+    def _submit(self, o: OpenPrompt, layer: int, idx: list[int], stored: np.ndarray) -> None:
         while self.pending > self.MAX_PENDING and self.queue:
             self.queue.popleft().result()
-        streams = self.compress.submit(self._encode, job, layer, idx, stored)
+        streams = self.compress.submit(self._encode, o, layer, idx, stored)
         with self.lock:
             self.pending += stored.nbytes
-        self.queue.append(self.write.submit(self._append, job.writer, streams, stored.nbytes))
+        self.queue.append(self.write.submit(self._append, o.writer, streams, stored.nbytes))
 
-    def _encode(self, job: "PromptJob", layer: int, idx: list[int], stored: np.ndarray) -> list[bytes]:
+    def _encode(self, o: OpenPrompt, layer: int, idx: list[int], stored: np.ndarray) -> list[bytes]:
         """In a worker: the host statistics of every head given, and the streams of those to store."""
-        if job.plugin_values is not None:
+        if o.plugin_values is not None:
             for k, h in enumerate(idx):
-                attn = storage.decode_stored(stored[k], job.n_tokens, job.layout)
-                inputs = {"token_ids": job.ids, "value_norms": None if job.norms is None else job.norms[layer, h]}
+                attn = storage.decode_stored(stored[k], o.job.n_tokens, o.layout)
+                inputs = {"token_ids": o.job.ids, "value_norms": None if o.norms is None else o.norms[layer, h]}
                 for s, fig in enumerate(self.plugins):
-                    job.plugin_values[s, layer, h] = self._run_plugin(fig, attn, inputs, job, layer, h)
-        keep = set(job.layer_heads.get(layer, ()))
+                    o.plugin_values[s, layer, h] = self._run_plugin(fig, attn, inputs, o.job, layer, h)
+        keep = set(o.layer_heads.get(layer, ()))
         return storage.head_streams(stored[[k for k, h in enumerate(idx) if h in keep]]) if keep else []
 
     def _run_plugin(self, fig: lens.Figure, attn: np.ndarray, inputs: dict, job, layer: int, head: int) -> float:
@@ -406,8 +458,12 @@ class PatternStream:
                 pass
 
     def close(self) -> None:
+        """Stop the threads and drop every pattern file not finished (none after a whole run)."""
         self.compress.shutdown(cancel_futures=True)
         self.write.shutdown(cancel_futures=True)
+        for writer in self.writers:
+            if not writer.file.closed:
+                writer.abort()
 
 
 DEVICE_STATISTICS = ("bos", "diagonal", "entropy", "previous_token_head", "duplicate_token_head", "induction_head")
@@ -498,28 +554,6 @@ def quantize_on_device(attn, keep) -> "torch.Tensor":  # noqa: F821 (torch is im
     return q.view(torch.uint8).view(len(q), -1, 2).transpose(1, 2).contiguous()  # little-endian: low byte first
 
 
-@dataclass
-class PromptJob:
-    """One prompt of a batch: its tokens, the heads to store (none: statistics only), whether its
-    statistics are still to be written, and what the forward pass fills in."""
-    prompt: dict
-    hash: str  # lens.prompt_hash of its text
-    ids: list[int]
-    truncated: bool
-    heads: list[tuple[int, int]]
-    needs_stats: bool
-    layer_heads: dict = field(default_factory=dict)
-    layout: str = "tril"
-    keep: object = None  # flat positions of the stored layout, on the model's device (None: all)
-    writer: storage.PatternWriter | None = None
-    norms: np.ndarray | None = None  # value norms [n_layers, n_heads, n_tokens]
-    plugin_values: np.ndarray | None = None  # host statistics [n_plugins, n_layers, n_heads]
-
-    @property
-    def n_tokens(self) -> int:
-        return len(self.ids)
-
-
 def stored_heads(pdir: Path) -> set[tuple[int, int]] | None:
     """The heads a finished prompt holds; None when it is not finished (or its file is unreadable)."""
     if not lens.is_finished(pdir):
@@ -530,21 +564,21 @@ def stored_heads(pdir: Path) -> set[tuple[int, int]] | None:
         return None
 
 
-def finish_prompt(job: PromptJob, save_path: Path, model_dir: str, str_tokens: list[str], n_layers: int,
-                  n_heads: int) -> int:
+def finish_prompt(o: OpenPrompt, plan: "RunPlan", str_tokens: list[str]) -> int:
     """Close the prompt's pattern file, then write prompt.json (its presence marks the prompt done)."""
-    size = job.writer.close()
-    if job.norms is not None:
-        norms = np.full_like(job.norms, np.nan)  # NaN where a head is not stored
+    job, n_layers, n_heads = o.job, plan.n_layers, plan.n_heads
+    size = o.writer.close()
+    if o.norms is not None:
+        norms = np.full_like(o.norms, np.nan)  # NaN where a head is not stored
         for l, h in job.heads:
-            norms[l, h] = job.norms[l, h]
-        lens.write_atomic(lens.value_norms_path(save_path, model_dir, job.hash), norms.astype("<f4").tobytes())
+            norms[l, h] = o.norms[l, h]
+        lens.write_atomic(lens.value_norms_path(plan.save_path, plan.model_dir, job.hash), norms.astype("<f4").tobytes())
         size += norms.nbytes
     info = {"text": job.prompt["text"], "hash": job.hash, "tokens": str_tokens, "token_ids": job.ids,
             "n_tokens": len(job.ids), "meta": job.prompt.get("meta", {}), "truncated": job.truncated}
     if len(job.heads) < n_layers * n_heads:
         info["heads"] = format_heads(job.heads, n_layers, n_heads)
-    lens.write_json(lens.prompt_json_path(save_path, model_dir, job.hash), info)
+    lens.write_json(lens.prompt_json_path(plan.save_path, plan.model_dir, job.hash), info)
     return size
 
 
@@ -603,7 +637,7 @@ class RunPlan:
     grams: list | None  # see output_grams
 
 
-def plan_run(prompts: list[dict], model, save_path: Path, model_name: str, force: bool, heads: str | None,
+def plan_run(prompts: list[dict], model, *, save_path: Path, model_name: str, force: bool, heads: str | None,
              max_tokens: int | None, patterns, figures_dir: Path) -> RunPlan:
     """Which prompts need patterns (the heads asked for) or statistics, tokenised, with this run's part."""
     cfg = model.cfg
@@ -663,7 +697,8 @@ def compute_activations(prompts: list[dict | str], model, save_path: Path | str 
     save_path = Path(save_path)
     model_name = model_name or getattr(model.cfg, "model_name", None) or "model"
     prompts = [{"text": p} if isinstance(p, str) else p for p in prompts]
-    plan = plan_run(prompts, model, save_path, model_name, force, heads, max_tokens, patterns, Path(figures_dir))
+    plan = plan_run(prompts, model, save_path=save_path, model_name=model_name, force=force, heads=heads,
+                    max_tokens=max_tokens, patterns=patterns, figures_dir=Path(figures_dir))
     lens.write_json(lens.model_cfg_path(save_path, plan.model_dir), model_config(model, model_name))
     stored = [j for j in plan.jobs if j.heads]
     if stored and progress:
@@ -672,8 +707,8 @@ def compute_activations(prompts: list[dict | str], model, save_path: Path | str 
     start = time.perf_counter()
     bar = tqdm(total=len(plan.jobs), unit="prompt", desc=plan.model_dir, disable=not progress)
     stream = PatternStream(n_workers or os.cpu_count() or 1, plan.plugins)
-    results = []
     try:
+        results = []
         for batch in make_batches(plan.jobs, [j.n_tokens for j in plan.jobs], batch_size):
             results += run_batch(model, batch, plan, stream)
             bar.update(len(batch))
@@ -681,12 +716,9 @@ def compute_activations(prompts: list[dict | str], model, save_path: Path | str 
         n_bytes = sum(f.result() for f in results)
     except BaseException:
         stream.settle()  # the batches before the interruption are kept; a second Ctrl-C stops this too
-        for job in plan.jobs:
-            if job.writer is not None and not job.writer.file.closed:
-                job.writer.abort()
         raise
     finally:
-        stream.close()
+        stream.close()  # drops the pattern files left unfinished
         bar.close()
     for message in stream.plugin_errors.values():
         print(f"warning: {message} (its value is missing there)", file=sys.stderr)
@@ -703,8 +735,7 @@ def run_batch(model, batch: list[PromptJob], plan: RunPlan, stream: PatternStrea
     width = max(j.n_tokens for j in batch)
     pad_id = getattr(model.tokenizer, "pad_token_id", None) or 0
     tokens = torch.tensor([job.ids + [pad_id] * (width - job.n_tokens) for job in batch])
-    for job in batch:
-        start_prompt(job, plan, device, grams is not None)
+    opened = [stream.open(job, plan) for job in batch]
     # Right padding is harmless under a causal mask; an encoder must be told which keys are padding.
     mask = None if plan.causal else (torch.arange(width) < torch.tensor([[j.n_tokens] for j in batch])).long()
     tokens = tokens.to(device)
@@ -712,19 +743,19 @@ def run_batch(model, batch: list[PromptJob], plan: RunPlan, stream: PatternStrea
 
     def on_layer(layer, pattern):
         stats.add_layer(layer, pattern)
-        stream.submit_layer(batch, layer, pattern)
+        stream.submit_layer(opened, layer, pattern)
 
     forward_patterns(model, tokens, on_layer, plan.n_layers - 1, None if mask is None else mask.to(device),
-                     (lambda layer, v: stream.submit_values(batch, layer, v, grams[layer])) if grams else None)
+                     (lambda layer, v: stream.submit_values(opened, layer, v, grams[layer])) if grams else None)
     values = stats.values.cpu().numpy()[:, [DEVICE_STATISTICS.index(n) for n in plan.part.meta["stats"]
                                            if n in DEVICE_STATISTICS]]
     _, to_str_tokens = tokenizer_functions(model)
-    results = [stream.finish(finish_prompt, job, plan.save_path, plan.model_dir, to_str_tokens(torch.tensor(job.ids)),
-                             plan.n_layers, plan.n_heads) for job in batch if job.heads]
+    results = [stream.finish(finish_prompt, o, plan, to_str_tokens(torch.tensor(o.job.ids)))
+               for o in opened if o.job.heads]
     fresh = [i for i, job in enumerate(batch) if job.needs_stats]
     if fresh:
         stream.finish(lambda: plan.part.append([batch[i] for i in fresh], np.concatenate(
-            [values[fresh], *([np.stack([batch[i].plugin_values for i in fresh])] if plan.plugins else [])], 1)))
+            [values[fresh], *([np.stack([opened[i].plugin_values for i in fresh])] if plan.plugins else [])], 1)))
     return results
 
 
@@ -734,25 +765,6 @@ def output_grams(model, needed: bool) -> list | None:
     w_o = output_weights(model) if needed else None
     with torch.inference_mode():
         return [w @ w.transpose(1, 2) for w in w_o] if w_o else None
-
-
-def start_prompt(job: PromptJob, plan: RunPlan, device, with_norms: bool) -> None:
-    """Open the prompt's pattern file (if it stores any) and index its heads by layer, before the forward pass."""
-    import torch
-    n = job.n_tokens
-    job.layout = "tril" if plan.causal else "full"
-    for l, h in job.heads:
-        job.layer_heads.setdefault(l, []).append(h)
-    if plan.plugins and job.needs_stats:
-        job.plugin_values = np.full((len(plan.plugins), plan.n_layers, plan.n_heads), np.nan, np.float32)
-    if plan.causal and (job.heads or job.plugin_values is not None):  # what reaches the host is cut to the tril
-        job.keep = torch.from_numpy(storage.tril_positions(n, "tril")).to(device)
-    if with_norms:
-        job.norms = np.full((plan.n_layers, plan.n_heads, n), np.nan, np.float32)
-    if job.heads:
-        lens.prompt_json_path(plan.save_path, plan.model_dir, job.hash).unlink(missing_ok=True)  # unfinished until rewritten
-        job.writer = storage.PatternWriter(lens.patterns_path(plan.save_path, plan.model_dir, job.hash), plan.n_layers,
-                                        plan.n_heads, n, job.layout, job.heads)
 
 
 def size_estimate_line(model_dir: str, lengths: list[int], n_stored: int, n_total: int, causal: bool,
@@ -821,7 +833,9 @@ def _spec_range(spec: str, text: str, n: int, what: str) -> range:
         return range(n)
     a, _, b = text.partition("-")
     a, b = int(a), int(b or a)
-    if a > b or b >= n:
+    if a > b:
+        raise lens.UserError(f"--heads {spec}: {what}s {text} run backwards")
+    if b >= n:
         raise lens.UserError(f"--heads {spec}: {what}s {text} out of range (the model's {what}s are 0-{n - 1})")
     return range(a, b + 1)
 

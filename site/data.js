@@ -13,6 +13,7 @@ export const indexRowsUrl = (model, chunk) => `${model}/index/rows/${chunk}.json
 export const indexWordsUrl = (model, shard) => `${model}/index/words/${shard}.json`;
 export const indexOrderUrl = (model) => `${model}/index/by_tokens.u32`;
 export const indexStoredUrl = (model) => `${model}/index/stored.json`;
+export const indexShardsUrl = (model) => `${model}/index/shards.json`;
 export const statsUrl = (model) => `${model}/stats.json`;
 export const statTableUrl = (model, stat) => `${model}/stats/${stat}.f32`;
 export const statHeadsUrl = (model, stat) => `${model}/stats/${stat}.heads.json`;
@@ -66,8 +67,19 @@ export async function fetchOk(path, init) {
   return response;
 }
 
+// The files of each stored prompt's dir, from its index row ("files"): an optional file not among them is known
+// to be missing and is not asked for, so no page requests a file that is not there.
+const promptFiles = new Map();  // prompt dir -> Set of file names
+
+function noteFiles(model, rows) {
+  for (const row of rows) if (row.files) promptFiles.set(promptDir(model, row.hash), new Set(row.files));
+  return rows;
+}
+
 /** fetchOk, but null when an optional file is missing. */
 async function fetchOptional(path, init) {
+  const cut = path.lastIndexOf("/") + 1, known = promptFiles.get(path.slice(0, cut));
+  if (known && !known.has(path.slice(cut)) && fileInfo(path).optional) return null;
   try {
     return await fetchOk(path, init);
   } catch (e) {
@@ -124,6 +136,11 @@ export function shardName(word) {
   return [...word].slice(0, 2).map((c) => (/[a-z0-9]/.test(c) ? c : `_${c.codePointAt(0).toString(16)}`)).join("");
 }
 
+/** The words a query looks up: lowercased, each once (build_index.search_words finds a prompt by the same rule). */
+export function searchTerms(query) {
+  return [...new Set(query.toLowerCase().match(WORD) ?? [])];
+}
+
 /** A model's prompt index: {count, nStored, rows(start, n), at(rows), find(hash), matches(query),
  * search(query, limit), ordered(order, start, n, among), storedRows()}. Chunks are fetched once, when needed. */
 export async function openPromptIndex(model) {
@@ -136,7 +153,7 @@ export async function openPromptIndex(model) {
 
   /** Chunk k's rows, the most recently used MAX_CHUNKS kept. */
   function chunk(k) {
-    const rows = chunks.get(k) ?? fetchData(indexRowsUrl(model, k), "jsonl");
+    const rows = chunks.get(k) ?? fetchData(indexRowsUrl(model, k), "jsonl").then((r) => noteFiles(model, r));
     chunks.delete(k);
     chunks.set(k, rows);
     if (chunks.size > MAX_CHUNKS) chunks.delete(chunks.keys().next().value);
@@ -197,6 +214,8 @@ export async function openPromptIndex(model) {
    * whose hash starts with it when it looks like a hash. */
   async function termRows(term) {
     const shard = shardName(term);
+    const names = await fetchOnce(indexShardsUrl(model));
+    if (!names.includes(shard)) return HASH_TERM.test(term) ? hashRows(term) : [];  // no word starts so
     if (!shards.has(shard)) shards.set(shard, fetchData(indexWordsUrl(model, shard)));
     const words = (await shards.get(shard)) ?? {};
     const lists = Object.entries(words).filter(([word]) => word.startsWith(term)).map(([, deltas]) => {
@@ -211,7 +230,7 @@ export async function openPromptIndex(model) {
   /** The rows matching a search, ascending; null for a query without words. Each word of the query starts a
    * word of the prompt's text or meta values (case-insensitive), or 6-16 hex digits start its hash. */
   async function matches(query) {
-    const terms = [...new Set(query.toLowerCase().match(WORD) ?? [])];
+    const terms = searchTerms(query);
     if (!terms.length) return null;
     const lists = (await Promise.all(terms.map(termRows))).sort((a, b) => a.length - b.length);
     return lists.slice(1).reduce((found, list) => {
@@ -387,27 +406,28 @@ export function rankHeads(values, descending = true) {
 
 // ---- heads: the `L0-3H*,L5H1,L*H0` syntax of the grid's URL and of prompt.json's "heads" ----
 
-/** Heads named by a spec like `L0-3H*,L5H1,L*H0`, as sorted [layer, head] pairs; throws on bad syntax
- * and, when `strict`, on a layer or head the model does not have (else those parts select nothing). */
+/** Heads named by a spec like `L0-3H*,L5H1,L*H0`, as sorted [layer, head] pairs (compute_activations.parse_heads;
+ * tests/rules.json holds the cases both must agree on). Throws on bad syntax and, when `strict`, on a layer or
+ * head the model does not have (lenient: those select nothing). */
 export function parseHeads(spec, nLayers, nHeads, strict = true) {
   const chosen = new Set();
   for (const part of spec.split(",").map((s) => s.trim()).filter(Boolean)) {
-    const m = /^L([0-9*]+(?:-[0-9]+)?)H([0-9*]+(?:-[0-9]+)?)$/i.exec(part.replace(/\s+/g, ""));
+    const m = /^L([0-9]+(?:-[0-9]+)?|\*)H([0-9]+(?:-[0-9]+)?|\*)$/i.exec(part.replace(/\s+/g, ""));
     if (!m) throw new Error(`"${part}" is not a head spec (try L0-3H*, L5H1, L*H0)`);
     for (const l of parseRange(m[1], nLayers, "layer", strict)) {
       for (const h of parseRange(m[2], nHeads, "head", strict)) chosen.add(l * nHeads + h);
     }
   }
+  if (strict && !chosen.size) throw new Error(`"${spec}" names no head`);
   return [...chosen].sort((a, b) => a - b).map((i) => [Math.floor(i / nHeads), i % nHeads]);
 }
 
 function parseRange(text, n, what, strict) {
   if (text === "*") return range(n);
-  const [a, b] = text.split("-").map(Number);
-  const last = Number.isNaN(b) || b === undefined ? a : b;
-  if (a > last) throw new Error(`${what} range ${text} runs backwards`);
-  if (a >= n && strict) throw new Error(`no ${what} ${a}: ${what}s are 0-${n - 1}`);
-  return range(Math.min(last, n - 1) + 1).filter((i) => i >= a);  // a range may run past the end: L8-99H*
+  const [a, b = a] = text.split("-").map(Number);
+  if (a > b) throw new Error(`${what}s ${text} run backwards`);
+  if (b >= n && strict) throw new Error(`${what}s ${text} out of range (the model's ${what}s are 0-${n - 1})`);
+  return range(Math.min(b, n - 1) + 1).filter((i) => i >= a);  // lenient: a spec kept from a larger model
 }
 
 /** The shortest spec for a set of heads: whole layers as `L0-3H*`, the rest per head. */

@@ -36,6 +36,28 @@ export const visibleToken = (token) => oneLine(token.replace(/ /g, "\u00b7"));
 /** Text on one line: newlines and tabs shown as ↵ and →. */
 export const oneLine = (text) => text.replace(/\n/g, "\u21b5").replace(/\t/g, "\u2192");
 
+/** A prompt's text as a label: on one line, whitespace runs as one space, cut to `chars` with an ellipsis. */
+export function promptLabel(text, chars) {
+  const line = text.replace(/\s+/g, " ");
+  return line.length > chars ? `${line.slice(0, chars)}\u2026` : line;
+}
+
+/** Whether a key press belongs to a text field or a shortcut of the browser: a page's own keys ignore it. */
+export const notForPage = (e) => e.target.matches("input, select, textarea") || e.ctrlKey || e.metaKey || e.altKey;
+
+/** A colour bar from lo to hi in the colormap's colours (a 256-entry RGB table), each end labelled;
+ * `empty` is said instead when there is no range. */
+export function renderLegend(box, lo, hi, colormap, { digits = 3, suffix = "", empty = "" } = {}) {
+  if (!Number.isFinite(lo) || !Number.isFinite(hi)) {
+    box.replaceChildren(...(empty ? [el("span", { class: "muted" }, empty)] : []));
+    return;
+  }
+  const stops = colormap.filter((_, i) => i % 32 === 0 || i === 255).map((c) => `rgb(${c.join(",")})`);
+  box.replaceChildren(el("span", { class: "mono" }, formatNumber(lo, digits)),
+    el("span", { class: "legend-bar", style: { background: `linear-gradient(to right, ${stops.join(",")})` } }),
+    el("span", { class: "mono" }, `${formatNumber(hi, digits)}${suffix}`));
+}
+
 export function debounce(fn, ms) {
   let timer = 0;
   return (...args) => {

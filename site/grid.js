@@ -4,7 +4,7 @@ import {
   FIGURES_URL, MODELS_URL, fetchData, fetchEach, figureOutputs, formatHeads, isStored, loadFigureError, loadFigureImage,
   loadStatRows, openPromptIndex, parseHeads, range, statsUrl,
 } from "./data.js";
-import { $, debounce, el, formatNumber, oneLine, showError, startPage } from "./dom.js";
+import { $, debounce, el, formatNumber, notForPage, oneLine, showError, startPage } from "./dom.js";
 import { headsUrl, readState, singleUrl, writeState } from "./url.js";
 
 const KEYS = ["model", "prompt", "layer", "head", "figure"];
@@ -619,7 +619,7 @@ function wire() {
   $("toggle-controls").addEventListener("click", toggleControls);
   $("controls-summary").addEventListener("click", toggleControls);
   document.addEventListener("keydown", (e) => {
-    if (e.key === "c" && !e.target.matches("input, select, textarea") && !e.ctrlKey && !e.metaKey && !e.altKey) {
+    if (e.key === "c" && !notForPage(e)) {
       toggleControls();
     }
   });

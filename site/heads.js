@@ -7,7 +7,7 @@ import {
   MODELS_URL, fetchData, fetchEach, isStored, loadColormap, loadStatRow, openPromptIndex, range, rankHeads,
   statHeadsUrl, statMeans, statsUrl,
 } from "./data.js";
-import { $, debounce, el, fillSelect, formatNumber, oneLine, showError, startPage } from "./dom.js";
+import { $, debounce, el, fillSelect, formatNumber, notForPage, oneLine, promptLabel, renderLegend, showError, startPage } from "./dom.js";
 import { gridUrl, pageUrl, readState, singleUrl, writeState } from "./url.js";
 
 const state = readState("heads");
@@ -227,7 +227,7 @@ function renderHeatmap({ values, a, b }, ranked) {
     }
   }
   $("heatmap").replaceChildren(grid);
-  renderLegend($("legend"), lo, hi, colormap);
+  renderLegend($("legend"), lo, hi, colormap, { empty: "no values for this statistic here" });
 }
 
 function heatCell(l, h, v, rank, of, lo, hi, size, colormap = data.colormap, why = "") {
@@ -242,17 +242,6 @@ function heatCell(l, h, v, rank, of, lo, hi, size, colormap = data.colormap, why
     style: c ? { background: `rgb(${c.join(", ")})` } : {},
     onmouseenter: () => { $("hover-info").textContent = info; }, onclick: (e) => clickHead(e, l, h),
   }, size >= 40 ? text : "");
-}
-
-function renderLegend(box, lo, hi, colormap = data.colormap) {
-  if (!Number.isFinite(lo)) {
-    box.replaceChildren(el("span", { class: "muted" }, "no values for this statistic here"));
-    return;
-  }
-  const stops = colormap.filter((_, i) => i % 32 === 0 || i === 255).map((c) => `rgb(${c.join(",")})`);
-  box.replaceChildren(el("span", { class: "mono" }, formatNumber(lo)),
-    el("span", { class: "legend-bar", style: { background: `linear-gradient(to right, ${stops.join(",")})` } }),
-    el("span", { class: "mono" }, formatNumber(hi)));
 }
 
 function renderTop(ranked) {
@@ -285,7 +274,7 @@ function renderControls() {
   $("series").checked = state.series === "1";
   const i = data.prompt?.row ?? -1, n = data.index?.count ?? 0;
   const text = oneLine(data.prompt?.record.text ?? state.prompt);
-  $("prompt-label").textContent = `prompt ${i + 1}/${n}: ${text.slice(0, 40)}${text.length > 40 ? "\u2026" : ""}`;
+  $("prompt-label").textContent = `prompt ${i + 1}/${n}: ${promptLabel(text, 40)}`;
   $("prompt-label").title = text;
   $("prompt-picker").classList.toggle("dim", state.over === "mean");
   $("prev-prompt").disabled = i <= 0;
@@ -449,7 +438,7 @@ async function searchPrompts(query) {
   box.replaceChildren(...(found.length ? found.map((f) => el("button", {
     type: "button", class: "prompt-result", title: f.record.text, dataset: { hash: f.record.hash },
     onclick: () => { box.classList.add("hidden"); $("prompt-search").value = ""; choosePrompt(f); },
-  }, el("span", { class: "muted mono" }, `${f.row + 1}`), ` ${oneLine(f.record.text).slice(0, 80)}`))
+  }, el("span", { class: "muted mono" }, `${f.row + 1}`), ` ${promptLabel(f.record.text, 80)}`))
     : [el("span", { class: "muted" }, "no prompt matches")]));
   box.classList.remove("hidden");
 }
@@ -468,7 +457,7 @@ function wire() {
     if (e.key === "Escape") { e.target.value = ""; $("prompt-results").classList.add("hidden"); e.target.blur(); }
   });
   document.addEventListener("keydown", (e) => {
-    if (e.target.matches("input, select, textarea") || e.ctrlKey || e.metaKey || e.altKey) return;
+    if (notForPage(e)) return;
     const actions = {
       s: () => stepStat(1), S: () => stepStat(-1), n: () => stepPrompt(1), p: () => stepPrompt(-1),
       m: () => update({ over: state.over === "mean" ? "prompt" : "mean" }),
@@ -499,7 +488,7 @@ async function renderSeries() {
     el("figcaption", { class: "mono" }, Number.isNaN(stepOf(m)) ? m.model_dir : `step ${stepOf(m)}`),
     means[i] ? smallHeatmap(m, means[i], lo, hi, size) : el("p", { class: "notice" }, `no ${state.stat}`)));
   const legend = el("div", { class: "legend" });
-  renderLegend(legend, lo, hi);
+  renderLegend(legend, lo, hi, data.colormap, { empty: "no values for this statistic here" });
   box.replaceChildren(el("h2", {}, `${state.stat} (mean over prompts) across ${models.length} models of shape `
     + `${shape(data.model)}`), el("div", { class: "series-row" }, maps), legend, seriesChart(models, means));
 }

@@ -5,7 +5,7 @@ import {
   loadFigureImage, loadValueNorms, modelCfgUrl, openPromptIndex, patternsUrl, promptIndexUrl, promptJsonUrl,
   promptStatsUrl, rankHeads, statMeans, statsUrl,
 } from "./data.js";
-import { $, cssColor, el, fillSelect, formatNumber, showError, startPage } from "./dom.js";
+import { $, cssColor, el, fillSelect, formatNumber, notForPage, promptLabel, renderLegend, showError, startPage } from "./dom.js";
 import { download, figureScene, pngAsSvg, scenePng, sceneSvg } from "./export.js";
 import * as matrix from "./matrix.js";
 import { NotStoredError, loadHead } from "./patterns.js";
@@ -68,7 +68,8 @@ async function promptJson(model, index, hash) {
 async function loadPrompt() {
   const [found, stored, prompt, promptStats] = await fetchEach([
     data.index.find(state.prompt), data.index.storedRows(),
-    promptJson(state.model, data.index, state.prompt), fetchData(promptStatsUrl(state.model, state.prompt)),
+    promptJson(state.model, data.index, state.prompt),
+    data.index.find(state.prompt).then(() => fetchData(promptStatsUrl(state.model, state.prompt))),  // after its row
   ]);
   return { stored, place: found ? stored.indexOf(found.row) : -1, prompt, promptStats };
 }
@@ -168,10 +169,7 @@ function saveUrl(push = false) {
 /** "prompt i/n" among the stored prompts, else its hash. */
 const promptNumber = () => (view.place >= 0 ? `prompt ${view.place + 1}/${view.stored.length}` : state.prompt);
 
-const promptLabel = () => {
-  const text = view.prompt.text.replace(/\s+/g, " ");
-  return `${promptNumber()}: ${text.slice(0, 60)}${text.length > 60 ? "\u2026" : ""}`;
-};
+const promptTitle = () => `${promptNumber()}: ${promptLabel(view.prompt.text, 60)}`;
 
 function renderControls() {
   const { cfg } = data, names = data.models.map((m) => m.model_dir);
@@ -182,7 +180,7 @@ function renderControls() {
   fillSelect($("figure"), outputs.includes(state.figure) ? outputs : [state.figure, ...outputs], state.figure);
   for (const id of ["scale", "shade", "vw"]) $(id).value = state[id];
   const i = view.place;
-  $("prompt-label").textContent = promptLabel();
+  $("prompt-label").textContent = promptTitle();
   $("prompt-label").title = view.prompt.text;
   $("prev-prompt").disabled = i <= 0;
   $("next-prompt").disabled = i < 0 || i >= view.stored.length - 1;
@@ -206,7 +204,7 @@ function renderBControls() {
     fillSelect($("b-prompt"), hashes.includes(b.prompt.hash) ? hashes : [b.prompt.hash, ...hashes], b.prompt.hash,
       (hash) => {
         const p = prompts.find((r) => r.hash === hash) ?? b.prompt;
-        return `${p.n_tokens} tok${p.n_tokens === n ? "" : " \u2260"}: ${p.text.replace(/\s+/g, " ").slice(0, 40)}`;
+        return `${p.n_tokens} tok${p.n_tokens === n ? "" : " \u2260"}: ${promptLabel(p.text, 40)}`;
       });
   }).catch(showError);
   fillSelect($("b-layer"), [...Array(b.cfg.n_layers).keys()], state.blayer);
@@ -259,7 +257,8 @@ function renderMatrix() {
     note.classList.toggle("hidden", !side.problem);
     note.textContent = side.problem ?? "";
     $(`caption-${id}`).textContent = caption(id, side);
-    renderLegend($(`legend-${id}`), side.shown && scales[id], colormap);
+    const scale = side.shown && scales[id];
+    renderLegend($(`legend-${id}`), scale?.lo, scale?.hi, colormap, { suffix: scale?.scale === "sqrt" ? " (sqrt)" : "" });
   }
   redraw();
 }
@@ -270,18 +269,6 @@ function caption(id, side) {
   return `${id.toUpperCase()}: ${side.model} L${side.layer}H${side.head} \u00b7 `
     + `${id === "a" ? promptNumber() : side.prompt.hash.slice(0, 10)} `
     + `(${side.prompt.tokens.length} tokens)${what ? ` \u00b7 ${what}` : ""}`;
-}
-
-/** A colour bar with the scale's ends (and 0 when diverging). */
-function renderLegend(box, scale, colormap) {
-  if (!scale) {
-    box.replaceChildren();
-    return;
-  }
-  const stops = colormap.filter((_, i) => i % 32 === 0 || i === 255).map((c) => `rgb(${c.join(",")})`);
-  box.replaceChildren(el("span", { class: "mono" }, formatNumber(scale.lo, 3)),
-    el("span", { class: "legend-bar", style: { background: `linear-gradient(to right, ${stops.join(",")})` } }),
-    el("span", { class: "mono" }, `${formatNumber(scale.hi, 3)}${scale.scale === "sqrt" ? " (sqrt)" : ""}`));
 }
 
 const active = () => view.hover || view.pinned;
@@ -350,7 +337,7 @@ function exportScene() {
   const what = state.vw === "raw" ? "value-weighted \u03b1\u00b7\u2016v W_O\u2016"
     : state.vw === "row" ? "value-weighted, rows sum to 1" : "attention";
   const text = view.prompt.text.replace(/\s+/g, " ");
-  const title = `${state.model} L${state.layer}H${state.head} \u00b7 ${what} \u00b7 "${text.slice(0, 60)}${text.length > 60 ? "\u2026" : ""}"`;
+  const title = `${state.model} L${state.layer}H${state.head} \u00b7 ${what} \u00b7 "${promptLabel(text, 60)}"`;
   return figureScene({
     title,
     colours: { bg: cssColor("--export-bg"), fg: cssColor("--export-fg"), muted: cssColor("--export-muted"),
@@ -556,7 +543,7 @@ function setShade(shade) {
 // ---- wire ----
 
 function onKey(e) {
-  if (!view.prompt || e.target.matches("input, select, textarea") || e.ctrlKey || e.metaKey || e.altKey) return;
+  if (!view.prompt || notForPage(e)) return;
   const step = e.shiftKey ? 10 : 1;
   const actions = {
     ArrowUp: () => moveCell(-step, 0), ArrowDown: () => moveCell(step, 0),

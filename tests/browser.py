@@ -31,6 +31,7 @@ class Session:
     url: str  # the server's base URL, ending in "/"
     requests: list[str] = field(default_factory=list)
     errors: list[str] = field(default_factory=list)  # uncaught page errors and console.error lines
+    missing: list[str] = field(default_factory=list)  # requests answered 404
 
 
 @contextmanager
@@ -56,6 +57,7 @@ def browser_session(data_dir: Path, dark: bool = False, width: int = 1280, heigh
         page = context.new_page()
         session = Session(page=page, url=url)
         context.on("request", lambda r: session.requests.append(r.url))
+        context.on("response", lambda r: r.status == 404 and session.missing.append(r.url))
         context.route("**/*", lambda route: route.continue_() if route.request.url.startswith(url)
                       else route.abort("internetdisconnected"))
         page.on("pageerror", lambda e: session.errors.append(f"pageerror: {e}"))
