@@ -6,9 +6,9 @@
 
 Writes models.jsonl (every <model>/model_cfg.json), <model>/index/ (every prompt with statistics or
 stored patterns, sorted by hash, in chunks a page fetches as it needs them, and a word index to search
-them; prompt.json is read only where it is new or changed since the last run), figures.jsonl (the figure registry of the figures dir that
-render_figures.py last rendered with, else figures/), colormaps.json (the tables the images
-use, for the site's legends) and copies site/ into the data dir: it alone writes what the site
+them; prompt.json is read only where it is new or changed since the last run), figures.jsonl (the
+figure registry of the figures dir that render_figures.py last rendered with, else figures/),
+colormaps.json (the tables the images use, for the site's legends) and copies site/ into the data dir: it alone writes what the site
 reads about figures. It only reads what is on disk, so it is idempotent and merges the outputs
 of shards run on several machines once they are copied into one data dir.
 compute_activations.py and render_figures.py run it when they finish.
@@ -401,8 +401,8 @@ def write_model_stats(save_path: Path, model: str, cfg: dict, figures: dict[str,
     """Merge a model's statistics and write the aggregates the site reads; returns the number of statistics."""
     tables, part_docs = merged_stats(save_path, model, (cfg["n_layers"], cfg["n_heads"]), parts, records)
     if not tables:  # said as such, so the site knows there are none (and a former build's are gone)
-        lens.write_json(stats_path(save_path, model), {"n_prompts": len(records), "n_layers": cfg["n_layers"],
-                                                       "n_heads": cfg["n_heads"], "stats": {}})
+        write_if_changed(stats_path(save_path, model), lens.json_bytes(
+            {"n_prompts": len(records), "n_layers": cfg["n_layers"], "n_heads": cfg["n_heads"], "stats": {}}))
         return 0
     order = [n for n in figures if n in tables] + sorted(set(tables) - set(figures))
     docs = {**part_docs, **{name: inspect.getdoc(figures[name].func) or "" for name in order if name in figures}}

@@ -5,7 +5,7 @@ import {
   loadStatRows, openPromptIndex, parseHeads, range, statsUrl,
 } from "./data.js";
 import { $, debounce, el, formatNumber, notForPage, oneLine, showError, startPage } from "./dom.js";
-import { headsUrl, readState, singleUrl, writeState } from "./url.js";
+import { changeState, headsUrl, readState, singleUrl, writeState } from "./url.js";
 
 const KEYS = ["model", "prompt", "layer", "head", "figure"];
 const PAGE_SIZE = 100;
@@ -27,11 +27,7 @@ const data = {
 };
 const list = (value) => (value ? value.split(",") : []);
 
-function setState(patch, ...renders) {
-  Object.assign(state, patch);
-  writeState("grid", state);
-  for (const render of renders) render();
-}
+const setState = (patch, ...renders) => changeState(state, patch, renders, () => writeState("grid", state)).catch(showError);
 
 // ---- load ----
 

@@ -9,7 +9,7 @@ import { $, cssColor, el, fillSelect, formatNumber, notForPage, promptLabel, ren
 import { download, figureScene, pngAsSvg, scenePng, sceneSvg } from "./export.js";
 import * as matrix from "./matrix.js";
 import { NotStoredError, loadHead } from "./patterns.js";
-import { gridUrl, headsUrl, pageUrl, readState, singleUrl, writeState } from "./url.js";
+import { changeState, gridUrl, headsUrl, pageUrl, readState, singleUrl, writeState } from "./url.js";
 
 const state = readState("single");
 const data = {
@@ -165,6 +165,8 @@ function render() {
 function saveUrl(push = false) {
   writeState("single", { ...state, q: view.pinned?.q ?? "", k: view.pinned?.k ?? "" }, push);
 }
+
+const setState = (patch, ...renders) => changeState(state, patch, renders, saveUrl).catch(showError);
 
 /** "prompt i/n" among the stored prompts, else its hash. */
 const promptNumber = () => (view.place >= 0 ? `prompt ${view.place + 1}/${view.stored.length}` : state.prompt);
@@ -505,27 +507,26 @@ function zoom(factor, around = active()) {
 function stepHead(delta) {
   const { n_layers, n_heads } = data.cfg, all = n_layers * n_heads;
   const i = (Number(state.layer) * n_heads + Number(state.head) + delta + all) % all;
-  Object.assign(state, { layer: String(Math.floor(i / n_heads)), head: String(i % n_heads) });
-  update();
+  setState({ layer: String(Math.floor(i / n_heads)), head: String(i % n_heads) }, update);
 }
 
 function stepLayer(delta) {
   const n = data.cfg.n_layers;
-  state.layer = String((Number(state.layer) + delta + n) % n);
-  update();
+  setState({ layer: String((Number(state.layer) + delta + n) % n) }, update);
 }
 
 /** The next (previous) prompt with stored patterns, in index order. */
 async function stepPrompt(delta) {
   const row = view.stored[view.place + delta];
   if (view.place < 0 || row === undefined) return;
+  let prompt;
   try {
-    state.prompt = (await data.index.at([row]))[0].hash;
+    prompt = (await data.index.at([row]))[0].hash;
   } catch (e) {
     showError(e);
     return;
   }
-  update(true);
+  setState({ prompt }, () => update(true));
 }
 
 function moveCell(dq, dk) {
@@ -534,10 +535,7 @@ function moveCell(dq, dk) {
 }
 
 function setShade(shade) {
-  state.shade = shade;
-  $("shade").value = shade;
-  renderCell();
-  saveUrl();
+  setState({ shade }, () => { $("shade").value = shade; }, renderCell);
 }
 
 // ---- wire ----
@@ -599,14 +597,12 @@ function wireCanvas(m) {
 function toggleCompare() {
   const b = view.b ? { bmodel: "", bprompt: "", blayer: "", bhead: "" }
     : { bmodel: state.model, bprompt: state.prompt, blayer: state.layer, bhead: state.head };
-  Object.assign(state, b);
-  update();
+  setState(b, update);
 }
 
 /** Pattern B's model, prompt, layer or head changed. */
 function setB(patch) {
-  Object.assign(state, patch);
-  update();
+  setState(patch, update);
 }
 
 /** A becomes B and B becomes A. */
@@ -617,24 +613,22 @@ function swapAB() {
     location.href = pageUrl("single", { ...state, ...b, bmodel: a.model, bprompt: a.prompt, blayer: a.layer, bhead: a.head });
     return;
   }
-  Object.assign(state, b, { bmodel: a.model, bprompt: a.prompt, blayer: a.layer, bhead: a.head });
-  update(true);
+  setState({ ...b, bmodel: a.model, bprompt: a.prompt, blayer: a.layer, bhead: a.head }, () => update(true));
 }
 
 function setVw(vw) {
-  state.vw = vw;
-  update();
+  setState({ vw }, update);
 }
 
 function wire() {
   view.matrices = { a: matrix.createMatrix($("matrix")), b: matrix.createMatrix($("matrix-b")), d: matrix.createMatrix($("matrix-d")) };
   Object.values(view.matrices).forEach(wireCanvas);
   document.addEventListener("keydown", onKey);
-  $("layer").addEventListener("change", (e) => { state.layer = e.target.value; update(); });
-  $("head").addEventListener("change", (e) => { state.head = e.target.value; update(); });
-  $("figure").addEventListener("change", (e) => { state.figure = e.target.value; renderControls(); renderFigure(); saveUrl(); });
+  $("layer").addEventListener("change", (e) => setState({ layer: e.target.value }, update));
+  $("head").addEventListener("change", (e) => setState({ head: e.target.value }, update));
+  $("figure").addEventListener("change", (e) => setState({ figure: e.target.value }, renderControls, renderFigure));
   $("shade").addEventListener("change", (e) => setShade(e.target.value));
-  $("scale").addEventListener("change", (e) => { state.scale = e.target.value; renderMatrix(); saveUrl(); });
+  $("scale").addEventListener("change", (e) => setState({ scale: e.target.value }, renderMatrix));
   $("vw").addEventListener("change", (e) => setVw(e.target.value));
   $("export-svg").addEventListener("click", () => exportView(0).catch(showError));
   $("export-png2").addEventListener("click", () => exportView(2).catch(showError));

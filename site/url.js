@@ -56,6 +56,17 @@ export function readState(page) {
   return Object.fromEntries(Object.entries(PAGES[page].defaults).map(([k, v]) => [k, params.get(k) ?? v]));
 }
 
+/** The one way a page changes its state: merge the patch, run what must be redrawn or reloaded (in order,
+ * awaiting those that return a promise), then write the URL with `save`, so it changes once the view shows it. */
+export async function changeState(state, patch, renders, save) {
+  Object.assign(state, patch);
+  try {
+    for (const render of renders) await render();
+  } finally {
+    save();
+  }
+}
+
 /** Put `state` into the URL without reloading; `push` adds a history entry. */
 export function writeState(page, state, push = false) {
   const url = pageUrl(page, state);

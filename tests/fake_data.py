@@ -53,14 +53,17 @@ def drop_images(save_path: Path, model: str, phash: str, output: str, heads: lis
     of); with `error`, those heads failed with that traceback, in the output's errors file."""
     cfg = lens.read_json(lens.model_cfg_path(save_path, model))
     path = lens.figure_pack_path(save_path, model, phash, output)
-    images = {(l, h): storage.read_pack_image(path, l, h) for l in range(cfg["n_layers"]) for h in range(cfg["n_heads"])}
+    images = {(l, h): storage.read_pack_image(path, l, h)
+              for l in range(cfg["n_layers"]) for h in range(cfg["n_heads"])}
     pack = storage.PackWriter(path, cfg["n_layers"], cfg["n_heads"])
     for (l, h), image in images.items():
         if image is not None and (l, h) not in heads:
             pack.add(l, h, image)
     pack.close()
     if error is not None:
-        lens.write_json(lens.figure_errors_path(save_path, model, phash, output), {f"L{l}H{h}": error for l, h in heads})
+        lens.write_json(lens.figure_errors_path(save_path, model, phash, output),
+                        {f"L{l}H{h}": error for l, h in heads})
+        build_index.build_index(save_path)  # as render_figures.py ends: the index lists the new file
 
 
 def index_rows(save_path: Path, model: str) -> list[dict]:

@@ -1,4 +1,5 @@
-"""build_index.py: the indexes the site reads, the copied site, merging shards, which figures it indexes, user errors."""
+"""build_index.py: the indexes the site reads, the copied site, merging shards, which figures it indexes, user
+errors."""
 import json
 import shutil
 import subprocess
@@ -26,10 +27,12 @@ def test_indexes_match_what_is_on_disk(fake_data_dir):
 
     prompts = index_rows(fake_data_dir, "fake-model")
     assert [p["hash"] for p in prompts] == sorted(lens.prompt_hash(t) for t in TEXTS)
-    for p in prompts:  # each row is that prompt's prompt.json without its token lists
-        stored = json.loads(lens.prompt_json_path(fake_data_dir, "fake-model", p["hash"]).read_text())
+    for p in prompts:  # each row is that prompt's prompt.json without its token lists, and its dir's other files
+        pdir = lens.prompt_dir(fake_data_dir, "fake-model", p["hash"])
+        stored = json.loads((pdir / "prompt.json").read_text())
+        others = sorted(f.name for f in pdir.iterdir() if f.name not in ("prompt.json", "patterns.bin"))
         assert p == {**{k: v for k, v in stored.items() if k not in ("tokens", "token_ids")},
-                     "truncated": False, "stored": True}
+                     "truncated": False, "stored": True, "files": others}
 
     figures, _ = lens.load_figures()
     assert read_lines(fake_data_dir / "figures.jsonl") == json.loads(json.dumps(figure_records(figures)))
