@@ -64,9 +64,10 @@ def view_files(save_path: Path, models: list[str] | None = None, prompts: str | 
     return View(files, [r["model_dir"] for r in rows], sorted(hashes), heads)
 
 
-def grid_address(view: View, max_prompts: int = 100) -> str:
-    """The grid on the view's models, heads and (its first max_prompts) prompts."""
-    params = {"models": ",".join(view.models), "heads": view.heads or "", "prompts": ",".join(view.hashes[:max_prompts])}
+def grid_address(view: View, max_prompts: int = 100, **more: str) -> str:
+    """The grid on the view's models, heads and (its first max_prompts) prompts; `more`: other grid parameters."""
+    params = {"models": ",".join(view.models), "heads": view.heads or "", "prompts": ",".join(view.hashes[:max_prompts]),
+              **more}
     return "index.html?" + urlencode({k: v for k, v in params.items() if v}, safe=",*")
 
 
