@@ -179,7 +179,8 @@ DOCUMENT = """<!doctype html>
 <meta name="viewport" content="width=device-width, initial-scale=1">
 <title>attention lens</title>
 <link rel="icon" href="data:,">
-<style>html, body {{ margin: 0; height: 100%; }} .attn-pane iframe {{ border: 0; width: 100%; height: 100%; display: block; }}</style>
+<style>html, body {{ margin: 0; height: 100%; }} .attn-pane iframe {{ border: 0; width: 100%; height: 100%; display: block; }}
+.attn-pane + .attn-pane {{ border-top: 2px solid #8888; box-sizing: border-box; }}</style>
 </head>
 <body>
 <script type="application/json" id="attn-files">{files}</script>

@@ -132,6 +132,7 @@ for (const pane of PANES) {
   pane.box.style.height = pane.height;
   document.body.append(pane.box);
 }
+const START = PANES[0].url;  // where the back button ends: the address the file was written with
 if (OWN_ADDRESS && location.hash.length > 1) PANES[0].url = location.hash.slice(1);
 PANES.forEach((pane) => show(pane, pane.url));
-if (OWN_ADDRESS) window.addEventListener("popstate", () => show(PANES[0], location.hash.slice(1) || PANES[0].url));
+if (OWN_ADDRESS) window.addEventListener("popstate", () => show(PANES[0], location.hash.slice(1) || START));

@@ -118,6 +118,13 @@ def test_html_file_opens_from_disk_with_no_request(demo_data, tmp_path):
         s.page.reload()  # the address after '#' reopens the view
         single = pane(s.page, "single.html")
         assert single.text_content("#title").endswith("L1H2")
+        s.page.go_back()  # the grid again
+        grid = pane(s.page, "index.html")
+        grid.click("#heads-link")  # and the third page: the heads page
+        heads = pane(s.page, "heads.html")
+        assert heads.query_selector("#errors") is None
+        heads.wait_for_selector(".heatmap-grid")
+        screenshot(s, "standalone-file-heads")
         assert not s.errors
         assert s.requests and all(u == s.url for u in s.requests), s.requests
 
