@@ -33,35 +33,44 @@ class View:
 
 def view_files(save_path: Path, models: list[str] | None = None, prompts: str | list[str] | None = None,
                heads: str | None = None) -> View:
-    """The site's files and a data dir of these models (default: all), prompts (hashes or a search, as the
-    grid's; default: all) and heads (a spec; default: all)."""
+    """The site's files and a data dir of these models (default: all; those without a chosen prompt are left
+    out), prompts (hashes or a search, as the grid's; default: all) and heads (a spec; default: all)."""
     save_path = lens.require_data_dir(save_path)
     figures, _ = lens.load_figures(build_index.rendered_figures_dir(save_path))
-    files, rows, hashes = {}, [], set()
+    names = chosen_models(save_path, models)
     with tempfile.TemporaryDirectory() as tmp:
-        for name in chosen_models(save_path, models):
-            cfg = lens.read_json(lens.model_cfg_path(save_path, name))
-            parts = lens.read_parts(save_path, name)
-            records = build_index.prompt_index_records(save_path, name, parts)
-            chosen = chosen_records(records, prompts)
-            kept = lens.parse_heads(heads, cfg["n_layers"], cfg["n_heads"]) if heads else None
-            for record in chosen:
-                if record["stored"]:
-                    copy_prompt(save_path, Path(tmp), name, record["hash"], cfg, kept)
-            mine = {r["hash"] for r in chosen}
-            hashes |= mine
-            build_index.write_model_stats(Path(tmp), name, cfg, figures, [part_of(p, mine) for p in parts], chosen)
-            build_index.write_prompt_index(Path(tmp), name, chosen)
-            lens.write_json(lens.model_cfg_path(Path(tmp), name), cfg)
-            rows.append({**cfg, "model_dir": name, "n_prompts": len(chosen)})
-        if not any(r["n_prompts"] for r in rows):
-            raise lens.UserError(f"--prompts {prompt_spec(prompts)}: no prompt of {', '.join(r['model_dir'] for r in rows)} matches")
-        files.update({p.relative_to(tmp).as_posix(): p.read_bytes() for p in sorted(Path(tmp).rglob("*")) if p.is_file()})
+        chosen = {name: write_model(save_path, Path(tmp), name, prompts, heads, figures) for name in names}
+        files = {p.relative_to(tmp).as_posix(): p.read_bytes() for p in sorted(Path(tmp).rglob("*")) if p.is_file()}
+    chosen = {name: hashes for name, hashes in chosen.items() if hashes}
+    if not chosen:
+        raise lens.UserError(f"--prompts {prompt_spec(prompts)}: no prompt of {', '.join(names)} matches")
+    rows = [{**lens.read_json(lens.model_cfg_path(save_path, name)), "model_dir": name, "n_prompts": len(hashes)}
+            for name, hashes in chosen.items()]
     files[lens.models_path(Path()).as_posix()] = lens.jsonl_bytes(rows)
     files[lens.figures_path(Path()).as_posix()] = lens.jsonl_bytes(lens.figure_records(figures))
     files[lens.colormaps_path(Path()).as_posix()] = build_index.colormaps_json()
     files.update({p.name: p.read_bytes() for p in sorted(SITE_DIR.iterdir()) if p.is_file() and not p.name.startswith(".")})
-    return View(files, [r["model_dir"] for r in rows], sorted(hashes), heads)
+    return View(files, list(chosen), sorted(set().union(*chosen.values())), heads)
+
+
+def write_model(src: Path, dst: Path, name: str, prompts: str | list[str] | None, heads: str | None,
+                figures: dict[str, lens.Figure]) -> list[str]:
+    """A model's chosen prompts into the view's data dir `dst`, with their prompt index and statistics tables
+    (build_index.py's writers); returns their hashes (none: nothing written)."""
+    cfg = lens.read_json(lens.model_cfg_path(src, name))
+    parts = lens.read_parts(src, name)
+    chosen = chosen_records(build_index.prompt_index_records(src, name, parts), prompts)
+    if not chosen:
+        return []
+    kept = lens.parse_heads(heads, cfg["n_layers"], cfg["n_heads"]) if heads else None
+    for record in chosen:
+        if record["stored"]:
+            copy_prompt(src, dst, name, record["hash"], cfg, kept)
+    hashes = [r["hash"] for r in chosen]
+    build_index.write_model_stats(dst, name, cfg, figures, [part_of(p, set(hashes)) for p in parts], chosen)
+    build_index.write_prompt_index(dst, name, chosen)
+    lens.write_json(lens.model_cfg_path(dst, name), cfg)
+    return hashes
 
 
 def grid_address(view: View, max_prompts: int = 100, **more: str) -> str:
@@ -74,6 +83,8 @@ def grid_address(view: View, max_prompts: int = 100, **more: str) -> str:
 def write_html(save_path: Path, out: Path, models: list[str] | None, prompts: str | None, heads: str | None,
                max_mb: float) -> None:
     """build_index.py --html: the view as one file, its size printed first; refused over max_mb."""
+    if Path(out).is_dir():
+        raise lens.UserError(f"--html {out}: a directory; name the file to write, e.g. {Path(out) / 'view.html'}")
     view = view_files(save_path, models, prompts, heads)
     html = view_document(view.files, [{"url": grid_address(view), "home": "index.html", "height": "100%"}]).encode()
     mb = len(html) / 1e6
@@ -82,7 +93,10 @@ def write_html(save_path: Path, out: Path, models: list[str] | None, prompts: st
     if mb > max_mb:
         raise lens.UserError(f"--html {out}: {mb:.1f} MB is over --max-size {max_mb:g} (MB); embed less with "
                              "--models, --prompts or --heads, or raise --max-size")
-    lens.write_atomic(out, html)
+    try:
+        lens.write_atomic(out, html)
+    except OSError as e:
+        raise lens.UserError(f"--html {out}: cannot write it ({e.strerror})") from None
 
 
 def chosen_models(save_path: Path, models: list[str] | None) -> list[str]:

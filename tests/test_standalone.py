@@ -227,3 +227,9 @@ def test_notebook_md_runs(tmp_path, monkeypatch, capsys):
         assert "pinned" in single.text_content("#pinned")
         assert not s.errors
         assert_no_requests(s)
+
+
+def test_html_into_a_directory_is_refused(demo_data, tmp_path):
+    proc = build_html(demo_data, tmp_path)
+    assert (proc.returncode, proc.stderr) == (1, f"error: --html {tmp_path}: a directory; name the file to write, "
+                                                 f"e.g. {tmp_path / 'view.html'}\n")
