@@ -10,6 +10,7 @@ import json
 import subprocess
 import sys
 import tempfile
+from contextlib import nullcontext
 from pathlib import Path
 from urllib.parse import urlencode
 
@@ -50,15 +51,15 @@ def attention_view(model, texts: str | list[str] | None = None, *, save_path: Pa
         view = standalone.view_files(Path(save_path), models, prompts, heads)
         return view_of(view, layer, head, cell, height)
     texts = [texts] if isinstance(texts, str) else list(texts)
-    if save_path is not None:
-        return computed_view(model, texts, Path(save_path), heads, figures, compute, (layer, head, cell, height))
-    with tempfile.TemporaryDirectory() as tmp:
-        return computed_view(model, texts, Path(tmp), heads, figures, compute, (layer, head, cell, height))
+    with nullcontext(save_path) if save_path is not None else tempfile.TemporaryDirectory() as where:
+        model_dir = compute_and_render(model, texts, Path(where), heads, figures, compute)
+        view = standalone.view_files(Path(where), [model_dir], [lens.prompt_hash(t) for t in texts], heads)
+    return view_of(view, layer, head, cell, height, prompt=lens.prompt_hash(texts[0]))
 
 
-def computed_view(model, texts: list[str], save_path: Path, heads: str | None, figures: str, compute: dict,
-                  shown: tuple) -> AttentionView:
-    """Compute and render the texts' patterns into save_path, then the view of them."""
+def compute_and_render(model, texts: list[str], save_path: Path, heads: str | None, figures: str,
+                       compute: dict) -> str:
+    """compute_activations() then render_figures.py, as the command lines run them; returns the model dir."""
     from compute_activations import compute_activations, load_model
     if isinstance(model, str):
         import torch
@@ -71,8 +72,7 @@ def computed_view(model, texts: list[str], save_path: Path, heads: str | None, f
                             capture_output=True, text=True)
     if render.returncode:
         raise lens.UserError(f"render_figures.py: {render.stderr.strip().splitlines()[-1]}")
-    view = standalone.view_files(save_path, [done["model_dir"]], [lens.prompt_hash(t) for t in texts], heads)
-    return view_of(view, *shown, prompt=lens.prompt_hash(texts[0]))
+    return done["model_dir"]
 
 
 def view_of(view: standalone.View, layer: int | None, head: int | None, cell: tuple[int, int] | None,

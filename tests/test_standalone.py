@@ -233,3 +233,18 @@ def test_html_into_a_directory_is_refused(demo_data, tmp_path):
     proc = build_html(demo_data, tmp_path)
     assert (proc.returncode, proc.stderr) == (1, f"error: --html {tmp_path}: a directory; name the file to write, "
                                                  f"e.g. {tmp_path / 'view.html'}\n")
+
+
+def test_notebook_view_of_a_model_name_in_a_temporary_dir(tmp_path, monkeypatch):
+    """A model name is loaded; without save_path nothing stays on disk; heads limit the grid and the first of
+    them is the single view's head."""
+    from notebook import attention_view
+    monkeypatch.chdir(tmp_path)
+    view = attention_view("demo", "one two three one two three", heads="L1H2-3")
+    panes = json.loads(re.search(r'<script type="application/json" id="attn-panes">(.*?)</script>', view.document)[1])
+    phash = lens.prompt_hash("one two three one two three")
+    assert [p["url"] for p in panes] == [f"index.html?models=demo&heads=L1H2-3&prompts={phash}&controls=hide",
+                                         f"single.html?model=demo&prompt={phash}&layer=1&head=2"]
+    assert list(tmp_path.iterdir()) == []
+    with pytest.raises(lens.UserError, match="give texts to compute, or save_path="):
+        attention_view("demo")
