@@ -20,7 +20,8 @@ import lens
 
 SITE_DIR = build_index.SITE_DIR
 TEXT_SUFFIXES = (".html", ".js", ".css", ".json", ".jsonl")
-HASH_LIST = re.compile(r"[0-9a-f]{6,}(,[0-9a-f]{6,})*")
+HASH = re.compile(r"[0-9a-f]{6,}")
+HASH_TERM = re.compile(r"[0-9a-f]{6,16}")  # site/data.js's HASH_TERM: a word that may start a hash
 
 
 @dataclasses.dataclass
@@ -117,16 +118,27 @@ def prompt_spec(prompts: str | list[str] | None) -> str:
 
 
 def chosen_records(records: list[dict], prompts: str | list[str] | None) -> list[dict]:
-    """The records named by hashes (or their first 6+ hex digits), else matching a search as the grid's: every
-    word of the query starts a word of the prompt's text or meta values."""
+    """The records of a comma-separated list of hashes (or their first 6+ hex digits), else those a search finds
+    as the grid's: every word of the query starts a word of the prompt's text or meta values, or, 6-16 hex
+    digits, its hash."""
     spec = prompt_spec(prompts).strip().lower()
     if not spec:
         return records
-    if HASH_LIST.fullmatch(spec.replace(" ", "")):
-        starts = spec.replace(" ", "").split(",")
-        return [r for r in records if any(r["hash"].startswith(s) for s in starts)]
+    if "," in spec:
+        starts = [h.strip() for h in spec.split(",") if h.strip()]
+        bad = [h for h in starts if not HASH.fullmatch(h)]
+        if bad:
+            raise lens.UserError(f"--prompts {spec}: {bad[0]!r} is not a prompt hash (a search has no commas)")
+        return [r for r in records if any(r["hash"].startswith(h) for h in starts)]
     terms = set(build_index.WORD.findall(spec))
-    return [r for r in records if all(any(w.startswith(t) for w in build_index.search_words(r)) for t in terms)]
+    return [r for r in records if all(finds(r, t) for t in terms)]
+
+
+def finds(record: dict, term: str) -> bool:
+    """Whether one search term finds a prompt (site/data.js termRows)."""
+    if HASH_TERM.fullmatch(term) and record["hash"].startswith(term):
+        return True
+    return any(word.startswith(term) for word in build_index.search_words(record))
 
 
 def part_of(part: lens.Part, hashes: set[str]) -> lens.Part:

@@ -171,6 +171,9 @@ def test_html_flags_need_html(demo_data, flags, message):
 def test_html_prompts_matching_nothing(demo_data, tmp_path):
     proc = build_html(demo_data, tmp_path / "x.html", "--prompts", "zzzzqqq")
     assert proc.returncode == 1 and proc.stderr == f"error: --prompts zzzzqqq: no prompt of {MODEL} matches\n"
+    proc = build_html(demo_data, tmp_path / "x.html", "--prompts", "3f8e1dc8,the")
+    assert proc.stderr == "error: --prompts 3f8e1dc8,the: 'the' is not a prompt hash (a search has no commas)\n"
+    assert not (tmp_path / "x.html").exists()
 
 
 def notebook_page(view, path: Path) -> Path:
