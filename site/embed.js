@@ -61,17 +61,21 @@ function pageHtml(file, pane) {
 }
 
 /** fetch() for a page: the embedded file as a Response of the page's own realm; a Range header gets a 206 with
- * its part (a-b, a- and -n, as serve.py), 416 past the end; a file not embedded is a 404. */
+ * its part (a-b, a- and -n, as serve.py), 416 past the end, the whole file when malformed; a file not embedded
+ * is a 404. */
 function serve(win, path, init) {
   const name = decodeURIComponent(String(path).split(/[?#]/)[0].replace(/^\.\//, ""));
   const data = fileBytes(name);
   if (!data) return Promise.resolve(new win.Response("", { status: 404, statusText: "Not Found" }));
-  const range = /^bytes=(\d*)-(\d*)$/.exec(new win.Headers(init?.headers).get("Range") ?? "");
-  if (!range || (!range[1] && !range[2])) return Promise.resolve(new win.Response(data, { status: 200 }));
+  const range = /^bytes=(\d*)-(\d*)$/i.exec((new win.Headers(init?.headers).get("Range") ?? "").trim());
+  const [first, last] = range ? [range[1], range[2]].map((g) => (g ? Number(g) : null)) : [null, null];
+  if (first === null ? last === null : last !== null && first > last) {
+    return Promise.resolve(new win.Response(data, { status: 200 }));
+  }
   const size = data.length;
-  let start = range[1] ? Number(range[1]) : Math.max(0, size - Number(range[2]));
-  let end = range[1] && range[2] ? Math.min(Number(range[2]), size - 1) : size - 1;
-  if (start >= size || end < start) {
+  const start = first ?? Math.max(0, size - last);
+  const end = first !== null && last !== null ? Math.min(last, size - 1) : size - 1;
+  if (start >= size) {
     return Promise.resolve(new win.Response("", { status: 416, statusText: "Range Not Satisfiable" }));
   }
   return Promise.resolve(new win.Response(data.subarray(start, end + 1), {

@@ -251,3 +251,29 @@ def test_notebook_view_of_a_model_name_in_a_temporary_dir(tmp_path, monkeypatch)
     assert list(tmp_path.iterdir()) == []
     with pytest.raises(lens.UserError, match="give texts to compute, or save_path="):
         attention_view("demo")
+
+
+def test_in_memory_fetch_answers_byte_ranges_as_serve_py(demo_data, tmp_path):
+    """attnFetch (site/embed.js), which data.js uses inside the file: whole files, a-b, a-, -n, 416, 404."""
+    phash = index_rows(demo_data, MODEL)[0]["hash"]
+    out = tmp_path / "view.html"
+    assert build_html(demo_data, out, "--prompts", phash).returncode == 0
+    path = f"{MODEL}/prompts/{phash}/patterns.bin"
+    data = lens.patterns_path(demo_data, MODEL, phash).read_bytes()
+    size = len(data)
+    with browser_session(out) as s:
+        s.page.goto(s.url)
+        grid = pane(s.page, "index.html")
+        answers = grid.evaluate("""async ([path, ranges]) => Promise.all(ranges.map(async (range) => {
+            const r = await attnFetch(path, range ? { headers: { Range: range } } : undefined);
+            return [r.status, r.headers.get('Content-Range'), [...new Uint8Array(await r.arrayBuffer())]];
+        }))""", [path, ["", "bytes=0-15", "bytes=10-", f"bytes=-{size + 5}", "bytes=-7", f"bytes={size}-", "bytes=5-2"]])
+        missing = grid.evaluate("async () => (await attnFetch('nope/prompt.json')).status")
+    assert answers[0] == [200, None, list(data)]
+    assert answers[1] == [206, f"bytes 0-15/{size}", list(data[:16])]
+    assert answers[2] == [206, f"bytes 10-{size - 1}/{size}", list(data[10:])]
+    assert answers[3] == [206, f"bytes 0-{size - 1}/{size}", list(data)]
+    assert answers[4] == [206, f"bytes {size - 7}-{size - 1}/{size}", list(data[-7:])]
+    assert answers[5][0] == 416
+    assert answers[6] == [200, None, list(data)]  # malformed (backwards): the whole file, as serve.py
+    assert missing == 404
