@@ -253,8 +253,10 @@ def test_notebook_view_of_a_model_name_in_a_temporary_dir(tmp_path, monkeypatch)
         attention_view("demo")
 
 
-def test_in_memory_fetch_answers_byte_ranges_as_serve_py(demo_data, tmp_path):
-    """attnFetch (site/embed.js), which data.js uses inside the file: whole files, a-b, a-, -n, 416, 404."""
+@pytest.mark.parametrize("native_base64", [True, False])
+def test_in_memory_fetch_answers_byte_ranges_as_serve_py(demo_data, tmp_path, native_base64):
+    """attnFetch (site/embed.js), which data.js uses inside the file: whole files, a-b, a-, -n, 416, 404; the
+    embedded bytes decoded by Uint8Array.fromBase64 or, in browsers without it, by atob."""
     phash = index_rows(demo_data, MODEL)[0]["hash"]
     out = tmp_path / "view.html"
     assert build_html(demo_data, out, "--prompts", phash).returncode == 0
@@ -262,8 +264,11 @@ def test_in_memory_fetch_answers_byte_ranges_as_serve_py(demo_data, tmp_path):
     data = lens.patterns_path(demo_data, MODEL, phash).read_bytes()
     size = len(data)
     with browser_session(out) as s:
+        if not native_base64:
+            s.page.add_init_script("delete Uint8Array.fromBase64")
         s.page.goto(s.url)
         grid = pane(s.page, "index.html")
+        assert s.page.evaluate("typeof Uint8Array.fromBase64") == ("function" if native_base64 else "undefined")
         answers = grid.evaluate("""async ([path, ranges]) => Promise.all(ranges.map(async (range) => {
             const r = await attnFetch(path, range ? { headers: { Range: range } } : undefined);
             return [r.status, r.headers.get('Content-Range'), [...new Uint8Array(await r.arrayBuffer())]];
