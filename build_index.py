@@ -632,7 +632,23 @@ def main() -> None:
                         "else figures/ next to this script)")
     parser.add_argument("--import-pattern-lens", action="store_true",
                         help="first convert pattern-lens prompts (activations.npz/.npy) into ours, in place")
+    parser.add_argument("--html", type=Path, metavar="OUT.html",
+                        help="instead of indexing, write one self-contained file of the site and the data chosen by "
+                        "--models, --prompts and --heads, which opens from disk with no server and no network")
+    parser.add_argument("--models", help="--html: model dirs, comma separated (default: all)")
+    parser.add_argument("--prompts", help="--html: prompt hashes, comma separated, or a search as the grid's (default: all)")
+    parser.add_argument("--heads", help="--html: heads as the grid's spec, e.g. L0-3H*,L5H1 (default: all)")
+    parser.add_argument("--max-size", type=float, default=50, metavar="MB",
+                        help="--html: refuse to write a file larger than this (default: %(default)s MB)")
     args = parser.parse_args()
+    if args.html:
+        from standalone import write_html
+        models = [m.strip() for m in args.models.split(",") if m.strip()] if args.models else None
+        write_html(args.save_path, args.html, models, args.prompts, args.heads, args.max_size)
+        return
+    for flag, value in [("--models", args.models), ("--prompts", args.prompts), ("--heads", args.heads)]:
+        if value is not None:
+            raise lens.UserError(f"{flag}: chooses what --html embeds; add --html OUT.html")
     if args.import_pattern_lens:
         import_pattern_lens(args.save_path)
     build_index(args.save_path, args.figures_dir)

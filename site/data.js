@@ -55,7 +55,8 @@ const fileInfo = (path) => FILES.find((f) => f.path.test(path)) ?? {};
 export async function fetchOk(path, init) {
   let response;
   try {
-    response = await fetch(path, init);
+    // inside a self-contained file (embed.js) the files are in memory and attnFetch serves them
+    response = await (globalThis.attnFetch ?? fetch)(path, init);
   } catch (e) {
     throw new Error(`${path}: ${e.message}`);
   }

@@ -8,7 +8,7 @@ import {
   statHeadsUrl, statMeans, statsUrl,
 } from "./data.js";
 import { $, debounce, el, fillSelect, formatNumber, notForPage, oneLine, promptLabel, renderLegend, showError, startPage } from "./dom.js";
-import { gridUrl, pageUrl, readState, singleUrl, writeState } from "./url.js";
+import { go, gridUrl, pageUrl, readState, singleUrl, writeState } from "./url.js";
 
 const state = readState("heads");
 const data = {
@@ -248,7 +248,7 @@ function renderTop(ranked) {
   const top = ranked.slice(0, Number(state.top) || 10);
   const follow = (e, layer, head) => {
     clickHead(e, layer, head);
-    if (!e.defaultPrevented && !e.target.closest("a")) location.href = headUrl(layer, head);
+    if (!e.defaultPrevented && !e.target.closest("a")) go(headUrl(layer, head));
   };
   $("top-list").replaceChildren(el("table", { class: "data top-table" },
     el("thead", {}, el("tr", {}, el("th", {}, "#"), el("th", {}, "head"), el("th", {}, state.stat))),

@@ -9,7 +9,7 @@ import { $, cssColor, el, fillSelect, formatNumber, notForPage, promptLabel, ren
 import { download, figureScene, pngAsSvg, scenePng, sceneSvg } from "./export.js";
 import * as matrix from "./matrix.js";
 import { NotStoredError, loadHead } from "./patterns.js";
-import { changeState, gridUrl, headsUrl, pageUrl, readState, singleUrl, writeState } from "./url.js";
+import { changeState, go, gridUrl, headsUrl, pageUrl, readState, singleUrl, writeState } from "./url.js";
 
 const state = readState("single");
 const data = {
@@ -552,7 +552,7 @@ function onKey(e) {
     v: () => setVw(VW[(VW.indexOf(state.vw) + 1) % VW.length]), b: toggleCompare,
     "+": () => zoom(1.5), "=": () => zoom(1.5), "-": () => zoom(1 / 1.5), 0: () => zoom(0),
     Escape: () => pin(null), "?": () => $("help").classList.toggle("hidden"),
-    g: () => { location.href = $("grid-link").href; },
+    g: () => go($("grid-link").href),
   };
   if (!actions[e.key]) return;
   e.preventDefault();
@@ -610,7 +610,7 @@ function swapAB() {
   const a = { model: state.model, prompt: state.prompt, layer: state.layer, head: state.head };
   const b = { model: state.bmodel, prompt: state.bprompt, layer: state.blayer, head: state.bhead };
   if (b.model !== a.model) {  // another model's page: load it afresh
-    location.href = pageUrl("single", { ...state, ...b, bmodel: a.model, bprompt: a.prompt, blayer: a.layer, bhead: a.head });
+    go(pageUrl("single", { ...state, ...b, bmodel: a.model, bprompt: a.prompt, blayer: a.layer, bhead: a.head }));
     return;
   }
   setState({ ...b, bmodel: a.model, bprompt: a.prompt, blayer: a.layer, bhead: a.head }, () => update(true));
@@ -640,7 +640,7 @@ function wire() {
   $("b-prompt").addEventListener("change", (e) => setB({ bprompt: e.target.value }));
   $("b-layer").addEventListener("change", (e) => setB({ blayer: e.target.value }));
   $("b-head").addEventListener("change", (e) => setB({ bhead: e.target.value }));
-  $("model").addEventListener("change", (e) => { location.href = singleUrl({ ...state, model: e.target.value, prompt: "" }); });
+  $("model").addEventListener("change", (e) => go(singleUrl({ ...state, model: e.target.value, prompt: "" })));
   $("prev-prompt").addEventListener("click", () => stepPrompt(-1));
   $("next-prompt").addEventListener("click", () => stepPrompt(1));
   $("zoom-in").addEventListener("click", () => zoom(1.5));

@@ -50,9 +50,12 @@ export const PAGES = {
   },
 };
 
+// Inside a self-contained file (embed.js) a page has no address of its own: attnEmbed keeps it and opens pages.
+const embedded = () => globalThis.attnEmbed;
+
 /** The page's state: each parameter read from the URL, else its default. */
 export function readState(page) {
-  const params = new URLSearchParams(location.search);
+  const params = new URLSearchParams(embedded()?.search ?? location.search);
   return Object.fromEntries(Object.entries(PAGES[page].defaults).map(([k, v]) => [k, params.get(k) ?? v]));
 }
 
@@ -70,9 +73,16 @@ export async function changeState(state, patch, renders, save) {
 /** Put `state` into the URL without reloading; `push` adds a history entry. */
 export function writeState(page, state, push = false) {
   const url = pageUrl(page, state);
-  if (url !== `${location.pathname.split("/").pop() || PAGES[page].file}${location.search}`) {
+  if (embedded()) embedded().replace(url);
+  else if (url !== `${location.pathname.split("/").pop() || PAGES[page].file}${location.search}`) {
     history[push ? "pushState" : "replaceState"](null, "", url);
   }
+}
+
+/** Open a page: a pageUrl, or a link's href. */
+export function go(url) {
+  if (embedded()) embedded().go(url);
+  else location.href = url;
 }
 
 /** Link to a page with these parameters; values equal to their default are left out. */

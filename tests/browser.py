@@ -12,7 +12,7 @@ plug-in (TEST_FIGURES), so the tests never depend on which figures are built in.
 """
 import subprocess
 import sys
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -47,10 +47,12 @@ def served(data_dir: Path):
 
 @contextmanager
 def browser_session(data_dir: Path, dark: bool = False, width: int = 1280, height: int = 900):
-    """A served data dir and a fresh chromium page on it, with every request recorded."""
+    """A served data dir and a fresh chromium page on it, with every request recorded. A file instead of a dir (a
+    self-contained view, standalone.py) is opened from disk with no server: only the file itself may load."""
     from playwright.sync_api import sync_playwright
 
-    with served(data_dir) as url, sync_playwright() as p:
+    own_file = nullcontext(Path(data_dir).resolve().as_uri()) if Path(data_dir).is_file() else served(data_dir)
+    with own_file as url, sync_playwright() as p:
         browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS, headless=True)
         context = browser.new_context(color_scheme="dark" if dark else "light",
                                       viewport={"width": width, "height": height})

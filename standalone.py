@@ -1,0 +1,219 @@
+"""Self-contained views: chosen models, prompts and heads of a data dir, and the site itself, in one HTML document
+that needs no server and no network (site/embed.js serves every file from memory).
+
+    python build_index.py --html view.html --models demo --prompts induction --heads 'L1H*'
+    from notebook import attention_view      # the same document, shown in a notebook cell
+
+The data is a data dir of just the chosen prompts (their prompt index and statistics tables rebuilt by
+build_index.py's own writers), so every page reads it exactly as it reads a served one.
+"""
+import base64
+import dataclasses
+import json
+import re
+import tempfile
+from pathlib import Path
+from urllib.parse import urlencode
+
+import build_index
+import lens
+
+SITE_DIR = build_index.SITE_DIR
+TEXT_SUFFIXES = (".html", ".js", ".css", ".json", ".jsonl")
+HASH = re.compile(r"[0-9a-f]{6,}")
+HASH_TERM = re.compile(r"[0-9a-f]{6,16}")  # site/data.js's HASH_TERM: a word that may start a hash
+
+
+@dataclasses.dataclass
+class View:
+    files: dict[str, bytes]  # {path: bytes}: the site's files and a data dir of the chosen prompts
+    models: list[str]  # model dirs
+    hashes: list[str]  # the chosen prompts, of every model, in hash order
+    heads: str | None  # the grid's spec; None: all
+
+
+def view_files(save_path: Path, models: list[str] | None = None, prompts: str | list[str] | None = None,
+               heads: str | None = None) -> View:
+    """The site's files and a data dir of these models (default: all; those without a chosen prompt are left
+    out), prompts (hashes or a search, as the grid's; default: all) and heads (a spec; default: all)."""
+    save_path = lens.require_data_dir(save_path)
+    figures, _ = lens.load_figures(build_index.rendered_figures_dir(save_path))
+    names = chosen_models(save_path, models)
+    with tempfile.TemporaryDirectory() as tmp:
+        chosen = {name: write_model(save_path, Path(tmp), name, prompts, heads, figures) for name in names}
+        files = {p.relative_to(tmp).as_posix(): p.read_bytes() for p in sorted(Path(tmp).rglob("*")) if p.is_file()}
+    chosen = {name: hashes for name, hashes in chosen.items() if hashes}
+    if not chosen:
+        raise lens.UserError(f"--prompts {prompt_spec(prompts)}: no prompt of {', '.join(names)} matches")
+    rows = [{**lens.read_json(lens.model_cfg_path(save_path, name)), "model_dir": name, "n_prompts": len(hashes)}
+            for name, hashes in chosen.items()]
+    files[lens.models_path(Path()).as_posix()] = lens.jsonl_bytes(rows)
+    files[lens.figures_path(Path()).as_posix()] = lens.jsonl_bytes(lens.figure_records(figures))
+    files[lens.colormaps_path(Path()).as_posix()] = build_index.colormaps_json()
+    files.update({p.name: p.read_bytes() for p in sorted(SITE_DIR.iterdir()) if p.is_file() and not p.name.startswith(".")})
+    return View(files, list(chosen), sorted(set().union(*chosen.values())), heads)
+
+
+def write_model(src: Path, dst: Path, name: str, prompts: str | list[str] | None, heads: str | None,
+                figures: dict[str, lens.Figure]) -> list[str]:
+    """A model's chosen prompts into the view's data dir `dst`, with their prompt index and statistics tables
+    (build_index.py's writers); returns their hashes (none: nothing written)."""
+    cfg = lens.read_json(lens.model_cfg_path(src, name))
+    parts = lens.read_parts(src, name)
+    chosen = chosen_records(build_index.prompt_index_records(src, name, parts), prompts)
+    if not chosen:
+        return []
+    kept = lens.parse_heads(heads, cfg["n_layers"], cfg["n_heads"]) if heads else None
+    for record in chosen:
+        if record["stored"]:
+            copy_prompt(src, dst, name, record["hash"], cfg, kept)
+    hashes = [r["hash"] for r in chosen]
+    build_index.write_model_stats(dst, name, cfg, figures, [part_of(p, set(hashes)) for p in parts], chosen)
+    build_index.write_prompt_index(dst, name, chosen)
+    lens.write_json(lens.model_cfg_path(dst, name), cfg)
+    return hashes
+
+
+def grid_address(view: View, max_prompts: int = 100, **more: str) -> str:
+    """The grid on the view's models, heads and (its first max_prompts) prompts; `more`: other grid parameters."""
+    params = {"models": ",".join(view.models), "heads": view.heads or "", "prompts": ",".join(view.hashes[:max_prompts]),
+              **more}
+    return "index.html?" + urlencode({k: v for k, v in params.items() if v}, safe=",*")
+
+
+def write_html(save_path: Path, out: Path, models: list[str] | None, prompts: str | None, heads: str | None,
+               max_mb: float) -> None:
+    """build_index.py --html: the view as one file, its size printed first; refused over max_mb."""
+    if Path(out).is_dir():
+        raise lens.UserError(f"--html {out}: a directory; name the file to write, e.g. {Path(out) / 'view.html'}")
+    view = view_files(save_path, models, prompts, heads)
+    html = view_document(view.files, [{"url": grid_address(view), "home": "index.html", "height": "100%"}]).encode()
+    mb = len(html) / 1e6
+    print(f"build_index.py: {out}: {mb:.1f} MB ({len(view.models)} model(s), {len(view.hashes)} prompt(s), "
+          f"heads {heads or 'all'})")
+    if mb > max_mb:
+        raise lens.UserError(f"--html {out}: {mb:.1f} MB is over --max-size {max_mb:g} (MB); embed less with "
+                             "--models, --prompts or --heads, or raise --max-size")
+    try:
+        lens.write_atomic(out, html)
+    except OSError as e:
+        raise lens.UserError(f"--html {out}: cannot write it ({e.strerror})") from None
+
+
+def chosen_models(save_path: Path, models: list[str] | None) -> list[str]:
+    names = lens.model_dirs(save_path)
+    if not names:
+        raise lens.UserError(f"{save_path}: no models (no <model>/model_cfg.json); run compute_activations.py first")
+    if not models:
+        return names
+    wanted = [lens.model_dir_name(m) for m in models]
+    unknown = [m for m, d in zip(models, wanted) if d not in names]
+    if unknown:
+        raise lens.UserError(f"--models {','.join(models)}: no model {unknown[0]} in {save_path} (it has {', '.join(names)})")
+    return wanted
+
+
+def prompt_spec(prompts: str | list[str] | None) -> str:
+    return prompts if isinstance(prompts, str) else ",".join(prompts or [])
+
+
+def chosen_records(records: list[dict], prompts: str | list[str] | None) -> list[dict]:
+    """The records of a comma-separated list of hashes (or their first 6+ hex digits), else those a search finds
+    as the grid's: every word of the query starts a word of the prompt's text or meta values, or, 6-16 hex
+    digits, its hash."""
+    spec = prompt_spec(prompts).strip().lower()
+    if not spec:
+        return records
+    if "," in spec:
+        starts = [h.strip() for h in spec.split(",") if h.strip()]
+        bad = [h for h in starts if not HASH.fullmatch(h)]
+        if bad:
+            raise lens.UserError(f"--prompts {spec}: {bad[0]!r} is not a prompt hash (a search has no commas)")
+        return [r for r in records if any(r["hash"].startswith(h) for h in starts)]
+    terms = set(build_index.WORD.findall(spec))
+    return [r for r in records if all(finds(r, t) for t in terms)]
+
+
+def finds(record: dict, term: str) -> bool:
+    """Whether one search term finds a prompt (site/data.js termRows)."""
+    if HASH_TERM.fullmatch(term) and record["hash"].startswith(term):
+        return True
+    return any(word.startswith(term) for word in build_index.search_words(record))
+
+
+def part_of(part: lens.Part, hashes: set[str]) -> lens.Part:
+    """A statistics part with only the rows of these prompts."""
+    keep = [i for i, row in enumerate(part.rows) if row["hash"] in hashes]
+    return dataclasses.replace(part, rows=[part.rows[i] for i in keep], values=part.values[keep])
+
+
+def copy_prompt(src: Path, dst: Path, model: str, phash: str, cfg: dict, heads: list[tuple[int, int]] | None) -> None:
+    """A prompt dir into the view's data dir; with `heads`, its patterns and figure images only of those heads."""
+    pdir = lens.prompt_dir(src, model, phash)
+    for path in sorted(pdir.iterdir()):
+        if path.is_file() and not path.name.startswith("."):
+            lens.write_atomic(lens.prompt_dir(dst, model, phash) / path.name, path.read_bytes())
+    if heads is None:
+        return
+    patterns = lens.load_patterns(src, model, phash)
+    kept = [h for h in heads if patterns.stored(*h)]
+    if patterns.scale == lens.PATTERN_SCALE:  # the heads' zlib streams are copied as they are
+        writer = lens.PatternWriter(lens.patterns_path(dst, model, phash), patterns.n_layers, patterns.n_heads,
+                                    patterns.n_tokens, patterns.layout, kept)
+        with open(patterns.path, "rb") as f:
+            for l, h in kept:
+                start, size = patterns.chunks[l * patterns.n_heads + h]
+                f.seek(start)
+                writer.add([f.read(size)])
+        writer.close()
+        info = lens.read_json(lens.prompt_json_path(src, model, phash))
+        lens.write_json(lens.prompt_json_path(dst, model, phash),
+                        {**info, "heads": lens.format_heads(kept, cfg["n_layers"], cfg["n_heads"])})
+    for pack in sorted(pdir.glob("*.pack")):
+        writer = lens.PackWriter(lens.prompt_dir(dst, model, phash) / pack.name, cfg["n_layers"], cfg["n_heads"])
+        for l, h in heads:
+            image = lens.read_pack_image(pack, l, h)
+            if image is not None:
+                writer.add(l, h, image)
+        writer.close()
+
+
+def view_document(files: dict[str, bytes], panes: list[dict]) -> str:
+    """One HTML document holding `files` and site/embed.js, showing `panes` ([{url, home, height}]: the page each
+    pane opens with, the page file links open in it, its CSS height)."""
+    text, binary = {}, {}
+    for path, data in files.items():
+        if path.endswith(TEXT_SUFFIXES):
+            text[path] = data.decode("utf-8")
+        else:
+            binary[path] = base64.b64encode(data).decode("ascii")
+    embed = (SITE_DIR / "embed.js").read_text()
+    if "</script" in embed.lower():
+        raise ValueError("site/embed.js: holds '</script', which would end its inline <script>")
+    return DOCUMENT.format(files=script_json({"text": text, "base64": binary}), panes=script_json(panes), embed=embed)
+
+
+def script_json(obj) -> str:
+    """JSON safe inside a <script> element: no '<' (so no '</script>' or '<!--' in any string)."""
+    return json.dumps(obj, ensure_ascii=False, separators=(",", ":")).replace("<", "\\u003c")
+
+
+DOCUMENT = """<!doctype html>
+<html lang="en">
+<head>
+<meta charset="utf-8">
+<meta name="viewport" content="width=device-width, initial-scale=1">
+<title>attention lens</title>
+<link rel="icon" href="data:,">
+<style>html, body {{ margin: 0; height: 100%; }} .attn-pane iframe {{ border: 0; width: 100%; height: 100%; display: block; }}
+.attn-pane + .attn-pane {{ border-top: 2px solid #8888; box-sizing: border-box; }}</style>
+</head>
+<body>
+<script type="application/json" id="attn-files">{files}</script>
+<script type="application/json" id="attn-panes">{panes}</script>
+<script type="module">
+{embed}
+</script>
+</body>
+</html>
+"""
