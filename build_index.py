@@ -312,8 +312,8 @@ def stat_summary(table: np.ndarray) -> dict:
         quantiles = np.nanquantile(values, QUANTILES, axis=0)
         summary = {"mean": np.nanmean(values, 0, dtype=np.float64), "std": np.nanstd(values, 0, dtype=np.float64),
                    "min": np.nanmin(values, 0), "max": np.nanmax(values, 0)}
-    return {**{k: lens.nan_as_null(v) for k, v in summary.items()}, "count": count.tolist(),
-            "quantiles": {str(q): lens.nan_as_null(v) for q, v in zip(QUANTILES, quantiles)}}
+    return {**{k: storage.nan_as_null(v) for k, v in summary.items()}, "count": count.tolist(),
+            "quantiles": {str(q): storage.nan_as_null(v) for q, v in zip(QUANTILES, quantiles)}}
 
 
 def stat_heads(table: np.ndarray, hashes: list[str], prompts: dict[str, dict], top_k: int, bins: int) -> dict:
@@ -390,7 +390,7 @@ def merged_stats(save_path: Path, model: str, shape: tuple[int, int], parts: lis
 def read_rendered_stats(save_path: Path, model: str, phash: str, shape: tuple[int, int]) -> dict[str, np.ndarray]:
     """A stored prompt's stats.json (render_figures.py); {} when it has none, a warning when it is unreadable."""
     try:
-        return lens.read_prompt_stats(save_path, model, phash, shape)
+        return storage.read_prompt_stats(save_path, model, phash, shape)
     except lens.UserError as e:
         print(f"build_index.py: warning: {e}; left out of the statistics", file=sys.stderr)
         return {}

@@ -21,7 +21,6 @@ import inspect
 import math
 import os
 import random
-import re
 import sys
 import tempfile
 import time
@@ -196,7 +195,8 @@ def load_model(name: str, device: str | None, dtype: str, revision: str | None =
     placement = {"device_map": device_map} if device_map else {"device": device}
     if n_devices:
         placement["n_devices"] = n_devices
-    hub = {} if local else {k: v for k, v in [("revision", revision), ("checkpoint_value", checkpoint)] if v is not None}
+    hub = {} if local else {k: v for k, v in [("revision", revision), ("checkpoint_value", checkpoint)]
+                            if v is not None}
     try:
         from transformer_lens.model_bridge import TransformerBridge
     except ImportError:  # transformer-lens releases before the bridge
@@ -509,8 +509,8 @@ class DeviceStats:
         picked = torch.gather(flat, 2, self.idx[:, None].expand(-1, flat.shape[1], -1)).float()
         linear = torch.bmm(picked, self.weights)  # [batch, heads, 5]: bos, diagonal, then three sums over A
         total = (pattern.sum(-1, dtype=torch.float32) * self.valid[:, None, :]).sum(-1)  # detect_head's sum(A)
-        scores = torch.cat([linear[..., :2], self.entropy(pattern, rows)[..., None], linear[..., 2:] / total[..., None]],
-                           -1).transpose(1, 2)
+        scores = torch.cat([linear[..., :2], self.entropy(pattern, rows)[..., None],
+                            linear[..., 2:] / total[..., None]], -1).transpose(1, 2)
         self.values[:, :, layer] = torch.where(self.defined[:, :, None], scores, float("nan"))
 
     def entropy(self, pattern, rows) -> "torch.Tensor":  # noqa: F821 (torch is imported where it runs)
@@ -572,12 +572,13 @@ def finish_prompt(o: OpenPrompt, plan: "RunPlan", str_tokens: list[str]) -> int:
         norms = np.full_like(o.norms, np.nan)  # NaN where a head is not stored
         for l, h in job.heads:
             norms[l, h] = o.norms[l, h]
-        lens.write_atomic(lens.value_norms_path(plan.save_path, plan.model_dir, job.hash), norms.astype("<f4").tobytes())
+        lens.write_atomic(lens.value_norms_path(plan.save_path, plan.model_dir, job.hash),
+                          norms.astype("<f4").tobytes())
         size += norms.nbytes
     info = {"text": job.prompt["text"], "hash": job.hash, "tokens": str_tokens, "token_ids": job.ids,
             "n_tokens": len(job.ids), "meta": job.prompt.get("meta", {}), "truncated": job.truncated}
     if len(job.heads) < n_layers * n_heads:
-        info["heads"] = format_heads(job.heads, n_layers, n_heads)
+        info["heads"] = lens.format_heads(job.heads, n_layers, n_heads)
     lens.write_json(lens.prompt_json_path(plan.save_path, plan.model_dir, job.hash), info)
     return size
 
@@ -642,7 +643,7 @@ def plan_run(prompts: list[dict], model, *, save_path: Path, model_name: str, fo
     """Which prompts need patterns (the heads asked for) or statistics, tokenised, with this run's part."""
     cfg = model.cfg
     n_layers, n_heads = cfg.n_layers, cfg.n_heads
-    wanted = parse_heads(heads, n_layers, n_heads) if heads else [(l, h) for l in range(n_layers)
+    wanted = lens.parse_heads(heads, n_layers, n_heads) if heads else [(l, h) for l in range(n_layers)
                                                                         for h in range(n_heads)]
     model_dir = lens.model_dir_name(model_name)
     registry, errors = lens.load_figures(figures_dir)
@@ -703,7 +704,8 @@ def compute_activations(prompts: list[dict | str], model, save_path: Path | str 
     stored = [j for j in plan.jobs if j.heads]
     if stored and progress:
         print(size_estimate_line(plan.model_dir, [j.n_tokens for j in stored], len(plan.wanted),
-                                 plan.n_layers * plan.n_heads, plan.causal, plan.limit < model.cfg.n_ctx), file=sys.stderr)
+                                 plan.n_layers * plan.n_heads, plan.causal, plan.limit < model.cfg.n_ctx),
+              file=sys.stderr)
     start = time.perf_counter()
     bar = tqdm(total=len(plan.jobs), unit="prompt", desc=plan.model_dir, disable=not progress)
     stream = PatternStream(n_workers or os.cpu_count() or 1, plan.plugins)
@@ -811,50 +813,6 @@ def check_flags(args) -> None:
     """What argparse's types cannot check alone (counts are checked by lens.positive_int)."""
     if args.device_map and args.device:
         raise lens.UserError("--device-map and --device are exclusive: --device-map places the model itself")
-
-
-def parse_heads(spec: str, n_layers: int, n_heads: int) -> list[tuple[int, int]]:
-    """Heads named by a spec such as `L0-3H*,L5H1,L*H0` (the grid's syntax), as sorted (layer, head) pairs."""
-    chosen = set()
-    for part in filter(None, (p.strip() for p in spec.split(","))):
-        m = re.fullmatch(r"L([0-9]+(?:-[0-9]+)?|\*)H([0-9]+(?:-[0-9]+)?|\*)", part.replace(" ", ""), re.I)
-        if not m:
-            raise lens.UserError(f"--heads {spec}: {part!r} is not a head spec (try L0-3H*, L5H1, L*H0)")
-        layers, heads = (_spec_range(spec, text, n, what) for text, n, what in
-                         [(m[1], n_layers, "layer"), (m[2], n_heads, "head")])
-        chosen.update((l, h) for l in layers for h in heads)
-    if not chosen:
-        raise lens.UserError(f"--heads {spec!r}: names no head")
-    return sorted(chosen)
-
-
-def _spec_range(spec: str, text: str, n: int, what: str) -> range:
-    if text == "*":
-        return range(n)
-    a, _, b = text.partition("-")
-    a, b = int(a), int(b or a)
-    if a > b:
-        raise lens.UserError(f"--heads {spec}: {what}s {text} run backwards")
-    if b >= n:
-        raise lens.UserError(f"--heads {spec}: {what}s {text} out of range (the model's {what}s are 0-{n - 1})")
-    return range(a, b + 1)
-
-
-def format_heads(heads: list[tuple[int, int]], n_layers: int, n_heads: int) -> str:
-    """The shortest spec for a set of heads: whole layers as `L0-3H*`, the rest per head (as site/data.js)."""
-    by_layer = [sorted(h for l2, h in heads if l2 == l) for l in range(n_layers)]
-    parts, l = [], 0
-    while l < n_layers:
-        if len(by_layer[l]) == n_heads:
-            end = l
-            while end + 1 < n_layers and len(by_layer[end + 1]) == n_heads:
-                end += 1
-            parts.append(f"L{l}-{end}H*" if end > l else f"L{l}H*")
-            l = end + 1
-            continue
-        parts += [f"L{l}H{h}" for h in by_layer[l]]
-        l += 1
-    return ",".join(parts)
 
 
 def check_writable_dir(save_path: Path) -> None:

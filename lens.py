@@ -1,6 +1,6 @@
 """What the scripts share: the data layout's paths, the CLI skeleton, prompt hashing, atomic writes,
-head specs, statistic tables, colormaps and images, the figure registry. The binary formats (pattern
-files, figure packs) are in patterns.py.
+head specs, colormaps and images, the figure registry. The file formats (pattern files, figure packs,
+statistic parts, a prompt's stats.json) are in storage.py.
 """
 import argparse
 import base64
@@ -8,7 +8,6 @@ import hashlib
 import importlib.util
 import inspect
 import json
-import math
 import os
 import re
 import struct
@@ -180,6 +179,50 @@ def in_shard(phash: str, shard: tuple[int, int] | None) -> bool:
     return shard is None or int(phash, 16) % shard[1] == shard[0] - 1
 
 
+def parse_heads(spec: str, n_layers: int, n_heads: int) -> list[tuple[int, int]]:
+    """Heads named by a spec such as `L0-3H*,L5H1,L*H0` (the grid's syntax), as sorted (layer, head) pairs."""
+    chosen = set()
+    for part in filter(None, (p.strip() for p in spec.split(","))):
+        m = re.fullmatch(r"L([0-9]+(?:-[0-9]+)?|\*)H([0-9]+(?:-[0-9]+)?|\*)", part.replace(" ", ""), re.I)
+        if not m:
+            raise UserError(f"--heads {spec}: {part!r} is not a head spec (try L0-3H*, L5H1, L*H0)")
+        layers, heads = (_spec_range(spec, text, n, what) for text, n, what in
+                         [(m[1], n_layers, "layer"), (m[2], n_heads, "head")])
+        chosen.update((l, h) for l in layers for h in heads)
+    if not chosen:
+        raise UserError(f"--heads {spec!r}: names no head")
+    return sorted(chosen)
+
+
+def _spec_range(spec: str, text: str, n: int, what: str) -> range:
+    if text == "*":
+        return range(n)
+    a, _, b = text.partition("-")
+    a, b = int(a), int(b or a)
+    if a > b:
+        raise UserError(f"--heads {spec}: {what}s {text} run backwards")
+    if b >= n:
+        raise UserError(f"--heads {spec}: {what}s {text} out of range (the model's {what}s are 0-{n - 1})")
+    return range(a, b + 1)
+
+
+def format_heads(heads: list[tuple[int, int]], n_layers: int, n_heads: int) -> str:
+    """The shortest spec for a set of heads: whole layers as `L0-3H*`, the rest per head (as site/data.js)."""
+    by_layer = [sorted(h for l2, h in heads if l2 == l) for l in range(n_layers)]
+    parts, l = [], 0
+    while l < n_layers:
+        if len(by_layer[l]) == n_heads:
+            end = l
+            while end + 1 < n_layers and len(by_layer[end + 1]) == n_heads:
+                end += 1
+            parts.append(f"L{l}-{end}H*" if end > l else f"L{l}H*")
+            l = end + 1
+            continue
+        parts += [f"L{l}H{h}" for h in by_layer[l]]
+        l += 1
+    return ",".join(parts)
+
+
 def write_atomic(path: Path, data: bytes | str) -> None:
     """Write via a temp file and rename, so a killed run never leaves a half file."""
     path = Path(path)
@@ -241,32 +284,6 @@ def iter_jsonl(path: Path):
         if not isinstance(row, dict):
             raise UserError(f"{path}:{lineno}: expected a JSON object, got {type(row).__name__}")
         yield lineno, row
-
-
-# ---- Statistics: one value per head and prompt; prompts/<hash>/stats.json: {name: [[value per head] per layer]}, null where undefined
-
-def nan_as_null(values) -> list:
-    """[layers, heads] values as nested lists, NaN (or None) as null."""
-    return [[v if math.isfinite(v) else None for v in row]
-            for row in np.array(values, np.float64).tolist()]
-
-
-def read_prompt_stats(save_path: Path, model: str, phash: str, shape: tuple[int, int]) -> dict[str, np.ndarray]:
-    """A prompt's statistics as {name: float64 [n_layers, n_heads]}, NaN where undefined; {} before any."""
-    path = prompt_stats_path(save_path, model, phash)
-    if not path.exists():
-        return {}
-    stats = {}
-    for name, values in read_json(path).items():
-        try:
-            stats[name] = np.array(values, np.float64)
-            ok = stats[name].shape == shape
-        except (TypeError, ValueError):  # ragged lists, strings, objects
-            ok = False
-        if not ok:
-            raise UserError(f"{path}: {name} is not a {shape[0]} x {shape[1]} table of numbers; "
-                            "delete the file and re-run render_figures.py")
-    return stats
 
 
 # ---- Colormaps and matrix images (numpy only; no matplotlib, no pillow) ------------------

@@ -89,7 +89,8 @@ def init_worker(figures_dir: Path, names: list[str]) -> None:
 
 def image_bytes(fig: lens.Figure, matrix) -> bytes:
     """Encode one output matrix as PNG, whatever the figure's format: packs hold the PNG, --export-svg wraps it."""
-    return lens.matrix_as_png(matrix, **{k: fig.options[k] for k in ("cmap", "normalize", "diverging", "normalize_min")})
+    return lens.matrix_as_png(matrix, **{k: fig.options[k]
+                                         for k in ("cmap", "normalize", "diverging", "normalize_min")})
 
 
 def run_figure(fig: lens.Figure, attn: np.ndarray, inputs: dict) -> dict[str, bytes]:
@@ -130,12 +131,14 @@ def head_key(head: tuple) -> str:
     return f"L{head[3]}H{head[4]}"
 
 
-def run_statistic(stat: lens.Figure, attn: np.ndarray, inputs: dict, head: tuple, errors: dict[str, dict]) -> float | None:
+def run_statistic(stat: lens.Figure, attn: np.ndarray, inputs: dict, head: tuple,
+                  errors: dict[str, dict]) -> float | None:
     """One statistic of one head (NaN means "not defined here"); None, and its traceback in errors, when it fails."""
     try:
         return float(lens.call_plugin(stat, attn, inputs))
     except Exception:  # same isolation as render_head: a statistic is a user's figure function too
-        errors[stat.name][head_key(head)] = f"{stat.source}: {stat.name} failed on {where(head)}\n{traceback.format_exc()}"
+        errors[stat.name][head_key(head)] = (f"{stat.source}: {stat.name} failed on {where(head)}\n"
+                                             f"{traceback.format_exc()}")
         return None
 
 
@@ -152,7 +155,8 @@ def new_counts() -> dict:
 
 
 def render_prompt(task: tuple[Path, str, str, bool]) -> dict:
-    """Render one prompt, or return a warning naming it when its files cannot be read; returns counts for the summary."""
+    """Render one prompt, or return a warning naming it when its files cannot be read; returns counts for the
+    summary."""
     save_path, model, phash, force = task
     counts = new_counts()
     try:
@@ -169,7 +173,7 @@ def render_prompt_heads(save_path: Path, model: str, phash: str, force: bool, co
     patterns = storage.load_patterns(save_path, model, phash)
     shape = (patterns.n_layers, patterns.n_heads)
     figs = [f for f in _FIGURES if f.kind != "statistic"]
-    old_stats = lens.read_prompt_stats(save_path, model, phash, shape)
+    old_stats = storage.read_prompt_stats(save_path, model, phash, shape)
     stats = [s for s in _FIGURES if s.kind == "statistic" and (force or s.name not in old_stats)]
     norms = None
     if any("value_norms" in f.options["inputs"] for f in figs + stats):
@@ -248,7 +252,8 @@ def summary_line(totals: dict, seconds: float) -> str:
             + (f", {totals['stat_failed']} statistic values failed" if totals["stat_failed"] else "")
             + (f", {totals['unreadable']} prompt(s) unreadable (see the warnings)" if totals["unreadable"] else "")
             + (f", {totals['no_input']} not made: their prompts have no value norms or token ids (computed before "
-               "those were stored, or imported; recompute with compute_activations.py --force)" if totals["no_input"] else ""))
+               "those were stored, or imported; recompute with compute_activations.py --force)"
+               if totals["no_input"] else ""))
 
 
 EXPORT_SPEC = re.compile(r"(.+)/([0-9a-f]+)/L(\d+)H(\d+)/([^/]+)")
@@ -258,7 +263,8 @@ def export_svg(save_path: Path, spec: str, out: Path | None) -> None:
     """--export-svg: one head's image from its pack as a standalone SVG, to `out` or stdout."""
     m = EXPORT_SPEC.fullmatch(spec)
     if not m:
-        raise lens.UserError(f"--export-svg {spec}: expected MODEL/HASH/L<layer>H<head>/OUTPUT, e.g. gpt2/{'0' * 16}/L1H2/raw")
+        raise lens.UserError(f"--export-svg {spec}: expected MODEL/HASH/L<layer>H<head>/OUTPUT, "
+                             f"e.g. gpt2/{'0' * 16}/L1H2/raw")
     model, phash, layer, head, output = lens.model_dir_name(m[1]), m[2], int(m[3]), int(m[4]), m[5]
     path = lens.figure_pack_path(lens.require_data_dir(save_path), model, phash, output)
     if not path.is_file():
@@ -281,7 +287,8 @@ def export_svg(save_path: Path, spec: str, out: Path | None) -> None:
 
 
 def write_prompt_stats(save_path: Path, model: str, phash: str, stats: dict[str, np.ndarray]) -> None:
-    lens.write_json(lens.prompt_stats_path(save_path, model, phash), {name: lens.nan_as_null(v) for name, v in stats.items()})
+    lens.write_json(lens.prompt_stats_path(save_path, model, phash),
+                    {name: storage.nan_as_null(v) for name, v in stats.items()})
 
 
 
@@ -319,7 +326,8 @@ def main() -> None:
     for model in models:
         hashes = lens.finished_prompts(save_path, model)
         if not hashes:
-            raise lens.UserError(f"{save_path}: model {model} has no patterns yet; run compute_activations.py for it first")
+            raise lens.UserError(f"{save_path}: model {model} has no patterns yet; "
+                                 "run compute_activations.py for it first")
         hashes = [h for h in hashes[:args.n_samples] if lens.in_shard(h, shard)]
         n_tasks += len(hashes)
         add_counts(totals, render_model(save_path, model, hashes, names, args) if hashes else new_counts())

@@ -17,6 +17,7 @@ from urllib.parse import urlencode
 
 import build_index
 import lens
+import storage
 
 SITE_DIR = build_index.SITE_DIR
 TEXT_SUFFIXES = (".html", ".js", ".css", ".json", ".jsonl")
@@ -48,7 +49,7 @@ def view_files(save_path: Path, models: list[str] | None = None, prompts: str | 
     rows = [{**lens.read_json(lens.model_cfg_path(save_path, name)), "model_dir": name, "n_prompts": len(hashes)}
             for name, hashes in chosen.items()]
     files[lens.models_path(Path()).as_posix()] = lens.jsonl_bytes(rows)
-    files[lens.figures_path(Path()).as_posix()] = lens.jsonl_bytes(lens.figure_records(figures))
+    files[lens.figures_path(Path()).as_posix()] = lens.jsonl_bytes(build_index.figure_records(figures))
     files[lens.colormaps_path(Path()).as_posix()] = build_index.colormaps_json()
     files.update({p.name: p.read_bytes() for p in sorted(SITE_DIR.iterdir()) if p.is_file() and not p.name.startswith(".")})
     return View(files, list(chosen), sorted(set().union(*chosen.values())), heads)
@@ -59,7 +60,7 @@ def write_model(src: Path, dst: Path, name: str, prompts: str | list[str] | None
     """A model's chosen prompts into the view's data dir `dst`, with their prompt index and statistics tables
     (build_index.py's writers); returns their hashes (none: nothing written)."""
     cfg = lens.read_json(lens.model_cfg_path(src, name))
-    parts = lens.read_parts(src, name)
+    parts = storage.read_parts(src, name)
     chosen = chosen_records(build_index.prompt_index_records(src, name, parts), prompts)
     if not chosen:
         return []
@@ -141,7 +142,7 @@ def finds(record: dict, term: str) -> bool:
     return any(word.startswith(term) for word in build_index.search_words(record))
 
 
-def part_of(part: lens.Part, hashes: set[str]) -> lens.Part:
+def part_of(part: storage.Part, hashes: set[str]) -> storage.Part:
     """A statistics part with only the rows of these prompts."""
     keep = [i for i, row in enumerate(part.rows) if row["hash"] in hashes]
     return dataclasses.replace(part, rows=[part.rows[i] for i in keep], values=part.values[keep])
@@ -155,10 +156,10 @@ def copy_prompt(src: Path, dst: Path, model: str, phash: str, cfg: dict, heads: 
             lens.write_atomic(lens.prompt_dir(dst, model, phash) / path.name, path.read_bytes())
     if heads is None:
         return
-    patterns = lens.load_patterns(src, model, phash)
+    patterns = storage.load_patterns(src, model, phash)
     kept = [h for h in heads if patterns.stored(*h)]
-    if patterns.scale == lens.PATTERN_SCALE:  # the heads' zlib streams are copied as they are
-        writer = lens.PatternWriter(lens.patterns_path(dst, model, phash), patterns.n_layers, patterns.n_heads,
+    if patterns.scale == storage.PATTERN_SCALE:  # the heads' zlib streams are copied as they are
+        writer = storage.PatternWriter(lens.patterns_path(dst, model, phash), patterns.n_layers, patterns.n_heads,
                                     patterns.n_tokens, patterns.layout, kept)
         with open(patterns.path, "rb") as f:
             for l, h in kept:
@@ -170,9 +171,9 @@ def copy_prompt(src: Path, dst: Path, model: str, phash: str, cfg: dict, heads: 
         lens.write_json(lens.prompt_json_path(dst, model, phash),
                         {**info, "heads": lens.format_heads(kept, cfg["n_layers"], cfg["n_heads"])})
     for pack in sorted(pdir.glob("*.pack")):
-        writer = lens.PackWriter(lens.prompt_dir(dst, model, phash) / pack.name, cfg["n_layers"], cfg["n_heads"])
+        writer = storage.PackWriter(lens.prompt_dir(dst, model, phash) / pack.name, cfg["n_layers"], cfg["n_heads"])
         for l, h in heads:
-            image = lens.read_pack_image(pack, l, h)
+            image = storage.read_pack_image(pack, l, h)
             if image is not None:
                 writer.add(l, h, image)
         writer.close()

@@ -1,5 +1,5 @@
-"""The file formats one script writes and another reads: pattern files (patterns.bin), figure packs and
-statistic parts. site/patterns.js and site/data.js read the first two in the browser; this is their Python
+"""The file formats one script writes and another reads: pattern files (patterns.bin), figure packs,
+statistic parts and a prompt's stats.json. site/patterns.js and site/data.js read the first two in the browser; this is their Python
 twin. It is not in lens.py because it is a third of the shared code and a format is read as a whole:
 compute_activations.py writes patterns and parts, render_figures.py packs, build_index.py reads all three.
 
@@ -15,6 +15,7 @@ One head is read without touching the others. Format 1 (b"ATTNPAT1", a header wi
 every head stored) is still read.
 """
 import json
+import math
 import os
 import struct
 import tempfile
@@ -25,7 +26,7 @@ from pathlib import Path
 
 import numpy as np
 
-from lens import PATTERN_FILE, UserError, patterns_path, read_json
+from lens import PATTERN_FILE, UserError, patterns_path, prompt_stats_path, read_json
 
 PATTERN_MAGIC = b"ATTNPAT2"
 PATTERN_MAGIC_V1 = b"ATTNPAT1"  # format 1: header first, every head stored
@@ -264,7 +265,8 @@ def read_pack_image(path: Path, layer: int, head: int) -> bytes | None:
         f.seek(PACK_HEADER + 8 * (layer * n_heads + head))
         start, end = struct.unpack("<QQ", f.read(16).ljust(16, b"\xff"))
         if not start <= end <= size:
-            raise UserError(f"{path}: truncated or corrupt at L{layer}H{head}; re-render it with render_figures.py --force")
+            raise UserError(f"{path}: truncated or corrupt at L{layer}H{head}; "
+                            "re-render it with render_figures.py --force")
         f.seek(start)
         return f.read(end - start) or None
 
@@ -307,6 +309,35 @@ def read_parts(save_path: Path, model: str) -> list[Part]:
                   else np.zeros(0, np.float32))  # mapped: a 100,000-prompt part is not read to list its rows
         per_row = int(np.prod(shape))
         if values.size < len(rows) * per_row:
-            raise UserError(f"{table}: {values.size // max(per_row, 1)} rows of values for {len(rows)} prompts in {lines}")
-        parts.append(Part(header, meta["stats"], meta.get("docs", {}), rows, values[:len(rows) * per_row].reshape(len(rows), *shape)))
+            raise UserError(f"{table}: {values.size // max(per_row, 1)} rows of values for {len(rows)} prompts "
+                            f"in {lines}")
+        parts.append(Part(header, meta["stats"], meta.get("docs", {}), rows,
+                          values[:len(rows) * per_row].reshape(len(rows), *shape)))
     return parts
+
+
+# ---- Statistics: one value per head and prompt; prompts/<hash>/stats.json: {name: [[value per head] per layer]},
+# null where undefined
+
+def nan_as_null(values) -> list:
+    """[layers, heads] values as nested lists, NaN (or None) as null."""
+    return [[v if math.isfinite(v) else None for v in row]
+            for row in np.array(values, np.float64).tolist()]
+
+
+def read_prompt_stats(save_path: Path, model: str, phash: str, shape: tuple[int, int]) -> dict[str, np.ndarray]:
+    """A prompt's statistics as {name: float64 [n_layers, n_heads]}, NaN where undefined; {} before any."""
+    path = prompt_stats_path(save_path, model, phash)
+    if not path.exists():
+        return {}
+    stats = {}
+    for name, values in read_json(path).items():
+        try:
+            stats[name] = np.array(values, np.float64)
+            ok = stats[name].shape == shape
+        except (TypeError, ValueError):  # ragged lists, strings, objects
+            ok = False
+        if not ok:
+            raise UserError(f"{path}: {name} is not a {shape[0]} x {shape[1]} table of numbers; "
+                            "delete the file and re-run render_figures.py")
+    return stats

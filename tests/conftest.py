@@ -54,7 +54,6 @@ def partial_heads_data_dir(tmp_path) -> Path:
 
     import lens
     import storage
-    from compute_activations import format_heads
     data = tmp_path / "data"
     make_data(data)
     pdir = lens.prompt_dir(data, "fake-model", lens.prompt_hash(TEXTS[1]))
@@ -62,6 +61,34 @@ def partial_heads_data_dir(tmp_path) -> Path:
     lens.write_atomic(pdir / lens.PATTERN_FILE,
                       storage.encode_patterns(storage.Patterns(pdir / lens.PATTERN_FILE).all(), heads=heads))
     record = json.loads((pdir / "prompt.json").read_text())
-    lens.write_json(pdir / "prompt.json", {**record, "heads": format_heads(heads, 2, 3)})
+    lens.write_json(pdir / "prompt.json", {**record, "heads": lens.format_heads(heads, 2, 3)})
     render(data)
     return data
+
+
+STEPS = sorted(int(p.name[4:]) for p in (ROOT / "demo" / "checkpoints").glob("step*"))
+MODELS = [f"demo_step{s}" for s in STEPS]  # compute_activations.py --checkpoint's model dirs (demo@step<N>)
+FINAL = MODELS[-1]
+
+
+@pytest.fixture(scope="session")
+def _demo_site(tmp_path_factory) -> Path:
+    """compute_activations.py demo --checkpoint <every step> on 4 prompts, then render_figures.py."""
+    import subprocess
+
+    from browser import render
+    assert len(STEPS) >= 2, "demo/checkpoints holds fewer than two checkpoints"
+    tmp = tmp_path_factory.mktemp("demo")
+    proc = subprocess.run([sys.executable, str(ROOT / "compute_activations.py"), "demo", str(ROOT / "prompts.jsonl"),
+                           "--checkpoint", ",".join(map(str, STEPS)), "--n-samples", "4", "--save-path", "data"],
+                          cwd=tmp, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr
+    render(tmp / "data")
+    return tmp / "data"
+
+
+@pytest.fixture
+def demo_site(_demo_site, tmp_path) -> Path:
+    """A fresh copy of the demo model's data at every training checkpoint (demo_step<N>), rendered and indexed."""
+    import shutil
+    return Path(shutil.copytree(_demo_site, tmp_path / "data"))

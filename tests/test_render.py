@@ -246,9 +246,10 @@ def test_one_head_exports_as_a_standalone_svg(fake_data_dir, tmp_path):
 
 
 def test_statistics_tables_hold_each_prompts_values(fake_data_dir, tmp_path):
-    """lens.read_stats gives what render_figures.py computed: one value per prompt and head, and their mean."""
+    """read_stats gives what render_figures.py computed: one value per prompt and head, and their mean."""
     write_figure_file(tmp_path / "figs", "good.py", GOOD)
-    run_render("--save-path", fake_data_dir, "--figures-dir", tmp_path / "figs", "--figures", "first_key", "--jobs", "2")
+    run_render("--save-path", fake_data_dir, "--figures-dir", tmp_path / "figs", "--figures", "first_key",
+               "--jobs", "2")
     index, tables = read_stats(fake_data_dir, "fake-model")
     hashes = lens.finished_prompts(fake_data_dir, "fake-model")  # the tables' rows
     assert index["n_prompts"] == len(hashes) and list(tables) == ["first_key"]
@@ -375,7 +376,8 @@ def test_failing_figures_write_error_files_and_the_run_goes_on(fake_data_dir, tm
     assert 0 < n_sharp < 24
     n_failed = n_sharp + 2 * 24 + 2 * 24  # boom, flat, nan, wrong_keys (2 outputs)
     assert f"{n_failed} failed" in r.stdout
-    r = run_render("--save-path", fake_data_dir, "--figures-dir", tmp_path / "figs", "--figures", "fine,boom", "--jobs", "1")
+    r = run_render("--save-path", fake_data_dir, "--figures-dir", tmp_path / "figs", "--figures", "fine,boom",
+                   "--jobs", "1")
     assert f"{retried - n_sharp} images" in r.stdout and f"{48 - retried} already there" in r.stdout  # failed: retried
     indexed = [json.loads(line)["name"] for line in (fake_data_dir / "figures.jsonl").read_text().splitlines()]
     assert sorted(indexed) == ["boom", "fine", "flat", "nan", "plain_png", "wrong_keys", "zipped"]
@@ -456,7 +458,8 @@ def test_a_model_given_as_a_relative_path_is_found_from_any_directory(tiny_check
     shutil.copytree(tiny_checkpoint, tmp_path / "ckpt")
     (tmp_path / "p.jsonl").write_text(json.dumps({"text": "The cat sat on the mat."}) + "\n")
     (tmp_path / "elsewhere").mkdir()
-    r = subprocess.run([sys.executable, str(ROOT / "compute_activations.py"), "./ckpt", "p.jsonl", "--save-path", "data"],
+    r = subprocess.run([sys.executable, str(ROOT / "compute_activations.py"), "./ckpt", "p.jsonl",
+                        "--save-path", "data"],
                        capture_output=True, text=True, cwd=tmp_path, timeout=300)
     assert r.returncode == 0, r.stderr
     assert lens.model_dirs(tmp_path / "data") == ["ckpt"]

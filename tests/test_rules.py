@@ -9,7 +9,7 @@ from browser import browser_session
 
 import lens
 from build_index import SITE_DIR, search_words, shard_name
-from compute_activations import format_heads, parse_heads
+from lens import format_heads, parse_heads
 
 RULES = json.loads((Path(__file__).parent / "rules.json").read_text(encoding="utf-8"))
 

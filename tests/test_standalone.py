@@ -8,13 +8,13 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from browser import browser_session, render, screenshot
+from fake_data import index_rows
+from test_site_single import formatted, hover_cell, read_svg, shown
 
 import lens
 import standalone
-from browser import browser_session, render, screenshot
-from fake_data import index_rows
-from test_site_research import read_svg
-from test_site_single import formatted, hover_cell, shown
+import storage
 
 ROOT = Path(__file__).resolve().parent.parent
 MODEL = lens.model_dir_name("demo")
@@ -100,7 +100,7 @@ def test_html_file_opens_from_disk_with_no_request(demo_data, tmp_path):
     assert proc.returncode == 0, proc.stderr
     assert re.fullmatch(rf"build_index.py: {out}: {len(out.read_bytes()) / 1e6:.1f} MB \(1 model\(s\), 2 prompt\(s\), "
                         r"heads L1H\*\)\n", proc.stdout)
-    patterns = lens.load_patterns(demo_data, MODEL, chosen[1])
+    patterns = storage.load_patterns(demo_data, MODEL, chosen[1])
     stored = {(1, h): patterns.head(1, h) for h in range(4)}
     with browser_session(out) as s:
         s.page.goto(s.url)
@@ -138,9 +138,9 @@ def test_html_embeds_only_the_chosen_heads_and_prompts(demo_data, tmp_path):
     assert info["heads"] == "L0H1,L1H*"
     meta = json.loads(files[f"{MODEL}/index/meta.json"])
     assert (meta["count"], meta["n_stored"]) == (1, 1)
-    src = lens.load_patterns(demo_data, MODEL, rows[1]["hash"])
+    src = storage.load_patterns(demo_data, MODEL, rows[1]["hash"])
     (tmp_path / "patterns.bin").write_bytes(files[f"{MODEL}/prompts/{rows[1]['hash']}/patterns.bin"])
-    embedded = lens.Patterns(tmp_path / "patterns.bin")
+    embedded = storage.Patterns(tmp_path / "patterns.bin")
     assert embedded.heads == [(0, 1), (1, 0), (1, 1), (1, 2), (1, 3)]
     assert np.array_equal(embedded.head(1, 3), src.head(1, 3))
     table = np.frombuffer(files[f"{MODEL}/stats/bos.f32"], "<f4")
@@ -187,7 +187,7 @@ def test_notebook_output_works_offline(demo_data, tmp_path):
     from notebook import attention_view
     rows = index_rows(demo_data, MODEL)
     view = attention_view("demo", save_path=demo_data, prompts=rows[3]["hash"], layer=1, head=2, height=1000)
-    patterns = lens.load_patterns(demo_data, MODEL, rows[3]["hash"])
+    patterns = storage.load_patterns(demo_data, MODEL, rows[3]["hash"])
     stored = {(1, h): patterns.head(1, h) for h in range(4)}
     with browser_session(notebook_page(view, tmp_path / "notebook.html"), height=1100) as s:
         s.page.goto(s.url)
