@@ -1,6 +1,7 @@
 """The file formats one script writes and another reads: pattern files (patterns.bin), figure packs,
-statistic parts and a prompt's stats.json. site/patterns.js and site/data.js read the first two in the browser; this is their Python
-twin. It is not in lens.py because it is a third of the shared code and a format is read as a whole:
+statistic parts and a prompt's stats.json. site/patterns.js and site/data.js read the first two in the browser;
+this is their Python twin. It is not in lens.py because it is a third of the shared code and a format is read as
+a whole:
 compute_activations.py writes patterns and parts, render_figures.py packs, build_index.py reads all three.
 
 Pattern file (one per prompt, `patterns.bin`, format 2): the magic b"ATTNPAT2", a little-endian

@@ -116,7 +116,8 @@ def main() -> None:
         texts = make_prompts(model, args.n_prompts, args.tokens)
         token_lists = [ca.tokenize(model.to_tokens, t) for t in texts]
         n_tokens = sum(map(len, token_lists))
-        batches = [b.to(args.device) for b in padded_batches(token_lists, args.batch_size, model.tokenizer.pad_token_id)]
+        batches = [b.to(args.device)
+                   for b in padded_batches(token_lists, args.batch_size, model.tokenizer.pad_token_id)]
         forward_seconds(model, batches[:1], False)  # warm-up
         hf_reference_seconds(hf, batches[:1])
         times = {"hf": [], "bare": [], "stopped": [], "total": []}

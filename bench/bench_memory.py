@@ -69,7 +69,8 @@ def run_one(ckpt: Path, n_tokens: int, device: str, work: Path) -> dict:
     argv = ["compute_activations.py", str(ckpt), str(prompts), "--save-path", str(save), "--batch-size", "1",
             "--device", device]
     start = time.perf_counter()
-    out = subprocess.run([sys.executable, "-c", CHILD.format(argv=argv, root=str(ROOT), script=str(ROOT / "compute_activations.py"))],
+    out = subprocess.run([sys.executable, "-c",
+                          CHILD.format(argv=argv, root=str(ROOT), script=str(ROOT / "compute_activations.py"))],
                          capture_output=True, text=True, cwd=work)
     wall = time.perf_counter() - start
     if out.returncode != 0:

@@ -102,12 +102,15 @@ def main() -> None:
           f"in {args.dir or tempfile.gettempdir()}")
     print(f"raw:                 {raw_s:.2f} s  {n_heads / raw_s:,.0f} head-images/s  "
           f"{np.mean(sizes) / 1024:.2f} KiB per image")
-    print(f"raw + {len(stats)} statistics: {both_s:.2f} s  (statistics add {100 * (both_s / raw_s - 1):.0f}% wall time)")
+    print(f"raw + {len(stats)} statistics: {both_s:.2f} s  "
+          f"(statistics add {100 * (both_s / raw_s - 1):.0f}% wall time)")
     print(f"CPU time in one process: raw {raw_cpu:.2f} s, raw + statistics {both_cpu:.2f} s "
-          f"(statistics add {100 * (both_cpu / raw_cpu - 1):.0f}%, {1e6 * (both_cpu - raw_cpu) / n_heads:.0f} us per head)")
+          f"(statistics add {100 * (both_cpu / raw_cpu - 1):.0f}%, "
+          f"{1e6 * (both_cpu - raw_cpu) / n_heads:.0f} us per head)")
     print(f"all {len(registry)} figures+stats: {all_s:.2f} s  {counts['images'] / all_s:,.0f} images/s, "
           f"{counts['failed']} failed")
-    print(f"predecessor encoding, 1 process: {old_rate:,.0f} head-images/s  {np.mean(old_sizes) / 1024:.2f} KiB per image "
+    print(f"predecessor encoding, 1 process: {old_rate:,.0f} head-images/s  "
+          f"{np.mean(old_sizes) / 1024:.2f} KiB per image "
           f"(ours: {100 * np.mean(sizes) / np.mean(old_sizes):.0f}% of its size)")
 
 

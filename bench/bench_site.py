@@ -101,8 +101,8 @@ def write_index(save_path: Path, n: int, model: str = "big", shape: tuple[int, i
                                           {"bos": "Random values (bench)."}, {r["hash"]: r for r in records})
     lens.write_json(lens.model_cfg_path(save_path, model), {"model_name": model, "n_layers": shape[0],
                                                             "n_heads": shape[1]})
-    build_index.write_jsonl(lens.models_path(save_path), [{"model_name": model, "model_dir": model, "n_layers": shape[0],
-                                                    "n_heads": shape[1], "n_prompts": n}])
+    build_index.write_jsonl(lens.models_path(save_path), [{"model_name": model, "model_dir": model,
+                                                           "n_layers": shape[0], "n_heads": shape[1], "n_prompts": n}])
     figures, _ = lens.load_figures()
     build_index.write_jsonl(lens.figures_path(save_path), build_index.figure_records(figures))
     lens.write_atomic(lens.colormaps_path(save_path), build_index.colormaps_json())

@@ -31,7 +31,8 @@ TITLE = f"(suffix) => ({SINGLE_FRAME})()?.querySelector('#title').textContent.en
 
 def make_file(tmp: Path, n_tokens: int, shape: tuple[int, int], heads: str) -> tuple[Path, Path, str]:
     data = tmp / "data"
-    (phash,) = make_data(data, n_layers=shape[0], n_heads=shape[1], texts=[" ".join(f"w{i}" for i in range(n_tokens - 1))])
+    (phash,) = make_data(data, n_layers=shape[0], n_heads=shape[1],
+                         texts=[" ".join(f"w{i}" for i in range(n_tokens - 1))])
     subprocess.run([sys.executable, str(ROOT / "render_figures.py"), "--save-path", str(data), "--figures", "raw",
                     "--jobs", "2"], check=True, capture_output=True)
     out = tmp / "view.html"

@@ -99,7 +99,8 @@ def encode_corpus(tokenizer, texts: list[str]) -> torch.Tensor:
     return torch.tensor([i for ids in tokenizer(texts)["input_ids"] for i in ids + [eos]])
 
 
-def make_batch(gen: torch.Generator, corpus: torch.Tensor, eos: int, vocab_size: int, shape: tuple[int, int]) -> torch.Tensor:
+def make_batch(gen: torch.Generator, corpus: torch.Tensor, eos: int, vocab_size: int,
+               shape: tuple[int, int]) -> torch.Tensor:
     """Rows of a corpus slice, or of a random sequence repeated to fill the row; no BOS, as Pythia was trained."""
     n_rows, n = shape
     rows = []

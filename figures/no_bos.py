@@ -6,7 +6,8 @@ from lens import figure
 
 @figure(cmap="viridis")
 def no_bos(attn):
-    "Attention without the BOS column, each row renormalised to sum to 1 (the first row, which only sees BOS, is dropped)."
+    """Attention without the BOS column, each row renormalised to sum to 1 (the first row, which only sees BOS,
+    is dropped)."""
     rest = attn[1:, 1:]
     total = rest.sum(-1, keepdims=True)
     return np.divide(rest, total, out=np.zeros_like(rest), where=total > 0)

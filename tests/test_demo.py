@@ -100,7 +100,8 @@ def repeat_period(ids: list[int]) -> int:
 
 def test_stored_patterns_show_the_induction_heads(demo_data):
     """On a repeated prompt, an induction head's stored pattern puts its weight one past the earlier copy of the
-    query's token (for tokens that occur once in the first copy, so that the target is unambiguous); layer 0 does not."""
+    query's token (for tokens that occur once in the first copy, so that the target is unambiguous); layer 0 does
+    not."""
     for text in repeated_texts():
         prompt = json.loads(lens.prompt_json_path(demo_data, MODEL, lens.prompt_hash(text)).read_text())
         ids = prompt["token_ids"]
@@ -127,7 +128,8 @@ def test_stored_patterns_show_the_previous_token_head(demo_data):
 
 
 def test_stored_statistics_rank_the_known_heads_first(demo_data, final_scores):
-    """render_figures.py's per-prompt statistics, averaged over the repeated prompts, agree with the oracle's ranking."""
+    """render_figures.py's per-prompt statistics, averaged over the repeated prompts, agree with the oracle's
+    ranking."""
     stats = [json.loads(lens.prompt_stats_path(demo_data, MODEL, lens.prompt_hash(t)).read_text())
              for t in repeated_texts()]
     mean = {name: np.mean([s[name] for s in stats], axis=0) for name in stats[0]}

@@ -18,7 +18,8 @@ MODEL = "fake-model"
 CHUNK = 7  # rows per chunk in these tests: 30 prompts make 5 chunks
 LONG = "a long prompt " + " ".join(f"word{i}" for i in range(80)) + " far-away-tail"
 TEXTS = ([f"prompt {i}: " + "hay " * (i % 5) + ("needle" if i % 7 == 3 else "straw") for i in range(26)]
-         + ["Caf\u00e9 au lait, s'il vous pla\u00eet", "\u65e5\u672c\u8a9e \u306e \u30c6\u30ad\u30b9\u30c8", "x_y is one word", LONG])
+         + ["Caf\u00e9 au lait, s'il vous pla\u00eet", "\u65e5\u672c\u8a9e \u306e \u30c6\u30ad\u30b9\u30c8",
+            "x_y is one word", LONG])
 
 
 @pytest.fixture
@@ -53,15 +54,17 @@ def test_a_smaller_index_leaves_no_stale_chunks(indexed, monkeypatch):
     for h in lens.finished_prompts(indexed, MODEL)[:10]:
         lens.prompt_json_path(indexed, MODEL, h).unlink()
     build_index.build_index(indexed)
-    assert sorted(p.name for p in build_index.prompt_index_dir(indexed, MODEL).glob("rows/*")) == ["0.jsonl", "1.jsonl", "2.jsonl"]
+    assert sorted(p.name for p in build_index.prompt_index_dir(indexed, MODEL).glob("rows/*")) == [
+        "0.jsonl", "1.jsonl", "2.jsonl"]
     assert len(index_rows(indexed, MODEL)) == 20
 
 
 def counting_reads(monkeypatch) -> list[str]:
     """The hashes of the prompt.json files read from now on."""
     reads, read_json = [], lens.read_json
-    monkeypatch.setattr(lens, "read_json", lambda path: (reads.append(Path(path).parent.name)
-                                                          if Path(path).name == "prompt.json" else None) or read_json(path))
+    monkeypatch.setattr(lens, "read_json",
+                        lambda path: (reads.append(Path(path).parent.name) if Path(path).name == "prompt.json"
+                                      else None) or read_json(path))
     return reads
 
 
@@ -92,7 +95,8 @@ def statistics_only(tmp_path_factory, tiny_checkpoint) -> Path:
     (tmp / "prompts.jsonl").write_text("".join(json.dumps({"text": t, "meta": {"i": i}}) + "\n"
                                                for i, t in enumerate(TEXTS[:4])))
     proc = subprocess.run([sys.executable, str(ROOT / "compute_activations.py"), str(tiny_checkpoint), "prompts.jsonl",
-                           "--patterns", "1", "--save-path", "data"], cwd=tmp, capture_output=True, text=True, timeout=300)
+                           "--patterns", "1", "--save-path", "data"],
+                          cwd=tmp, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr
     return tmp / "data"
 
@@ -136,8 +140,10 @@ QUERIES = """async (hashes) => {
     needle: hashOf(await index.search('needle', 100)), prefix: hashOf(await index.search('NEED', 100)),
     both: hashOf(await index.search('needle prompt 10', 100)), cafe: hashOf(await index.search('caf\u00e9', 100)),
     japanese: hashOf(await index.search('\u65e5\u672c', 100)), word: hashOf(await index.search('x_y', 100)),
-    tail_word: hashOf(await index.search('far away', 100)), hash: hashOf(await index.search(hashes[3].slice(0, 8), 100)),
-    none: await index.search('zebra', 100), empty: await index.matches('  '), limited: (await index.search('prompt', 3)).length,
+    tail_word: hashOf(await index.search('far away', 100)),
+    hash: hashOf(await index.search(hashes[3].slice(0, 8), 100)),
+    none: await index.search('zebra', 100), empty: await index.matches('  '),
+    limited: (await index.search('prompt', 3)).length,
     tokens: await index.ordered('tokens', 0, 30), longest: await index.ordered('-tokens', 0, 3),
     among: await index.ordered('tokens', 1, 2, new Set([0, 4, 9, 20])),
     shards: ['ne', 'caf\u00e9', '\u65e5\u672c', 'x_y', 'a', '9z'].map(shardName),

@@ -111,8 +111,8 @@ def test_shards_copied_together_give_the_aggregates_of_one_run(prompts_file, tmp
         for key in ("mean", "std", "min", "max"):
             np.testing.assert_allclose(index2["stats"][name][key], index1["stats"][name][key], atol=1e-6, err_msg=name)
         heads1, heads2 = (json.loads(stat_heads_path(d, "model", name).read_text()) for d in (one, merged))
-        tops = [[[[h for h, _ in head[side]] for head in layer] for layer in heads["heads"]] for heads in (heads1, heads2)
-                for side in ("top", "bottom")]
+        tops = [[[[h for h, _ in head[side]] for head in layer] for layer in heads["heads"]]
+                for heads in (heads1, heads2) for side in ("top", "bottom")]
         assert tops[:2] == tops[2:] and heads1["prompts"] == heads2["prompts"]
 
 
@@ -152,7 +152,8 @@ def test_top_k_stores_each_heads_extremes_and_is_idempotent(prompts_file, tmp_pa
     data = tmp_path / "data"
     run_main(DEMO, prompts_file, "--patterns", "none", "--save-path", data)
     heads = json.loads(stat_heads_path(data, "model", "induction_head").read_text())
-    expected = {h for layer in heads["heads"] for head in layer for side in ("top", "bottom") for h, _ in head[side][:2]}
+    expected = {h for layer in heads["heads"] for head in layer for side in ("top", "bottom")
+                for h, _ in head[side][:2]}
     assert all(not p["stored"] for p in heads["prompts"].values())
     capsys.readouterr()
     run_main(DEMO, "--top", "2", "--stat", "induction_head", "--save-path", data)
@@ -180,7 +181,8 @@ def test_a_plugin_statistic_runs_at_compute_time_from_the_stored_form(prompts_fi
         _, cache = demo_model.run_with_cache(text, names_filter=ca.is_pattern_hook)
         for layer in range(demo_model.cfg.n_layers):
             exact = cache[f"blocks.{layer}.attn.hook_pattern"][0].numpy()
-            np.testing.assert_allclose(tables["first_key"][i, layer], exact[:, :, 0].mean(-1), atol=2 / storage.PATTERN_SCALE)
+            np.testing.assert_allclose(tables["first_key"][i, layer], exact[:, :, 0].mean(-1),
+                                       atol=2 / storage.PATTERN_SCALE)
 
 
 @pytest.mark.parametrize("extra, message", [

@@ -48,7 +48,8 @@ class InFrame:
 def pane(page, file: str):
     """The frame showing `file` (embed.js titles each pane's iframe by its page), once the page is ready."""
     page.wait_for_function(f"""() => {{
-        const frames = [...document.querySelectorAll('iframe')].flatMap(f => [f, ...f.contentDocument.querySelectorAll('iframe')]);
+        const frames = [...document.querySelectorAll('iframe')]
+            .flatMap(f => [f, ...f.contentDocument.querySelectorAll('iframe')]);
         return frames.some(f => f.title === '{file}' && f.contentDocument.body?.dataset.ready === '1');
     }}""")
     frames = [f for f in page.frames if f.parent_frame and f.frame_element().get_attribute("title") == file]
@@ -79,7 +80,8 @@ def check_single_view(s, frame, stored: dict, tmp_path: Path) -> None:
     frame.wait_for_function("() => document.querySelector('#title').textContent.endsWith('L1H2')")
     b = stored[(1, 3)]
     hover_cell(view, n - 1, 2)
-    values = [float(frame.eval_on_selector(sel, "e => e.dataset.value")) for sel in ("#cell-value", "#cell-b", "#cell-d")]
+    values = [float(frame.eval_on_selector(sel, "e => e.dataset.value"))
+              for sel in ("#cell-value", "#cell-b", "#cell-d")]
     assert values == pytest.approx([a[n - 1, 2], b[n - 1, 2], a[n - 1, 2] - b[n - 1, 2]], abs=1e-7)
     with s.page.expect_download() as download:
         frame.click("#export-svg")
@@ -96,7 +98,8 @@ def test_html_file_opens_from_disk_with_no_request(demo_data, tmp_path):
     rows = index_rows(demo_data, MODEL)
     chosen = [rows[0]["hash"], rows[2]["hash"]]
     out = tmp_path / "view.html"
-    proc = build_html(demo_data, out, "--models", "demo", "--prompts", ",".join(h[:8] for h in chosen), "--heads", "L1H*")
+    proc = build_html(demo_data, out, "--models", "demo", "--prompts", ",".join(h[:8] for h in chosen),
+                      "--heads", "L1H*")
     assert proc.returncode == 0, proc.stderr
     assert re.fullmatch(rf"build_index.py: {out}: {len(out.read_bytes()) / 1e6:.1f} MB \(1 model\(s\), 2 prompt\(s\), "
                         r"heads L1H\*\)\n", proc.stdout)
@@ -106,7 +109,8 @@ def test_html_file_opens_from_disk_with_no_request(demo_data, tmp_path):
         s.page.goto(s.url)
         grid = pane(s.page, "index.html")
         assert len(grid.query_selector_all(".tile")) == 2 * 4  # two prompts x the four heads of layer 1
-        grid.wait_for_function("() => [...document.querySelectorAll('.tile img')].every(i => i.complete && i.naturalWidth)")
+        grid.wait_for_function("() => [...document.querySelectorAll('.tile img')]"
+                               ".every(i => i.complete && i.naturalWidth)")
         screenshot(s, "standalone-file-grid")
         href = [h for h in grid.eval_on_selector_all(".tile", "ts => ts.map(t => t.getAttribute('href'))")
                 if chosen[1] in h and "layer=1&head=2" in h][0]
@@ -145,8 +149,8 @@ def test_html_embeds_only_the_chosen_heads_and_prompts(demo_data, tmp_path):
     assert np.array_equal(embedded.head(1, 3), src.head(1, 3))
     table = np.frombuffer(files[f"{MODEL}/stats/bos.f32"], "<f4")
     assert table.size == 2 * 4  # one prompt's row
-    assert all(name.startswith((MODEL + "/", "models.jsonl", "figures.jsonl", "colormaps.json")) or (ROOT / "site" / name).is_file()
-               for name in files)
+    assert all(name.startswith((MODEL + "/", "models.jsonl", "figures.jsonl", "colormaps.json"))
+               or (ROOT / "site" / name).is_file() for name in files)
 
 
 def test_html_over_the_limit_is_refused(demo_data, tmp_path):
@@ -198,7 +202,8 @@ def test_notebook_output_works_offline(demo_data, tmp_path):
         check_single_view(s, single, stored, tmp_path)
         tile = grid.eval_on_selector_all(".tile", "ts => ts.map(t => t.getAttribute('href'))")[1]  # L0H1
         grid.click(f'.tile[href="{tile}"]')  # opens in the single view's pane, the grid stays
-        s.page.wait_for_function("() => [...document.querySelector('iframe').contentDocument.querySelectorAll('iframe')]"
+        s.page.wait_for_function("() => [...document.querySelector('iframe').contentDocument"
+                                 ".querySelectorAll('iframe')]"
                                  ".some(f => f.contentDocument.querySelector('#title')?.textContent.endsWith('L0H1'))")
         assert len(pane(s.page, "index.html").query_selector_all(".tile")) == 8
         assert not s.errors
@@ -272,7 +277,8 @@ def test_in_memory_fetch_answers_byte_ranges_as_serve_py(demo_data, tmp_path, na
         answers = grid.evaluate("""async ([path, ranges]) => Promise.all(ranges.map(async (range) => {
             const r = await attnFetch(path, range ? { headers: { Range: range } } : undefined);
             return [r.status, r.headers.get('Content-Range'), [...new Uint8Array(await r.arrayBuffer())]];
-        }))""", [path, ["", "bytes=0-15", "bytes=10-", f"bytes=-{size + 5}", "bytes=-7", f"bytes={size}-", "bytes=5-2"]])
+        }))""", [path, ["", "bytes=0-15", "bytes=10-", f"bytes=-{size + 5}", "bytes=-7", f"bytes={size}-",
+                        "bytes=5-2"]])
         missing = grid.evaluate("async () => (await attnFetch('nope/prompt.json')).status")
     assert answers[0] == [200, None, list(data)]
     assert answers[1] == [206, f"bytes 0-15/{size}", list(data[:16])]

@@ -1,4 +1,5 @@
-"""Head statistics: known answers, TransformerLens's detect_head as the oracle, the stored tables, a hand-wired model."""
+"""Head statistics: known answers, TransformerLens's detect_head as the oracle, the stored tables, a hand-wired
+model."""
 import json
 import random
 import subprocess
@@ -102,7 +103,8 @@ def run_pipeline(ckpt: Path, texts: list[str], data: Path, *render_args: str) ->
     """compute_activations.py + render_figures.py on these texts, as a user runs them; returns the model dir."""
     prompts = data.parent / "prompts.jsonl"
     prompts.write_text("".join(json.dumps({"text": t}) + "\n" for t in texts))
-    for script, args in [("compute_activations.py", [ckpt, prompts]), ("render_figures.py", ["--jobs", "1", *render_args])]:
+    for script, args in [("compute_activations.py", [ckpt, prompts]),
+                         ("render_figures.py", ["--jobs", "1", *render_args])]:
         r = subprocess.run([sys.executable, script, *map(str, args), "--save-path", str(data)],
                            cwd=ROOT, capture_output=True, text=True, timeout=300)
         assert r.returncode == 0, r.stdout + r.stderr

@@ -69,7 +69,9 @@ def test_a_prompt_without_value_norms_makes_no_such_image_and_says_so(data_dir):
     r = run("render_figures.py", "--save-path", str(data_dir), "--figures", "value_weighted", "--force",
             "--jobs", "1", cwd=data_dir.parent)
     assert r.returncode == 0, r.stderr
-    assert ", 0 failed" in r.stdout and "8 not made: their prompts have no value norms or token ids" in r.stdout  # 2 layers x 4 heads
+    assert ", 0 failed" in r.stdout
+    assert "8 not made: their prompts have no value norms or token ids" in r.stdout  # 2 layers x 4 heads
     assert not lens.figure_pack_path(data_dir, model, phash, "value_weighted").exists()
     assert not lens.figure_errors_path(data_dir, model, phash, "value_weighted").exists()
-    assert storage.read_pack_image(lens.figure_pack_path(data_dir, model, lens.prompt_hash(TEXTS[0]), "value_weighted"), 0, 0)
+    assert storage.read_pack_image(
+        lens.figure_pack_path(data_dir, model, lens.prompt_hash(TEXTS[0]), "value_weighted"), 0, 0)
