@@ -1,7 +1,11 @@
 """The built-in figures in figures/ on constructed patterns with known answers."""
+import io
+
 import numpy as np
+from PIL import Image
 
 import lens
+import render_figures
 
 FIGURES, _ = lens.load_figures()
 
@@ -19,10 +23,20 @@ def sink_then_previous(n: int) -> np.ndarray:
     return a
 
 
+def stored_colours(name: str, attn) -> np.ndarray:
+    """The first row of a figure's image as render_figures.py stores it, decoded by pillow to RGB."""
+    fig = FIGURES[name]
+    png = render_figures.image_bytes(fig, fig.func(np.array(attn, np.float32)))
+    return np.array(Image.open(io.BytesIO(png)).convert("RGB"))[0]
+
+
 def test_raw_is_the_pattern():
     a = uniform(5)
     np.testing.assert_array_equal(FIGURES["raw"].func(a), a)
-    assert FIGURES["raw"].options["cmap"] == "viridis" and not FIGURES["raw"].options["normalize"]
+    # drawn as stored, not normalised: 0 and 1 are viridis's ends whatever the head's own range
+    viridis = lens.colormap_table("viridis")
+    np.testing.assert_array_equal(stored_colours("raw", [[0.0, 0.5, 1.0]]), viridis[[0, 128, 255]])
+    np.testing.assert_array_equal(stored_colours("raw", [[0.25, 0.5]]), viridis[[64, 128]])
 
 
 def test_no_bos_drops_the_sink_and_renormalises():
@@ -40,7 +54,17 @@ def test_log_scale_floors_at_1e_minus_4():
     out = FIGURES["log_scale"].func(uniform(4))
     assert out[0, 0] == 0 and out[0, 1] == -4
     np.testing.assert_allclose(out[3, :4], np.log10(0.25), rtol=1e-6)
-    assert FIGURES["log_scale"].options["normalize_min"] == -4.0
+
+
+def test_log_scale_image_runs_from_black_at_1e_minus_4_to_magmas_top_at_the_largest_weight():
+    """Its image as render_figures.py stores it, decoded by pillow: magma, 1e-4 and below black (magma's first
+    colour), the head's largest weight magma's last, 1e-2 half-way even when nothing in the head is below it."""
+    magma = lens.colormap_table("magma")
+    assert magma[0].max() < 10  # black
+    np.testing.assert_array_equal(stored_colours("log_scale", [[1.0, 1e-4, 1e-6, 0.0]]), magma[[255, 0, 0, 0]])
+    np.testing.assert_array_equal(stored_colours("log_scale", [[0.5, 0.5]]), magma[[255, 255]])
+    half_way = stored_colours("log_scale", [[1.0, 1e-2]])[1]
+    assert any((half_way == magma[i]).all() for i in (127, 128)), half_way
 
 
 def test_vs_uniform_is_zero_for_uniform_attention():

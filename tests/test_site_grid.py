@@ -7,6 +7,7 @@ from urllib.parse import parse_qs, urlsplit
 import numpy as np
 import pytest
 from browser import assert_only_local, bos, browser_session, render, screenshot
+from conftest import FINAL
 from fake_data import TEXTS, drop_images, fake_patterns, index_rows, make_data
 
 import lens
@@ -220,7 +221,8 @@ def test_two_models_of_different_shapes(site):
         wait_settled(page, 3)
         page.check("#models input[value='small-model']")
         wait_settled(page, 4)  # small-model (1 layer x 2 heads) has only L0H1 of these
-        shown = page.eval_on_selector_all(".tile", "n => n.map(x => [x.dataset.model, x.dataset.layer, x.dataset.head])")
+        shown = page.eval_on_selector_all(".tile",
+                                          "n => n.map(x => [x.dataset.model, x.dataset.layer, x.dataset.head])")
         assert shown == [[MODEL, "0", "1"], [MODEL, "1", "1"], [MODEL, "1", "2"], ["small-model", "0", "1"]]
         assert "small-model" in page.inner_text(".tile:last-child .caption")
         assert page.eval_on_selector_all("#head-picker .pick", "n => n.length") == 6  # the larger shape
@@ -260,9 +262,11 @@ def test_prompt_table_sorts_by_tokens_and_theme_toggle_persists(site):
         assert counts() != sorted(counts())
         table = "[...document.querySelectorAll('#prompt-table td.num')].map(x => +x.textContent)"
         page.click("#sort-tokens")  # the order is read from the index's by_tokens.u32: wait for it
-        page.wait_for_function(f"() => {{ const c = {table}; return c.length === 4 && c.every((x, i) => !i || c[i - 1] <= x); }}")
+        page.wait_for_function(f"() => {{ const c = {table}; "
+                               f"return c.length === 4 && c.every((x, i) => !i || c[i - 1] <= x); }}")
         page.click("#sort-tokens")
-        page.wait_for_function(f"() => {{ const c = {table}; return c.length === 4 && c.every((x, i) => !i || c[i - 1] >= x); }}")
+        page.wait_for_function(f"() => {{ const c = {table}; "
+                               f"return c.length === 4 && c.every((x, i) => !i || c[i - 1] >= x); }}")
         assert counts() == sorted(counts(), reverse=True) and params(page)["order"] == "-tokens"
 
         page.fill("#cols", "4")  # tiles per row, e.g. one layer's heads on a row
@@ -300,7 +304,8 @@ def test_whole_pipeline_on_a_tiny_model(tiny_checkpoint, tmp_path):
 
     root = Path(__file__).resolve().parent.parent
     texts = ["When Mary and John went to the store, John gave a drink to Mary.", "def add(a, b):\n    return a + b"]
-    (tmp_path / "prompts.jsonl").write_text("".join(json.dumps({"text": t, "meta": {"src": "test"}}) + "\n" for t in texts))
+    (tmp_path / "prompts.jsonl").write_text("".join(json.dumps({"text": t, "meta": {"src": "test"}}) + "\n"
+                                                    for t in texts))
     for script, *args in [("compute_activations.py", str(tiny_checkpoint), "prompts.jsonl"),
                           ("render_figures.py", "--jobs", "1")]:
         proc = subprocess.run([sys.executable, str(root / script), *args, "--save-path", "data"],
@@ -413,4 +418,32 @@ def test_the_prompt_table_shows_enough_of_each_prompt_to_recognise_it(tmp_path):
         assert all(c["chars"] >= 40 for c in cells), cells
         assert sorted(c["title"] for c in cells) == sorted(texts)
         assert s.errors == []
+        assert_only_local(s)
+
+
+@pytest.mark.parametrize("dark", [False, True])
+def test_grid_first_screen_shows_patterns(demo_site, dark):
+    """On a 1440 x 900 screen the first pattern starts within the first screen; hiding the controls (URL
+    controls=hide, key c) leaves one summary line; showing them again loses no control."""
+    with browser_session(demo_site, dark=dark, width=1440, height=900) as s:
+        s.page.goto(s.url + f"index.html?models={FINAL}")
+        s.page.wait_for_selector("body[data-ready='1'] .tile img")
+        top = s.page.eval_on_selector(".tile", "t => t.getBoundingClientRect().top")
+        assert top < 450, top  # was ~700 px with every control shown in full
+        controls = s.page.eval_on_selector_all("#controls input, #controls select, #controls button", "n => n.length")
+        screenshot(s, f"grid-first-screen-{'dark' if dark else 'light'}")
+        s.page.keyboard.press("c")
+        s.page.wait_for_function("() => new URLSearchParams(location.search).get('controls') === 'hide'")
+        assert s.page.eval_on_selector(".tile", "t => t.getBoundingClientRect().top") < 120
+        assert s.page.text_content("#controls-summary").startswith(f"models {FINAL} \u00b7 heads L*H*")
+        screenshot(s, f"grid-controls-hidden-{'dark' if dark else 'light'}")
+        s.page.reload()
+        s.page.wait_for_selector("body[data-ready='1']")
+        assert not s.page.is_visible("#controls")
+        s.page.click("#toggle-controls")
+        assert s.page.is_visible("#heads-spec") and s.page.is_visible("#prompt-table")
+        assert s.page.eval_on_selector_all("#controls input, #controls select, #controls button",
+                                           "n => n.length") == controls
+        assert "controls" not in params(s.page)
+        assert not s.errors
         assert_only_local(s)

@@ -1,5 +1,6 @@
 """The heads page (layer x head heatmap of a statistic, a head's panel) in a real offline chromium, and the
-statistic aggregates it reads (write_stat_aggregates)."""
+statistic aggregates it reads (write_stat_aggregates); on the demo model's training checkpoints: one model minus
+another, and a statistic across checkpoints."""
 import json
 from pathlib import Path
 from urllib.parse import parse_qs, urlsplit
@@ -7,8 +8,9 @@ from urllib.parse import parse_qs, urlsplit
 import numpy as np
 import pytest
 from browser import assert_only_local, browser_session, render, screenshot
+from conftest import FINAL, MODELS
 from fake_data import make_data, read_stats
-from test_site_single import MODEL, oracle, prompt_hashes
+from test_site_single import MODEL, oracle, prompt_hashes, url_state
 
 import lens
 import storage
@@ -26,7 +28,8 @@ def long_only(data_dir) -> np.ndarray:
 
 def cells(page) -> np.ndarray:
     """The heatmap's values as [layers, heads] (NaN for a missing value)."""
-    rows = page.eval_on_selector_all(".heatmap-grid .heat", "cs => cs.map(c => [+c.dataset.layer, +c.dataset.head, +c.dataset.value])")
+    rows = page.eval_on_selector_all(".heatmap-grid .heat",
+                                     "cs => cs.map(c => [+c.dataset.layer, +c.dataset.head, +c.dataset.value])")
     out = np.full((max(r[0] for r in rows) + 1, max(r[1] for r in rows) + 1), np.inf)
     for l, h, v in rows:
         out[l, h] = v
@@ -135,7 +138,8 @@ def test_heads_not_stored(partial_heads_data_dir):
     with browser_session(data) as s:
         s.page.goto(f"{s.url}heads.html?model={MODEL}&stat=bos&over=prompt&prompt={partial}")
         wait_ready(s.page)
-        not_stored = s.page.eval_on_selector_all(".heat.not-stored", "cs => cs.map(c => [+c.dataset.layer, +c.dataset.head])")
+        not_stored = s.page.eval_on_selector_all(".heat.not-stored",
+                                                 "cs => cs.map(c => [+c.dataset.layer, +c.dataset.head])")
         assert not_stored == [[0, 1], [0, 2]]
         assert "L0H1: not stored" in s.page.get_attribute(".heat[data-layer='0'][data-head='1']", "title")
         assert np.isnan(cells(s.page)[0, 1:]).all() and s.page.locator(".heat.no-value").count() == 0
@@ -191,7 +195,8 @@ def test_write_stat_aggregates_on_a_hand_checked_table(tmp_path):
     heads = json.loads(stat_heads_path(tmp_path, "m", "s").read_text())
     h0, h1, h2 = heads["heads"][0]
     assert heads["bins"] == 3 and h0["hist"] == {"lo": 0.0, "hi": 9.0, "counts": [3, 3, 4]}  # [0,3) [3,6) [6,9]
-    assert h0["top"] == [["h9", 9.0], ["h8", 8.0], ["h7", 7.0]] and h0["bottom"] == [["h0", 0.0], ["h1", 1.0], ["h2", 2.0]]
+    assert (h0["top"] == [["h9", 9.0], ["h8", 8.0], ["h7", 7.0]]
+            and h0["bottom"] == [["h0", 0.0], ["h1", 1.0], ["h2", 2.0]])
     assert h1["hist"] == {"lo": 1.0, "hi": 5.0, "counts": [1, 0, 3]}
     assert h1["top"] == [["h1", 5.0], ["h2", 5.0], ["h5", 5.0]]  # ties in hash order
     assert h1["bottom"] == [["h4", 1.0], ["h1", 5.0], ["h2", 5.0]]
@@ -211,7 +216,8 @@ def test_render_writes_the_aggregates(rendered_data_dir):
     heads = json.loads(stat_heads_path(data, MODEL, "bos").read_text())
     for l in range(2):
         for h in range(3):
-            assert [hash for hash, _ in heads["heads"][l][h]["top"]] == [hashes[i] for i in np.argsort(-values[:, l, h])]
+            assert ([hash for hash, _ in heads["heads"][l][h]["top"]]
+                    == [hashes[i] for i in np.argsort(-values[:, l, h])])
             assert sum(heads["heads"][l][h]["hist"]["counts"]) == len(hashes)
     assert heads["prompts"][hashes[0]]["stored"] is True
 
@@ -271,7 +277,8 @@ def test_head_panel(rendered_data_dir, dark):
         assert {k: query(s.page.url)[k] for k in ("model", "prompt", "layer", "head")} == {
             "model": MODEL, "prompt": hashes[row], "layer": "1", "head": "2"}
 
-        # the panel's state is in the URL; this head's top prompt has no stored patterns: the page says how to store them
+        # the panel's state is in the URL; this head's top prompt has no stored patterns: the page says how to
+        # store them
         s.page.goto(f"{s.url}heads.html?model={MODEL}&stat=bos&panel=L{layer}H{head}")
         wait_ready(s.page)
         s.page.wait_for_selector("#head-panel [data-list='highest'] li")
@@ -310,7 +317,8 @@ def many_prompts_dir(save_path: Path, n: int) -> Path:
 
 
 def fetched(data: Path, name: str) -> tuple[int, list[tuple[str, str | None, int]]]:
-    """Open the heads page, a head's panel, one prompt and the next one; (bytes of data files, [(path, range, bytes)])."""
+    """Open the heads page, a head's panel, one prompt and the next one; (bytes of data files,
+    [(path, range, bytes)])."""
     with browser_session(data) as s:
         seen = []
         s.page.on("requestfinished", lambda r: seen.append(
@@ -338,7 +346,8 @@ def test_bytes_fetched_do_not_grow_with_the_prompts(tmp_path, monkeypatch):
     print(f"heads page data bytes: {small} with 10 prompts, {large} with 2000 "
           f"(heads.json {heads[10].stat().st_size} and {heads[2000].stat().st_size})")
     for path, byte_range, size in large_requests:
-        assert "/index/rows/" not in path or path.endswith("/rows/0.jsonl"), "more of the prompt index than its first rows"
+        assert "/index/rows/" not in path or path.endswith("/rows/0.jsonl"), (
+            "more of the prompt index than its first rows")
         if path.endswith(".f32"):
             assert byte_range and size == 2 * 3 * 4, f"{path} fetched without a byte range"
     assert sum(path.endswith(".f32") for path, _, _ in large_requests) == 2  # two prompts' rows
@@ -347,3 +356,63 @@ def test_bytes_fetched_do_not_grow_with_the_prompts(tmp_path, monkeypatch):
     assert len(json.loads(heads[2000].read_text())["prompts"]) <= 6 * 2 * 10
     growth = heads[2000].stat().st_size - heads[10].stat().st_size
     assert large - small < growth + 4096, (small_requests, large_requests)
+
+
+# ---- one model minus another, and across checkpoints (the demo model's training checkpoints) ----
+
+def stat_means(data: Path, model: str, stat: str) -> np.ndarray:
+    mean = json.loads((data / model / "stats.json").read_text())["stats"][stat]["mean"]
+    return np.array([[np.nan if v is None else v for v in row] for row in mean], float)
+
+
+@pytest.mark.parametrize("dark", [False, True])
+def test_heads_difference_and_across_checkpoints(demo_site, dark):
+    a, b = stat_means(demo_site, FINAL, "bos"), stat_means(demo_site, MODELS[0], "bos")
+    with browser_session(demo_site, dark=dark) as s:
+        s.page.goto(s.url + f"heads.html?model={FINAL}&stat=bos&vs={MODELS[0]}")
+        s.page.wait_for_selector("body[data-ready='1'] .heatmap-grid")
+        cells = s.page.eval_on_selector_all("#heatmap .heat",
+                                            "cs => cs.map(c => [+c.dataset.layer, +c.dataset.head, +c.dataset.value])")
+        assert len(cells) == a.size
+        for l, h, v in cells:
+            assert v == pytest.approx(a[l, h] - b[l, h], abs=1e-6)
+        assert not s.page.is_visible("#vs-problem")
+        s.page.select_option("#over", "prompt")  # one prompt: its value in each model
+        s.page.wait_for_function("() => new URLSearchParams(location.search).get('over') === 'prompt'")
+        s.page.select_option("#vs", "")
+        s.page.check("#series")
+        s.page.wait_for_selector(".series-map")
+        assert url_state(s.page)["series"] == "1"
+        maps = s.page.eval_on_selector_all(".series-map", "ms => ms.map(m => m.dataset.model)")
+        assert maps == MODELS  # ordered by training step
+        for model in MODELS:
+            means = stat_means(demo_site, model, "bos")
+            got = s.page.eval_on_selector_all(
+                f".series-map[data-model='{model}'] .heat",
+                "cs => cs.map(c => [+c.dataset.layer, +c.dataset.head, +c.dataset.value])")
+            assert all(v == pytest.approx(means[l, h], abs=1e-6) for l, h, v in got) and len(got) == means.size
+        lines = s.page.eval_on_selector_all(".series-chart polyline",
+                                            "ps => ps.map(p => [p.dataset.head, JSON.parse(p.dataset.values)])")
+        # the top head of the last step
+        assert lines[0][0] == "L{}H{}".format(*np.unravel_index(np.nanargmax(a), a.shape))
+        for head, values in lines:
+            l, h = int(head[1]), int(head[3])
+            assert values == pytest.approx([stat_means(demo_site, m, "bos")[l, h] for m in MODELS], abs=1e-6)
+        screenshot(s, f"heads-checkpoints-{'dark' if dark else 'light'}", full_page=True)
+        assert not s.errors
+        assert_only_local(s)
+
+
+def test_heads_difference_of_different_shapes_says_why(demo_site, tmp_path):
+    make_data(demo_site, model="other", n_layers=3, n_heads=2)
+    build_index(demo_site)
+    with browser_session(demo_site) as s:
+        s.page.goto(s.url + f"heads.html?model={FINAL}&stat=bos&vs=other")
+        s.page.wait_for_selector("body[data-ready='1'] .heatmap-grid")
+        assert s.page.is_visible("#vs-problem")
+        cfg = json.loads(lens.model_cfg_path(demo_site, FINAL).read_text())
+        assert s.page.text_content("#vs-problem") == (f"cannot compare: {FINAL} has {cfg['n_layers']} x "
+                                                      f"{cfg['n_heads']} heads (layers x heads), other has 3 x 2")
+        # the choice lists only the models of this shape (and keeps the URL's choice shown)
+        assert s.page.eval_on_selector_all("#vs option", "os => os.map(o => o.value)") == ["", "other", *MODELS[:-1]]
+        assert not s.errors
