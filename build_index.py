@@ -8,9 +8,10 @@ Writes models.jsonl (every <model>/model_cfg.json), <model>/index/ (every prompt
 stored patterns, sorted by hash, in chunks a page fetches as it needs them, and a word index to search
 them; prompt.json is read only where it is new or changed since the last run), figures.jsonl (the
 figure registry of the figures dir that render_figures.py last rendered with, else figures/),
-colormaps.json (the tables the images use, for the site's legends) and copies site/ into the data dir: it alone writes what the site
-reads about figures. It only reads what is on disk, so it is idempotent and merges the outputs
-of shards run on several machines once they are copied into one data dir.
+colormaps.json (the tables the images use, for the site's legends) and copies site/ into the data
+dir: it alone writes what the site reads about figures. It only reads what is on disk, so it is
+idempotent and merges the outputs of shards run on several machines once they are copied into one
+data dir.
 compute_activations.py and render_figures.py run it when they finish.
 """
 import contextlib
@@ -636,7 +637,8 @@ def main() -> None:
                         help="instead of indexing, write one self-contained file of the site and the data chosen by "
                         "--models, --prompts and --heads, which opens from disk with no server and no network")
     parser.add_argument("--models", help="--html: model dirs, comma separated (default: all)")
-    parser.add_argument("--prompts", help="--html: prompt hashes, comma separated, or a search as the grid's (default: all)")
+    parser.add_argument("--prompts",
+                        help="--html: prompt hashes, comma separated, or a search as the grid's (default: all)")
     parser.add_argument("--heads", help="--html: heads as the grid's spec, e.g. L0-3H*,L5H1 (default: all)")
     parser.add_argument("--max-size", type=float, default=50, metavar="MB",
                         help="--html: refuse to write a file larger than this (default: %(default)s MB)")

@@ -51,7 +51,8 @@ def view_files(save_path: Path, models: list[str] | None = None, prompts: str | 
     files[lens.models_path(Path()).as_posix()] = lens.jsonl_bytes(rows)
     files[lens.figures_path(Path()).as_posix()] = lens.jsonl_bytes(build_index.figure_records(figures))
     files[lens.colormaps_path(Path()).as_posix()] = build_index.colormaps_json()
-    files.update({p.name: p.read_bytes() for p in sorted(SITE_DIR.iterdir()) if p.is_file() and not p.name.startswith(".")})
+    files.update({p.name: p.read_bytes() for p in sorted(SITE_DIR.iterdir())
+                  if p.is_file() and not p.name.startswith(".")})
     return View(files, list(chosen), sorted(set().union(*chosen.values())), heads)
 
 
@@ -77,8 +78,8 @@ def write_model(src: Path, dst: Path, name: str, prompts: str | list[str] | None
 
 def grid_address(view: View, max_prompts: int = 100, **more: str) -> str:
     """The grid on the view's models, heads and (its first max_prompts) prompts; `more`: other grid parameters."""
-    params = {"models": ",".join(view.models), "heads": view.heads or "", "prompts": ",".join(view.hashes[:max_prompts]),
-              **more}
+    params = {"models": ",".join(view.models), "heads": view.heads or "",
+              "prompts": ",".join(view.hashes[:max_prompts]), **more}
     return "index.html?" + urlencode({k: v for k, v in params.items() if v}, safe=",*")
 
 
@@ -110,7 +111,8 @@ def chosen_models(save_path: Path, models: list[str] | None) -> list[str]:
     wanted = [lens.model_dir_name(m) for m in models]
     unknown = [m for m, d in zip(models, wanted) if d not in names]
     if unknown:
-        raise lens.UserError(f"--models {','.join(models)}: no model {unknown[0]} in {save_path} (it has {', '.join(names)})")
+        raise lens.UserError(f"--models {','.join(models)}: no model {unknown[0]} in {save_path} "
+                             f"(it has {', '.join(names)})")
     return wanted
 
 
@@ -206,7 +208,8 @@ DOCUMENT = """<!doctype html>
 <meta name="viewport" content="width=device-width, initial-scale=1">
 <title>attention lens</title>
 <link rel="icon" href="data:,">
-<style>html, body {{ margin: 0; height: 100%; }} .attn-pane iframe {{ border: 0; width: 100%; height: 100%; display: block; }}
+<style>html, body {{ margin: 0; height: 100%; }}
+.attn-pane iframe {{ border: 0; width: 100%; height: 100%; display: block; }}
 .attn-pane + .attn-pane {{ border-top: 2px solid #8888; box-sizing: border-box; }}</style>
 </head>
 <body>

@@ -13,6 +13,7 @@ import io
 import itertools
 import math
 import shutil
+import struct
 import sys
 import tempfile
 import time
@@ -64,6 +65,14 @@ def predecessor_svg(attn: np.ndarray) -> str:
             f'{base64.b64encode(buf.getvalue()).decode()}" width="{n}" height="{n}"/></svg>')
 
 
+def pack_images(path: Path) -> list[bytes]:
+    """Every head's image in a figure pack (what one per-head file would hold)."""
+    with open(path, "rb") as f:
+        n_layers, n_heads = struct.unpack("<II", f.read(storage.PACK_HEADER)[8:])
+    images = [storage.read_pack_image(path, l, h) for l in range(n_layers) for h in range(n_heads)]
+    return [image for image in images if image]
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--prompts", type=int, default=32)
@@ -89,7 +98,8 @@ def main() -> None:
                 best[key] = min(best.get(key, math.inf), wall)
                 best[key + "_cpu"] = min(best.get(key + "_cpu", math.inf), cpu)
         raw_s, both_s, raw_cpu, both_cpu = best["raw"], best["both"], best["raw_cpu"], best["both_cpu"]
-        sizes = [f.stat().st_size for f in Path(tmp).glob("run0/bench-model/prompts/*/L*/H*/raw.svg")]
+        sizes = [len(image) for f in Path(tmp).glob("run0/bench-model/prompts/*/raw.pack")
+                 for image in pack_images(f)]
         all_s, _, counts = time_render(save_path, list(registry), args.jobs)
 
         heads = [storage.Patterns(f).head(l, h) for f in list(save_path.glob("bench-model/prompts/*/patterns.bin"))[:4]

@@ -25,6 +25,7 @@ import json
 import os
 import random
 import resource
+import struct
 import subprocess
 import sys
 import tempfile
@@ -191,6 +192,15 @@ def timed(cmd: list, **kwargs) -> Clock:
     return clock
 
 
+def pack_images(path: Path) -> list[bytes]:
+    """Every head's image in one of our figure packs (what pattern-lens writes as one file per head)."""
+    import storage
+    with open(path, "rb") as f:
+        n_layers, n_heads = struct.unpack("<II", f.read(storage.PACK_HEADER)[8:])
+    images = [storage.read_pack_image(path, l, h) for l in range(n_layers) for h in range(n_heads)]
+    return [image for image in images if image]
+
+
 def sizes(data: Path, pattern: str) -> list[int]:
     return [p.stat().st_size for p in (data / MODEL_NAME / "prompts").glob(pattern)]
 
@@ -220,7 +230,9 @@ def one_repeat(r: int, ctx: dict, tmp: Path) -> dict:
          "ours_render_s": our_render.wall, "ours_render_cpu": our_render.cpu, "theirs_render_s": their_render.wall,
          "theirs_render_cpu": their_render.cpu, "png_s": png.wall, "png_cpu": png.cpu, "ref_png_bytes": png_bytes}
     m["ours_bytes"], m["theirs_bytes"] = sum(sizes(ours, "*/patterns.bin")), sum(sizes(theirs, "*/activations.npz"))
-    ours_images, their_images = sizes(ours, "*/L*/H*/raw.svg"), sizes(theirs, "*/L*/H*/raw.png")
+    ours_images = [len(image) for pack in (ours / MODEL_NAME / "prompts").glob("*/raw.pack")
+                   for image in pack_images(pack)]
+    their_images = sizes(theirs, "*/L*/H*/raw.png")
     assert len(ours_images) == len(their_images) == ctx["n_images"], (len(ours_images), len(their_images))
     m["ours_image"], m["theirs_image"] = sum(ours_images) / len(ours_images), sum(their_images) / len(their_images)
     print(f"repeat {r + 1}: " + ", ".join(f"{k} {v:.3g}" for k, v in m.items()), flush=True)
