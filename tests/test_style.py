@@ -34,3 +34,22 @@ def test_lens_holds_only_what_scripts_share():
             lonely[name] = using
     assert not lonely, f"used by fewer than two scripts: {lonely}"
     assert "import torch" not in lens_src
+
+
+def test_text_files_follow_editorconfig():
+    """.editorconfig's rules for every tracked text file: UTF-8, LF, a final newline, no trailing whitespace
+    (Markdown excepted) and spaces, not tabs, for indentation."""
+    files = subprocess.run(["git", "ls-files"], cwd=ROOT, capture_output=True, text=True).stdout.split()
+    if not files:
+        pytest.skip("not a git checkout")
+    kinds = (".py", ".js", ".html", ".css", ".json", ".toml", ".md", ".txt", ".sh")
+    bad = []
+    for name in files:
+        if not name.endswith(kinds) or name.startswith("demo/") or not (ROOT / name).is_file():
+            continue
+        text = (ROOT / name).read_bytes().decode("utf-8")
+        lines = text.split("\n")
+        if (text and not text.endswith("\n")) or "\r" in text or any(line.startswith("\t") for line in lines) \
+                or (not name.endswith(".md") and any(line != line.rstrip() for line in lines)):
+            bad.append(name)
+    assert not bad
