@@ -26,6 +26,7 @@ from pathlib import Path
 
 import numpy as np
 
+import kinds
 import lens
 
 SITE_DIR = Path(__file__).resolve().parent / "site"
@@ -353,7 +354,7 @@ def build_index(save_path: Path, figures_dir: Path | None = None) -> None:
     figures, errors = lens.load_figures(figures_dir or rendered_figures_dir(save_path))
     for error in errors:
         print(f"build_index.py: warning: {error}", file=sys.stderr)
-    models, n_prompts, n_unreadable = [], 0, 0
+    models, n_prompts, n_unreadable, records_by_model = [], 0, 0, {}
     for name in names:
         cfg = lens.read_json(lens.model_cfg_path(save_path, name))
         parts = lens.read_parts(save_path, name)
@@ -361,9 +362,11 @@ def build_index(save_path: Path, figures_dir: Path | None = None) -> None:
         records = prompt_index_records(save_path, name, parts, finished)
         write_model_stats(save_path, name, cfg, figures, parts, records)
         write_prompt_index(save_path, name, records)
+        records_by_model[name] = records
         models.append({**cfg, "model_dir": name, "n_prompts": len(records)})
         n_prompts += len(records)
         n_unreadable += len(finished) - sum(r["stored"] for r in records)
+    kinds.write_heads(save_path, records_by_model)  # after every model's statistics: nearest heads span them all
     write_if_changed(lens.models_path(save_path), lens.jsonl_bytes(models))
     write_if_changed(lens.figures_path(save_path), lens.jsonl_bytes(lens.figure_records(figures)))
     write_if_changed(lens.colormaps_path(save_path), colormaps_json())
