@@ -231,16 +231,18 @@ def nearest_heads(z: np.ndarray, owners: np.ndarray, k: int = N_NEAREST) -> tupl
     """For every head: its k most similar other heads (indices, similarities) and the most similar head of each
     model ([heads, models] indices), a block of 1,024 heads at a time so memory stays small."""
     n_models = int(owners.max()) + 1
+    k = min(k, len(z) - 1)  # a model of six heads has five others
     top_i, top_s = np.zeros((len(z), k), int), np.zeros((len(z), k))
     best = np.zeros((len(z), n_models), int)
     best_s = np.zeros((len(z), n_models))
     for start in range(0, len(z), 1024):
         s = z[start:start + 1024] @ z.T
         s[np.arange(len(s)), np.arange(start, start + len(s))] = -np.inf  # not itself
-        order = np.argpartition(-s, min(k, len(z) - 1) - 1, axis=1)[:, :k] if len(z) > k else np.argsort(-s, 1)
-        order = np.take_along_axis(order, np.argsort(-np.take_along_axis(s, order, 1), 1, kind="stable"), 1)
-        top_i[start:start + len(s), :order.shape[1]] = order
-        top_s[start:start + len(s), :order.shape[1]] = np.take_along_axis(s, order, 1)
+        if k:
+            order = np.argpartition(-s, k - 1, axis=1)[:, :k]
+            order = np.take_along_axis(order, np.argsort(-np.take_along_axis(s, order, 1), 1, kind="stable"), 1)
+            top_i[start:start + len(s)] = order
+            top_s[start:start + len(s)] = np.take_along_axis(s, order, 1)
         for m in range(n_models):
             cols = np.flatnonzero(owners == m)
             pick = cols[np.argmax(s[:, cols], 1)]
@@ -261,33 +263,43 @@ def pca_map(z: np.ndarray) -> np.ndarray:
 def write_heads(save_path: Path, records_by_model: dict[str, list[dict]]) -> None:
     """heads.json of every model with statistics: its heads' kinds, fingerprint, map position and nearest heads."""
     models = [m for m in records_by_model if lens.stats_path(save_path, m).is_file()]
-    if not models:
-        return
     measured = [model_features(save_path, m, records_by_model[m]) for m in models]
+    for m, record in zip(models, heads_records(models, measured)):
+        lens.write_atomic(heads_json_path(save_path, m), json.dumps(record, ensure_ascii=False, separators=(",", ":"),
+                                                                  allow_nan=False))
+
+
+def heads_records(models: list[str], measured: list[tuple[np.ndarray, dict]]) -> list[dict]:
+    """Each model's heads.json from every model's (features, prompts): the search and the map span them all."""
+    if not models:
+        return []
     shapes = [f.shape[:2] for f, _ in measured]
     owners = np.concatenate([np.full(a * b, i) for i, (a, b) in enumerate(shapes)])
     local = np.concatenate([np.arange(a * b) for a, b in shapes])
     z = fingerprints([f for f, _ in measured])
     top_i, top_s, best, best_s = nearest_heads(z, owners)
     xy = pca_map(z)
-    ref = lambda i, s: [models[owners[i]], *map(int, divmod(local[i], shapes[owners[i]][1])), round(float(s), 4)]
-    at = 0
-    for m, (features, prompts) in zip(models, measured):
+
+    def ref(i: int, s: float) -> list:
+        return [models[owners[i]], *map(int, divmod(local[i], shapes[owners[i]][1])), round(float(s), 4)]
+    records, at = [], 0
+    for features, prompts in measured:
         n_layers, n_heads = features.shape[:2]
         heads = []
         for l in range(n_layers):
             heads.append([])
             for h in range(n_heads):
                 i = at + l * n_heads + h
-                heads[-1].append({
-                    "kinds": head_kinds(features[l, h]),
-                    "features": [round(float(v), 5) if math.isfinite(v) else None for v in features[l, h]],
-                    "xy": [round(float(v), 4) for v in xy[i]],
-                    "nearest": [ref(j, s) for j, s in zip(top_i[i], top_s[i])],
-                    "best": {models[o]: ref(best[i, o], best_s[i, o])[1:] for o in range(len(models))
-                             if o != owners[i] or n_layers * n_heads > 1},
-                })
+                heads[-1].append(head_record(features[l, h], i, xy, [ref(j, s) for j, s in zip(top_i[i], top_s[i])],
+                                             {models[o]: ref(best[i, o], best_s[i, o])[1:] for o in range(len(models))
+                                              if np.isfinite(best_s[i, o])}))  # a one-head model has no other
         at += n_layers * n_heads
-        lens.write_atomic(heads_json_path(save_path, m), json.dumps(
-            {"prompts": prompts, "kinds": [asdict(k) for k in KINDS], "features": FEATURES, "heads": heads},
-            ensure_ascii=False, separators=(",", ":")))
+        records.append({"prompts": prompts, "kinds": [asdict(k) for k in KINDS], "features": FEATURES, "heads": heads})
+    return records
+
+
+def head_record(f: np.ndarray, i: int, xy: np.ndarray, nearest: list, best: dict) -> dict:
+    """One head of heads.json: kinds, features (null where not measured), map position, nearest heads overall and
+    the best match in each model (in its own model: the best other head)."""
+    return {"kinds": head_kinds(f), "features": [round(float(v), 5) if math.isfinite(v) else None for v in f],
+            "xy": [round(float(v), 4) for v in xy[i]], "nearest": nearest, "best": best}

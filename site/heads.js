@@ -178,16 +178,17 @@ let renders = 0;  // a render that a newer one overtook while it waited draws no
 async function render() {
   const mine = ++renders;
   renderControls();
-  await renderKinds();
   if (!data.stats || !state.stat) {
     $("heatmap").replaceChildren(el("p", { class: "notice" },
       `${state.model} has no head statistics yet: run render_figures.py (it writes ${statsUrl(state.model)}).`));
     for (const id of ["legend", "top-list", "head-panel"]) $(id).replaceChildren();
     $("head-panel").classList.add("hidden");
+    $("kinds-view").classList.add("hidden");
     writeState("heads", state);
     return;
   }
   await loadHeads();
+  await renderKinds();  // after loadHeads: its head links open what a click on the heatmap opens
   const shown = await shownValues();
   if (mine !== renders) return;
   $("vs-problem").textContent = shown.problem ?? "";

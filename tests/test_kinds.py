@@ -175,3 +175,7 @@ def test_nearest_heads_match_a_brute_force_search():
 def test_without_the_probe_kinds_use_the_users_prompts(rendered_data_dir):
     info = heads_json(rendered_data_dir, "fake-model")
     assert info["prompts"]["source"] == "prompts" and info["prompts"]["n_prompts"] == 4
+    for l, row in enumerate(info["heads"]):  # 6 heads: each has the 5 others as its nearest, never itself
+        for h, head in enumerate(row):
+            others = {(n[1], n[2]) for n in head["nearest"]}
+            assert len(head["nearest"]) == 5 and (l, h) not in others and len(others) == 5
