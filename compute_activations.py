@@ -815,14 +815,15 @@ def main(argv=None) -> None:
         work = {model_name: top_prompts(args.save_path, model_name, args.top, args.stat) for _, _, model_name in runs}
     else:
         if args.prompts is None and not args.probe:
-            raise lens.UserError("PROMPTS: a prompts file is needed (or --probe, the probe set alone, or --top K, "
-                                 "to store the top prompts of statistics already computed)")
+            raise lens.UserError("PROMPTS: a prompts file is needed (or --top K, to store the top prompts "
+                                 "of statistics already computed, or --probe, the probe set alone)")
         prompts = load_prompts(args.prompts, args.raw, args.min_chars, args.max_chars) if args.prompts else []
         prompts = select_prompts(prompts, args.n_samples, args.shuffle, args.seed, None)
         # the sample is drawn from every prompt, so shards together store the same N as one run
         store = sample_hashes(prompts, args.patterns, args.seed) if isinstance(args.patterns, int) else args.patterns
         if args.probe:  # the kinds are measured on its stored patterns, whatever --patterns says of the others
-            probe = [p for p in load_prompts(kinds.PROBE_PATH) if p["text"] not in {q["text"] for q in prompts}]
+            texts = {p["text"] for p in prompts}
+            probe = [p for p in load_prompts(kinds.PROBE_PATH) if p["text"] not in texts]
             prompts += probe
             if store != "all":
                 store = (set() if store == "none" else set(store)) | {lens.prompt_hash(p["text"]) for p in probe}
