@@ -186,10 +186,11 @@ def model_features(save_path: Path, model: str, records: list[dict]) -> tuple[np
     shape = (index["n_layers"], index["n_heads"])
     source, rows, repeat_rows = kind_rows(records)
     features = np.full((*shape, len(FEATURES)), np.nan)
-    for name, rows_of in [(n, repeat_rows if n in REPEAT_FEATURES else rows) for n in STAT_FEATURES]:
-        means = stat_means(save_path, model, index, rows_of).get(name)
-        if means is not None:
-            features[..., FEATURES.index(name)] = means
+    means, repeat_means = (stat_means(save_path, model, index, r) for r in (rows, repeat_rows))
+    for name in STAT_FEATURES:
+        mean = (repeat_means if name in REPEAT_FEATURES else means).get(name)
+        if mean is not None:
+            features[..., FEATURES.index(name)] = mean
     stored = [records[r]["hash"] for r in rows if records[r]["stored"]][:MAX_SHAPE_PROMPTS]
     shapes = shape_features(save_path, model, stored, shape)
     features[..., len(STAT_FEATURES) + 1:] = shapes
@@ -227,27 +228,28 @@ def fingerprints(features: list[np.ndarray]) -> np.ndarray:
     return z / np.maximum(np.linalg.norm(z, axis=1, keepdims=True), 1e-12)
 
 
-def nearest_heads(z: np.ndarray, owners: np.ndarray, k: int = N_NEAREST) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def nearest_heads(z: np.ndarray, owners: np.ndarray, k: int = N_NEAREST) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """For every head: its k most similar other heads (indices, similarities) and the most similar head of each
-    model ([heads, models] indices), a block of 1,024 heads at a time so memory stays small."""
-    n_models = int(owners.max()) + 1
+    model ([heads, models] indices and similarities); owners are ascending (each model's heads together). In
+    float32, a block of 1,024 heads at a time, so memory stays small."""
+    z = z.astype(np.float32)
+    starts = np.searchsorted(owners, np.arange(int(owners.max()) + 2))  # model m's heads: starts[m]:starts[m + 1]
     k = min(k, len(z) - 1)  # a model of six heads has five others
-    top_i, top_s = np.zeros((len(z), k), int), np.zeros((len(z), k))
-    best = np.zeros((len(z), n_models), int)
-    best_s = np.zeros((len(z), n_models))
+    top_i, top_s = np.zeros((len(z), k), int), np.zeros((len(z), k), np.float32)
+    best = np.zeros((len(z), len(starts) - 1), int)
+    best_s = np.zeros((len(z), len(starts) - 1), np.float32)
     for start in range(0, len(z), 1024):
         s = z[start:start + 1024] @ z.T
-        s[np.arange(len(s)), np.arange(start, start + len(s))] = -np.inf  # not itself
+        rows = np.arange(len(s))
+        s[rows, rows + start] = -np.inf  # not itself
+        block = slice(start, start + len(s))
         if k:
             order = np.argpartition(-s, k - 1, axis=1)[:, :k]
             order = np.take_along_axis(order, np.argsort(-np.take_along_axis(s, order, 1), 1, kind="stable"), 1)
-            top_i[start:start + len(s)] = order
-            top_s[start:start + len(s)] = np.take_along_axis(s, order, 1)
-        for m in range(n_models):
-            cols = np.flatnonzero(owners == m)
-            pick = cols[np.argmax(s[:, cols], 1)]
-            best[start:start + len(s), m] = pick
-            best_s[start:start + len(s), m] = s[np.arange(len(s)), pick]
+            top_i[block], top_s[block] = order, np.take_along_axis(s, order, 1)
+        for m, (a, b) in enumerate(zip(starts, starts[1:])):
+            pick = a + np.argmax(s[:, a:b], 1)
+            best[block, m], best_s[block, m] = pick, s[rows, pick]
     return top_i, top_s, best, best_s
 
 
@@ -279,9 +281,14 @@ def heads_records(models: list[str], measured: list[tuple[np.ndarray, dict]]) ->
     z = fingerprints([f for f, _ in measured])
     top_i, top_s, best, best_s = nearest_heads(z, owners)
     xy = pca_map(z)
+    per_model = np.array([b for _, b in shapes])[owners]
+    where = list(zip(owners.tolist(), (local // per_model).tolist(), (local % per_model).tolist()))
+    best_s, top_s = np.round(best_s.astype(np.float64), 4).tolist(), np.round(top_s.astype(np.float64), 4).tolist()
+    best, top_i = best.tolist(), top_i.tolist()
 
     def ref(i: int, s: float) -> list:
-        return [models[owners[i]], *map(int, divmod(local[i], shapes[owners[i]][1])), round(float(s), 4)]
+        o, l, h = where[i]
+        return [models[o], l, h, s]
     records, at = [], 0
     for features, prompts in measured:
         n_layers, n_heads = features.shape[:2]
@@ -291,8 +298,8 @@ def heads_records(models: list[str], measured: list[tuple[np.ndarray, dict]]) ->
             for h in range(n_heads):
                 i = at + l * n_heads + h
                 heads[-1].append(head_record(features[l, h], i, xy, [ref(j, s) for j, s in zip(top_i[i], top_s[i])],
-                                             {models[o]: ref(best[i, o], best_s[i, o])[1:] for o in range(len(models))
-                                              if np.isfinite(best_s[i, o])}))  # a one-head model has no other
+                                             {models[o]: ref(best[i][o], best_s[i][o])[1:] for o in range(len(models))
+                                              if math.isfinite(best_s[i][o])}))  # a one-head model has no other
         at += n_layers * n_heads
         records.append({"prompts": prompts, "kinds": [asdict(k) for k in KINDS], "features": FEATURES, "heads": heads})
     return records

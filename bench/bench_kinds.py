@@ -112,20 +112,26 @@ def main() -> None:
     p.add_argument("--prompts", type=int, default=100, help="prompts of the compute run timed (default: %(default)s)")
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--seeds", type=int, default=5, help="random models per initialisation scale (default: %(default)s)")
+    p.add_argument("--sections", default="1,2,3", help="which sections to run (default: %(default)s)")
     args = p.parse_args()
-    print(f"load before: {os.getloadavg()[0]:.2f}")
+    sections = set(args.sections.split(","))
+    print(f"load before: {os.getloadavg()[0]:.2f}", flush=True)
     with tempfile.TemporaryDirectory() as tmp:
-        c = compute_cost(Path(tmp), args.prompts, args.batch_size)
-        print(f"1. 32 x 32 heads: compute run {c['compute']:.1f} s (probe {c['probe']:.1f} s, {args.prompts} prompts at "
-              f"{c['per_prompt']:.3f} s each); kinds.write_heads {c['kinds']:.2f} s; heads.json {c['heads_json_bytes']:,} "
-              f"bytes\n   against 1,000 prompts ({c['compute_1000']:.0f} s): {100 * c['kinds'] / c['compute_1000']:.2f}%"
-              f" (target <= 5%); against this run: {100 * c['kinds'] / c['compute']:.2f}%")
-        s = search_cost()
-        print(f"2. 20 models x 1,024 heads: fingerprints, nearest heads and PCA {s['seconds']:.2f} s; "
-              f"JSON encoding {s['json_seconds']:.2f} s; {s['bytes_per_model']:,} bytes per heads.json")
-        for init, (labelled, total) in false_positives(Path(tmp), args.seeds).items():
-            print(f"3. random weights, init std {init}: {labelled} of {total} heads labelled previous-token or induction "
-                  f"({args.seeds} models)")
+        if "1" in sections:
+            c = compute_cost(Path(tmp), args.prompts, args.batch_size)
+            print(f"1. 32 x 32 heads: compute run {c['compute']:.1f} s (probe {c['probe']:.1f} s, {args.prompts} prompts "
+                  f"at {c['per_prompt']:.3f} s each); kinds.write_heads {c['kinds']:.2f} s; heads.json "
+                  f"{c['heads_json_bytes']:,} bytes\n   against 1,000 prompts ({c['compute_1000']:.0f} s): "
+                  f"{100 * c['kinds'] / c['compute_1000']:.2f}% (target <= 5%); against this run: "
+                  f"{100 * c['kinds'] / c['compute']:.2f}%", flush=True)
+        if "2" in sections:
+            s = search_cost()
+            print(f"2. 20 models x 1,024 heads: fingerprints, nearest heads and PCA {s['seconds']:.2f} s; "
+                  f"JSON encoding {s['json_seconds']:.2f} s; {s['bytes_per_model']:,} bytes per heads.json", flush=True)
+        if "3" in sections:
+            for init, (labelled, total) in false_positives(Path(tmp), args.seeds).items():
+                print(f"3. random weights, init std {init}: {labelled} of {total} heads labelled previous-token or "
+                      f"induction ({args.seeds} models)", flush=True)
     print(f"load after: {os.getloadavg()[0]:.2f}")
 
 
