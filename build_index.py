@@ -28,6 +28,7 @@ from pathlib import Path
 
 import numpy as np
 
+import kinds
 import lens
 import storage
 
@@ -79,18 +80,6 @@ def index_stored_path(save_path: Path, model: str) -> Path:
 def index_cache_path(save_path: Path, model: str) -> Path:
     """build_index.py's own record of the prompt.json files it read (the site never reads it)."""
     return prompt_index_dir(save_path, model) / "prompt_json_cache.jsonl"
-
-
-def stats_path(save_path: Path, model: str) -> Path:
-    return Path(save_path) / model / "stats.json"
-
-
-def stat_table_path(save_path: Path, model: str, stat: str) -> Path:
-    return Path(save_path) / model / "stats" / f"{stat}.f32"
-
-
-def stat_heads_path(save_path: Path, model: str, stat: str) -> Path:
-    return Path(save_path) / model / "stats" / f"{stat}.heads.json"
 
 
 # ---- The statistics' aggregates (write_stat_aggregates) ----
@@ -295,12 +284,12 @@ def write_stat_aggregates(save_path: Path, model: str, hashes: list[str], tables
         if table.shape != (len(hashes), n_layers, n_heads):
             raise ValueError(f"{name}: table of shape {table.shape} for {len(hashes)} prompts x {n_layers} x {n_heads}")
         table = np.where(np.isfinite(table), table, np.nan).astype("<f4")
-        lens.write_atomic(stat_table_path(save_path, model, name), table.tobytes())
+        lens.write_atomic(storage.stat_table_path(save_path, model, name), table.tobytes())
         heads = stat_heads(table, hashes, prompts, top_k, bins)
-        lens.write_atomic(stat_heads_path(save_path, model, name),
+        lens.write_atomic(storage.stat_heads_path(save_path, model, name),
                           json.dumps(heads, ensure_ascii=False, separators=(",", ":")))
         out["stats"][name] = {"doc": docs.get(name, ""), **stat_summary(table)}
-    lens.write_json(stats_path(save_path, model), out)  # last: it names the statistics written above
+    lens.write_json(storage.stats_path(save_path, model), out)  # last: it names the statistics written above
 
 
 def stat_summary(table: np.ndarray) -> dict:
@@ -402,7 +391,7 @@ def write_model_stats(save_path: Path, model: str, cfg: dict, figures: dict[str,
     """Merge a model's statistics and write the aggregates the site reads; returns the number of statistics."""
     tables, part_docs = merged_stats(save_path, model, (cfg["n_layers"], cfg["n_heads"]), parts, records)
     if not tables:  # said as such, so the site knows there are none (and a former build's are gone)
-        write_if_changed(stats_path(save_path, model), lens.json_bytes(
+        write_if_changed(storage.stats_path(save_path, model), lens.json_bytes(
             {"n_prompts": len(records), "n_layers": cfg["n_layers"], "n_heads": cfg["n_heads"], "stats": {}}))
         return 0
     order = [n for n in figures if n in tables] + sorted(set(tables) - set(figures))
@@ -450,7 +439,7 @@ def build_index(save_path: Path, figures_dir: Path | None = None) -> None:
     figures, errors = lens.load_figures(figures_dir or rendered_figures_dir(save_path))
     for error in errors:
         print(f"build_index.py: warning: {error}", file=sys.stderr)
-    models, n_prompts, n_unreadable = [], 0, 0
+    models, n_prompts, n_unreadable, records_by_model = [], 0, 0, {}
     for name in names:
         cfg = lens.read_json(lens.model_cfg_path(save_path, name))
         parts = storage.read_parts(save_path, name)
@@ -458,9 +447,11 @@ def build_index(save_path: Path, figures_dir: Path | None = None) -> None:
         records = prompt_index_records(save_path, name, parts, finished)
         write_model_stats(save_path, name, cfg, figures, parts, records)
         write_prompt_index(save_path, name, records)
+        records_by_model[name] = records
         models.append({**cfg, "model_dir": name, "n_prompts": len(records)})
         n_prompts += len(records)
         n_unreadable += len(finished) - sum(r["stored"] for r in records)
+    kinds.write_heads(save_path, records_by_model)  # after every model's statistics: nearest heads span them all
     write_if_changed(lens.models_path(save_path), lens.jsonl_bytes(models))
     write_if_changed(lens.figures_path(save_path), lens.jsonl_bytes(figure_records(figures)))
     write_if_changed(lens.colormaps_path(save_path), colormaps_json())

@@ -6,6 +6,7 @@
     python compute_activations.py gpt2 prompts.jsonl --shard 3/8        # one of 8 array jobs
     python compute_activations.py gpt2 pile.jsonl --patterns none       # statistics of every head only
     python compute_activations.py gpt2 --top 5 --stat induction_head    # then the patterns of the extremes
+    python compute_activations.py gpt2 --probe       # the probe set the heads' kinds are measured on
 
 Every head's statistics are computed on the model's device for every prompt; the patterns of those
 --patterns chooses are stored per prompt (all heads in one compact file). Prompts longer than the
@@ -31,6 +32,7 @@ from pathlib import Path
 
 import numpy as np
 
+import kinds
 import lens
 import storage
 
@@ -54,6 +56,9 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help="store the patterns of each head's K highest and K lowest prompts by the statistics "
                    "already computed (see --stat), and nothing else; the prompts come from the data dir")
     p.add_argument("--stat", metavar="NAME[,NAME...]", help="with --top: these statistics only (default: all)")
+    p.add_argument("--probe", action="store_true",
+                   help="also compute the shipped probe set (probe.jsonl: repeated random words and a little prose), "
+                   "its patterns stored, on which the heads' kinds are measured (docs/kinds.md); no PROMPTS needed")
     p.add_argument("--figures-dir", type=Path, default=lens.FIGURES_DIR,
                    help="where the @statistic plug-ins computed for every prompt live (default: figures/)")
     p.add_argument("--save-path", type=Path, default=lens.DEFAULT_SAVE_PATH,
@@ -853,13 +858,19 @@ def main(argv=None) -> None:
         from build_index import top_prompts
         work = {model_name: top_prompts(args.save_path, model_name, args.top, args.stat) for _, _, model_name in runs}
     else:
-        if args.prompts is None:
+        if args.prompts is None and not args.probe:
             raise lens.UserError("PROMPTS: a prompts file is needed (or --top K, to store the top prompts "
-                                 "of statistics already computed)")
-        prompts = load_prompts(args.prompts, args.raw, args.min_chars, args.max_chars)
+                                 "of statistics already computed, or --probe, the probe set alone)")
+        prompts = load_prompts(args.prompts, args.raw, args.min_chars, args.max_chars) if args.prompts else []
         prompts = select_prompts(prompts, args.n_samples, args.shuffle, args.seed, None)
         # the sample is drawn from every prompt, so shards together store the same N as one run
         store = sample_hashes(prompts, args.patterns, args.seed) if isinstance(args.patterns, int) else args.patterns
+        if args.probe:  # the kinds are measured on its stored patterns, whatever --patterns says of the others
+            texts = {p["text"] for p in prompts}
+            probe = [p for p in load_prompts(kinds.PROBE_PATH) if p["text"] not in texts]
+            prompts += probe
+            if store != "all":
+                store = (set() if store == "none" else set(store)) | {lens.prompt_hash(p["text"]) for p in probe}
         prompts = [p for p in prompts if lens.in_shard(lens.prompt_hash(p["text"]), shard)]
         work = {model_name: (prompts, store) for _, _, model_name in runs}
     check_writable_dir(args.save_path)

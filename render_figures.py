@@ -177,7 +177,7 @@ def render_prompt_heads(save_path: Path, model: str, phash: str, force: bool, co
     stats = [s for s in _FIGURES if s.kind == "statistic" and (force or s.name not in old_stats)]
     norms = None
     if any("value_norms" in f.options["inputs"] for f in figs + stats):
-        norms = read_value_norms(save_path, model, phash, shape + (patterns.n_tokens,))
+        norms = storage.read_value_norms(save_path, model, phash, shape + (patterns.n_tokens,))
     # Data computed before value norms were stored, or imported from pattern-lens (no token ids either):
     # what needs a missing input is not made, without an error per head; the summary counts it.
     missing = {name for name, value in [("token_ids", info.get("token_ids")), ("value_norms", norms)] if value is None}
@@ -291,18 +291,6 @@ def write_prompt_stats(save_path: Path, model: str, phash: str, stats: dict[str,
                     {name: storage.nan_as_null(v) for name, v in stats.items()})
 
 
-
-
-def read_value_norms(save_path: Path, model: str, phash: str, shape: tuple[int, int, int]) -> np.ndarray | None:
-    """A prompt's value norms [n_layers, n_heads, n_tokens] (NaN where not stored); None when it has none."""
-    path = lens.value_norms_path(save_path, model, phash)
-    if not path.is_file():
-        return None
-    data = np.fromfile(path, "<f4")
-    if data.size != np.prod(shape):
-        raise lens.UserError(f"{path}: {data.size} values, expected {shape[0]} x {shape[1]} x {shape[2]}; "
-                        "recompute the prompt with compute_activations.py --force")
-    return data.reshape(shape)
 
 
 def main() -> None:

@@ -27,7 +27,7 @@ from pathlib import Path
 
 import numpy as np
 
-from lens import PATTERN_FILE, UserError, patterns_path, prompt_stats_path, read_json
+from lens import PATTERN_FILE, UserError, patterns_path, prompt_stats_path, read_json, value_norms_path
 
 PATTERN_MAGIC = b"ATTNPAT2"
 PATTERN_MAGIC_V1 = b"ATTNPAT1"  # format 1: header first, every head stored
@@ -342,3 +342,29 @@ def read_prompt_stats(save_path: Path, model: str, phash: str, shape: tuple[int,
             raise UserError(f"{path}: {name} is not a {shape[0]} x {shape[1]} table of numbers; "
                             "delete the file and re-run render_figures.py")
     return stats
+
+
+def read_value_norms(save_path: Path, model: str, phash: str, shape: tuple[int, int, int]) -> np.ndarray | None:
+    """A prompt's value norms [n_layers, n_heads, n_tokens] (NaN where not stored); None when it has none."""
+    path = value_norms_path(save_path, model, phash)
+    if not path.is_file():
+        return None
+    data = np.fromfile(path, "<f4")
+    if data.size != np.prod(shape):
+        raise UserError(f"{path}: {data.size} values, expected {shape[0]} x {shape[1]} x {shape[2]}; "
+                        "recompute the prompt with compute_activations.py --force")
+    return data.reshape(shape)
+
+
+# The statistics' aggregates (build_index.write_stat_aggregates writes them, kinds.py reads them)
+
+def stats_path(save_path: Path, model: str) -> Path:
+    return Path(save_path) / model / "stats.json"
+
+
+def stat_table_path(save_path: Path, model: str, stat: str) -> Path:
+    return Path(save_path) / model / "stats" / f"{stat}.f32"
+
+
+def stat_heads_path(save_path: Path, model: str, stat: str) -> Path:
+    return Path(save_path) / model / "stats" / f"{stat}.heads.json"

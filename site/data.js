@@ -17,6 +17,8 @@ export const indexShardsUrl = (model) => `${model}/index/shards.json`;
 export const statsUrl = (model) => `${model}/stats.json`;
 export const statTableUrl = (model, stat) => `${model}/stats/${stat}.f32`;
 export const statHeadsUrl = (model, stat) => `${model}/stats/${stat}.heads.json`;
+/** Every head's kinds, fingerprint, map position and nearest heads (kinds.py; see site/kinds.js). */
+export const headKindsUrl = (model) => `${model}/heads.json`;
 export const promptDir = (model, hash) => `${model}/prompts/${hash}/`;
 export const promptJsonUrl = (model, hash) => `${promptDir(model, hash)}prompt.json`;
 export const patternsUrl = (model, hash) => `${promptDir(model, hash)}patterns.bin`;
@@ -42,6 +44,7 @@ const FILES = [
   { path: /^[^/]+\/stats\.json$/, writer: "render_figures.py", optional: true },
   { path: /^[^/]+\/stats\/[^/]+\.f32$/, writer: "render_figures.py" },
   { path: /^[^/]+\/stats\/[^/]+\.heads\.json$/, writer: "render_figures.py" },
+  { path: /^[^/]+\/heads\.json$/, writer: "build_index.py", optional: true },  // none before any statistics
   { path: /\/prompt\.json$/, writer: "compute_activations.py" },
   { path: /\/patterns\.bin$/, writer: "compute_activations.py" },
   { path: /\/value_norms\.f32$/, writer: "compute_activations.py", optional: true },  // older data dirs lack it

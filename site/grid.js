@@ -5,6 +5,7 @@ import {
   loadStatRows, openPromptIndex, parseHeads, range, statsUrl,
 } from "./data.js";
 import { $, debounce, el, formatNumber, notForPage, oneLine, showError, startPage } from "./dom.js";
+import { kindBadges, loadHeadKinds } from "./kinds.js";
 import { changeState, headsUrl, readState, singleUrl, writeState } from "./url.js";
 
 const KEYS = ["model", "prompt", "layer", "head", "figure"];
@@ -433,11 +434,18 @@ function tileElement(t, showModel) {
   el("div", { class: "caption" },
     el("div", {},
       t.value !== undefined ? el("span", { class: "stat" }, formatNumber(t.value)) : null,
-      el("span", { class: "where" }, where), ` \u00b7 ${t.figure}`,
+      el("span", { class: "where" }, where), tileKinds(t), ` \u00b7 ${t.figure}`,
       showModel ? el("span", { class: "muted" }, ` \u00b7 ${t.model}`) : null),
     el("div", { class: "caption-text" }, oneLine(prompt.text))));
   tileData.set(node, t);
   return node;
+}
+
+/** A tile's head's kinds (heads.json, fetched once per model), filled in when they arrive. */
+function tileKinds(t) {
+  const slot = el("span", { class: "tile-kinds" });
+  loadHeadKinds(t.model).then((info) => slot.replaceChildren(kindBadges(info, t.layer, t.head))).catch(showError);
+  return slot;
 }
 
 function onTilesVisible(entries) {

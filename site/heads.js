@@ -8,6 +8,7 @@ import {
   statHeadsUrl, statMeans, statsUrl,
 } from "./data.js";
 import { $, debounce, el, fillSelect, formatNumber, notForPage, oneLine, promptLabel, renderLegend, showError, startPage } from "./dom.js";
+import { drawMap, kindsSummary, loadHeadKinds, mapLegend, mapModels, mapPoints, pointLabel } from "./kinds.js";
 import { go, gridUrl, pageUrl, readState, singleUrl, writeState } from "./url.js";
 
 const state = readState("heads");
@@ -182,10 +183,12 @@ async function render() {
       `${state.model} has no head statistics yet: run render_figures.py (it writes ${statsUrl(state.model)}).`));
     for (const id of ["legend", "top-list", "head-panel"]) $(id).replaceChildren();
     $("head-panel").classList.add("hidden");
+    $("kinds-view").classList.add("hidden");
     writeState("heads", state);
     return;
   }
   await loadHeads();
+  await renderKinds();  // after loadHeads: its head links open what a click on the heatmap opens
   const shown = await shownValues();
   if (mine !== renders) return;
   $("vs-problem").textContent = shown.problem ?? "";
@@ -197,6 +200,37 @@ async function render() {
   await renderSeries();
   if (mine !== renders) return;
   writeState("heads", state);  // last: tests and users see the URL change once the view shows it
+}
+
+// ---- the heads' kinds: the summary and the map (site/kinds.js) ----
+
+let map = null;  // the drawn map: {keys, pick(x, y)}
+
+async function renderKinds() {
+  const info = await loadHeadKinds(state.model);
+  $("kinds-view").classList.toggle("hidden", !info);
+  if (!info) return;
+  $("kinds-summary").replaceChildren(el("h2", {}, "kinds of heads"), kindsSummary(state.model, info, headUrl));
+  const models = mapModels(data.models.map((m) => m.model_dir), state.model, state.map);
+  const infos = await fetchEach(models.map(loadHeadKinds));
+  const entries = models.map((model, i) => ({ model, info: infos[i] })).filter((e) => e.info);
+  map = drawMap($("map-canvas"), mapPoints(entries), state.colour);
+  $("map-legend").replaceChildren(mapLegend(map.keys));
+}
+
+/** The map's point under the mouse: hovering names it, clicking opens it in the single view. */
+function wireMap() {
+  const at = (e) => map?.pick(e.offsetX, e.offsetY);
+  $("map-canvas").addEventListener("mousemove", (e) => {
+    const p = at(e);
+    $("map-hover").textContent = p ? pointLabel(p) : "\u00a0";
+    $("map-canvas").style.cursor = p ? "pointer" : "";
+  });
+  $("map-canvas").addEventListener("click", (e) => {
+    const p = at(e);
+    // the probe's prompts have the same hash in every model; another model's single view picks its own otherwise
+    if (p) location.href = singleUrl({ model: p.model, prompt: state.prompt, layer: p.layer, head: p.head, figure: "raw" });
+  });
 }
 
 function colour(v, lo, hi, colormap = data.colormap) {
@@ -267,7 +301,7 @@ function renderTop(ranked) {
 function renderControls() {
   fillSelect($("model"), data.models.map((m) => m.model_dir), state.model);
   fillSelect($("stat"), Object.keys(data.stats?.stats || {}), state.stat);
-  for (const id of ["over", "click", "top", "order"]) $(id).value = state[id];
+  for (const id of ["over", "click", "top", "order", "map", "colour"]) $(id).value = state[id];
   const others = sameShape().map((m) => m.model_dir).filter((m) => m !== state.model);
   fillSelect($("vs"), ["", ...(state.vs && !others.includes(state.vs) ? [state.vs] : []), ...others], state.vs,
     (m) => m || "nothing");
@@ -446,7 +480,8 @@ async function searchPrompts(query) {
 function wire() {
   $("model").addEventListener("change", (e) => update({ model: e.target.value }, true));
   $("series").addEventListener("change", (e) => update({ series: e.target.checked ? "1" : "" }));
-  for (const id of ["stat", "over", "click", "top", "order", "vs"]) {
+  wireMap();
+  for (const id of ["stat", "over", "click", "top", "order", "vs", "map", "colour"]) {
     $(id).addEventListener("change", (e) => update({ [id]: e.target.value }));
   }
   $("prev-prompt").addEventListener("click", () => stepPrompt(-1));

@@ -7,6 +7,7 @@ import {
 } from "./data.js";
 import { $, cssColor, el, fillSelect, formatNumber, notForPage, promptLabel, renderLegend, showError, startPage } from "./dom.js";
 import { download, figureScene, pngAsSvg, scenePng, sceneSvg } from "./export.js";
+import { headKindsPanel, loadHeadKinds } from "./kinds.js";
 import * as matrix from "./matrix.js";
 import { NotStoredError, loadHead } from "./patterns.js";
 import { changeState, go, gridUrl, headsUrl, pageUrl, readState, singleUrl, writeState } from "./url.js";
@@ -396,6 +397,7 @@ function shadeText(cell) {
 
 function renderStats() {
   const { stats } = data, { promptStats } = view, layer = Number(state.layer), head = Number(state.head);
+  renderKinds(state.model, layer, head);
   $("stats-panel").classList.toggle("hidden", !stats && !promptStats);
   const rows = Object.keys(stats?.stats || promptStats || {}).map((name) => {
     const ranked = stats?.stats[name] ? rankHeads(statMeans(stats, name)) : [];
@@ -410,6 +412,15 @@ function renderStats() {
     el("thead", {}, el("tr", {}, el("th", {}, "statistic"), el("th", {}, "this prompt"),
       el("th", {}, "mean"), el("th", {}, "rank"))),
     el("tbody", {}, rows)));
+}
+
+/** The head's kinds and similar heads (heads.json), unless another head is shown by the time it arrives. */
+function renderKinds(model, layer, head) {
+  loadHeadKinds(model).then((info) => {
+    if (model !== state.model || layer !== Number(state.layer) || head !== Number(state.head)) return;
+    $("head-kinds").replaceChildren(headKindsPanel(model, info, layer, head, state.prompt));
+    $("head-kinds").dataset.head = `L${layer}H${head}`;
+  }).catch(showError);
 }
 
 // ---- the rendered figure image ----

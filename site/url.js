@@ -46,6 +46,8 @@ export const PAGES = {
       vs: "",              // a model of the same shape: show this model's values minus its values
       series: "",          // "1": the statistic across the models of the same shape (training checkpoints)
       panel: "",           // the head whose panel is open, as L<layer>H<head>; "" none
+      map: "checkpoints",  // the map of heads shows: model (this one) | checkpoints (its checkpoints) | all
+      colour: "kind",      // the map's points are coloured by: kind | layer | model
     },
   },
 };

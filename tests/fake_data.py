@@ -78,7 +78,7 @@ def index_rows(save_path: Path, model: str) -> list[dict]:
 
 def read_stats(save_path: Path, model: str) -> tuple[dict, dict[str, np.ndarray]]:
     """stats.json and each statistic's float32 [prompts, layers, heads] table."""
-    index = lens.read_json(build_index.stats_path(save_path, model))
+    index = lens.read_json(storage.stats_path(save_path, model))
     shape = (index["n_prompts"], index["n_layers"], index["n_heads"])
-    return index, {name: np.fromfile(build_index.stat_table_path(save_path, model, name), "<f4").reshape(shape)
+    return index, {name: np.fromfile(storage.stat_table_path(save_path, model, name), "<f4").reshape(shape)
                    for name in index["stats"]}

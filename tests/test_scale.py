@@ -15,7 +15,7 @@ from fake_data import read_stats
 import compute_activations as ca
 import lens
 import storage
-from build_index import build_index, stat_heads_path
+from build_index import build_index
 
 ROOT = Path(__file__).resolve().parent.parent
 DEMO = ROOT / "demo" / "model"
@@ -110,7 +110,7 @@ def test_shards_copied_together_give_the_aggregates_of_one_run(prompts_file, tmp
         np.testing.assert_allclose(tables2[name], table, atol=1e-6, rtol=0, err_msg=name)
         for key in ("mean", "std", "min", "max"):
             np.testing.assert_allclose(index2["stats"][name][key], index1["stats"][name][key], atol=1e-6, err_msg=name)
-        heads1, heads2 = (json.loads(stat_heads_path(d, "model", name).read_text()) for d in (one, merged))
+        heads1, heads2 = (json.loads(storage.stat_heads_path(d, "model", name).read_text()) for d in (one, merged))
         tops = [[[[h for h, _ in head[side]] for head in layer] for layer in heads["heads"]]
                 for heads in (heads1, heads2) for side in ("top", "bottom")]
         assert tops[:2] == tops[2:] and heads1["prompts"] == heads2["prompts"]
@@ -151,7 +151,7 @@ def test_a_killed_run_resumes_and_loses_at_most_the_batches_in_flight(demo_model
 def test_top_k_stores_each_heads_extremes_and_is_idempotent(prompts_file, tmp_path, capsys):
     data = tmp_path / "data"
     run_main(DEMO, prompts_file, "--patterns", "none", "--save-path", data)
-    heads = json.loads(stat_heads_path(data, "model", "induction_head").read_text())
+    heads = json.loads(storage.stat_heads_path(data, "model", "induction_head").read_text())
     expected = {h for layer in heads["heads"] for head in layer for side in ("top", "bottom")
                 for h, _ in head[side][:2]}
     assert all(not p["stored"] for p in heads["prompts"].values())
@@ -159,7 +159,7 @@ def test_top_k_stores_each_heads_extremes_and_is_idempotent(prompts_file, tmp_pa
     run_main(DEMO, "--top", "2", "--stat", "induction_head", "--save-path", data)
     assert f"{len(expected)} prompts computed" in capsys.readouterr().out
     assert stored(data) == expected and 2 < len(expected) < 24
-    heads = json.loads(stat_heads_path(data, "model", "induction_head").read_text())
+    heads = json.loads(storage.stat_heads_path(data, "model", "induction_head").read_text())
     assert {h for h, p in heads["prompts"].items() if p["stored"]} >= expected
     run_main(DEMO, "--top", "2", "--stat", "induction_head", "--save-path", data)
     assert "0 prompts computed" in capsys.readouterr().out and stored(data) == expected

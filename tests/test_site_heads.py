@@ -14,7 +14,7 @@ from test_site_single import MODEL, oracle, prompt_hashes, url_state
 
 import lens
 import storage
-from build_index import build_index, stat_heads_path, stats_path, write_stat_aggregates
+from build_index import build_index, write_stat_aggregates
 
 
 def long_only(data_dir) -> np.ndarray:
@@ -192,7 +192,7 @@ def test_write_stat_aggregates_on_a_hand_checked_table(tmp_path):
         {"0.05": 0.45, "0.25": 2.25, "0.5": 4.5, "0.75": 6.75, "0.95": 8.55})
     assert s["quantiles"]["0.5"][0][1:] == [5.0, None]
 
-    heads = json.loads(stat_heads_path(tmp_path, "m", "s").read_text())
+    heads = json.loads(storage.stat_heads_path(tmp_path, "m", "s").read_text())
     h0, h1, h2 = heads["heads"][0]
     assert heads["bins"] == 3 and h0["hist"] == {"lo": 0.0, "hi": 9.0, "counts": [3, 3, 4]}  # [0,3) [3,6) [6,9]
     assert (h0["top"] == [["h9", 9.0], ["h8", 8.0], ["h7", 7.0]]
@@ -210,10 +210,10 @@ def test_render_writes_the_aggregates(rendered_data_dir):
     data = rendered_data_dir
     hashes = lens.finished_prompts(data, MODEL)
     values = oracle(data)["bos"]
-    index = json.loads(stats_path(data, MODEL).read_text())
+    index = json.loads(storage.stats_path(data, MODEL).read_text())
     assert "prompts" not in index and index["n_prompts"] == len(hashes)
     np.testing.assert_allclose(index["stats"]["bos"]["std"], values.std(0), atol=1e-6)
-    heads = json.loads(stat_heads_path(data, MODEL, "bos").read_text())
+    heads = json.loads(storage.stat_heads_path(data, MODEL, "bos").read_text())
     for l in range(2):
         for h in range(3):
             assert ([hash for hash, _ in heads["heads"][l][h]["top"]]
@@ -225,7 +225,7 @@ def test_render_writes_the_aggregates(rendered_data_dir):
 # ---- the head panel ----
 
 def heads_json(data: Path, stat: str) -> dict:
-    return json.loads(stat_heads_path(data, MODEL, stat).read_text())
+    return json.loads(storage.stat_heads_path(data, MODEL, stat).read_text())
 
 
 def rewrite_aggregates(data: Path, unstored: set[str]) -> None:
@@ -342,7 +342,7 @@ def test_bytes_fetched_do_not_grow_with_the_prompts(tmp_path, monkeypatch):
     dirs = {n: many_prompts_dir(tmp_path / f"p{n}", n) for n in (10, 2000)}
     small, small_requests = fetched(dirs[10], "heads-panel-10-prompts")
     large, large_requests = fetched(dirs[2000], "heads-panel-2000-prompts")
-    heads = {n: stat_heads_path(d, MODEL, "bos") for n, d in dirs.items()}
+    heads = {n: storage.stat_heads_path(d, MODEL, "bos") for n, d in dirs.items()}
     print(f"heads page data bytes: {small} with 10 prompts, {large} with 2000 "
           f"(heads.json {heads[10].stat().st_size} and {heads[2000].stat().st_size})")
     for path, byte_range, size in large_requests:

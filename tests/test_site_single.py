@@ -14,7 +14,6 @@ from conftest import FINAL, MODELS
 from fake_data import TEXTS, drop_images, index_rows, make_data
 
 import lens
-import render_figures
 import storage
 
 MODEL = "fake-model"
@@ -329,7 +328,7 @@ def prompts_of(data: Path, model: str) -> list[dict]:
 def norms_of(data: Path, model: str, phash: str) -> np.ndarray:
     cfg = json.loads(lens.model_cfg_path(data, model).read_text())
     n = storage.load_patterns(data, model, phash).n_tokens
-    return render_figures.read_value_norms(data, model, phash, (cfg["n_layers"], cfg["n_heads"], n))
+    return storage.read_value_norms(data, model, phash, (cfg["n_layers"], cfg["n_heads"], n))
 
 
 def exact(page, selector: str) -> float:

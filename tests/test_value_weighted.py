@@ -9,7 +9,6 @@ import pytest
 from test_render import pack_png
 
 import lens
-import render_figures
 import storage
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -37,7 +36,7 @@ def test_value_weighted_figure_is_attention_times_value_norms(data_dir):
     for text in TEXTS:
         phash = lens.prompt_hash(text)
         patterns = storage.load_patterns(data_dir, model, phash)
-        norms = render_figures.read_value_norms(data_dir, model, phash, (2, 4, patterns.n_tokens))
+        norms = storage.read_value_norms(data_dir, model, phash, (2, 4, patterns.n_tokens))
         assert np.isfinite(norms).all() and (norms > 0).all()
         for layer, head in patterns.heads:
             product = patterns.head(layer, head) * norms[layer, head][None, :]

@@ -1,0 +1,173 @@
+// Head kinds (build_index.py writes <model>/heads.json with kinds.py): a head's kinds as badges, the heads page's
+// summary (kinds per layer, the labelled heads) and map (PCA of the fingerprints), and a head's similar heads.
+// Every definition, threshold and source shown comes from heads.json itself: kinds.py's KINDS, written once.
+import { fetchData, headKindsUrl, range } from "./data.js";
+import { cssColor, el, formatNumber } from "./dom.js";
+import { singleUrl } from "./url.js";
+
+const loaded = new Map();  // model dir -> promise of its heads.json (null when it has none)
+
+/** A model's heads.json, fetched once; null when build_index.py wrote none (no statistics yet). */
+export function loadHeadKinds(model) {
+  if (!loaded.has(model)) loaded.set(model, fetchData(headKindsUrl(model)));
+  return loaded.get(model);
+}
+
+const headKey = (layer, head) => `L${layer}H${head}`;
+const kindOf = (info, name) => info.kinds.find((k) => k.name === name);
+
+/** What one label means: its definition, its threshold and source, the score that passed it. */
+function labelTitle(info, k) {
+  const kind = kindOf(info, k.name);
+  return `${k.name}: score ${formatNumber(k.score)} ${kind.op} threshold ${k.threshold}`
+    + `${k.offset ? ` (offset ${k.offset})` : ""}\n${kind.doc}\nsource: ${kind.source}`;
+}
+
+/** A head's kinds as badges (nothing when it has none). */
+export function kindBadges(info, layer, head) {
+  const found = info?.heads[layer]?.[head]?.kinds ?? [];
+  return el("span", { class: "kinds" }, found.map((k) => el("span", {
+    class: "kind", title: labelTitle(info, k), dataset: { kind: k.name, score: String(k.score) },
+  }, k.offset ? `${k.name} ${k.offset}` : k.name)));
+}
+
+/** Which prompts the kinds were measured on, in words. */
+function promptsLine(info) {
+  const p = info.prompts;
+  return p.source === "probe"
+    ? `Measured on the probe set (${p.n_prompts} prompts, ${p.n_repeat_prompts} of them repeated random words; `
+      + `patterns of ${p.n_shape_prompts}).`
+    : `Measured on this model's own ${p.n_prompts} prompts (patterns of ${p.n_shape_prompts}): no probe set; `
+      + "run compute_activations.py MODEL --probe for kinds that do not depend on the prompts.";
+}
+
+/** The summary: how many heads of each kind per layer, the table of labelled heads, the kinds' definitions. */
+export function kindsSummary(model, info, headLink) {
+  const nLayers = info.heads.length, names = info.kinds.map((k) => k.name);
+  const count = (l, name) => info.heads[l].filter((h) => h.kinds.some((k) => k.name === name)).length;
+  const counts = el("table", { class: "data kinds-counts" },
+    el("thead", {}, el("tr", {}, el("th", {}, "layer"), names.map((n) => el("th", { title: kindOf(info, n).doc }, n)))),
+    el("tbody", {}, range(nLayers).map((l) => el("tr", { dataset: { layer: l } }, el("td", {}, `${l}`),
+      names.map((n) => el("td", { class: "num", dataset: { kind: n } }, count(l, n) || ""))))));
+  const rows = info.heads.flatMap((row, l) => row.map((h, hd) => [l, hd, h]).filter(([, , h]) => h.kinds.length));
+  const table = el("table", { class: "data kinds-heads" },
+    el("thead", {}, el("tr", {}, el("th", {}, "head"), el("th", {}, "kinds (score)"))),
+    el("tbody", {}, rows.map(([l, h, head]) => el("tr", { dataset: { head: headKey(l, h) } },
+      el("td", {}, el("a", { href: headLink(l, h) }, headKey(l, h))),
+      el("td", {}, head.kinds.map((k) => el("span", { class: "kind", title: labelTitle(info, k), dataset: { kind: k.name } },
+        `${k.name}${k.offset ? ` ${k.offset}` : ""} ${formatNumber(k.score)}`)))))));
+  const definitions = el("details", { class: "kinds-definitions" }, el("summary", {}, "what each kind means"),
+    el("dl", {}, info.kinds.map((k) => [el("dt", {}, `${k.name}: ${k.feature} ${k.op} ${k.threshold}`),
+      el("dd", {}, `${k.doc}. Source: ${k.source}.`)])));
+  return el("div", { class: "kinds-summary" },
+    el("p", { class: "muted" }, `${model}: ${rows.length} of ${nLayers * info.heads[0].length} heads labelled. `,
+      promptsLine(info)),
+    el("div", { class: "kinds-tables" }, counts, rows.length ? table : el("p", { class: "muted" }, "no head passes a threshold")),
+    definitions);
+}
+
+/** The single view's panel: this head's kinds with their scores, and its most similar heads, each a link. */
+export function headKindsPanel(model, info, layer, head, prompt) {
+  if (!info) return el("p", { class: "muted" }, `${model} has no heads.json yet (build_index.py writes it)`);
+  const mine = info.heads[layer][head];
+  const link = ([m, l, h]) => singleUrl({ model: m, prompt, layer: l, head: h, figure: "raw" });
+  return el("div", {},
+    mine.kinds.length ? kindBadges(info, layer, head) : el("p", { class: "muted" }, "no kind: no score passes its threshold"),
+    el("h3", {}, "similar heads"),
+    el("ol", { class: "similar-heads" }, mine.nearest.map((n) => el("li", { dataset: { model: n[0], head: headKey(n[1], n[2]) } },
+      el("a", { href: link(n) }, `${n[0]} ${headKey(n[1], n[2])}`), el("span", { class: "num mono" }, ` ${formatNumber(n[3])}`)))),
+    el("p", { class: "muted" }, "cosine similarity of standardised fingerprints (", info.features.length,
+      " features: the kinds' scores and attention by offset); the prompt is this one, where that model has it"));
+}
+
+// ---- the map: every head of the chosen models at its fingerprint's first two principal components ----
+
+const KIND_COLOURS = 6;  // --series-1 ... --series-6; further kinds cycle
+
+/** Training step of a model dir as compute_activations.py --checkpoint names it (`name_step<N>`), else NaN. */
+const stepOf = (model) => Number(/_step(\d+)$/.exec(model)?.[1] ?? NaN);
+const baseOf = (model) => model.replace(/_step\d+$/, "");
+
+/** The points of the map: [{model, layer, head, x, y, kinds, key}] of the given models' heads.json. */
+export function mapPoints(entries) {
+  return entries.flatMap(({ model, info }) => info.heads.flatMap((row, l) => row.map((h, hd) => ({
+    model, layer: l, head: hd, x: h.xy[0], y: h.xy[1], kinds: h.kinds.map((k) => k.name),
+  }))));
+}
+
+/** What a point is coloured by: its first kind, its layer or its model. */
+function colourKey(p, by) {
+  if (by === "layer") return `layer ${p.layer}`;
+  if (by === "model") return p.model;
+  return p.kinds[0] ?? "no kind";
+}
+
+/** Draw the map on a canvas: training paths (same head, checkpoints by step), then the points; returns
+ * {pick(x, y)}: the point under a canvas position, for hover and click. */
+export function drawMap(canvas, points, by) {
+  const dpr = window.devicePixelRatio || 1, W = canvas.clientWidth, H = canvas.clientHeight, pad = 14;
+  canvas.width = W * dpr;
+  canvas.height = H * dpr;
+  const ctx = canvas.getContext("2d");
+  ctx.scale(dpr, dpr);
+  ctx.clearRect(0, 0, W, H);
+  const xs = points.map((p) => p.x), ys = points.map((p) => p.y);
+  const [x0, x1, y0, y1] = [Math.min(...xs), Math.max(...xs), Math.min(...ys), Math.max(...ys)];
+  const sx = (x) => pad + ((x - x0) / (x1 - x0 || 1)) * (W - 2 * pad), sy = (y) => H - pad - ((y - y0) / (y1 - y0 || 1)) * (H - 2 * pad);
+  const keys = [...new Set(points.map((p) => colourKey(p, by)))].sort((a, b) => (a === "no kind") - (b === "no kind") || a.localeCompare(b));
+  const colours = new Map(keys.map((k, i) => [k, k === "no kind" ? cssColor("--muted") : cssColor(`--series-${(i % KIND_COLOURS) + 1}`)]));
+  ctx.strokeStyle = cssColor("--border");
+  ctx.lineWidth = 1;
+  for (const path of trainingPaths(points)) {
+    ctx.beginPath();
+    path.forEach((p, i) => (i ? ctx.lineTo(sx(p.x), sy(p.y)) : ctx.moveTo(sx(p.x), sy(p.y))));
+    ctx.stroke();
+  }
+  for (const p of points) {
+    Object.assign(p, { px: sx(p.x), py: sy(p.y) });
+    ctx.fillStyle = colours.get(colourKey(p, by));
+    ctx.beginPath();
+    ctx.arc(p.px, p.py, 4, 0, 2 * Math.PI);
+    ctx.fill();
+  }
+  canvas.dataset.points = String(points.length);
+  return {
+    keys: keys.map((k) => [k, colours.get(k)]),
+    pick(x, y) {
+      let best = null, bestD = 8 * 8;
+      for (const p of points) {
+        const d = (p.px - x) ** 2 + (p.py - y) ** 2;
+        if (d < bestD) [best, bestD] = [p, d];
+      }
+      return best;
+    },
+  };
+}
+
+/** Each head's points across the checkpoints of one model, ordered by step (only where there are two or more). */
+function trainingPaths(points) {
+  const paths = new Map();
+  for (const p of points.filter((q) => !Number.isNaN(stepOf(q.model)))) {
+    const key = `${baseOf(p.model)} ${headKey(p.layer, p.head)}`;
+    if (!paths.has(key)) paths.set(key, []);
+    paths.get(key).push(p);
+  }
+  return [...paths.values()].filter((ps) => ps.length > 1).map((ps) => ps.sort((a, b) => stepOf(a.model) - stepOf(b.model)));
+}
+
+/** The models the map shows: this one, the checkpoints of its base model (with it), or every model. */
+export function mapModels(models, model, which) {
+  if (which === "all") return models;
+  if (which === "model") return [model];
+  const same = models.filter((m) => baseOf(m) === baseOf(model) || baseOf(m) === model || m === baseOf(model));
+  return same.length ? same : [model];
+}
+
+/** A legend of the map's colours. */
+export function mapLegend(keys) {
+  return el("div", { class: "map-legend" }, keys.map(([k, c]) => el("span", { class: "map-key", dataset: { key: k } },
+    el("span", { class: "swatch", style: { background: c } }), k)));
+}
+
+/** What hovering a point shows: the head and its kinds. */
+export const pointLabel = (p) => `${p.model} ${headKey(p.layer, p.head)}: ${p.kinds.join(", ") || "no kind"}`;
