@@ -14,6 +14,7 @@ over the pool, and heads compared by cosine similarity; the map is the pool's fi
 import json
 import math
 import random
+import sys
 import warnings
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -135,17 +136,26 @@ def head_shape(attn: np.ndarray, norms: np.ndarray | None) -> np.ndarray:
     return np.array([ratio, np.exp(h).mean(), distance, output, *offsets])
 
 
+def prompt_shapes(save_path: Path, model: str, phash: str, shape: tuple[int, int]) -> dict[tuple[int, int], np.ndarray]:
+    """SHAPE_FEATURES of each stored head of one prompt ({} for a one-token prompt)."""
+    patterns = storage.load_patterns(save_path, model, phash)
+    if patterns.n_tokens < 2:
+        return {}
+    norms = storage.read_value_norms(save_path, model, phash, (*shape, patterns.n_tokens))
+    return {(l, h): head_shape(patterns.head(l, h), None if norms is None else norms[l, h]) for l, h in patterns.heads}
+
+
 def shape_features(save_path: Path, model: str, hashes: list[str], shape: tuple[int, int]) -> np.ndarray:
     """SHAPE_FEATURES per head, mean over the prompts given: float64 [layers, heads, features], NaN without any."""
     total = np.zeros((*shape, len(SHAPE_FEATURES)))
     count = np.zeros_like(total)
     for phash in hashes:
-        patterns = storage.load_patterns(save_path, model, phash)
-        if patterns.n_tokens < 2:
+        try:
+            heads = prompt_shapes(save_path, model, phash, shape)
+        except lens.UserError as e:  # one damaged prompt must not hide the others' kinds
+            print(f"warning: {e}; its pattern shapes are left out of the heads' kinds", file=sys.stderr)
             continue
-        norms = storage.read_value_norms(save_path, model, phash, (*shape, patterns.n_tokens))
-        for l, h in patterns.heads:
-            f = head_shape(patterns.head(l, h), None if norms is None else norms[l, h])
+        for (l, h), f in heads.items():
             ok = np.isfinite(f)
             total[l, h, ok] += f[ok]
             count[l, h, ok] += 1
@@ -271,8 +281,10 @@ def write_heads(save_path: Path, records_by_model: dict[str, list[dict]]) -> Non
     models = [m for m in records_by_model if storage.stats_path(save_path, m).is_file()]
     measured = [model_features(save_path, m, records_by_model[m]) for m in models]
     for m, record in zip(models, heads_records(models, measured)):
-        lens.write_atomic(heads_json_path(save_path, m), json.dumps(record, ensure_ascii=False, separators=(",", ":"),
-                                                                  allow_nan=False))
+        data = json.dumps(record, ensure_ascii=False, separators=(",", ":"), allow_nan=False).encode()
+        path = heads_json_path(save_path, m)
+        if not (path.is_file() and path.read_bytes() == data):  # left alone when unchanged (idempotent builds)
+            lens.write_atomic(path, data)
 
 
 def heads_records(models: list[str], measured: list[tuple[np.ndarray, dict]]) -> list[dict]:
