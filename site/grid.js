@@ -147,7 +147,6 @@ function selectedHeads() {
 // ---- render ----
 
 function render() {
-  writeState("grid", state);
   renderModels();
   renderHeads();
   renderFigures();
@@ -260,10 +259,7 @@ const fullText = (record) => (record.snippet ? `${record.text}\u2026` : record.t
 
 /** Load the table's page, then show it; a newer call supersedes this one. */
 function refreshTable() {
-  return loadPage().then(() => {
-    writeState("grid", state);
-    renderPrompts();
-  }).catch(showError);
+  return loadPage().then(renderPrompts).catch(showError);
 }
 
 function metaText(meta) {
@@ -629,4 +625,4 @@ function wire() {
   });
 }
 
-startPage({ load, render, wire });
+startPage({ load, render: () => setState({}, render), wire });

@@ -9,7 +9,7 @@ import {
 } from "./data.js";
 import { $, debounce, el, fillSelect, formatNumber, notForPage, oneLine, promptLabel, renderLegend, showError, startPage } from "./dom.js";
 import { drawMap, kindsSummary, loadHeadKinds, mapLegend, mapModels, mapPoints, pointLabel } from "./kinds.js";
-import { go, gridUrl, pageUrl, readState, singleUrl, writeState } from "./url.js";
+import { changeState, go, gridUrl, pageUrl, readState, singleUrl, writeState } from "./url.js";
 
 const state = readState("heads");
 const data = {
@@ -157,7 +157,7 @@ const headUrl = (layer, head) => (state.click === "panel" ? pageUrl("heads", { .
 function clickHead(event, layer, head) {
   if (state.click !== "panel" || event.button !== 0 || event.ctrlKey || event.metaKey || event.shiftKey) return;
   event.preventDefault();
-  update({ panel: headKey(layer, head) });
+  setState({ panel: headKey(layer, head) }, render);
 }
 
 const topGridUrl = (heads, prompts) => gridUrl({
@@ -173,7 +173,12 @@ function panelHead() {
 
 // ---- render ----
 
-let renders = 0;  // a render that a newer one overtook while it waited draws nothing
+let renders = 0, drawn = 0;  // a render that a newer one overtook while it waited draws nothing
+
+/** The one way to change the state (url.changeState): the URL is written once the latest render has drawn. */
+const setState = (patch, ...steps) => changeState(state, patch, steps, () => {
+  if (drawn === renders) writeState("heads", state);
+}).catch(showError);
 
 async function render() {
   const mine = ++renders;
@@ -184,7 +189,7 @@ async function render() {
     for (const id of ["legend", "top-list", "head-panel"]) $(id).replaceChildren();
     $("head-panel").classList.add("hidden");
     $("kinds-view").classList.add("hidden");
-    writeState("heads", state);
+    drawn = mine;
     return;
   }
   await loadHeads();
@@ -199,7 +204,7 @@ async function render() {
   renderPanel(shown.a);
   await renderSeries();
   if (mine !== renders) return;
-  writeState("heads", state);  // last: tests and users see the URL change once the view shows it
+  drawn = mine;  // setState writes the URL now: tests and users see it change once the view shows it
 }
 
 // ---- the heads' kinds: the summary and the map (site/kinds.js) ----
@@ -333,7 +338,7 @@ function renderPanel(own) {
   box.dataset.head = headKey(l, h);
   box.replaceChildren(...[
     el("h2", { class: "row" }, el("span", {}, `${headKey(l, h)} \u00b7 ${state.stat}`), el("span", { class: "spacer" }),
-      el("button", { type: "button", class: "link panel-close", title: "close (Esc)", onclick: () => update({ panel: "" }) }, "\u00d7")),
+      el("button", { type: "button", class: "link panel-close", title: "close (Esc)", onclick: () => setState({ panel: "" }, render) }, "\u00d7")),
     histogramSvg(info.hist, at(stat.mean), value),
     el("p", { class: "hist-caption muted" }, `${at(stat.count)} of ${data.stats.n_prompts} prompts have a value`,
       Number.isNaN(value) ? "" : ` \u00b7 this prompt: ${formatNumber(value)}`),
@@ -420,21 +425,10 @@ function histogramSvg(hist, mean, value) {
 
 // ---- wire ----
 
-/** Change the state, load what that needs and render; a failure is shown and the page stays as it was. */
-async function update(patch, reload = false) {
-  Object.assign(state, patch);
-  try {
-    if (reload) await loadModel();
-    await render();
-  } catch (e) {
-    showError(e);
-  }
-}
-
 async function choosePrompt(found) {
   if (!found) return;
   data.prompt = found;
-  await update({ prompt: found.record.hash, over: "prompt" });
+  await setState({ prompt: found.record.hash, over: "prompt" }, render);
 }
 
 async function stepPrompt(delta) {
@@ -448,7 +442,7 @@ async function stepPrompt(delta) {
 
 function stepStat(delta) {
   const names = Object.keys(data.stats?.stats || {});
-  if (names.length) update({ stat: names[(names.indexOf(state.stat) + delta + names.length) % names.length] });
+  if (names.length) setState({ stat: names[(names.indexOf(state.stat) + delta + names.length) % names.length] }, render);
 }
 
 /** Arrow keys move the open panel to the neighbouring head. */
@@ -457,7 +451,7 @@ function movePanel(dl, dh) {
   if (!head) return false;
   const l = Math.min(Math.max(head[0] + dl, 0), data.stats.n_layers - 1);
   const h = Math.min(Math.max(head[1] + dh, 0), data.stats.n_heads - 1);
-  update({ panel: headKey(l, h) });
+  setState({ panel: headKey(l, h) }, render);
   return true;
 }
 
@@ -478,11 +472,11 @@ async function searchPrompts(query) {
 }
 
 function wire() {
-  $("model").addEventListener("change", (e) => update({ model: e.target.value }, true));
-  $("series").addEventListener("change", (e) => update({ series: e.target.checked ? "1" : "" }));
+  $("model").addEventListener("change", (e) => setState({ model: e.target.value }, loadModel, render));
+  $("series").addEventListener("change", (e) => setState({ series: e.target.checked ? "1" : "" }, render));
   wireMap();
   for (const id of ["stat", "over", "click", "top", "order", "vs", "map", "colour"]) {
-    $(id).addEventListener("change", (e) => update({ [id]: e.target.value }));
+    $(id).addEventListener("change", (e) => setState({ [id]: e.target.value }, render));
   }
   $("prev-prompt").addEventListener("click", () => stepPrompt(-1));
   $("next-prompt").addEventListener("click", () => stepPrompt(1));
@@ -495,11 +489,11 @@ function wire() {
     if (notForPage(e)) return;
     const actions = {
       s: () => stepStat(1), S: () => stepStat(-1), n: () => stepPrompt(1), p: () => stepPrompt(-1),
-      m: () => update({ over: state.over === "mean" ? "prompt" : "mean" }),
-      c: () => update({ series: state.series ? "" : "1" }),
+      m: () => setState({ over: state.over === "mean" ? "prompt" : "mean" }, render),
+      c: () => setState({ series: state.series ? "" : "1" }, render),
       "/": () => $("prompt-search").focus(),
       "?": () => $("help").classList.toggle("hidden"),
-      Escape: () => state.panel && update({ panel: "" }),
+      Escape: () => state.panel && setState({ panel: "" }, render),
       ArrowLeft: () => movePanel(0, -1), ArrowRight: () => movePanel(0, 1),
       ArrowUp: () => movePanel(-1, 0), ArrowDown: () => movePanel(1, 0),
     };
@@ -575,4 +569,4 @@ function seriesChart(models, means) {
   return chart;
 }
 
-startPage({ load, render, wire });
+startPage({ load, render: () => setState({}, render), wire });

@@ -667,12 +667,4 @@ function wire() {
   document.addEventListener("themechange", () => view.prompt && redraw());
 }
 
-startPage({
-  load,
-  render: () => {
-    renderText();
-    render();
-    saveUrl();
-  },
-  wire,
-});
+startPage({ load, render: () => setState({}, renderText, render), wire });
