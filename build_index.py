@@ -194,8 +194,8 @@ def word_shards(records: list[dict]) -> dict[str, dict[str, list[int]]]:
 
 
 def write_prompt_index(save_path: Path, model: str, records: list[dict]) -> None:
-    """index/: meta.json, hashes.json, rows/<k>.jsonl, words/<shard>.json, by_tokens.u32 and stored.json (see
-    lens.py); files whose bytes did not change are left alone, files of a larger former index are removed."""
+    """index/: meta.json, hashes.json, rows/<k>.jsonl, words/<shard>.json, shards.json, by_tokens.u32 and stored.json
+    (the paths above); files whose bytes did not change are left alone, files of a larger former index are removed."""
     size = INDEX_CHUNK_ROWS
     chunks = [records[i:i + size] for i in range(0, len(records), size)]
     written = set()

@@ -1,5 +1,6 @@
-// The data dir as the site reads it: one path function per file (as lens.py names them), the one
-// fetch helper, the list of files a data dir may lack, statistic tables, head specs and the rank rule.
+// The data dir as the site reads it: one path function per file (as lens.py, build_index.py and storage.py
+// name them), the one fetch helper, the list of files a data dir may lack, statistic tables, head specs and
+// the rank rule.
 
 // ---- paths: `model` is a model's directory name, as models.jsonl's "model_dir" ----
 
@@ -310,7 +311,7 @@ export async function fetchRange(path, start, size) {
 
 // ---- figures and colormaps ----
 
-// A figure pack (lens.PackWriter): 16 bytes of header (magic, n_layers, n_heads), then n_layers * n_heads + 1
+// A figure pack (storage.PackWriter): 16 bytes of header (magic, n_layers, n_heads), then n_layers * n_heads + 1
 // little-endian uint64 offsets; head i = layer * n_heads + head is bytes [offset[i], offset[i + 1]).
 const PACK_HEADER = 16;
 
