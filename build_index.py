@@ -451,7 +451,8 @@ def build_index(save_path: Path, figures_dir: Path | None = None) -> None:
         models.append({**cfg, "model_dir": name, "n_prompts": len(records)})
         n_prompts += len(records)
         n_unreadable += len(finished) - sum(r["stored"] for r in records)
-    kinds.write_heads(save_path, records_by_model)  # after every model's statistics: nearest heads span them all
+    # after every model's statistics: nearest heads span them all
+    kinds.write_heads(save_path, records_by_model, write_if_changed)
     write_if_changed(lens.models_path(save_path), lens.jsonl_bytes(models))
     write_if_changed(lens.figures_path(save_path), lens.jsonl_bytes(figure_records(figures)))
     write_if_changed(lens.colormaps_path(save_path), colormaps_json())

@@ -18,6 +18,7 @@ import sys
 import warnings
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 
@@ -276,15 +277,15 @@ def pca_map(z: np.ndarray) -> np.ndarray:
     return np.pad(xy, ((0, 0), (0, 2 - xy.shape[1])))
 
 
-def write_heads(save_path: Path, records_by_model: dict[str, list[dict]]) -> None:
-    """heads.json of every model with statistics: its heads' kinds, fingerprint, map position and nearest heads."""
+def write_heads(save_path: Path, records_by_model: dict[str, list[dict]],
+                write: Callable[[Path, bytes], None]) -> None:
+    """heads.json of every model with statistics: its heads' kinds, fingerprint, map position and nearest heads,
+    each written by `write` (build_index.write_if_changed: an unchanged one is left alone)."""
     models = [m for m in records_by_model if storage.stats_path(save_path, m).is_file()]
     measured = [model_features(save_path, m, records_by_model[m]) for m in models]
     for m, record in zip(models, heads_records(models, measured)):
-        data = json.dumps(record, ensure_ascii=False, separators=(",", ":"), allow_nan=False).encode()
-        path = heads_json_path(save_path, m)
-        if not (path.is_file() and path.read_bytes() == data):  # left alone when unchanged (idempotent builds)
-            lens.write_atomic(path, data)
+        write(heads_json_path(save_path, m),
+              json.dumps(record, ensure_ascii=False, separators=(",", ":"), allow_nan=False).encode())
 
 
 def heads_records(models: list[str], measured: list[tuple[np.ndarray, dict]]) -> list[dict]:

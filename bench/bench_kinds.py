@@ -68,7 +68,7 @@ def compute_cost(tmp: Path, n_prompts: int, batch_size: int) -> dict:
     build_index.build_index(data)  # writes heads.json too; time it alone below
     records = {m: build_index.prompt_index_records(data, m) for m in lens.model_dirs(data)}
     start = time.perf_counter()
-    kinds.write_heads(data, records)
+    kinds.write_heads(data, records, lens.write_atomic)
     heads = time.perf_counter() - start
     per_prompt = rest["seconds"] / n_prompts
     return {"compute": compute, "probe": probe["seconds"], "per_prompt": per_prompt, "kinds": heads,
