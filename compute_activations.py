@@ -366,7 +366,7 @@ class PatternStream:
         self.lock = threading.Lock()
         self.plugins = plugins
         self.plugin_errors: dict[str, str] = {}  # statistic -> the first failure's message
-        self.writers: list[storage.PatternWriter] = []  # every file opened: close() drops the unfinished ones
+        self.writers: list[storage.PatternWriter] = []  # files opened; those closed since are dropped at each open
 
     def open(self, job: PromptJob, plan: "RunPlan") -> OpenPrompt:
         """Make what a prompt's forward pass fills in: its pattern file (if it stores any heads), its
@@ -386,7 +386,8 @@ class PatternStream:
             lens.prompt_json_path(plan.save_path, plan.model_dir, job.hash).unlink(missing_ok=True)  # unfinished
             writer = storage.PatternWriter(lens.patterns_path(plan.save_path, plan.model_dir, job.hash),
                                            plan.n_layers, plan.n_heads, n, layout, job.heads)
-            self.writers.append(writer)
+            # only the files still open are kept: a 100,000-prompt run does not hold every finished writer
+            self.writers = [w for w in self.writers if not w.file.closed] + [writer]
         return OpenPrompt(job, layout, layer_heads, keep, writer, norms, plugin_values)
 
     def submit_values(self, batch: list[OpenPrompt], layer: int, v, gram) -> None:
@@ -840,8 +841,6 @@ def check_writable_dir(save_path: Path) -> None:
                 p.rmdir()
 
 
-
-
 def part_hashes(save_path: Path, model: str) -> set[str]:
     """The prompts whose statistics some part holds."""
     return {row["hash"] for part in storage.read_parts(save_path, model) for row in part.rows}
@@ -867,7 +866,7 @@ def main(argv=None) -> None:
         store = sample_hashes(prompts, args.patterns, args.seed) if isinstance(args.patterns, int) else args.patterns
         if args.probe:  # the kinds are measured on its stored patterns, whatever --patterns says of the others
             texts = {p["text"] for p in prompts}
-            probe = [p for p in load_prompts(kinds.PROBE_PATH) if p["text"] not in texts]
+            probe = [p for p in kinds.probe_prompts() if p["text"] not in texts]
             prompts += probe
             if store != "all":
                 store = (set() if store == "none" else set(store)) | {lens.prompt_hash(p["text"]) for p in probe}
