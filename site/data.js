@@ -411,7 +411,7 @@ export function rankHeads(values, descending = true) {
 
 // ---- heads: the `L0-3H*,L5H1,L*H0` syntax of the grid's URL and of prompt.json's "heads" ----
 
-/** Heads named by a spec like `L0-3H*,L5H1,L*H0`, as sorted [layer, head] pairs (compute_activations.parse_heads;
+/** Heads named by a spec like `L0-3H*,L5H1,L*H0`, as sorted [layer, head] pairs (lens.parse_heads;
  * tests/rules.json holds the cases both must agree on). Throws on bad syntax and, when `strict`, on a layer or
  * head the model does not have (lenient: those select nothing). */
 export function parseHeads(spec, nLayers, nHeads, strict = true) {
