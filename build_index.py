@@ -24,6 +24,7 @@ import sys
 import warnings
 import zipfile
 import zlib
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -48,7 +49,7 @@ def prompt_index_path(save_path: Path, model: str) -> Path:
 
 
 def index_hashes_path(save_path: Path, model: str) -> Path:
-    """The first hash of each chunk of rows: where to look a hash up."""
+    """The names of the hash shards (by_hash/<shard>.json: {hash: row}), where the site looks a hash up."""
     return prompt_index_dir(save_path, model) / "hashes.json"
 
 
@@ -82,42 +83,146 @@ def index_cache_path(save_path: Path, model: str) -> Path:
     return prompt_index_dir(save_path, model) / "prompt_json_cache.jsonl"
 
 
-# ---- The statistics' aggregates (write_stat_aggregates) ----
+def index_state_path(save_path: Path, model: str) -> Path:
+    """build_index.py's record of the rows it wrote and how far it read each part (index/state.json): a rerun
+    starts from it and writes only what the new prompts change (the site never reads it)."""
+    return prompt_index_dir(save_path, model) / "state.json"
+
+
+def index_hash_shard_path(save_path: Path, model: str, shard: str) -> Path:
+    return prompt_index_dir(save_path, model) / "by_hash" / f"{shard}.json"
+
+
+# ---- The statistics' aggregates (write_aggregates) ----
 # <model>/stats/<name>.f32: little-endian float32 [n_prompts, n_layers, n_heads], NaN where missing; row r
-#                      is the r-th prompt in hash order (the prompt index's row r), read by byte range.
+#                      is the prompt index's row r, read by byte range; a rerun appends the new prompts' rows.
 # <model>/stats.json: {"n_prompts", "n_layers", "n_heads", "top_k", "stats": {name: {"doc", "mean", "std",
 #                      "min", "max", "count", "quantiles": {"0.05": .., "0.95": ..}}}}, each a [layer][head] table.
 # <model>/stats/<name>.heads.json: {"bins", "heads": [[{"hist": {"lo", "hi", "counts"} | null, "top": [[hash,
 #                      value] x K], "bottom": ..} per head] per layer], "prompts": {hash: {"text", "n_tokens",
-#                      "stored"}} (those in some top or bottom list)}. build_index.write_stat_aggregates writes them.
+#                      "stored"}} (those in some top or bottom list)}.
 
 
-# ---- The prompt index: every prompt's row in hash order, in chunks, with a word index to search it ----
+# ---- The prompt index: every prompt's row in the order build_index.py first saw it (the parts in name order,
+# each in its run's order, then prompts stored without statistics, by hash), so that new prompts are appended:
+# a rerun rewrites the last chunks and the word and hash shards of the new prompts, and reads only new rows ----
 
 INDEX_CHUNK_ROWS = 200  # rows per index/rows/<k>.jsonl: a page of search results touches at most 100 of them
 INDEX_TEXT_CHARS = 300  # a row holds the text up to this length; prompt.json holds it whole
+INDEX_STATE_VERSION = 1
 WORD = re.compile(r"\w+")  # site/data.js's WORD: letters, digits and _ (Unicode)
 
 
-def prompt_index_records(save_path: Path, model: str, parts: list[storage.Part] | None = None,
-                         finished: list[str] | None = None) -> list[dict]:
-    """Every prompt with statistics (the parts' rows) or stored patterns (prompt.json without its token
-    lists), sorted by hash: the statistics tables' rows. "stored" says whether the patterns are kept."""
-    records = {}
-    for part in storage.read_parts(save_path, model) if parts is None else parts:
-        for row in part.rows:
-            records.setdefault(row["hash"], {**index_record(row), "stored": False})
-    records.update(stored_prompt_records(save_path, model, finished))
-    for record in records.values():
-        if record["stored"]:
-            record["files"] = prompt_files(save_path, model, record["hash"])
-    return [records[h] for h in sorted(records)]
+@dataclass
+class Rows:
+    """The index's rows as build_index.py keeps them between runs (index/state.json): per row its hash, token
+    count, whether its patterns are stored, its first part (-1: none) and probe kind; how far each part was read
+    ({name: [rows, bytes]}); the statistics' names."""
+    hashes: list[str] = field(default_factory=list)
+    n_tokens: list[int] = field(default_factory=list)
+    stored: list[bool] = field(default_factory=list)
+    part: list[int] = field(default_factory=list)
+    probe: dict[int, str] = field(default_factory=dict)
+    part_names: list[str] = field(default_factory=list)
+    read: dict[str, list[int]] = field(default_factory=dict)
+    stats: list[str] = field(default_factory=list)
+
+    def __post_init__(self):
+        self.position = {h: r for r, h in enumerate(self.hashes)}
+
+    def add(self, phash: str, n_tokens: int, part: int, probe: str | None) -> int:
+        r = len(self.hashes)
+        self.hashes.append(phash)
+        self.n_tokens.append(n_tokens)
+        self.stored.append(False)
+        self.part.append(part)
+        if probe:
+            self.probe[r] = probe
+        self.position[phash] = r
+        return r
+
+    def light_records(self) -> list[dict]:
+        """What kinds.py reads of each row: hash, stored, the probe kind in meta."""
+        return [{"hash": h, "stored": s, "meta": {"probe": self.probe[r]} if r in self.probe else {}}
+                for r, (h, s) in enumerate(zip(self.hashes, self.stored))]
+
+
+def read_index_state(save_path: Path, model: str) -> Rows | None:
+    """The last run's rows; None (index anew) when there are none, or they were written with other settings."""
+    path = index_state_path(save_path, model)
+    try:
+        state = json.loads(path.read_bytes())
+        if [state["version"], state["chunk_size"], state["text_chars"]] != [
+                INDEX_STATE_VERSION, INDEX_CHUNK_ROWS, INDEX_TEXT_CHARS]:
+            return None
+        return Rows(state["hashes"], state["n_tokens"], [bool(s) for s in state["stored"]], state["part"],
+                    {int(r): p for r, p in state["probe"].items()}, state["part_names"], state["read"], state["stats"])
+    except (OSError, ValueError, KeyError, TypeError):  # none yet, or our own file damaged: index anew
+        return None
+
+
+def write_index_state(save_path: Path, model: str, rows: Rows) -> None:
+    write_if_changed(index_state_path(save_path, model), json.dumps(
+        {"version": INDEX_STATE_VERSION, "chunk_size": INDEX_CHUNK_ROWS, "text_chars": INDEX_TEXT_CHARS,
+         "count": len(rows.hashes), "stats": rows.stats, "part_names": rows.part_names, "read": rows.read,
+         "hashes": rows.hashes, "n_tokens": rows.n_tokens, "stored": [int(s) for s in rows.stored],
+         "part": rows.part, "probe": {str(r): p for r, p in rows.probe.items()}}, separators=(",", ":")).encode())
+
+
+@dataclass
+class Change:
+    """A row to (re)write: `base`, the prompt's first record (a part's row; None: the row as written before),
+    `stored`, its prompt.json's record when new or changed, `values`, (part, row) its statistics come from."""
+    base: dict | None = None
+    stored: dict | None = None
+    values: tuple[storage.Part, int] | None = None
+
+
+def add_rows(rows: Rows, parts: list[storage.Part], stored: dict[str, dict], changed: set[str]) -> dict[int, Change]:
+    """Append the prompts `rows` has not seen (the parts' rows in name order, then stored prompts by hash) and
+    return the rows to write: the new ones, and those whose prompt.json (in `changed`) is new or changed."""
+    out = {}
+    for part in parts:
+        if part.name not in rows.part_names:
+            rows.part_names.append(part.name)
+        p = rows.part_names.index(part.name)
+        for i, row in enumerate(part.rows):
+            if row["hash"] not in rows.position:  # a prompt recomputed later keeps its first part's values
+                out[rows.add(row["hash"], row["n_tokens"], p, row.get("meta", {}).get("probe"))] = Change(row, None,
+                                                                                                         (part, i))
+        rows.read[part.name] = [part.first_row + len(part.rows), part.end_byte]
+    for h in sorted(changed):
+        record = stored[h]
+        if h not in rows.position:
+            out[rows.add(h, record["n_tokens"], -1, record.get("meta", {}).get("probe"))] = Change(record)
+        r = rows.position[h]
+        rows.stored[r], rows.n_tokens[r] = True, record["n_tokens"]
+        out.setdefault(r, Change()).stored = record
+    return out
 
 
 def index_record(info: dict) -> dict:
     """What the index keeps of a prompt.json or a part's row: no token lists."""
     return {"hash": info["hash"], "text": info["text"], "n_tokens": info["n_tokens"], "meta": info.get("meta", {}),
             "truncated": info.get("truncated", False), **({"heads": info["heads"]} if "heads" in info else {})}
+
+
+def row_record(base: dict, stored: dict | None) -> dict:
+    """A prompt's row: the meta of its first record (`base`), the rest of its prompt.json when stored (with the
+    files of its dir the site may ask for), else of `base`."""
+    source = stored or base
+    return {**index_record({**source, "meta": base.get("meta", {})}), "stored": stored is not None,
+            **({"files": stored["files"]} if stored else {})}
+
+
+def prompt_index_records(save_path: Path, model: str, parts: list[storage.Part] | None = None,
+                         finished: list[str] | None = None) -> list[dict]:
+    """Every prompt with statistics (the parts' rows) or stored patterns, as the index's rows, in its order (what
+    a build from nothing writes). "stored" says whether the patterns are kept."""
+    stored = StoredPrompts.read(save_path, model, finished)
+    changes = add_rows(Rows(), storage.read_parts(save_path, model) if parts is None else parts, stored.records,
+                       set(stored.records))
+    return [row_record(c.base, c.stored) for _, c in sorted(changes.items())]
 
 
 def prompt_files(save_path: Path, model: str, phash: str) -> list[str]:
@@ -127,30 +232,47 @@ def prompt_files(save_path: Path, model: str, phash: str) -> list[str]:
     return sorted(f for f in os.listdir(lens.prompt_dir(save_path, model, phash)) if f not in skip and f[0] != ".")
 
 
-def stored_prompt_records(save_path: Path, model: str, finished: list[str] | None = None) -> dict[str, dict]:
-    """The records of the finished prompt dirs by hash, reading prompt.json only where it is new or changed
-    (mtime, size) since the last run: the others come from the index's cache. An unreadable one is a warning.
-    `finished`: lens.finished_prompts, when the caller has listed them already."""
-    cache_path = index_cache_path(save_path, model)
-    try:
-        cached = {row["hash"]: row for _, row in lens.iter_jsonl(cache_path)} if cache_path.is_file() else {}
-    except lens.UserError:  # our own file, damaged: read every prompt.json again
-        cached = {}
-    entries = {}
-    for h in lens.finished_prompts(save_path, model) if finished is None else finished:
-        path = lens.prompt_json_path(save_path, model, h)
-        stat = path.stat()
-        stamp = [stat.st_mtime_ns, stat.st_size]
-        if h in cached and cached[h]["stamp"] == stamp:
-            entries[h] = cached[h]
-            continue
+@dataclass
+class StoredPrompts:
+    """The records of the finished prompt dirs by hash (their prompt.json's, with their files), and the hashes
+    read anew: prompt.json is read only where it or its dir changed (mtime, size) since the last run, the others
+    come from index/prompt_json_cache.jsonl, which save() writes once the index is."""
+    records: dict[str, dict]
+    changed: set[str]
+    entries: dict[str, dict]
+    cache_path: Path
+    cached: dict[str, dict]
+    n_finished: int
+
+    @classmethod
+    def read(cls, save_path: Path, model: str, finished: list[str] | None = None) -> "StoredPrompts":
+        cache_path = index_cache_path(save_path, model)
         try:
-            entries[h] = {"hash": h, "stamp": stamp, "record": {**read_stored_record(path, h), "stored": True}}
-        except lens.UserError as e:  # one bad prompt must not hide the others from the site
-            print(f"build_index.py: warning: {e}; prompt left out of the index", file=sys.stderr)
-    if entries != cached:
-        write_jsonl(cache_path, entries.values())
-    return {h: e["record"] for h, e in entries.items()}
+            cached = {row["hash"]: row for _, row in lens.iter_jsonl(cache_path)} if cache_path.is_file() else {}
+        except lens.UserError:  # our own file, damaged: read every prompt.json again
+            cached = {}
+        entries, changed = {}, set()
+        finished = lens.finished_prompts(save_path, model) if finished is None else finished
+        for h in finished:
+            path = lens.prompt_json_path(save_path, model, h)
+            stat = path.stat()
+            stamp = [stat.st_mtime_ns, stat.st_size, path.parent.stat().st_mtime_ns]  # the dir: files added
+            if h in cached and cached[h]["stamp"] == stamp:
+                entries[h] = cached[h]
+                continue
+            try:
+                record = {**read_stored_record(path, h), "files": prompt_files(save_path, model, h)}
+            except lens.UserError as e:  # one bad prompt must not hide the others from the site
+                print(f"build_index.py: warning: {e}; prompt left out of the index", file=sys.stderr)
+                continue
+            entries[h] = {"hash": h, "stamp": stamp, "record": record}
+            changed.add(h)
+        return cls({h: e["record"] for h, e in entries.items()}, changed, entries, cache_path, cached,
+                   len(finished))
+
+    def save(self) -> None:
+        if self.entries != self.cached:
+            write_jsonl(self.cache_path, self.entries.values())
 
 
 def read_stored_record(path: Path, phash: str) -> dict:
@@ -167,9 +289,13 @@ def index_row(record: dict) -> dict:
     return {**record, "text": record["text"][:INDEX_TEXT_CHARS], "snippet": True}
 
 
+def row_line(record: dict) -> bytes:
+    return lens.jsonl_bytes([index_row(record)])
+
+
 def shard_name(word: str) -> str:
     """The word shard a word is in: its first two characters, those other than a-z and 0-9 as _<hex code point>
-    (file names safe on any file system); site/data.js shardName is the same rule."""
+    (file names safe on any file system); site/data.js shardName is the same rule. Hashes are sharded alike."""
     return "".join(c if "a" <= c <= "z" or "0" <= c <= "9" else f"_{ord(c):x}" for c in word[:2])
 
 
@@ -180,47 +306,102 @@ def search_words(record: dict) -> set[str]:
     return set(WORD.findall(" ".join(set(text.lower().split()))))  # no \w is a space: each piece once is enough
 
 
-def word_shards(records: list[dict]) -> dict[str, dict[str, list[int]]]:
-    """{shard: {word: its rows, first row then differences}}: a search fetches the shards of its words only."""
-    rows = {}
-    for r, record in enumerate(records):
-        for word in search_words(record):
-            rows.setdefault(word, []).append(r)
-    shards = {}
-    for word in sorted(rows):
-        found = rows[word]
-        shards.setdefault(shard_name(word), {})[word] = found[:1] + [b - a for a, b in zip(found, found[1:])]
-    return shards
+def chunk_lines(save_path: Path, model: str, k: int, n_rows: int) -> list[bytes]:
+    """The first n_rows lines of chunk k as written before (a killed run's later rows are not kept)."""
+    path = index_rows_path(save_path, model, k)
+    lines = path.read_bytes().splitlines(keepends=True) if n_rows > 0 and path.is_file() else []
+    if len(lines) < n_rows:
+        raise lens.UserError(f"{path}: {len(lines)} rows, {n_rows} expected; delete "
+                             f"{index_state_path(save_path, model)} and run build_index.py again")
+    return lines[:n_rows]
+
+
+def resolve_records(save_path: Path, model: str, changes: dict[int, Change], n_old: int) -> dict[int, dict]:
+    """The changed rows' records; a row written before keeps its first record's meta, read from its chunk."""
+    size, records, old = INDEX_CHUNK_ROWS, {}, {}
+    for r, change in sorted(changes.items()):
+        base = change.base
+        if base is None:
+            k = r // size
+            if k not in old:
+                old[k] = chunk_lines(save_path, model, k, min(size, n_old - k * size))
+            base = json.loads(old[k][r - k * size])
+        records[r] = row_record(base, change.stored)
+    return records
+
+
+def update_shards(path_of, names: set[str], n_old: int, new: dict[str, dict[str, list[int]]],
+                  encode, decode) -> set[Path]:
+    """Merge each shard's new entries into what it held of the first n_old rows; returns the paths written."""
+    written = set()
+    for shard, entries in new.items():
+        path = path_of(shard)
+        held = decode(json.loads(path.read_bytes())) if n_old and shard in names and path.is_file() else {}
+        merged = {key: [r for r in rows if r < n_old] for key, rows in held.items()}
+        for key, rows in entries.items():
+            merged.setdefault(key, []).extend(rows)
+        write_if_changed(path, json.dumps(encode({k: v for k, v in sorted(merged.items()) if v}),
+                                          ensure_ascii=False, separators=(",", ":")).encode())
+        written.add(path)
+    return written
+
+
+def deltas(words: dict[str, list[int]]) -> dict[str, list[int]]:
+    return {w: rows[:1] + [b - a for a, b in zip(rows, rows[1:])] for w, rows in words.items()}
+
+
+def undeltas(words: dict[str, list[int]]) -> dict[str, list[int]]:
+    return {w: np.cumsum(d).tolist() for w, d in words.items()}
+
+
+def write_index(save_path: Path, model: str, rows: Rows, n_old: int, records: dict[int, dict]) -> None:
+    """index/: the chunks holding a changed row, the word and hash shards of the rows from n_old on (the new
+    ones), and meta.json, shards.json, hashes.json, by_tokens.u32 and stored.json whole. n_old = 0 writes
+    everything anew and removes the files of a former index; files whose bytes did not change are left alone."""
+    size, count, written = INDEX_CHUNK_ROWS, len(rows.hashes), set()
+    for k in sorted({r // size for r in records}):
+        start = k * size
+        old = chunk_lines(save_path, model, k, min(size, n_old - start)) if start < n_old else []
+        lines = [row_line(records[r]) if r in records else old[r - start]
+                 for r in range(start, min(count, start + size))]
+        written.add(index_rows_path(save_path, model, k))
+        write_if_changed(index_rows_path(save_path, model, k), b"".join(lines))
+    words, by_hash = {}, {}
+    for r in range(n_old, count):
+        for word in search_words(records[r]):
+            words.setdefault(shard_name(word), {}).setdefault(word, []).append(r)
+        by_hash.setdefault(shard_name(rows.hashes[r]), {})[rows.hashes[r]] = [r]
+    for names_path, path_of, new, encode, decode in [
+            (index_shards_path(save_path, model), lambda s: index_words_path(save_path, model, s), words,
+             deltas, undeltas),
+            (index_hashes_path(save_path, model), lambda s: index_hash_shard_path(save_path, model, s), by_hash,
+             lambda d: {h: rs[0] for h, rs in d.items()}, lambda d: {h: [r] for h, r in d.items()})]:
+        names = set(json.loads(names_path.read_bytes())) if n_old and names_path.is_file() else set()
+        written |= update_shards(path_of, names, n_old, new, encode, decode)
+        write_if_changed(names_path, json.dumps(sorted(names | set(new)), ensure_ascii=False).encode())
+        written.add(names_path)
+    order = np.lexsort((np.arange(count), np.array(rows.n_tokens, np.int64))).astype("<u4")
+    stored = [r for r, s in enumerate(rows.stored) if s]
+    meta = {"count": count, "chunk_size": size, "text_chars": INDEX_TEXT_CHARS, "n_stored": len(stored)}
+    for path, data in [(index_order_path(save_path, model), order.tobytes()),
+                       (index_stored_path(save_path, model), json.dumps(stored).encode()),
+                       (prompt_index_path(save_path, model), lens.json_bytes(meta))]:  # last: it says how many rows
+        write_if_changed(path, data)
+        written.add(path)
+    if not n_old:
+        written |= {index_cache_path(save_path, model), index_state_path(save_path, model)}
+        for old in prompt_index_dir(save_path, model).rglob("*"):
+            if old.is_file() and old not in written:
+                old.unlink()
 
 
 def write_prompt_index(save_path: Path, model: str, records: list[dict]) -> None:
-    """index/: meta.json, hashes.json, rows/<k>.jsonl, words/<shard>.json, shards.json, by_tokens.u32 and stored.json
-    (the paths above); files whose bytes did not change are left alone, files of a larger former index are removed."""
-    size = INDEX_CHUNK_ROWS
-    chunks = [records[i:i + size] for i in range(0, len(records), size)]
-    written = set()
-
-    def write(path: Path, data: bytes) -> None:
-        write_if_changed(path, data)
-        written.add(path)
-    for k, chunk in enumerate(chunks):
-        write(index_rows_path(save_path, model, k), lens.jsonl_bytes(map(index_row, chunk)))
-    shards = word_shards(records)
-    for shard, words in shards.items():
-        write(index_words_path(save_path, model, shard), json.dumps(words, separators=(",", ":")).encode())
-    write(index_shards_path(save_path, model), json.dumps(sorted(shards), ensure_ascii=False).encode())
-    n_tokens = np.array([r["n_tokens"] for r in records], np.int64)
-    write(index_order_path(save_path, model),
-          np.lexsort((np.arange(len(records)), n_tokens)).astype("<u4").tobytes())
-    stored = [r for r, record in enumerate(records) if record["stored"]]
-    write(index_stored_path(save_path, model), json.dumps(stored).encode())
-    write(index_hashes_path(save_path, model), json.dumps([c[0]["hash"] for c in chunks]).encode())
-    write(prompt_index_path(save_path, model), lens.json_bytes(  # last: it says how many rows there are
-        {"count": len(records), "chunk_size": size, "text_chars": INDEX_TEXT_CHARS, "n_stored": len(stored)}))
-    written.add(index_cache_path(save_path, model))
-    for old in prompt_index_dir(save_path, model).rglob("*"):
-        if old.is_file() and old not in written:
-            old.unlink()
+    """The whole index of these rows (build_index's own writers, for a view's or a benchmark's data dir)."""
+    rows = Rows()
+    for record in records:
+        r = rows.add(record["hash"], record["n_tokens"], -1, None)
+        rows.stored[r] = record["stored"]
+    write_index(save_path, model, rows, 0, dict(enumerate(records)))
 
 
 def write_jsonl(path: Path, rows) -> None:
@@ -274,27 +455,39 @@ SNIPPET_CHARS = 200  # of a prompt's text in heads.json
 
 def write_stat_aggregates(save_path: Path, model: str, hashes: list[str], tables: dict[str, np.ndarray],
                           docs: dict[str, str], prompts: dict[str, dict], top_k: int = 10, bins: int = 32) -> None:
-    """Each statistic's float32 [prompts (sorted hashes), layers, heads] table (NaN: no value) as stats/<name>.f32,
-    its heads' histograms and top/bottom prompts as stats/<name>.heads.json, and per-head summaries as stats.json.
+    """Each statistic's float32 [prompts (the index's rows), layers, heads] table (NaN: no value) written whole as
+    stats/<name>.f32, then its aggregates (write_aggregates)."""
+    clean = {}
+    for name, table in tables.items():
+        if table.ndim != 3 or len(table) != len(hashes):
+            raise ValueError(f"{name}: table of shape {table.shape} for {len(hashes)} prompts")
+        clean[name] = finite(table)
+        lens.write_atomic(storage.stat_table_path(save_path, model, name), clean[name].tobytes())
+    write_aggregates(save_path, model, hashes, clean, docs, prompts, top_k, bins)
 
-    `prompts` holds {"text", "n_tokens", "stored"} per hash; heads.json keeps those of the listed prompts."""
+
+def finite(values: np.ndarray) -> np.ndarray:
+    return np.where(np.isfinite(values), values, np.nan).astype("<f4")
+
+
+def write_aggregates(save_path: Path, model: str, hashes: list[str], tables: dict[str, np.ndarray],
+                     docs: dict[str, str], prompts, top_k: int = 10, bins: int = 32) -> None:
+    """Each statistic's heads' histograms and top/bottom prompts as stats/<name>.heads.json, and per-head summaries
+    as stats.json, from its table. `prompts.get(hash)`: {"text", "n_tokens", "stored"}, for the listed prompts."""
     n_layers, n_heads = next(iter(tables.values())).shape[1:]
     out = {"n_prompts": len(hashes), "n_layers": n_layers, "n_heads": n_heads, "top_k": top_k, "stats": {}}
     for name, table in tables.items():
-        if table.shape != (len(hashes), n_layers, n_heads):
-            raise ValueError(f"{name}: table of shape {table.shape} for {len(hashes)} prompts x {n_layers} x {n_heads}")
-        table = np.where(np.isfinite(table), table, np.nan).astype("<f4")
-        lens.write_atomic(storage.stat_table_path(save_path, model, name), table.tobytes())
         heads = stat_heads(table, hashes, prompts, top_k, bins)
-        lens.write_atomic(storage.stat_heads_path(save_path, model, name),
-                          json.dumps(heads, ensure_ascii=False, separators=(",", ":")))
+        write_if_changed(storage.stat_heads_path(save_path, model, name),
+                         json.dumps(heads, ensure_ascii=False, separators=(",", ":")).encode())
         out["stats"][name] = {"doc": docs.get(name, ""), **stat_summary(table)}
-    lens.write_json(storage.stats_path(save_path, model), out)  # last: it names the statistics written above
+    write_if_changed(storage.stats_path(save_path, model), lens.json_bytes(out))  # last: names the files above
 
 
 def stat_summary(table: np.ndarray) -> dict:
     """Per head over prompts, as [layer][head] lists: mean, std, min, max, quantiles (null where no prompt
     has a value) and the count of prompts with a value."""
+    table = np.asarray(table)
     count = np.isfinite(table).sum(0)
     values = table if len(table) else np.full((1, *table.shape[1:]), np.nan, table.dtype)
     with warnings.catch_warnings():  # a head without values is NaN, written as null
@@ -306,32 +499,35 @@ def stat_summary(table: np.ndarray) -> dict:
             "quantiles": {str(q): storage.nan_as_null(v) for q, v in zip(QUANTILES, quantiles)}}
 
 
-def stat_heads(table: np.ndarray, hashes: list[str], prompts: dict[str, dict], top_k: int, bins: int) -> dict:
+def stat_heads(table: np.ndarray, hashes: list[str], prompts, top_k: int, bins: int) -> dict:
     """heads.json: per head its histogram over prompts and its top_k highest and lowest prompts."""
     heads, listed = [], set()
     for layer in range(table.shape[1]):
         heads.append([])
+        columns = np.asarray(table[:, layer])
         for head in range(table.shape[2]):
-            column = table[:, layer, head]
+            column = columns[:, head]
             rows = np.flatnonzero(np.isfinite(column))
-            top, bottom = (extremes(rows, column[rows], top_k, highest) for highest in (True, False))
+            top, bottom = (extremes(rows, column[rows], top_k, highest, hashes) for highest in (True, False))
             listed.update(r for r, _ in top + bottom)
             heads[-1].append({"hist": histogram(column[rows], bins),
                               "top": [[hashes[r], v] for r, v in top], "bottom": [[hashes[r], v] for r, v in bottom]})
-    snippets = {hashes[r]: prompts.get(hashes[r]) for r in sorted(listed)}
+    snippets = {h: prompts.get(h) for h in sorted(hashes[r] for r in listed)}
     return {"bins": bins, "heads": heads, "prompts": {
         h: {"text": p["text"][:SNIPPET_CHARS], "n_tokens": p["n_tokens"], "stored": p["stored"]}
         for h, p in snippets.items() if p is not None}}
 
 
-def extremes(rows: np.ndarray, values: np.ndarray, k: int, highest: bool) -> list[tuple[int, float]]:
-    """The k (row, value) pairs of the highest (or lowest) values, best first; tied values in row (hash) order."""
+def extremes(rows: np.ndarray, values: np.ndarray, k: int, highest: bool,
+             hashes: list[str]) -> list[tuple[int, float]]:
+    """The k (row, value) pairs of the highest (or lowest) values, best first; tied values in hash order, so
+    that the lists do not depend on the order the prompts were indexed in."""
     key = -values if highest else values
     if len(key) > k > 0:  # the candidates: every value at least as good as the k-th best, ties included
         keep = key <= np.partition(key, k - 1)[k - 1]
         rows, values, key = rows[keep], values[keep], key[keep]
-    order = np.lexsort((rows, key))[:k]
-    return [(int(r), float(v)) for r, v in zip(rows[order], values[order])]
+    order = sorted(range(len(rows)), key=lambda i: (key[i], hashes[rows[i]]))[:k]
+    return [(int(rows[i]), float(values[i])) for i in order]
 
 
 def histogram(values: np.ndarray, bins: int) -> dict | None:
@@ -344,37 +540,161 @@ def histogram(values: np.ndarray, bins: int) -> dict | None:
     return {"lo": lo, "hi": hi, "counts": counts.tolist()}
 
 
-# ---- Merging statistics: every compute run's parts (shards copied together), and stored prompts' stats.json ----
+# ---- One model's index and statistics, updated from what changed since the last run ----
 
-def merged_stats(save_path: Path, model: str, shape: tuple[int, int], parts: list[storage.Part],
-                 records: list[dict]) -> tuple[dict[str, np.ndarray], dict[str, str]]:
-    """Every prompt's statistics, {name: float32 [prompts, layers, heads], NaN where missing}, with rows in the
-    order of `records` (prompt_index_records: the prompt index's rows), and the parts' docs of their statistics.
+@dataclass
+class Update:
+    """What a run writes: the rows (those before n_old as written before), the rows to write, the stored prompts'
+    statistics of render_figures.py (by row), and each part's statistics and docs."""
+    rows: Rows
+    n_old: int
+    changes: dict[int, Change]
+    rendered: dict[int, dict[str, np.ndarray]]
+    part_stats: dict[str, list[str]]
+    docs: dict[str, str]
 
-    A prompt in several parts (a run recomputed it) takes its first part's values, in part name order, so
-    the result does not depend on which shard ran first; stored prompts' stats.json (render_figures.py's
-    statistics) fill in the statistics no part has."""
-    position = {r["hash"]: i for i, r in enumerate(records)}
-    names = list(dict.fromkeys(name for part in parts for name in part.stats))
-    tables = {name: np.full((len(records), *shape), np.nan, np.float32) for name in names}
-    seen = set()
+
+def plan_update(save_path: Path, model: str, shape: tuple[int, int], stored: StoredPrompts, old: Rows | None,
+                parts: list[storage.Part] | None = None) -> Update | None:
+    """The update from the last run's rows (`old`; None: from nothing); None when a statistic is new, which
+    rows indexed before may have, so that everything is indexed anew."""
+    rows = old or Rows()
+    n_old = len(rows.hashes)
+    if parts is None:
+        parts = storage.read_parts(save_path, model, {n: tuple(v) for n, v in rows.read.items()})
     for part in parts:
-        if (part.values.shape[2:]) != shape:
+        if part.values.shape[2:] != shape:
             raise lens.UserError(f"{part.path}: statistics of {part.values.shape[2]} x {part.values.shape[3]} heads, "
                                  f"but the model has {shape[0]} x {shape[1]}")
-        keep = [r for r, row in enumerate(part.rows) if row["hash"] not in seen]
-        seen.update(part.rows[r]["hash"] for r in keep)
-        at = np.array([position[part.rows[r]["hash"]] for r in keep], int)
+    changed = stored.changed | {h for h in stored.records
+                                if h not in rows.position or not rows.stored[rows.position[h]]}
+    changes = add_rows(rows, parts, stored.records, changed)
+    rendered = {}
+    for r, change in changes.items():
+        if change.stored and (values := read_rendered_stats(save_path, model, rows.hashes[r], shape)):
+            rendered[r] = values
+    names = set().union(*(p.stats for p in parts), *rendered.values())
+    if old is not None and names - set(old.stats):
+        return None
+    rows.stats = sorted(names | set(rows.stats))
+    return Update(rows, n_old, changes, rendered, {p.name: p.stats for p in parts},
+                  {name: doc for part in parts for name, doc in part.docs.items()})
+
+
+def state_holds(save_path: Path, model: str, rows: Rows, stored: StoredPrompts, shape: tuple[int, int]) -> bool:
+    """Whether a rerun can start from the last run's rows: nothing they were built from is gone or shorter."""
+    for name, (_, n_bytes) in rows.read.items():
+        path = storage.parts_dir(save_path, model) / f"{name}.jsonl"
+        if not path.is_file() or path.stat().st_size < n_bytes:
+            return False
+    if any(s and h not in stored.records for h, s in zip(rows.hashes, rows.stored)):
+        return False  # a stored prompt deleted (or now unreadable)
+    table_bytes = len(rows.hashes) * shape[0] * shape[1] * 4
+    tables = [storage.stat_table_path(save_path, model, name) for name in rows.stats]
+    chunks = [index_rows_path(save_path, model, k) for k in range(-(-len(rows.hashes) // INDEX_CHUNK_ROWS))]
+    return (all(p.is_file() and p.stat().st_size >= table_bytes for p in tables)
+            and all(p.is_file() for p in chunks) and prompt_index_path(save_path, model).is_file())
+
+
+def fill_tables(tables: dict[str, np.ndarray], update: Update) -> None:
+    """The changed rows' values: a new row's from its first part, then a stored prompt's stats.json
+    (render_figures.py) for the statistics its first part does not have."""
+    rows, groups = update.rows, {}
+    for r, change in update.changes.items():
+        if change.values:
+            part, i = change.values
+            group = groups.setdefault(part.name, (part, [], []))
+            group[1].append(r)
+            group[2].append(i)
+    for part, at, source in groups.values():
         for s, name in enumerate(part.stats):
-            tables[name][at] = part.values[keep, s]
-    for record in records:
-        if not record["stored"]:
-            continue
-        for name, values in read_rendered_stats(save_path, model, record["hash"], shape).items():
-            table = tables.setdefault(name, np.full((len(records), *shape), np.nan, np.float32))
-            if np.isnan(table[position[record["hash"]]]).all():
-                table[position[record["hash"]]] = values
-    return tables, {name: doc for part in parts for name, doc in part.docs.items()}
+            tables[name][np.array(at)] = finite(part.values[np.array(source), s])
+    for r, values in update.rendered.items():
+        first = update.part_stats.get(rows.part_names[rows.part[r]], []) if rows.part[r] >= 0 else []
+        for name, v in values.items():
+            if name not in first:
+                tables[name][r] = finite(v)
+
+
+def open_table(path: Path, n_old: int, count: int, shape: tuple[int, int]) -> np.ndarray:
+    """A statistic's table, its first n_old rows as written before and NaN after them, mapped for writing."""
+    row = np.full((4096, *shape), np.nan, "<f4")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "r+b" if n_old else "wb") as f:
+        f.truncate(n_old * row[0].nbytes)  # a killed run's rows after them go too
+        f.seek(n_old * row[0].nbytes)
+        for start in range(n_old, count, len(row)):
+            f.write(row[:min(len(row), count - start)].tobytes())
+    return np.memmap(path, "<f4", "r+", shape=(count, *shape)) if count else np.full((0, *shape), np.nan, "<f4")
+
+
+class Snippets:
+    """heads.json's prompt texts: of the rows written this run, else of the former heads.json files, else of
+    the rows' chunks."""
+
+    def __init__(self, save_path: Path, model: str, rows: Rows, records: dict[int, dict], former: dict[str, dict]):
+        self.save_path, self.model, self.rows, self.records, self.former = save_path, model, rows, records, former
+
+    def get(self, phash: str) -> dict | None:
+        r = self.rows.position.get(phash)
+        if r is None:
+            return None
+        if r in self.records:
+            text = self.records[r]["text"]
+        elif phash in self.former:
+            text = self.former[phash]["text"]
+        else:
+            k = r // INDEX_CHUNK_ROWS
+            text = json.loads(chunk_lines(self.save_path, self.model, k, r - k * INDEX_CHUNK_ROWS + 1)[-1])["text"]
+        return {"text": text, "n_tokens": self.rows.n_tokens[r], "stored": self.rows.stored[r]}
+
+
+def write_model_stats(save_path: Path, model: str, shape: tuple[int, int], figures: dict[str, lens.Figure],
+                      update: Update, records: dict[int, dict]) -> int:
+    """Write the changed rows of the statistics' tables, then the aggregates the site reads; returns the number
+    of statistics."""
+    rows = update.rows
+    if not rows.stats:  # said as such, so the site knows there are none (and a former build's are gone)
+        write_if_changed(storage.stats_path(save_path, model), lens.json_bytes(
+            {"n_prompts": len(rows.hashes), "n_layers": shape[0], "n_heads": shape[1], "stats": {}}))
+        return 0
+    tables = {n: open_table(storage.stat_table_path(save_path, model, n), update.n_old, len(rows.hashes), shape)
+              for n in rows.stats}
+    fill_tables(tables, update)
+    former = {}
+    for name in rows.stats:
+        path = storage.stat_heads_path(save_path, model, name)
+        if update.n_old and path.is_file():
+            former.update(json.loads(path.read_bytes()).get("prompts", {}))
+    order = [n for n in figures if n in tables] + sorted(set(tables) - set(figures))
+    docs = {**update.docs, **{name: inspect.getdoc(figures[name].func) or "" for name in order if name in figures}}
+    write_aggregates(save_path, model, rows.hashes, {n: tables[n] for n in order}, docs,
+                     Snippets(save_path, model, rows, records, former))
+    for table in tables.values():
+        if isinstance(table, np.memmap):
+            table.flush()
+    return len(order)
+
+
+def index_model(save_path: Path, model: str, cfg: dict, figures: dict[str, lens.Figure],
+                parts: list[storage.Part] | None = None, remember: bool = True) -> tuple[Rows, int]:
+    """One model's prompt index and statistics: the prompts new or changed since the last run (index/state.json)
+    appended or rewritten, or all of them the first time. `parts`: only these (a view's data dir), from nothing;
+    `remember`: keep the state for the next run. Returns the rows and the number of finished prompt dirs."""
+    shape = (cfg["n_layers"], cfg["n_heads"])
+    stored = StoredPrompts.read(save_path, model)
+    old = read_index_state(save_path, model) if parts is None else None
+    update = (plan_update(save_path, model, shape, stored, old)
+              if old is not None and state_holds(save_path, model, old, stored, shape) else None)
+    if update is None:
+        update = plan_update(save_path, model, shape, stored, None, parts)
+    records = resolve_records(save_path, model, update.changes, update.n_old)
+    write_model_stats(save_path, model, shape, figures, update, records)
+    write_index(save_path, model, update.rows, update.n_old, records)
+    if remember:  # after everything it describes: a killed run redoes this update
+        write_index_state(save_path, model, update.rows)
+        stored.save()
+    return update.rows, stored.n_finished
 
 
 def read_rendered_stats(save_path: Path, model: str, phash: str, shape: tuple[int, int]) -> dict[str, np.ndarray]:
@@ -384,21 +704,6 @@ def read_rendered_stats(save_path: Path, model: str, phash: str, shape: tuple[in
     except lens.UserError as e:
         print(f"build_index.py: warning: {e}; left out of the statistics", file=sys.stderr)
         return {}
-
-
-def write_model_stats(save_path: Path, model: str, cfg: dict, figures: dict[str, lens.Figure],
-                      parts: list[storage.Part], records: list[dict]) -> int:
-    """Merge a model's statistics and write the aggregates the site reads; returns the number of statistics."""
-    tables, part_docs = merged_stats(save_path, model, (cfg["n_layers"], cfg["n_heads"]), parts, records)
-    if not tables:  # said as such, so the site knows there are none (and a former build's are gone)
-        write_if_changed(storage.stats_path(save_path, model), lens.json_bytes(
-            {"n_prompts": len(records), "n_layers": cfg["n_layers"], "n_heads": cfg["n_heads"], "stats": {}}))
-        return 0
-    order = [n for n in figures if n in tables] + sorted(set(tables) - set(figures))
-    docs = {**part_docs, **{name: inspect.getdoc(figures[name].func) or "" for name in order if name in figures}}
-    write_stat_aggregates(save_path, model, [r["hash"] for r in records], {n: tables[n] for n in order}, docs,
-                          {r["hash"]: r for r in records})
-    return len(order)
 
 
 def top_prompts(save_path: Path, model_name: str, k: int, stat_spec: str | None) -> tuple[list[dict], str]:
@@ -411,8 +716,11 @@ def top_prompts(save_path: Path, model_name: str, k: int, stat_spec: str | None)
         raise lens.UserError(f"--top {k}: no statistics of {model_name} in {save_path} yet; compute them first: "
                              f"python compute_activations.py {model_name} PROMPTS --patterns none")
     cfg = lens.read_json(cfg_path)
-    records = prompt_index_records(save_path, model, parts)
-    tables, _ = merged_stats(save_path, model, (cfg["n_layers"], cfg["n_heads"]), parts, records)
+    shape = (cfg["n_layers"], cfg["n_heads"])
+    update = plan_update(save_path, model, shape, StoredPrompts.read(save_path, model), None, parts)
+    rows = update.rows
+    tables = {n: np.full((len(rows.hashes), *shape), np.nan, np.float32) for n in rows.stats}
+    fill_tables(tables, update)
     names = [n.strip() for n in (stat_spec or ",".join(tables)).split(",") if n.strip()]
     unknown = [n for n in names if n not in tables]
     if unknown or not names:
@@ -424,9 +732,10 @@ def top_prompts(save_path: Path, model_name: str, k: int, stat_spec: str | None)
         for layer in range(table.shape[1]):
             for head in range(table.shape[2]):
                 column = table[:, layer, head]
-                finite = np.flatnonzero(np.isfinite(column))
+                finite_rows = np.flatnonzero(np.isfinite(column))
                 for highest in (True, False):
-                    chosen.update(r for r, _ in extremes(finite, column[finite], k, highest))
+                    chosen.update(r for r, _ in extremes(finite_rows, column[finite_rows], k, highest, rows.hashes))
+    records = [row_record(c.base, c.stored) for _, c in sorted(update.changes.items())]
     return [{"text": records[r]["text"], "meta": records[r]["meta"]} for r in sorted(chosen)], "all"
 
 
@@ -442,15 +751,11 @@ def build_index(save_path: Path, figures_dir: Path | None = None) -> None:
     models, n_prompts, n_unreadable, records_by_model = [], 0, 0, {}
     for name in names:
         cfg = lens.read_json(lens.model_cfg_path(save_path, name))
-        parts = storage.read_parts(save_path, name)
-        finished = lens.finished_prompts(save_path, name)  # listed once: 100,000 dirs are not free
-        records = prompt_index_records(save_path, name, parts, finished)
-        write_model_stats(save_path, name, cfg, figures, parts, records)
-        write_prompt_index(save_path, name, records)
-        records_by_model[name] = records
-        models.append({**cfg, "model_dir": name, "n_prompts": len(records)})
-        n_prompts += len(records)
-        n_unreadable += len(finished) - sum(r["stored"] for r in records)
+        rows, n_finished = index_model(save_path, name, cfg, figures)
+        records_by_model[name] = rows.light_records()
+        models.append({**cfg, "model_dir": name, "n_prompts": len(rows.hashes)})
+        n_prompts += len(rows.hashes)
+        n_unreadable += n_finished - sum(rows.stored)
     # after every model's statistics: nearest heads span them all
     kinds.write_heads(save_path, records_by_model, write_if_changed)
     write_if_changed(lens.models_path(save_path), lens.jsonl_bytes(models))

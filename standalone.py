@@ -70,8 +70,7 @@ def write_model(src: Path, dst: Path, name: str, prompts: str | list[str] | None
         if record["stored"]:
             copy_prompt(src, dst, name, record["hash"], cfg, kept)
     hashes = [r["hash"] for r in chosen]
-    build_index.write_model_stats(dst, name, cfg, figures, [part_of(p, set(hashes)) for p in parts], chosen)
-    build_index.write_prompt_index(dst, name, chosen)
+    build_index.index_model(dst, name, cfg, figures, [part_of(p, set(hashes)) for p in parts], remember=False)
     lens.write_json(lens.model_cfg_path(dst, name), cfg)
     return hashes
 

@@ -284,36 +284,52 @@ def parts_dir(save_path: Path, model: str) -> Path:
 
 @dataclass
 class Part:
-    """One run's statistics: its prompts (rows of its .jsonl) and their values [prompts, stats, layers, heads]."""
+    """One run's statistics: its prompts (rows of its .jsonl from first_row on) and their values [prompts, stats,
+    layers, heads]; end_byte: the .jsonl's length up to its last whole row (where a later read starts)."""
     path: Path  # the .json header
     stats: list[str]
     docs: dict[str, str]
     rows: list[dict]
     values: np.ndarray
+    first_row: int = 0
+    end_byte: int = 0
+
+    @property
+    def name(self) -> str:
+        return self.path.stem
 
 
-def read_parts(save_path: Path, model: str) -> list[Part]:
-    """Every statistic part of a model, in name order; an unreadable one is a UserError naming it."""
+def read_parts(save_path: Path, model: str, start: dict[str, tuple[int, int]] | None = None) -> list[Part]:
+    """Every statistic part of a model, in name order; an unreadable one is a UserError naming it.
+    `start`: {part name: (rows, bytes)} already read, skipped (build_index.py reads only the rows added since)."""
     parts = []
     for header in sorted(parts_dir(save_path, model).glob("*.json")):
         meta = read_json(header)
         shape = (len(meta["stats"]), meta["n_layers"], meta["n_heads"])
+        first_row, first_byte = (start or {}).get(header.stem, (0, 0))
         lines = header.with_suffix(".jsonl")
-        text = lines.read_bytes().decode("utf-8") if lines.exists() else ""
-        complete = text[:text.rfind("\n") + 1]  # a killed run's partial last line is not a row
+        data = b""
+        if lines.exists():
+            with open(lines, "rb") as f:
+                f.seek(first_byte)
+                data = f.read()
+        complete = data[:data.rfind(b"\n") + 1]  # a killed run's partial last line is not a row
         try:
-            rows = [json.loads(line) for line in complete.splitlines() if line]
-        except json.JSONDecodeError as e:
-            raise UserError(f"{lines}: not valid JSON ({e.msg}); delete the part's three files and recompute") from None
+            rows = [json.loads(line) for line in complete.decode("utf-8").splitlines() if line]
+        except (json.JSONDecodeError, UnicodeDecodeError) as e:
+            raise UserError(f"{lines}: not valid JSON ({getattr(e, 'msg', e)}); delete the part's three files "
+                            "and recompute") from None
         table = header.with_suffix(".f32")
         values = (np.memmap(table, "<f4", mode="r") if table.exists() and table.stat().st_size
                   else np.zeros(0, np.float32))  # mapped: a 100,000-prompt part is not read to list its rows
         per_row = int(np.prod(shape))
-        if values.size < len(rows) * per_row:
-            raise UserError(f"{table}: {values.size // max(per_row, 1)} rows of values for {len(rows)} prompts "
+        end_row = first_row + len(rows)
+        if values.size < end_row * per_row:
+            raise UserError(f"{table}: {values.size // max(per_row, 1)} rows of values for {end_row} prompts "
                             f"in {lines}")
         parts.append(Part(header, meta["stats"], meta.get("docs", {}), rows,
-                          values[:len(rows) * per_row].reshape(len(rows), *shape)))
+                          values[first_row * per_row:end_row * per_row].reshape(len(rows), *shape),
+                          first_row, first_byte + len(complete)))
     return parts
 
 

@@ -10,6 +10,7 @@ export const COLORMAPS_URL = "colormaps.json";
 export const modelCfgUrl = (model) => `${model}/model_cfg.json`;
 export const promptIndexUrl = (model) => `${model}/index/meta.json`;
 export const indexHashesUrl = (model) => `${model}/index/hashes.json`;
+export const indexHashShardUrl = (model, shard) => `${model}/index/by_hash/${shard}.json`;
 export const indexRowsUrl = (model, chunk) => `${model}/index/rows/${chunk}.jsonl`;
 export const indexWordsUrl = (model, shard) => `${model}/index/words/${shard}.json`;
 export const indexOrderUrl = (model) => `${model}/index/by_tokens.u32`;
@@ -182,37 +183,23 @@ export async function openPromptIndex(model) {
     return at(range(Math.max(0, to - from)).map((i) => from + i));
   };
 
-  /** The chunk a hash is in or would be in: the last whose first hash is not after it (-1: before all). */
-  async function chunkOf(hash) {
-    const firsts = await fetchOnce(indexHashesUrl(model));
-    let lo = 0, hi = firsts.length - 1;
-    while (lo <= hi) {
-      const mid = (lo + hi) >> 1;
-      if (firsts[mid] <= hash) lo = mid + 1;
-      else hi = mid - 1;
-    }
-    return hi;
+  /** {hash: row} of the hashes starting as `hash` does (its shard, as a word's); {} when there is none. */
+  async function hashShard(hash) {
+    const shard = shardName(hash.toLowerCase());
+    if (!(await fetchOnce(indexHashesUrl(model))).includes(shard)) return {};
+    return fetchOnce(indexHashShardUrl(model, shard));
   }
 
   /** {row, record} of a prompt by its hash; null when the index does not have it. */
   async function find(hash) {
-    const k = await chunkOf(hash);
-    if (k < 0) return null;
-    const list = await chunk(k), i = list.findIndex((r) => r.hash === hash);
-    return i < 0 ? null : { row: k * size + i, record: list[i] };
+    const row = (await hashShard(hash))[hash];
+    return row === undefined ? null : { row, record: (await at([row]))[0] };
   }
 
-  /** The rows whose hash starts with `prefix`: one run of rows, from the chunk the prefix sorts into. */
+  /** The rows whose hash starts with `prefix`, ascending. */
   async function hashRows(prefix) {
-    const out = [];
-    for (let k = Math.max(0, await chunkOf(prefix)); k * size < count; k++) {
-      const list = await chunk(k);
-      for (let i = 0; i < list.length; i++) {
-        if (list[i].hash.startsWith(prefix)) out.push(k * size + i);
-        else if (list[i].hash > prefix) return out;
-      }
-    }
-    return out;
+    return Object.entries(await hashShard(prefix)).filter(([h]) => h.startsWith(prefix)).map(([, r]) => r)
+      .sort((a, b) => a - b);
   }
 
   /** The rows of the words starting with `term` (a one-character term: that word only), ascending; and those

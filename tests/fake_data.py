@@ -67,7 +67,7 @@ def drop_images(save_path: Path, model: str, phash: str, output: str, heads: lis
 
 
 def index_rows(save_path: Path, model: str) -> list[dict]:
-    """The prompt index's rows as build_index.py wrote them: every chunk, in row (hash) order."""
+    """The prompt index's rows as build_index.py wrote them: every chunk, in row order (the tables' rows)."""
     count = lens.read_json(build_index.prompt_index_path(save_path, model))["count"]
     rows, k = [], 0
     while len(rows) < count:

@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from fake_data import read_stats
+from fake_data import index_rows, read_stats
 
 import compute_activations as ca
 import lens
@@ -106,8 +106,10 @@ def test_shards_copied_together_give_the_aggregates_of_one_run(prompts_file, tmp
     assert stored(merged) == stored(one) and len(stored(one)) == 6  # the sample does not depend on the shard
     (index1, tables1), (index2, tables2) = stat_tables(one), stat_tables(merged)
     assert index1["n_prompts"] == index2["n_prompts"] == 24
+    rows1, rows2 = ([r["hash"] for r in index_rows(d, "model")] for d in (one, merged))
+    order = [rows2.index(h) for h in rows1]  # the merged rows: shard 1's prompts, then shard 2's
     for name, table in tables1.items():
-        np.testing.assert_allclose(tables2[name], table, atol=1e-6, rtol=0, err_msg=name)
+        np.testing.assert_allclose(tables2[name][order], table, atol=1e-6, rtol=0, err_msg=name)
         for key in ("mean", "std", "min", "max"):
             np.testing.assert_allclose(index2["stats"][name][key], index1["stats"][name][key], atol=1e-6, err_msg=name)
         heads1, heads2 = (json.loads(storage.stat_heads_path(d, "model", name).read_text()) for d in (one, merged))
@@ -175,9 +177,10 @@ def test_a_plugin_statistic_runs_at_compute_time_from_the_stored_form(prompts_fi
     run_main(DEMO, prompts_file, "--patterns", "none", "--figures-dir", figs, "--save-path", data)
     index, tables = stat_tables(data)
     assert list(index["stats"]) == ["first_key"] and index["stats"]["first_key"]["doc"] == "Mean attention to key 0."
-    hashes = sorted(lens.prompt_hash(t) for t in TEXTS)  # the tables' row order
-    for i, text in enumerate(sorted(TEXTS, key=lens.prompt_hash)):
-        assert lens.prompt_hash(text) == hashes[i]
+    hashes = [r["hash"] for r in index_rows(data, "model")]  # the tables' row order
+    assert sorted(hashes) == sorted(map(lens.prompt_hash, TEXTS))
+    for text in TEXTS:
+        i = hashes.index(lens.prompt_hash(text))
         _, cache = demo_model.run_with_cache(text, names_filter=ca.is_pattern_hook)
         for layer in range(demo_model.cfg.n_layers):
             exact = cache[f"blocks.{layer}.attn.hook_pattern"][0].numpy()
