@@ -5,9 +5,9 @@
     python build_index.py --import-pattern-lens --save-path DIR   # convert a pattern-lens data dir first
 
 Writes models.jsonl (every <model>/model_cfg.json), <model>/index/ (every prompt with statistics or
-stored patterns, sorted by hash, in chunks a page fetches as it needs them, and a word index to search
-them; prompt.json is read only where it is new or changed since the last run), figures.jsonl (the
-figure registry of the figures dir that render_figures.py last rendered with, else figures/),
+stored patterns, in chunks a page fetches as it needs them, and a word index to search them; a rerun
+appends the prompts computed since and reads only them), the statistics' tables and aggregates,
+figures.jsonl (the figure registry of the figures dir that render_figures.py last rendered with, else figures/),
 colormaps.json (the tables the images use, for the site's legends) and copies site/ into the data
 dir: it alone writes what the site reads about figures. It only reads what is on disk, so it is
 idempotent and merges the outputs of shards run on several machines once they are copied into one
@@ -39,7 +39,7 @@ SITE_DIR = Path(__file__).resolve().parent / "site"
 # ---- Where the index's files are (site/data.js builds the same paths) ----
 
 def prompt_index_dir(save_path: Path, model: str) -> Path:
-    """The prompt index (build_index.py): rows in hash order, the statistics tables' row order, in chunks."""
+    """The prompt index (build_index.py): rows in the order first indexed, the statistics tables' row order."""
     return Path(save_path) / model / "index"
 
 
@@ -592,8 +592,9 @@ def state_holds(save_path: Path, model: str, rows: Rows, stored: StoredPrompts, 
     table_bytes = len(rows.hashes) * shape[0] * shape[1] * 4
     tables = [storage.stat_table_path(save_path, model, name) for name in rows.stats]
     chunks = [index_rows_path(save_path, model, k) for k in range(-(-len(rows.hashes) // INDEX_CHUNK_ROWS))]
-    return (all(p.is_file() and p.stat().st_size >= table_bytes for p in tables)
-            and all(p.is_file() for p in chunks) and prompt_index_path(save_path, model).is_file())
+    meta = prompt_index_path(save_path, model)
+    return (all(p.is_file() and p.stat().st_size >= table_bytes for p in tables) and all(p.is_file() for p in chunks)
+            and meta.is_file() and json.loads(meta.read_bytes()).get("count") == len(rows.hashes))  # else not ours
 
 
 def fill_tables(tables: dict[str, np.ndarray], update: Update) -> None:

@@ -593,7 +593,9 @@ class StatsPart:
     """This run's statistics part (storage.read_parts reads it): created on first use, appended batch by batch."""
 
     def __init__(self, save_path: Path, model_dir: str, stats: list[lens.Figure], n_layers: int, n_heads: int):
-        run = f"{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}-{os.urandom(3).hex()}"  # shards never collide
+        now = time.time_ns()  # names sort as the runs started (the index's row order): to the nanosecond
+        run = f"{time.strftime('%Y%m%d-%H%M%S', time.gmtime(now // 10**9))}.{now % 10**9:09d}-{os.getpid()}-" \
+              f"{os.urandom(3).hex()}"  # shards never collide
         self.header = storage.parts_dir(save_path, model_dir) / f"{run}.json"
         # the docs travel with the values: the site shows them whichever figures dir build_index.py reads
         self.meta = {"stats": [f.name for f in stats], "docs": {f.name: inspect.getdoc(f.func) or "" for f in stats},

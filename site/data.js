@@ -126,9 +126,9 @@ function parseJsonl(text, path = "") {
   return lines.flatMap((line, i) => (line.trim() ? [parseJson(line, `${path}:${i + 1}`)] : []));
 }
 
-// ---- the prompt index (build_index.py write_prompt_index): every prompt's row in hash order, the row order of the
-// statistics tables, in chunks of meta.json's chunk_size rows, and a word index in shards; a page fetches the chunks
-// and shards it shows, never the whole index. A row is prompt.json without its token lists, its text cut to
+// ---- the prompt index (build_index.py write_index): every prompt's row in the order first indexed, the row order of
+// the statistics tables, in chunks of meta.json's chunk_size rows, a word index and a hash index in shards; a page
+// fetches the chunks and shards it shows, never the whole index. A row is prompt.json without its token lists, its text cut to
 // meta.json's text_chars ("snippet": true when cut), "stored": whether its patterns are kept ----
 
 const WORD = /[\p{L}\p{N}_]+/gu;  // build_index.py's WORD
