@@ -11,6 +11,8 @@
 4. The site (headless chromium, served by serve.py): the grid's first page and a text search, the heads
    page with a head's panel; the same over a synthetic 1,000,000-prompt index (bench_site.py's).
 5. compute_activations --top 5 for one statistic: how many prompts it stored, how long it took.
+6. build_index.py again: a rerun with nothing new; one after 1,000 more prompts are computed (bytes read,
+   files written); and the same data dir indexed from nothing, whose files must be the same bytes.
 Run it alone on an idle machine (check `uptime`).
 """
 import argparse
@@ -101,6 +103,45 @@ def bench_build_index(data: Path, n: int) -> None:
           f"({allocated / n:,.0f} allocated), statistics included")
 
 
+def read_bytes() -> int:
+    """Bytes this process has read through read calls (memory-mapped tables are not counted)."""
+    return int(next(line for line in Path("/proc/self/io").read_text().splitlines() if line.startswith("rchar"))
+               .split()[1])
+
+
+def index_files(data: Path) -> dict[str, tuple[bytes, int]]:
+    """What build_index.py wrote for the model (its own state files aside): {path: (bytes, mtime)}."""
+    skip = {"state.json", "prompt_json_cache.jsonl"}
+    return {str(p.relative_to(data)): (p.read_bytes(), p.stat().st_mtime_ns) for p in (data / "demo").rglob("*")
+            if p.is_file() and p.name not in skip and not {"parts", "prompts"} & set(p.relative_to(data).parts)}
+
+
+def timed_build(data: Path) -> tuple[float, int]:
+    start, read = time.perf_counter(), read_bytes()
+    build_index(data)
+    return time.perf_counter() - start, read_bytes() - read
+
+
+def bench_rerun(model, data: Path, args) -> None:
+    seconds, read = timed_build(data)
+    print(f"build_index.py rerun, nothing new: {seconds:.2f} s, {read / 1e6:.1f} MB read")
+    before = index_files(data)
+    added = short_texts(args.added, seed=1)
+    ca.compute_activations(added, model, data, model_name="demo", batch_size=args.batch_size, patterns="none",
+                           progress=False)
+    seconds, read = timed_build(data)
+    after = index_files(data)
+    changed = [p for p in after if before.get(p) != after[p]]
+    print(f"build_index.py rerun after {args.added} more prompts: {seconds:.2f} s, {read / 1e6:.1f} MB read, "
+          f"{len(changed)} of {len(after)} files written ({sum(len(after[p][0]) for p in changed) / 1e6:.1f} MB)")
+    for private in (data / "demo" / "index" / "state.json", data / "demo" / "index" / "prompt_json_cache.jsonl"):
+        private.unlink(missing_ok=True)
+    seconds, read = timed_build(data)
+    same = {p: b for p, (b, _) in index_files(data).items()} == {p: b for p, (b, _) in after.items()}
+    print(f"build_index.py from nothing over the same {args.prompts + args.added} prompts: {seconds:.2f} s, "
+          f"{read / 1e6:.1f} MB read; its files are {'the same bytes' if same else 'DIFFERENT'} as the rerun's")
+
+
 def bench_top(model, data: Path, args) -> None:
     start = time.perf_counter()
     prompts, _ = top_prompts(data, "demo", 5, "induction_head")
@@ -117,6 +158,7 @@ def main() -> None:
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--device", default="cpu")
     p.add_argument("--repeats", type=int, default=3, help="alternating runs of the reference and ours (default: 3)")
+    p.add_argument("--added", type=int, default=1000, help="prompts added before the rerun (default: 1000)")
     p.add_argument("--no-site", action="store_true", help="skip the browser measurements (4)")
     p.add_argument("--million", type=int, default=1_000_000, help="size of the synthetic index (default: 1000000)")
     args = p.parse_args()
@@ -132,6 +174,7 @@ def main() -> None:
             from bench_site import bench_scale_site
             bench_scale_site(data, "demo", Path(tmp) / "million", args.million)
         bench_top(model, data, args)
+        bench_rerun(model, data, args)
     print(f"load average after: {os.getloadavg()[0]:.2f}")
 
 

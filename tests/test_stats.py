@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from fake_data import index_rows
 
 import lens
 import storage
@@ -132,7 +133,7 @@ def assert_equal_to_detect_head(ckpt: Path, texts: list[str], tmp_path: Path) ->
 
     model_dir = run_pipeline(ckpt, texts, tmp_path / "data", "--figures", ",".join(TL_SCORES))
     index = json.loads((model_dir / "stats.json").read_text())
-    hashes = lens.finished_prompts(model_dir.parent, model_dir.name)  # the tables' rows
+    hashes = [r["hash"] for r in index_rows(model_dir.parent, model_dir.name)]  # the tables' rows
     text_of = {h: json.loads((model_dir / "prompts" / h / "prompt.json").read_text())["text"] for h in hashes}
     assert sorted(text_of.values()) == sorted(texts)
     model = load_model(str(ckpt), "cpu", "float32")
