@@ -17,6 +17,7 @@ compute_activations.py and render_figures.py run it when they finish.
 import contextlib
 import gzip
 import inspect
+import itertools
 import json
 import os
 import re
@@ -330,28 +331,37 @@ def resolve_records(save_path: Path, model: str, changes: dict[int, Change], n_o
     return records
 
 
-def update_shards(path_of, names: set[str], n_old: int, new: dict[str, dict[str, list[int]]],
-                  encode, decode) -> set[Path]:
+def update_shards(path_of, names: set[str], n_old: int, new: dict[str, dict], merge) -> set[Path]:
     """Merge each shard's new entries into what it held of the first n_old rows; returns the paths written."""
     written = set()
     for shard, entries in new.items():
         path = path_of(shard)
-        held = decode(json.loads(path.read_bytes())) if n_old and shard in names and path.is_file() else {}
-        merged = {key: [r for r in rows if r < n_old] for key, rows in held.items()}
-        for key, rows in entries.items():
-            merged.setdefault(key, []).extend(rows)
-        write_if_changed(path, json.dumps(encode({k: v for k, v in sorted(merged.items()) if v}),
-                                          ensure_ascii=False, separators=(",", ":")).encode())
+        held = json.loads(path.read_bytes()) if n_old and shard in names and path.is_file() else {}
+        write_if_changed(path, json.dumps(merge(held, n_old, entries), ensure_ascii=False,
+                                          separators=(",", ":")).encode())
         written.add(path)
     return written
 
 
-def deltas(words: dict[str, list[int]]) -> dict[str, list[int]]:
-    return {w: rows[:1] + [b - a for a, b in zip(rows, rows[1:])] for w, rows in words.items()}
+def merge_words(held: dict[str, list[int]], n_old: int, new: dict[str, list[int]]) -> dict[str, list[int]]:
+    """{word: its rows, first row then differences}: a shard's words with the new rows appended (rows from
+    n_old on that a killed run wrote are dropped first; only then is a word's list decoded)."""
+    out = {}
+    for word, d in held.items():
+        if sum(d) >= n_old:
+            kept = [r for r in itertools.accumulate(d) if r < n_old]
+            d = kept[:1] + [b - a for a, b in zip(kept, kept[1:])]
+        if d:
+            out[word] = d
+    for word, rows in new.items():
+        d = out.get(word, [])
+        out[word] = d + [rows[0] - sum(d)] + [b - a for a, b in zip(rows, rows[1:])]
+    return dict(sorted(out.items()))
 
 
-def undeltas(words: dict[str, list[int]]) -> dict[str, list[int]]:
-    return {w: np.cumsum(d).tolist() for w, d in words.items()}
+def merge_hashes(held: dict[str, int], n_old: int, new: dict[str, int]) -> dict[str, int]:
+    """{hash: row}: a shard's hashes with the new rows' added."""
+    return dict(sorted({**{h: r for h, r in held.items() if r < n_old}, **new}.items()))
 
 
 def write_index(save_path: Path, model: str, rows: Rows, n_old: int, records: dict[int, dict]) -> None:
@@ -370,14 +380,13 @@ def write_index(save_path: Path, model: str, rows: Rows, n_old: int, records: di
     for r in range(n_old, count):
         for word in search_words(records[r]):
             words.setdefault(shard_name(word), {}).setdefault(word, []).append(r)
-        by_hash.setdefault(shard_name(rows.hashes[r]), {})[rows.hashes[r]] = [r]
-    for names_path, path_of, new, encode, decode in [
-            (index_shards_path(save_path, model), lambda s: index_words_path(save_path, model, s), words,
-             deltas, undeltas),
+        by_hash.setdefault(shard_name(rows.hashes[r]), {})[rows.hashes[r]] = r
+    for names_path, path_of, new, merge in [
+            (index_shards_path(save_path, model), lambda s: index_words_path(save_path, model, s), words, merge_words),
             (index_hashes_path(save_path, model), lambda s: index_hash_shard_path(save_path, model, s), by_hash,
-             lambda d: {h: rs[0] for h, rs in d.items()}, lambda d: {h: [r] for h, r in d.items()})]:
+             merge_hashes)]:
         names = set(json.loads(names_path.read_bytes())) if n_old and names_path.is_file() else set()
-        written |= update_shards(path_of, names, n_old, new, encode, decode)
+        written |= update_shards(path_of, names, n_old, new, merge)
         write_if_changed(names_path, json.dumps(sorted(names | set(new)), ensure_ascii=False).encode())
         written.add(names_path)
     order = np.lexsort((np.arange(count), np.array(rows.n_tokens, np.int64))).astype("<u4")

@@ -12,6 +12,7 @@ import pytest
 import torch
 from fake_data import index_rows, read_stats
 
+import build_index as build_index_module
 import compute_activations as ca
 import lens
 import storage
@@ -239,3 +240,29 @@ def test_a_rerun_reads_only_the_new_rows_and_writes_what_a_build_from_nothing_wr
     assert len(written) > 20 and any(p.suffix == ".f32" for p in written)
     for path in written:
         assert (data / path).read_bytes() == (fresh / path).read_bytes(), path
+
+
+def test_a_build_killed_before_its_state_is_written_is_redone_whole(demo_model, tmp_path, monkeypatch):
+    data, fresh = tmp_path / "data", tmp_path / "fresh"
+    ca.compute_activations(TEXTS[:16], demo_model, data, model_name="model", patterns=4, progress=False)
+    build_index(data)
+    ca.compute_activations(TEXTS[16:], demo_model, data, model_name="model", patterns=2, progress=False)
+    shutil.copytree(data, fresh)
+
+    def killed(*args):
+        raise KeyboardInterrupt
+    monkeypatch.setattr(build_index_module, "write_index_state", killed)
+    with pytest.raises(KeyboardInterrupt):
+        build_index(data)  # the index, tables and shards written with the new rows, the state not
+    monkeypatch.undo()
+    build_index(data)
+    build_index(fresh)
+    for path in sorted(p.relative_to(fresh) for p in (fresh / "model").rglob("*") if p.is_file()):
+        assert (data / path).read_bytes() == (fresh / path).read_bytes(), path
+
+
+def test_word_shards_merge_new_rows_and_drop_a_killed_runs():
+    held = {"cat": [1, 4, 7], "dog": [3], "eel": [11]}  # cat: rows 1, 5, 12; eel: row 11, from a killed run
+    merged = build_index_module.merge_words(held, 10, {"cat": [10, 13], "fox": [10]})
+    assert merged == {"cat": [1, 4, 5, 3], "dog": [3], "fox": [10]}
+    assert build_index_module.merge_hashes({"a": 3, "b": 10}, 10, {"c": 10}) == {"a": 3, "c": 10}
