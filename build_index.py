@@ -376,11 +376,13 @@ def write_index(save_path: Path, model: str, rows: Rows, n_old: int, records: di
                  for r in range(start, min(count, start + size))]
         written.add(index_rows_path(save_path, model, k))
         write_if_changed(index_rows_path(save_path, model, k), b"".join(lines))
-    words, by_hash = {}, {}
+    rows_of, words, by_hash = {}, {}, {}
     for r in range(n_old, count):
         for word in search_words(records[r]):
-            words.setdefault(shard_name(word), {}).setdefault(word, []).append(r)
+            rows_of.setdefault(word, []).append(r)
         by_hash.setdefault(shard_name(rows.hashes[r]), {})[rows.hashes[r]] = r
+    for word, found in rows_of.items():
+        words.setdefault(shard_name(word), {})[word] = found
     for names_path, path_of, new, merge in [
             (index_shards_path(save_path, model), lambda s: index_words_path(save_path, model, s), words, merge_words),
             (index_hashes_path(save_path, model), lambda s: index_hash_shard_path(save_path, model, s), by_hash,
