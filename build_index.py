@@ -512,14 +512,14 @@ def stat_summary(table: np.ndarray) -> dict:
 
 def stat_heads(table: np.ndarray, hashes: list[str], prompts, top_k: int, bins: int) -> dict:
     """heads.json: per head its histogram over prompts and its top_k highest and lowest prompts."""
-    heads, listed = [], set()
+    heads, listed, ranks = [], set(), hash_ranks(hashes)
     for layer in range(table.shape[1]):
         heads.append([])
         columns = np.asarray(table[:, layer])
         for head in range(table.shape[2]):
             column = columns[:, head]
             rows = np.flatnonzero(np.isfinite(column))
-            top, bottom = (extremes(rows, column[rows], top_k, highest, hashes) for highest in (True, False))
+            top, bottom = (extremes(rows, column[rows], top_k, highest, ranks) for highest in (True, False))
             listed.update(r for r, _ in top + bottom)
             heads[-1].append({"hist": histogram(column[rows], bins),
                               "top": [[hashes[r], v] for r, v in top], "bottom": [[hashes[r], v] for r, v in bottom]})
@@ -529,16 +529,23 @@ def stat_heads(table: np.ndarray, hashes: list[str], prompts, top_k: int, bins: 
         for h, p in snippets.items() if p is not None}}
 
 
+def hash_ranks(hashes: list[str]) -> np.ndarray:
+    """Each row's place among the rows sorted by hash: extremes' tie order."""
+    ranks = np.empty(len(hashes), np.int64)
+    ranks[np.argsort(np.array(hashes))] = np.arange(len(hashes))
+    return ranks
+
+
 def extremes(rows: np.ndarray, values: np.ndarray, k: int, highest: bool,
-             hashes: list[str]) -> list[tuple[int, float]]:
-    """The k (row, value) pairs of the highest (or lowest) values, best first; tied values in hash order, so
-    that the lists do not depend on the order the prompts were indexed in."""
+             ranks: np.ndarray) -> list[tuple[int, float]]:
+    """The k (row, value) pairs of the highest (or lowest) values, best first; tied values in hash order
+    (`ranks`: hash_ranks), so that the lists do not depend on the order the prompts were indexed in."""
     key = -values if highest else values
     if len(key) > k > 0:  # the candidates: every value at least as good as the k-th best, ties included
         keep = key <= np.partition(key, k - 1)[k - 1]
         rows, values, key = rows[keep], values[keep], key[keep]
-    order = sorted(range(len(rows)), key=lambda i: (key[i], hashes[rows[i]]))[:k]
-    return [(int(rows[i]), float(values[i])) for i in order]
+    order = np.lexsort((ranks[rows], key))[:k]
+    return [(int(r), float(v)) for r, v in zip(rows[order], values[order])]
 
 
 def histogram(values: np.ndarray, bins: int) -> dict | None:
@@ -662,14 +669,13 @@ class Snippets:
 
 
 def write_model_stats(save_path: Path, model: str, shape: tuple[int, int], figures: dict[str, lens.Figure],
-                      update: Update, records: dict[int, dict]) -> int:
-    """Write the changed rows of the statistics' tables, then the aggregates the site reads; returns the number
-    of statistics."""
+                      update: Update, records: dict[int, dict]) -> None:
+    """Write the changed rows of the statistics' tables, then the aggregates the site reads."""
     rows = update.rows
     if not rows.stats:  # said as such, so the site knows there are none (and a former build's are gone)
         write_if_changed(storage.stats_path(save_path, model), lens.json_bytes(
             {"n_prompts": len(rows.hashes), "n_layers": shape[0], "n_heads": shape[1], "stats": {}}))
-        return 0
+        return
     tables = {n: open_table(storage.stat_table_path(save_path, model, n), update.n_old, len(rows.hashes), shape)
               for n in rows.stats}
     fill_tables(tables, update)
@@ -685,7 +691,6 @@ def write_model_stats(save_path: Path, model: str, shape: tuple[int, int], figur
     for table in tables.values():
         if isinstance(table, np.memmap):
             table.flush()
-    return len(order)
 
 
 def index_model(save_path: Path, model: str, cfg: dict, figures: dict[str, lens.Figure],
@@ -738,7 +743,7 @@ def top_prompts(save_path: Path, model_name: str, k: int, stat_spec: str | None)
     if unknown or not names:
         raise lens.UserError(f"--stat {stat_spec}: no statistic {unknown[0] if unknown else ''!r} "
                              f"(computed: {', '.join(tables)})")
-    chosen = set()
+    chosen, ranks = set(), hash_ranks(rows.hashes)
     for name in names:
         table = tables[name]
         for layer in range(table.shape[1]):
@@ -746,7 +751,7 @@ def top_prompts(save_path: Path, model_name: str, k: int, stat_spec: str | None)
                 column = table[:, layer, head]
                 finite_rows = np.flatnonzero(np.isfinite(column))
                 for highest in (True, False):
-                    chosen.update(r for r, _ in extremes(finite_rows, column[finite_rows], k, highest, rows.hashes))
+                    chosen.update(r for r, _ in extremes(finite_rows, column[finite_rows], k, highest, ranks))
     records = [row_record(c.base, c.stored) for _, c in sorted(update.changes.items())]
     return [{"text": records[r]["text"], "meta": records[r]["meta"]} for r in sorted(chosen)], "all"
 
