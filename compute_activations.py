@@ -479,73 +479,91 @@ class DeviceStats:
     """The built-in statistics (figures/head_stats.py's definitions) of every head of a batch, computed on
     the model's device from the exact patterns as each layer's hook fires: no pattern needs to reach the host.
 
-    Padding is masked out by each prompt's length; the two detect_head scores that depend on the tokens
-    gather the (query, key) pairs where a token repeats, found once per batch."""
+    Each layer costs a gather, two reductions and three small matmuls; their sums are kept per layer and
+    turned into the statistics once per batch (`values`). What depends only on the tokens (padding, the
+    (query, key) pairs where a token repeats) is found on the host with numpy and sent over once."""
 
     GROUP_BYTES = 64 * 2**20  # float32 bytes of one entropy pass
 
-    def __init__(self, jobs: list["PromptJob"], tokens, n_layers: int, n_heads: int):
+    def __init__(self, jobs: list["PromptJob"], tokens: np.ndarray, device, n_layers: int, n_heads: int):
+        """`tokens`: the batch [batch, width], right-padded, on the host."""
         import torch
-        device, width = tokens.device, tokens.shape[1]
-        self.n = torch.tensor([j.n_tokens for j in jobs], device=device)
-        q = torch.arange(width, device=device)
-        self.valid = (q[None] < self.n[:, None]).float()  # [batch, pos]: a real query
-        self.after_first = self.valid * (q[None] >= 1)
-        self.per_query = (self.n - 1).clamp_min(1).float()[:, None]
-        self.defined = (self.n >= 2)[:, None]  # detect_head refuses one-token prompts; the means need two
+        b, width = tokens.shape
+        n = np.array([j.n_tokens for j in jobs])
+        q = np.arange(width)
+        valid = (q[None] < n[:, None]).astype(np.float32)  # [batch, pos]: a real query
+        after_first = valid * (q[None] >= 1)
+        per_query = np.maximum(n - 1, 1).astype(np.float32)[:, None]
         # The five linear scores are sums of pattern entries with weights: gather each prompt's entries (first
         # key, diagonal, previous token, its repeat pairs, the keys after them) and one matmul weighs them.
-        idx, weight = repeat_pairs(tokens, self.n)
-        first = (q * width).expand(len(jobs), -1)
-        self.idx = torch.cat([first, first + q, first + (q - 1).clamp_min(0), idx, idx + 1], 1)
-        weights = torch.zeros(len(jobs), self.idx.shape[1], 5, device=device)
-        at = [0, width, 2 * width, 3 * width, 3 * width + idx.shape[1], self.idx.shape[1]]
-        for s, w in enumerate([self.after_first / self.per_query, self.after_first / self.per_query,
-                               self.valid * (q[None] >= 1), weight, weight]):
+        idx, weight = repeat_pairs(tokens, n)
+        first = np.broadcast_to(q * width, (b, width))
+        idx = np.concatenate([first, first + q, first + np.maximum(q - 1, 0), idx, idx + 1], 1)
+        weights = np.zeros((b, idx.shape[1], 5), np.float32)
+        at = np.cumsum([0, width, width, width, weight.shape[1], weight.shape[1]])
+        for s, w in enumerate([after_first / per_query, after_first / per_query, after_first, weight, weight]):
             weights[:, at[s]:at[s + 1], s] = w
-        self.weights = weights
-        self.values = torch.full((len(jobs), len(DEVICE_STATISTICS), n_layers, n_heads), float("nan"),
-                                 device=device)
+        rows = np.stack([valid, -after_first / (per_query * math.log(2))], 2)  # weights of sum(A) and entropy
+
+        def put(a, dtype):
+            return torch.from_numpy(np.ascontiguousarray(a)).to(device=device, dtype=dtype)
+        self.idx = put(idx, torch.long)[:, None].expand(-1, n_heads, -1)
+        self.weights, self.rows = put(weights, torch.float32), put(rows, torch.float32)
+        self.defined = n >= 2  # detect_head refuses one-token prompts; the means need two
+        # per layer: the five linear sums; sum(A) over the real queries (detect_head's denominator) and the
+        # mean entropy of those after the first, each read from a product with both row weights
+        self.linear = torch.empty((n_layers, b, n_heads, 5), device=device)
+        self.total = torch.empty((n_layers, b, n_heads, 2), device=device)
+        self.entropy = torch.empty((n_layers, b, n_heads, 2), device=device)
 
     def add_layer(self, layer: int, pattern) -> None:
-        """Fill in one layer's statistics from its pattern [batch, heads, pos, pos]."""
+        """One layer's sums from its pattern [batch, heads, pos, pos]."""
         import torch
-        rows = self.after_first[:, None, :]
-        flat = pattern.reshape(*pattern.shape[:2], -1)
-        picked = torch.gather(flat, 2, self.idx[:, None].expand(-1, flat.shape[1], -1)).float()
-        linear = torch.bmm(picked, self.weights)  # [batch, heads, 5]: bos, diagonal, then three sums over A
-        total = (pattern.sum(-1, dtype=torch.float32) * self.valid[:, None, :]).sum(-1)  # detect_head's sum(A)
-        scores = torch.cat([linear[..., :2], self.entropy(pattern, rows)[..., None],
-                            linear[..., 2:] / total[..., None]], -1).transpose(1, 2)
-        self.values[:, :, layer] = torch.where(self.defined[:, :, None], scores, float("nan"))
+        picked = torch.gather(pattern.reshape(*pattern.shape[:2], -1), 2, self.idx).float()
+        torch.bmm(picked, self.weights, out=self.linear[layer])
+        torch.bmm(pattern.sum(-1, dtype=torch.float32), self.rows, out=self.total[layer])
+        torch.bmm(self.bits(pattern), self.rows, out=self.entropy[layer])
 
-    def entropy(self, pattern, rows) -> "torch.Tensor":  # noqa: F821 (torch is imported where it runs)
-        """Mean entropy in bits of the queries after the first, a group of heads at a time (bounded memory)."""
+    def bits(self, pattern) -> "torch.Tensor":  # noqa: F821 (torch is imported where it runs)
+        """sum_k x log x of every query row [batch, heads, pos], a group of heads at a time (bounded memory)."""
         import torch
         b, h, p, _ = pattern.shape
         group = max(1, self.GROUP_BYTES // (4 * b * p * p))
-        # x log x, 0 where x < 1e-30 (those add less than 1e-28 bits): the clamp keeps denormal probabilities,
-        # which softmax makes plenty of and a CPU takes ~10x longer over, out of the log
-        bits = torch.cat([(x * x.clamp_min(1e-30).log()).sum(-1) for x in
-                          (pattern[:, g:g + group].float() for g in range(0, h, group))], 1)
-        return -(bits * rows).sum(-1) / (self.per_query * math.log(2))
+        out = torch.empty((b, h, p), device=pattern.device)
+        for g in range(0, h, group):
+            x = pattern[:, g:g + group]
+            # x log x, 0 where x < 1e-30 (those add less than 1e-28 bits): the clamp keeps denormal probabilities,
+            # which softmax makes plenty of and a CPU takes ~10x longer over, out of the log
+            y = x.clamp_min(1e-30) if x.dtype == torch.float32 else x.float().clamp_min_(1e-30)
+            torch.sum(y.log_().mul_(x), -1, out=out[:, g:g + group])
+        return out
+
+    def values(self) -> np.ndarray:
+        """[batch, statistics (DEVICE_STATISTICS' order), layers, heads]: NaN for one-token prompts."""
+        linear, total, entropy = (x.cpu().numpy().transpose(1, 0, 2, 3) for x in (self.linear, self.total,
+                                                                                 self.entropy))
+        with np.errstate(invalid="ignore", divide="ignore"):
+            v = np.stack([linear[..., 0], linear[..., 1], entropy[..., 1],
+                          *(linear[..., k] / total[..., 0] for k in (2, 3, 4))], 1)
+        v[~self.defined] = np.nan
+        return v
 
 
-def repeat_pairs(tokens, n) -> tuple:
+def repeat_pairs(tokens: np.ndarray, n: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Flat pattern indices (query * width + key) of every query whose token appeared at an earlier key,
     per prompt of the batch [batch, width] padded to the longest list, and 0/1 weights marking the real
     ones: detect_head's duplicate-token pattern; its induction pattern is the key after each (index + 1)."""
-    import torch
     b, width = tokens.shape
-    valid = torch.arange(width, device=tokens.device)[None] < n[:, None]
-    same = (tokens[:, :, None] == tokens[:, None, :]).tril(-1) & valid[:, :, None]
-    row, q, k = torch.nonzero(same, as_tuple=True)
-    counts = torch.bincount(row, minlength=b)
+    valid = np.arange(width)[None] < n[:, None]
+    same = (tokens[:, :, None] == tokens[:, None, :]) & np.tri(width, width, -1, bool) & valid[:, :, None]
+    flat = np.flatnonzero(same)  # row * width^2 + query * width + key
+    row, pair = np.divmod(flat, width * width)
+    counts = np.bincount(row, minlength=b)
     size = max(1, int(counts.max())) if len(row) else 1
-    slot = torch.arange(len(row), device=tokens.device) - (counts.cumsum(0) - counts)[row]
-    idx = torch.zeros(b, size, dtype=torch.long, device=tokens.device)
-    weight = torch.zeros(b, size, device=tokens.device)
-    idx[row, slot], weight[row, slot] = q * width + k, 1
+    slot = np.arange(len(row)) - (np.cumsum(counts) - counts)[row]
+    idx = np.zeros((b, size), np.int64)
+    weight = np.zeros((b, size), np.float32)
+    idx[row, slot], weight[row, slot] = pair, 1
     return idx, weight
 
 
@@ -748,8 +766,8 @@ def run_batch(model, batch: list[PromptJob], plan: RunPlan, stream: PatternStrea
     opened = [stream.open(job, plan) for job in batch]
     # Right padding is harmless under a causal mask; an encoder must be told which keys are padding.
     mask = None if plan.causal else (torch.arange(width) < torch.tensor([[j.n_tokens] for j in batch])).long()
+    stats = DeviceStats(batch, tokens.numpy(), device, plan.n_layers, plan.n_heads)
     tokens = tokens.to(device)
-    stats = DeviceStats(batch, tokens, plan.n_layers, plan.n_heads)
 
     def on_layer(layer, pattern):
         stats.add_layer(layer, pattern)
@@ -757,9 +775,8 @@ def run_batch(model, batch: list[PromptJob], plan: RunPlan, stream: PatternStrea
 
     forward_patterns(model, tokens, on_layer, plan.n_layers - 1, None if mask is None else mask.to(device),
                      (lambda layer, v: stream.submit_values(opened, layer, v, grams[layer])) if grams else None)
-    values = stats.values.cpu().numpy()[:, [DEVICE_STATISTICS.index(n) for n in plan.part.meta["stats"]
-                                           if n in DEVICE_STATISTICS]]
-    _, to_str_tokens = tokenizer_functions(model)
+    values = stats.values()[:, [DEVICE_STATISTICS.index(n) for n in plan.part.meta["stats"] if n in DEVICE_STATISTICS]]
+    to_str_tokens = tokenizer_functions(model)[1] if any(o.job.heads for o in opened) else None
     results = [stream.finish(finish_prompt, o, plan, to_str_tokens(torch.tensor(o.job.ids)))
                for o in opened if o.job.heads]
     fresh = [i for i, job in enumerate(batch) if job.needs_stats]
