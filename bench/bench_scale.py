@@ -91,6 +91,8 @@ def bench_compute(model, texts: list[str], data: Path, args) -> None:
     print(f"  compute_activations, 6 statistics of every head on the device, part written: {mine:.1f} s, "
           f"{n / mine:,.0f} prompts/s (runs: {', '.join(f'{x:.1f}' for x in ours)}) = {ref / mine:.2f}x the "
           f"reference's throughput (target >= 0.85x)")
+    pairs = sorted(r / o for r, o in zip(refs, ours))
+    print(f"  run by run (each reference next to the run after it): {', '.join(f'{x:.2f}x' for x in pairs)}")
 
 
 def bench_build_index(data: Path, n: int) -> None:
