@@ -498,7 +498,10 @@ class DeviceStats:
         # key, diagonal, previous token, its repeat pairs, the keys after them) and one matmul weighs them.
         idx, weight = repeat_pairs(tokens, n)
         first = np.broadcast_to(q * width, (b, width))
-        idx = np.concatenate([first, first + q, first + np.maximum(q - 1, 0), idx, idx + 1], 1)
+        # a real pair's key is before its query, so the key after it is in the pattern; the padding slots
+        # (weight 0) are kept in range for a batch of one-token prompts
+        idx = np.concatenate([first, first + q, first + np.maximum(q - 1, 0), idx,
+                              np.minimum(idx + 1, width * width - 1)], 1)
         weights = np.zeros((b, idx.shape[1], 5), np.float32)
         at = np.cumsum([0, width, width, width, weight.shape[1], weight.shape[1]])
         for s, w in enumerate([after_first / per_query, after_first / per_query, after_first, weight, weight]):

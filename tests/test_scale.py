@@ -266,3 +266,35 @@ def test_word_shards_merge_new_rows_and_drop_a_killed_runs():
     merged = build_index_module.merge_words(held, 10, {"cat": [10, 13], "fox": [10]})
     assert merged == {"cat": [1, 4, 5, 3], "dog": [3], "fox": [10]}
     assert build_index_module.merge_hashes({"a": 3, "b": 10}, 10, {"c": 10}) == {"a": 3, "c": 10}
+
+
+@pytest.mark.parametrize("lengths", [[1, 1, 1], [1, 6, 2, 9]], ids=["only-one-token", "mixed"])
+def test_device_statistics_of_a_padded_batch_with_one_token_prompts(lengths):
+    """Each prompt's statistics equal the figures' definitions on its own pattern, whatever the padding
+    beside it; a one-token prompt (detect_head refuses it) gets NaN, and a batch of only those still runs."""
+    rng = np.random.default_rng(0)
+    width, n_layers, n_heads = max(lengths), 2, 3
+    ids = [list(rng.integers(0, 4, n)) for n in lengths]  # 4 token ids: repeats are common
+    jobs = [ca.PromptJob(prompt={"text": str(i)}, hash=str(i), ids=[int(t) for t in x], heads=[], truncated=False,
+                         needs_stats=True) for i, x in enumerate(ids)]
+    tokens = np.array([x + [0] * (width - len(x)) for x in ids])
+    causal = np.triu(np.ones((width, width), bool), 1)
+    patterns = []
+    for _ in range(n_layers):
+        scores = np.where(causal, -np.inf, rng.normal(size=(len(lengths), n_heads, width, width)))
+        patterns.append(torch.from_numpy(scores).float().softmax(-1))
+    stats = ca.DeviceStats(jobs, tokens, "cpu", n_layers, n_heads)
+    for layer, pattern in enumerate(patterns):
+        stats.add_layer(layer, pattern)
+    values = stats.values()
+    assert values.shape == (len(lengths), len(ca.DEVICE_STATISTICS), n_layers, n_heads)
+    registry, _ = lens.load_figures()
+    for b, n in enumerate(lengths):
+        if n == 1:
+            assert np.isnan(values[b]).all()
+            continue
+        for layer, pattern in enumerate(patterns):
+            exact = pattern[b, :, :n, :n].numpy()
+            for s, name in enumerate(ca.DEVICE_STATISTICS):
+                expected = [lens.call_plugin(registry[name], a, {"token_ids": ids[b]}) for a in exact]
+                np.testing.assert_allclose(values[b, s, layer], expected, atol=1e-5, rtol=0, err_msg=f"{name} {n}")
