@@ -522,10 +522,15 @@ class DeviceStats:
     def add_layer(self, layer: int, pattern) -> None:
         """One layer's sums from its pattern [batch, heads, pos, pos]."""
         import torch
-        picked = torch.gather(pattern.reshape(*pattern.shape[:2], -1), 2, self.idx).float()
-        torch.bmm(picked, self.weights, out=self.linear[layer])
-        torch.bmm(pattern.sum(-1, dtype=torch.float32), self.rows, out=self.total[layer])
-        torch.bmm(self.bits(pattern), self.rows, out=self.entropy[layer])
+        here = pattern.device == self.linear.device  # else a model split over devices: the small sums come back
+        idx, weights, rows = (x if here else x.to(pattern.device) for x in (self.idx, self.weights, self.rows))
+        picked = torch.gather(pattern.reshape(*pattern.shape[:2], -1), 2, idx).float()
+        for out, x, w in [(self.linear, picked, weights), (self.total, pattern.sum(-1, dtype=torch.float32), rows),
+                          (self.entropy, self.bits(pattern), rows)]:
+            if here:
+                torch.bmm(x, w, out=out[layer])
+            else:
+                out[layer].copy_(torch.bmm(x, w))
 
     def bits(self, pattern) -> "torch.Tensor":  # noqa: F821 (torch is imported where it runs)
         """sum_k x log x of every query row [batch, heads, pos], a group of heads at a time (bounded memory)."""
@@ -576,6 +581,8 @@ def quantize_on_device(attn, keep) -> "torch.Tensor":  # noqa: F821 (torch is im
     Cut to the stored layout first, then work in place: each pass over the data costs as much as
     a softmax of the forward pass."""
     import torch
+    if keep is not None and keep.device != attn.device:  # a layer on another device of a split model
+        keep = keep.to(attn.device)
     x = torch.index_select(attn.flatten(1), 1, keep) if keep is not None else attn.flatten(1).clone()
     q = x.float().mul_(storage.PATTERN_SCALE).round_().clamp_(0, storage.PATTERN_SCALE).to(torch.int16)
     return q.view(torch.uint8).view(len(q), -1, 2).transpose(1, 2).contiguous()  # little-endian: low byte first
