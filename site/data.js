@@ -1,6 +1,6 @@
-// The data dir as the site reads it: one path function per file (as lens.py, build_index.py and storage.py
-// name them), the one fetch helper, the list of files a data dir may lack, statistic tables, head specs and
-// the rank rule.
+// The data dir as the site reads it: one path function per file (datadir.py names the same paths, in the same
+// order; tests/rules.json's "paths" table holds both), the one fetch helper, the list of files a data dir may
+// lack, the search rule, statistic tables, head specs, checkpoint names and the rank rule.
 
 // ---- paths: `model` is a model's directory name, as models.jsonl's "model_dir" ----
 
@@ -33,9 +33,10 @@ export const figureErrorsUrl = (model, hash, output) => `${promptDir(model, hash
 
 // ---- which script writes each file, and which files a data dir may lack ----
 
-// A 404 on an optional file is an answer (null), not an error: statistics and figure packs exist only
-// after render_figures.py, an .errors.json only where a figure failed. Any other failed fetch is an error
-// naming the file and the script that writes it.
+// A 404 on an optional file is an answer (null), not an error: stats.json exists once build_index.py has
+// statistics to aggregate (compute_activations.py computes them, render_figures.py adds a plug-in's), figure
+// packs after render_figures.py, an .errors.json only where a figure failed. Any other failed fetch is an
+// error naming the file and the script that writes it.
 const FILES = [
   { path: /^models\.jsonl$/, writer: "build_index.py" },
   { path: /^figures\.jsonl$/, writer: "build_index.py" },
@@ -43,9 +44,9 @@ const FILES = [
   { path: /^[^/]+\/index\/words\//, writer: "build_index.py", optional: true },  // missing: no word starts so
   { path: /^[^/]+\/index\//, writer: "build_index.py" },
   { path: /^[^/]+\/model_cfg\.json$/, writer: "compute_activations.py" },
-  { path: /^[^/]+\/stats\.json$/, writer: "render_figures.py", optional: true },
-  { path: /^[^/]+\/stats\/[^/]+\.f32$/, writer: "render_figures.py" },
-  { path: /^[^/]+\/stats\/[^/]+\.heads\.json$/, writer: "render_figures.py" },
+  { path: /^[^/]+\/stats\.json$/, writer: "build_index.py", optional: true },  // none before any statistics
+  { path: /^[^/]+\/stats\/[^/]+\.f32$/, writer: "build_index.py" },
+  { path: /^[^/]+\/stats\/[^/]+\.heads\.json$/, writer: "build_index.py" },
   { path: /^[^/]+\/heads\.json$/, writer: "build_index.py", optional: true },  // none before any statistics
   { path: /\/prompt\.json$/, writer: "compute_activations.py" },
   { path: /\/patterns\.bin$/, writer: "compute_activations.py" },
@@ -126,25 +127,37 @@ function parseJsonl(text, path = "") {
   return lines.flatMap((line, i) => (line.trim() ? [parseJson(line, `${path}:${i + 1}`)] : []));
 }
 
-// ---- the prompt index (build_index.py write_index): every prompt's row in the order first indexed, the row order of
-// the statistics tables, in chunks of meta.json's chunk_size rows, a word index and a hash index in shards; a page
-// fetches the chunks and shards it shows, never the whole index. A row is prompt.json without its token lists, its text cut to
-// meta.json's text_chars ("snippet": true when cut), "stored": whether its patterns are kept ----
+// ---- the prompt index (prompt_index.write_index, run by build_index.py): every prompt's row in the order first
+// indexed, the row order of the statistics tables, in chunks of meta.json's chunk_size rows, a word index and a hash
+// index in shards; a page fetches the chunks and shards it shows, never the whole index. A row is prompt.json without
+// its token lists, its text cut to meta.json's text_chars ("snippet": true when cut), "stored": whether its patterns
+// are kept ----
 
-const WORD = /[\p{L}\p{N}_]+/gu;  // build_index.py's WORD
+const WORD = /[\p{L}\p{N}_]+/gu;  // lens.WORD
 const MAX_CHUNKS = 256;  // chunks of rows kept in memory
 const ORDER_BLOCK = 65536;  // entries of by_tokens.u32 fetched at once
 const HASH_TERM = /^[0-9a-f]{6,16}$/;  // a search word that may also be the start of a prompt's hash
 
 /** The word shard a word is in: its first two characters, those other than a-z and 0-9 as _<hex code point>
- * (build_index.shard_name). */
+ * (lens.shard_name). */
 export function shardName(word) {
   return [...word].slice(0, 2).map((c) => (/[a-z0-9]/.test(c) ? c : `_${c.codePointAt(0).toString(16)}`)).join("");
 }
 
-/** The words a query looks up: lowercased, each once (build_index.search_words finds a prompt by the same rule). */
+/** The words a query looks up: lowercased, each once (lens.search_words finds a prompt by the same rule). */
 export function searchTerms(query) {
   return [...new Set(query.toLowerCase().match(WORD) ?? [])];
+}
+
+/** Whether a search term finds a word: the word starts with it and is in its shard, the only shard a search
+ * reads (so a one-character term finds only that word: "t" is in shard "t", "the" in shard "th"). */
+const wordFinds = (word, term) => word.startsWith(term) && shardName(word) === shardName(term);
+
+/** Whether one search term finds a prompt by its words (lens.search_words) and hash: a word starts with the
+ * term, or the term is 6-16 hex digits that start the hash. The rule termRows follows through the index's
+ * shards (standalone.finds is its Python twin; tests/rules.json "search" holds the cases). */
+export function termFinds(words, hash, term) {
+  return words.some((word) => wordFinds(word, term)) || (HASH_TERM.test(term) && hash.startsWith(term));
 }
 
 /** A model's prompt index: {count, nStored, rows(start, n), at(rows), find(hash), matches(query),
@@ -202,15 +215,15 @@ export async function openPromptIndex(model) {
       .sort((a, b) => a - b);
   }
 
-  /** The rows of the words starting with `term` (a one-character term: that word only), ascending; and those
-   * whose hash starts with it when it looks like a hash. */
+  /** The rows a term finds (termFinds), ascending: those of the words in its shard that it finds, and those whose
+   * hash starts with it when it looks like a hash. */
   async function termRows(term) {
     const shard = shardName(term);
     const names = await fetchOnce(indexShardsUrl(model));
     if (!names.includes(shard)) return HASH_TERM.test(term) ? hashRows(term) : [];  // no word starts so
     if (!shards.has(shard)) shards.set(shard, fetchData(indexWordsUrl(model, shard)));
     const words = (await shards.get(shard)) ?? {};
-    const lists = Object.entries(words).filter(([word]) => word.startsWith(term)).map(([, deltas]) => {
+    const lists = Object.entries(words).filter(([word]) => wordFinds(word, term)).map(([, deltas]) => {
       let r = 0;
       return deltas.map((d) => (r += d));
     });
@@ -282,7 +295,7 @@ export async function loadValueNorms(model, hash, layer, head, nHeads, nTokens) 
   const part = await fetchRange(url, start, size);
   if (!part) return null;
   if (part.byteLength !== size) {
-    throw new Error(`${url}: too short for L${layer}H${head}; re-run compute_activations.py --force`);
+    throw new Error(`${url}: too short for ${headKey(layer, head)}; re-run compute_activations.py --force`);
   }
   return new Float32Array(part);
 }
@@ -311,24 +324,24 @@ export async function loadFigureImage(model, hash, layer, head, nHeads, output) 
   if (!offsets) return null;
   const view = offsets.byteLength === 16 ? new DataView(offsets) : null;
   const [start, end] = view ? [0, 8].map((at) => Number(view.getBigUint64(at, true))) : [1, 0];
-  if (end < start) throw new Error(`${url}: truncated or corrupt at L${layer}H${head}; re-run render_figures.py --force`);
+  if (end < start) throw new Error(`${url}: truncated or corrupt at ${headKey(layer, head)}; re-run render_figures.py --force`);
   if (end === start) return null;
   const bytes = await fetchRange(url, start, end - start);
-  if (bytes.byteLength !== end - start) throw new Error(`${url}: truncated at L${layer}H${head}; re-run render_figures.py --force`);
+  if (bytes.byteLength !== end - start) throw new Error(`${url}: truncated at ${headKey(layer, head)}; re-run render_figures.py --force`);
   return new Blob([bytes], { type: new Uint8Array(bytes)[0] === 0x89 ? "image/png" : "image/svg+xml" });
 }
 
 /** The traceback of a head a figure output failed on; null when it did not fail there. */
 export async function loadFigureError(model, hash, layer, head, output) {
   const errors = await fetchData(figureErrorsUrl(model, hash, output));
-  return errors?.[`L${layer}H${head}`] ?? null;
+  return errors?.[headKey(layer, head)] ?? null;
 }
 
-/** Every image output of the figure records (figures.jsonl), as [{output, format, figure}]. */
+/** Every image output of the figure records (figures.jsonl), as [{output, figure}]. */
 export function figureOutputs(figures) {
   return figures
     .filter((f) => f.kind !== "statistic")
-    .flatMap((f) => f.outputs.map((output) => ({ output, format: f.format || "svg", figure: f })));
+    .flatMap((f) => f.outputs.map((output) => ({ output, figure: f })));
 }
 
 /** A colormap as [[r, g, b] x 256] from colormaps.json: the tables the images are drawn with. */
@@ -349,7 +362,7 @@ export async function loadStatRow(model, stats, name, row) {
   const { n_layers: nL, n_heads: nH } = stats, url = statTableUrl(model, name), size = nL * nH * 4;
   const part = await fetchRange(url, row * size, size);
   if (part.byteLength !== size) {
-    throw new Error(`${url}: no row ${row} (${statsUrl(model)} says ${stats.n_prompts} prompts); re-run render_figures.py`);
+    throw new Error(`${url}: no row ${row} (${statsUrl(model)} says ${stats.n_prompts} prompts); re-run build_index.py`);
   }
   const values = new Float32Array(part);
   return range(nL).map((l) => Array.from(values.subarray(l * nH, (l + 1) * nH)));
@@ -367,7 +380,7 @@ export async function loadStatRows(model, stats, name, rows) {
   await Promise.all(runs.map(async ({ start, end }) => {
     const part = await fetchRange(url, start * size, (end - start) * size);
     if (part.byteLength !== (end - start) * size) {
-      throw new Error(`${url}: no row ${end - 1} (${statsUrl(model)} says ${stats.n_prompts} prompts); re-run render_figures.py`);
+      throw new Error(`${url}: no row ${end - 1} (${statsUrl(model)} says ${stats.n_prompts} prompts); re-run build_index.py`);
     }
     for (let r = start; r < end; r++) {
       const values = new Float32Array(part, (r - start) * size, nL * nH);
@@ -397,6 +410,9 @@ export function rankHeads(values, descending = true) {
 }
 
 // ---- heads: the `L0-3H*,L5H1,L*H0` syntax of the grid's URL and of prompt.json's "heads" ----
+
+/** One head's name, `L<layer>H<head>`: a head spec of one head, and the key of a head on every page. */
+export const headKey = (layer, head) => `L${layer}H${head}`;
 
 /** Heads named by a spec like `L0-3H*,L5H1,L*H0`, as sorted [layer, head] pairs (lens.parse_heads;
  * tests/rules.json holds the cases both must agree on). Throws on bad syntax and, when `strict`, on a layer or
@@ -436,7 +452,7 @@ export function formatHeads(heads, nLayers, nHeads) {
       l = end + 1;
       continue;
     }
-    for (const h of byLayer[l]) parts.push(`L${l}H${h}`);
+    for (const h of byLayer[l]) parts.push(headKey(l, h));
     l++;
   }
   return parts.join(",");
@@ -453,4 +469,18 @@ export function isStored(prompt, model, layer, head) {
   return prompt.storedHeads.has(layer * model.n_heads + head);
 }
 
-export const range = (n) => Array.from({ length: n }, (_, i) => i);
+// ---- checkpoints: compute_activations.py --checkpoint N names a model `<name>@step<N>`, its dir `<dir>_step<N>`
+// (lens.model_dir_name turns @ into _); tests/rules.json "checkpoints" holds the cases ----
+
+/** A model dir (or name) as a training checkpoint: {base, step}, base the dir (name) of the model it is a
+ * checkpoint of; {base: itself, step: null} when it is none. */
+export function checkpointOf(model) {
+  const m = /^(.+)[@_]step(\d+)$/.exec(model);
+  return m ? { base: m[1], step: Number(m[2]) } : { base: model, step: null };
+}
+
+/** The integers [0, a), or [a, b) when b is given. */
+export function range(a, b) {
+  const [start, end] = b === undefined ? [0, a] : [a, b];
+  return Array.from({ length: Math.max(0, end - start) }, (_, i) => start + i);
+}

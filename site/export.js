@@ -2,6 +2,7 @@
 // captions, token labels, pattern images, colour bars with ticks), then written as SVG (real <text>
 // labels, one pixel-exact image per pattern) or drawn into a PNG at 2x or 4x; and one head's rendered
 // figure image as a standalone SVG.
+import { range } from "./data.js";
 import { formatNumber } from "./dom.js";
 import { labelStep, labelText } from "./matrix.js";
 
@@ -60,11 +61,9 @@ function panelItems(panel, x0, y0, measure, colours, items) {
   return { width: left + Math.max(w, 120) + 20, height: my - y0 + h + 12 + BAR + 10 + LABEL_SIZE + 4 };
 }
 
-const range = (a, b) => Array.from({ length: Math.max(0, b - a) }, (_, i) => a + i);
-
 /** Five ticks from the scale's low end to its high end (0 in the middle when diverging). */
 function ticks(colour) {
-  return range(0, 5).map((i) => colour.lo + ((colour.hi - colour.lo) * i) / 4);
+  return range(5).map((i) => colour.lo + ((colour.hi - colour.lo) * i) / 4);
 }
 
 /** The shown region of a pattern as an image with one pixel per cell; masked cells stay transparent. */
@@ -86,7 +85,7 @@ function patternImage({ shown, colormap, colour, rows: [q0, q1], cols: [k0, k1] 
 
 const escape = (s) => String(s).replace(/&/g, "&amp;").replace(/</g, "&lt;").replace(/>/g, "&gt;").replace(/"/g, "&quot;");
 const num = (v) => String(Math.round(v * 100) / 100);
-const stops = (colormap) => range(0, 17).map((i) => colormap[Math.min(255, i * 16)]);
+const stops = (colormap) => range(17).map((i) => colormap[Math.min(255, i * 16)]);
 
 /** The scene as an SVG document. */
 export function sceneSvg({ width, height, items }) {

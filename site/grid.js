@@ -1,12 +1,12 @@
 // Grid view: choose models, heads, prompts and figures; see their images side by side.
 // Everything the view shows is in the URL (url.js PAGES.grid), so a link reproduces it.
 import {
-  FIGURES_URL, MODELS_URL, fetchData, fetchEach, figureOutputs, formatHeads, isStored, loadFigureError, loadFigureImage,
-  loadStatRows, openPromptIndex, parseHeads, range, statsUrl,
+  FIGURES_URL, MODELS_URL, fetchData, fetchEach, figureOutputs, formatHeads, headKey, isStored, loadFigureError,
+  loadFigureImage, loadStatRows, openPromptIndex, parseHeads, range, statsUrl,
 } from "./data.js";
 import { $, debounce, el, formatNumber, notForPage, oneLine, showError, startPage } from "./dom.js";
 import { kindBadges, loadHeadKinds } from "./kinds.js";
-import { changeState, headsUrl, readState, singleUrl, writeState } from "./url.js";
+import { changeState, headsUrl, latest, readState, singleUrl, writeState } from "./url.js";
 
 const KEYS = ["model", "prompt", "layer", "head", "figure"];
 const PAGE_SIZE = 100;
@@ -16,7 +16,7 @@ const MAX_SELECT = 1000;  // "select all matching" cap: keeps the URL and the gr
 const state = readState("grid");
 const data = {
   models: [],            // rows of models.jsonl
-  outputs: [],           // [{output, format, figure}] of figures.jsonl
+  outputs: [],           // [{output, figure}] of figures.jsonl
   indexes: new Map(),    // model dir -> promise of its prompt index (data.openPromptIndex)
   stats: new Map(),      // model dir -> its stats.json (null without statistics)
   table: null,           // the prompt index the table lists: the first selected model's
@@ -28,7 +28,20 @@ const data = {
 };
 const list = (value) => (value ? value.split(",") : []);
 
+/** The one way to change the state (url.changeState): load and draw, then write the URL. */
 const setState = (patch, ...renders) => changeState(state, patch, renders, () => writeState("grid", state)).catch(showError);
+
+/** A step of setState that loads: a failure is shown and the renders after it draw what there is. */
+const loading = (...loads) => async () => {
+  try {
+    for (const load of loads) await load();
+  } catch (e) {
+    showError(e);
+  }
+};
+
+/** The steps that reload the prompt table's page and show it. */
+const RELOAD_TABLE = [loading(loadPage), renderPrompts];
 
 // ---- load ----
 
@@ -69,12 +82,12 @@ async function loadModels() {
   await loadPage();
 }
 
-let pageLoads = 0;
+const pageLoaded = latest();
 
 /** The table's page of records: the search's matching rows (run again only when the search changed) or all
  * rows, in hash or token order. */
 async function loadPage() {
-  const mine = ++pageLoads, index = data.table;
+  const current = pageLoaded(), index = data.table;
   if (!index) {
     Object.assign(data, { search: null, total: 0, page: [] });
     return;
@@ -84,7 +97,7 @@ async function loadPage() {
   const total = search.matches ? search.matches.length : index.count;
   const page = Math.min(Math.max(0, Math.floor(+state.page) || 0), Math.max(0, Math.ceil(total / PAGE_SIZE) - 1));
   const records = await index.at(await tableRows(index, search.matches, page * PAGE_SIZE, PAGE_SIZE));
-  if (mine !== pageLoads) return;  // a newer search or page is loading
+  if (!current()) return;  // a newer search or page is loading
   Object.assign(data, { search, total, page: records });
   state.page = String(page);
 }
@@ -96,16 +109,16 @@ function tableRows(index, matches, start, n) {
   return range(Math.max(0, Math.min(n, index.count - start))).map((i) => start + i);
 }
 
-let chosenLoads = 0;
+const chosenLoaded = latest();
 
 /** Each selected prompt's row in every selected model's index, then the statistic's values of those rows. */
 async function loadChosen() {
-  const mine = ++chosenLoads, hashes = [...new Set(list(state.prompts))], models = selectedModels();
+  const current = chosenLoaded(), hashes = [...new Set(list(state.prompts))], models = selectedModels();
   const found = await Promise.all(models.map(async (m) => {
     const index = await promptIndex(m.model_dir);
     return Promise.all(hashes.map((h) => index.find(h)));
   }));
-  if (mine !== chosenLoads) return;
+  if (!current()) return;
   data.chosen = new Map(hashes.map((h, i) => [h, new Map(models.flatMap((m, j) => (found[j][i] ? [[m.model_dir, found[j][i]]] : [])))]));
   await loadValues();
 }
@@ -209,7 +222,7 @@ function renderHeads() {
     ...range(nL).flatMap((l) => [
       el("div", { class: "pick-label", dataset: { l }, title: `every head of layer ${l}` }, `L${l}`),
       ...range(nH).map((h) => el("div", {
-        class: on.has(`${l},${h}`) ? "pick on" : "pick", dataset: { l, h }, title: `L${l}H${h}`,
+        class: on.has(`${l},${h}`) ? "pick on" : "pick", dataset: { l, h }, title: headKey(l, h),
       })),
     ]),
   );
@@ -256,11 +269,6 @@ function renderPrompts() {
 
 /** A row's text as far as the index has it (its first characters when "snippet"). */
 const fullText = (record) => (record.snippet ? `${record.text}\u2026` : record.text);
-
-/** Load the table's page, then show it; a newer call supersedes this one. */
-function refreshTable() {
-  return loadPage().then(renderPrompts).catch(showError);
-}
 
 function metaText(meta) {
   if (!meta || !Object.keys(meta).length) return "";
@@ -420,7 +428,7 @@ const tileData = new WeakMap();
 
 function tileElement(t, showModel) {
   const prompt = record(t);
-  const where = `L${t.layer}H${t.head}`;
+  const where = headKey(t.layer, t.head);
   const node = el("a", {
     class: "tile", href: singleUrl({ model: t.model, prompt: t.prompt, layer: t.layer, head: t.head, figure: t.figure }),
     title: `${t.model} ${where} ${t.figure}\n${fullText(prompt)}`,
@@ -457,7 +465,7 @@ async function loadImage(node) {
   const t = tileData.get(node);
   const frame = node.querySelector(".frame");
   if (!t.stored) {
-    frame.replaceChildren(el("div", { class: "not-stored" }, "not stored", el("br"), `L${t.layer}H${t.head}`));
+    frame.replaceChildren(el("div", { class: "not-stored" }, "not stored", el("br"), headKey(t.layer, t.head)));
     return;
   }
   const image = await loadFigureImage(t.model, t.prompt, t.layer, t.head, t.nHeads, t.figure);
@@ -466,7 +474,7 @@ async function loadImage(node) {
     await showMissing(frame, t);
     return;
   }
-  const img = el("img", { alt: `L${t.layer}H${t.head} ${t.figure}`, decoding: "async", draggable: "false" });
+  const img = el("img", { alt: `${headKey(t.layer, t.head)} ${t.figure}`, decoding: "async", draggable: "false" });
   img.addEventListener("load", () => {
     if (!firstImageMarked) {
       firstImageMarked = true;
@@ -510,15 +518,11 @@ async function showMissing(frame, t) {
 
 // ---- wire ----
 
-async function toggleModel(model, on) {
+function toggleModel(model, on) {
   const chosen = list(state.models).filter((m) => m !== model);
   if (on) chosen.push(model);
-  setState({ models: data.models.map((m) => m.model_dir).filter((m) => chosen.includes(m)).join(",") });
-  await loadModels().then(loadChosen).catch(showError);
-  renderHeads();
-  renderPrompts();
-  renderLayout();
-  renderGrid();
+  const models = data.models.map((m) => m.model_dir).filter((m) => chosen.includes(m)).join(",");
+  return setState({ models }, loading(loadModels, loadChosen), renderHeads, renderPrompts, renderLayout, renderGrid);
 }
 
 function applyHeadSpec() {
@@ -549,15 +553,8 @@ function onPickerClick(event) {
 }
 
 /** Select these prompts: load their rows in each model's index and their values, then show them. */
-async function choose(prompts) {
-  setState({ prompts: prompts.join(",") });
-  try {
-    await loadChosen();
-  } catch (e) {
-    showError(e);
-  }
-  renderPrompts();
-  renderGrid();
+function choose(prompts) {
+  return setState({ prompts: prompts.join(",") }, loading(loadChosen), renderPrompts, renderGrid);
 }
 
 function selectPrompts(records) {
@@ -591,27 +588,22 @@ function wire() {
   $("heads-spec").addEventListener("change", applyHeadSpec);
   $("head-picker").addEventListener("click", onPickerClick);
   $("search").value = state.q;
-  $("search").addEventListener("input", debounce(() => setState({ q: $("search").value, page: "0" }, refreshTable), 120));
+  $("search").addEventListener("input", debounce(() => setState({ q: $("search").value, page: "0" }, ...RELOAD_TABLE), 120));
   $("select-page").addEventListener("click", () => selectPrompts(data.page));
   $("select-matching").addEventListener("click", selectMatching);
   $("clear-prompts").addEventListener("click", () => choose([]));
-  $("prev-page").addEventListener("click", () => setState({ page: String(Math.max(0, +state.page - 1)) }, refreshTable));
-  $("next-page").addEventListener("click", () => setState({ page: String(+state.page + 1) }, refreshTable));
+  $("prev-page").addEventListener("click", () => setState({ page: String(Math.max(0, +state.page - 1)) }, ...RELOAD_TABLE));
+  $("next-page").addEventListener("click", () => setState({ page: String(+state.page + 1) }, ...RELOAD_TABLE));
   $("prompt-table").tBodies[0].addEventListener("click", onPromptClick);
   $("sort-tokens").addEventListener("click", () => {
     const order = { "": "tokens", tokens: "-tokens", "-tokens": "" }[state.order] ?? "";
-    setState({ order, page: "0" }, refreshTable);
+    setState({ order, page: "0" }, ...RELOAD_TABLE);
   });
   $("size").addEventListener("input", () => setState({ size: $("size").value }, applySize));
   $("cols").addEventListener("input", debounce(() => setState({ cols: $("cols").value }, applySize), 200));
   $("group").addEventListener("change", () => setState({ group: $("group").value }, renderGrid));
   $("sort").addEventListener("change", () => setState({ sort: $("sort").value }, renderGrid));
-  $("stat").addEventListener("change", async () => {
-    setState({ stat: $("stat").value });
-    await loadValues().catch(showError);
-    renderLayout();
-    renderGrid();
-  });
+  $("stat").addEventListener("change", () => setState({ stat: $("stat").value }, loading(loadValues), renderLayout, renderGrid));
   const onRange = debounce(() => setState({ min: $("stat-min").value.trim(), max: $("stat-max").value.trim() }, renderGrid), 250);
   $("stat-min").addEventListener("input", onRange);
   $("stat-max").addEventListener("input", onRange);

@@ -4,12 +4,13 @@
 // summaries from stats.json, the panels from the statistic's heads.json, one prompt's values by one byte
 // range of its table, prompts through the prompt index.
 import {
-  MODELS_URL, fetchData, fetchEach, isStored, loadColormap, loadStatRow, openPromptIndex, range, rankHeads,
-  statHeadsUrl, statMeans, statsUrl,
+  MODELS_URL, checkpointOf, fetchData, fetchEach, headKey, isStored, loadColormap, loadStatRow, openPromptIndex, range,
+  rankHeads, statHeadsUrl, statMeans, statsUrl,
 } from "./data.js";
 import { $, debounce, el, fillSelect, formatNumber, notForPage, oneLine, promptLabel, renderLegend, showError, startPage } from "./dom.js";
 import { drawMap, kindsSummary, loadHeadKinds, mapLegend, mapModels, mapPoints, pointLabel } from "./kinds.js";
-import { changeState, go, gridUrl, pageUrl, readState, singleUrl, writeState } from "./url.js";
+import { colourScale } from "./matrix.js";
+import { changeState, go, gridUrl, latest, pageUrl, readState, singleUrl, writeState } from "./url.js";
 
 const state = readState("heads");
 const data = {
@@ -79,14 +80,13 @@ const shape = (m) => `${m.n_layers} x ${m.n_heads}`;
 const sameShape = () => data.models.filter((m) => shape(m) === shape(data.model));
 const noValues = (stats) => range(stats.n_layers).map(() => range(stats.n_heads).map(() => NaN));
 
-/** Training step of a model: `name@step<N>` as compute_activations.py --checkpoint names it (NaN otherwise). */
-const stepOf = (m) => Number(/@step(\d+)$/.exec(m.model_name ?? "")?.[1] ?? /[@_]step(\d+)$/.exec(m.model_dir)?.[1] ?? NaN);
-const baseOf = (m) => (m.model_name ?? m.model_dir).replace(/@step\d+$/, "");
+/** A model's training step (compute_activations.py --checkpoint), null when it is not a checkpoint. */
+const stepOf = (m) => checkpointOf(m.model_dir).step;
 
 /** The models shown across checkpoints: this model's checkpoints by step, else every model of its shape. */
 function seriesModels() {
-  const same = sameShape(), base = baseOf(data.model);
-  const checkpoints = same.filter((m) => !Number.isNaN(stepOf(m)) && baseOf(m) === base);
+  const same = sameShape(), base = checkpointOf(data.model.model_dir).base;
+  const checkpoints = same.filter((m) => stepOf(m) !== null && checkpointOf(m.model_dir).base === base);
   return checkpoints.length > 1 ? checkpoints.sort((a, b) => stepOf(a) - stepOf(b)) : same;
 }
 
@@ -117,7 +117,7 @@ function vsProblem(vs) {
   if (shape(other) !== shape(data.model)) {
     return `cannot compare: ${state.model} has ${shape(data.model)} heads (layers x heads), ${state.vs} has ${shape(other)}`;
   }
-  if (!vs?.stats[state.stat]) return `cannot compare: ${state.vs} has no ${state.stat} values (run render_figures.py on it)`;
+  if (!vs?.stats[state.stat]) return `cannot compare: ${state.vs} has no ${state.stat} values: ${STATS_HINT}`;
   return null;
 }
 
@@ -147,8 +147,6 @@ function openUrl(layer, head, click = state.click) {
   return singleUrl({ model: state.model, prompt, layer, head, figure: "raw" });
 }
 
-const headKey = (layer, head) => `L${layer}H${head}`;
-
 /** Where clicking a head goes: its panel on this page (a link, so it opens in a new tab too), or openUrl. */
 const headUrl = (layer, head) => (state.click === "panel" ? pageUrl("heads", { ...state, panel: headKey(layer, head) })
   : openUrl(layer, head));
@@ -173,29 +171,35 @@ function panelHead() {
 
 // ---- render ----
 
-let renders = 0, drawn = 0;  // a render that a newer one overtook while it waited draws nothing
+// where statistics come from (site/data.js FILES): said when a model has none
+const STATS_HINT = "compute_activations.py computes them (render_figures.py a plug-in's added later) and "
+  + "build_index.py writes the tables";
+
+const rendered = latest();  // a render that a newer one overtook while it waited draws nothing
+let drawn = () => false;  // whether the render that drew last is still the latest
 
 /** The one way to change the state (url.changeState): the URL is written once the latest render has drawn. */
 const setState = (patch, ...steps) => changeState(state, patch, steps, () => {
-  if (drawn === renders) writeState("heads", state);
+  if (drawn()) writeState("heads", state);
 }).catch(showError);
 
 async function render() {
-  const mine = ++renders;
+  const current = rendered();
   renderControls();
   if (!data.stats || !state.stat) {
     $("heatmap").replaceChildren(el("p", { class: "notice" },
-      `${state.model} has no head statistics yet: run render_figures.py (it writes ${statsUrl(state.model)}).`));
+      `${state.model} has no head statistics yet: ${STATS_HINT} (${statsUrl(state.model)}).`));
     for (const id of ["legend", "top-list", "head-panel"]) $(id).replaceChildren();
     $("head-panel").classList.add("hidden");
     $("kinds-view").classList.add("hidden");
-    drawn = mine;
+    showHovered();
+    drawn = current;
     return;
   }
   await loadHeads();
   await renderKinds();  // after loadHeads: its head links open what a click on the heatmap opens
   const shown = await shownValues();
-  if (mine !== renders) return;
+  if (!current()) return;
   $("vs-problem").textContent = shown.problem ?? "";
   $("vs-problem").classList.toggle("hidden", !shown.problem);
   const ranked = rankHeads(shown.values, state.order === "desc");
@@ -203,8 +207,25 @@ async function render() {
   renderTop(ranked);
   renderPanel(shown.a);
   await renderSeries();
-  if (mine !== renders) return;
-  drawn = mine;  // setState writes the URL now: tests and users see it change once the view shows it
+  if (!current()) return;
+  showHovered();
+  drawn = current;  // setState writes the URL now: tests and users see it change once the view shows it
+}
+
+// ---- #hover-info: the value of the heatmap cell last hovered, kept up to date as the view changes ----
+
+let hovered = null;  // that cell's data-hover: `L<l>H<h>`, or `<model> L<l>H<h>` on a small heatmap
+
+function hover(key) {
+  hovered = key;
+  showHovered();
+}
+
+/** #hover-info shows the hovered cell's title as drawn now: after another prompt, statistic or model, the new
+ * value, not the one hovered before the change. */
+function showHovered() {
+  const cell = [...document.querySelectorAll("[data-hover]")].find((c) => c.dataset.hover === hovered);
+  $("hover-info").textContent = cell?.title ?? "";
 }
 
 // ---- the heads' kinds: the summary and the map (site/kinds.js) ----
@@ -238,21 +259,10 @@ function wireMap() {
   });
 }
 
-function colour(v, lo, hi, colormap = data.colormap) {
-  return colormap[Math.max(0, Math.min(255, Math.round(((v - lo) / (hi - lo || 1)) * 255)))];
-}
-
-/** The colour range of values: lowest to highest, or (a difference) centred on 0. */
-function valueRange(values, centred) {
-  const finite = values.flat().filter((v) => !Number.isNaN(v));
-  if (!centred) return [Math.min(...finite), Math.max(...finite)];
-  const m = Math.max(...finite.map(Math.abs));
-  return [-m, m];
-}
-
 function renderHeatmap({ values, a, b }, ranked) {
   const { n_layers: nL, n_heads: nH } = data.stats;
-  const [lo, hi] = valueRange(values, !!b), colormap = b ? data.diverging : data.colormap;
+  // lowest to highest value, or (a difference) centred on 0
+  const colour = colourScale([values.flat()], "range", { diverging: !!b }), colormap = b ? data.diverging : data.colormap;
   const rank = new Map(ranked.map((h) => [headKey(h.layer, h.head), h.rank]));
   const width = $("heatmap").parentElement.clientWidth - 40;
   const size = Math.max(14, Math.min(52, Math.floor(width / nH)));
@@ -262,24 +272,28 @@ function renderHeatmap({ values, a, b }, ranked) {
     grid.append(el("span", { class: "heat-label row-label muted" }, `${l}`));
     for (let h = 0; h < nH; h++) {
       const why = b ? ` = ${formatNumber(a[l][h])} \u2212 ${formatNumber(b[l][h])} (${state.vs})` : "";
-      grid.append(heatCell(l, h, values[l][h], rank.get(headKey(l, h)), ranked.length, lo, hi, size, colormap, why));
+      grid.append(heatCell({
+        layer: l, head: h, value: values[l][h], rank: rank.get(headKey(l, h)), of: ranked.length, colour, colormap, size, why,
+      }));
     }
   }
   $("heatmap").replaceChildren(grid);
-  renderLegend($("legend"), lo, hi, colormap, { empty: "no values for this statistic here" });
+  renderLegend($("legend"), colour.lo, colour.hi, colormap, { empty: "no values for this statistic here" });
 }
 
-function heatCell(l, h, v, rank, of, lo, hi, size, colormap = data.colormap, why = "") {
-  const kept = stored(l, h);
-  const text = !kept ? "not stored" : formatNumber(v);
-  const info = `L${l}H${h}: ${text}${kept ? why : ""}${rank ? ` (rank ${rank} / ${of})` : ""}`;
-  const c = kept && !Number.isNaN(v) ? colour(v, lo, hi, colormap) : null;
+/** One head's cell: its value in the colour scale's colour (and as a number when the cell is `size` >= 40 px wide),
+ * its rank among `of` heads and `why` (how a difference was made) in its title, a link to what a click opens. */
+function heatCell({ layer, head, value, rank, of, colour, colormap, size, why = "" }) {
+  const kept = stored(layer, head), key = headKey(layer, head);
+  const text = !kept ? "not stored" : formatNumber(value);
+  const info = `${key}: ${text}${kept ? why : ""}${rank ? ` (rank ${rank} / ${of})` : ""}`;
+  const c = kept && !Number.isNaN(value) ? colormap[colour.index(value)] : null;
   const kind = !kept ? "not-stored" : !c ? "no-value" : c[0] * 0.3 + c[1] * 0.59 + c[2] * 0.11 > 120 ? "on-light" : "";
-  const open = state.panel === headKey(l, h) ? "open" : "";
+  const open = state.panel === key ? "open" : "";
   return el("a", {
-    class: `heat ${kind} ${open}`.trim(), href: headUrl(l, h), title: info, dataset: { layer: l, head: h, value: String(v) },
-    style: c ? { background: `rgb(${c.join(", ")})` } : {},
-    onmouseenter: () => { $("hover-info").textContent = info; }, onclick: (e) => clickHead(e, l, h),
+    class: `heat ${kind} ${open}`.trim(), href: headUrl(layer, head), title: info,
+    dataset: { layer, head, value: String(value), hover: key }, style: c ? { background: `rgb(${c.join(", ")})` } : {},
+    onmouseenter: () => hover(key), onclick: (e) => clickHead(e, layer, head),
   }, size >= 40 ? text : "");
 }
 
@@ -511,27 +525,28 @@ async function renderSeries() {
   const models = seriesModels();
   const stats = await fetchEach(models.map((m) => otherStats(m.model_dir)));
   const means = stats.map((st) => (st?.stats[state.stat] ? statMeans(st, state.stat) : null));
-  const [lo, hi] = valueRange(means.filter(Boolean).flat(), false);
+  const colour = colourScale([means.filter(Boolean).flat(2)], "range");  // one scale for every model
   const size = Math.max(8, Math.min(22, Math.floor(150 / data.model.n_heads)));
   const maps = models.map((m, i) => el("figure", { class: "series-map", dataset: { model: m.model_dir } },
-    el("figcaption", { class: "mono" }, Number.isNaN(stepOf(m)) ? m.model_dir : `step ${stepOf(m)}`),
-    means[i] ? smallHeatmap(m, means[i], lo, hi, size) : el("p", { class: "notice" }, `no ${state.stat}`)));
+    el("figcaption", { class: "mono" }, stepOf(m) === null ? m.model_dir : `step ${stepOf(m)}`),
+    means[i] ? smallHeatmap(m, means[i], colour, size) : el("p", { class: "notice" }, `no ${state.stat}`)));
   const legend = el("div", { class: "legend" });
-  renderLegend(legend, lo, hi, data.colormap, { empty: "no values for this statistic here" });
+  renderLegend(legend, colour.lo, colour.hi, data.colormap, { empty: "no values for this statistic here" });
   box.replaceChildren(el("h2", {}, `${state.stat} (mean over prompts) across ${models.length} models of shape `
     + `${shape(data.model)}`), el("div", { class: "series-row" }, maps), legend, seriesChart(models, means));
 }
 
-function smallHeatmap(model, values, lo, hi, size) {
+function smallHeatmap(model, values, colour, size) {
   const grid = el("div", { class: "heatmap-grid small", style: {
     gridTemplateColumns: `repeat(${model.n_heads}, ${size}px)`, gridAutoRows: `${size}px` } });
   values.forEach((row, l) => row.forEach((v, h) => {
-    const c = Number.isNaN(v) ? null : colour(v, lo, hi);
-    const info = `${model.model_dir} L${l}H${h}: ${formatNumber(v)}`;
+    const c = Number.isNaN(v) ? null : data.colormap[colour.index(v)];
+    const key = `${model.model_dir} ${headKey(l, h)}`;
     grid.append(el("a", {
-      class: c ? "heat" : "heat no-value", title: info, href: singleUrl({ model: model.model_dir, prompt: state.prompt, layer: l, head: h }),
-      dataset: { layer: l, head: h, value: String(v) }, style: c ? { background: `rgb(${c.join(", ")})` } : {},
-      onmouseenter: () => { $("hover-info").textContent = info; },
+      class: c ? "heat" : "heat no-value", title: `${key}: ${formatNumber(v)}`,
+      href: singleUrl({ model: model.model_dir, prompt: state.prompt, layer: l, head: h }),
+      dataset: { layer: l, head: h, value: String(v), hover: key }, style: c ? { background: `rgb(${c.join(", ")})` } : {},
+      onmouseenter: () => hover(key),
     }));
   }));
   return grid;
@@ -544,7 +559,7 @@ function seriesChart(models, means) {
   const last = means.findLastIndex(Boolean);
   if (last < 0) return el("p", { class: "muted" }, "no values");
   const top = rankHeads(means[last], state.order === "desc").slice(0, SERIES_COLOURS);
-  const steps = models.map((m, i) => (Number.isNaN(stepOf(m)) ? i : stepOf(m)));
+  const steps = models.map((m, i) => stepOf(m) ?? i);
   const values = top.flatMap(({ layer, head }) => means.map((v) => v?.[layer][head] ?? NaN)).filter((v) => !Number.isNaN(v));
   const [lo, hi] = [Math.min(...values), Math.max(...values)];
   const W = 560, H = 220, L = 48, R = 90, T = 10, B = 30;

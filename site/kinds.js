@@ -1,7 +1,7 @@
 // Head kinds (build_index.py writes <model>/heads.json with kinds.py): a head's kinds as badges, the heads page's
 // summary (kinds per layer, the labelled heads) and map (PCA of the fingerprints), and a head's similar heads.
 // Every definition, threshold and source shown comes from heads.json itself: kinds.py's KINDS, written once.
-import { fetchData, headKindsUrl, range } from "./data.js";
+import { checkpointOf, fetchData, headKey, headKindsUrl, range } from "./data.js";
 import { cssColor, el, formatNumber } from "./dom.js";
 import { singleUrl } from "./url.js";
 
@@ -13,7 +13,6 @@ export function loadHeadKinds(model) {
   return loaded.get(model);
 }
 
-const headKey = (layer, head) => `L${layer}H${head}`;
 const kindOf = (info, name) => info.kinds.find((k) => k.name === name);
 
 /** What one label means: its definition, its threshold and source, the score that passed it. */
@@ -84,10 +83,6 @@ export function headKindsPanel(model, info, layer, head, prompt) {
 
 const KIND_COLOURS = 6;  // --series-1 ... --series-6; further kinds cycle
 
-/** Training step of a model dir as compute_activations.py --checkpoint names it (`name_step<N>`), else NaN. */
-const stepOf = (model) => Number(/_step(\d+)$/.exec(model)?.[1] ?? NaN);
-const baseOf = (model) => model.replace(/_step\d+$/, "");
-
 /** The points of the map: [{model, layer, head, x, y, kinds, key}] of the given models' heads.json. */
 export function mapPoints(entries) {
   return entries.flatMap(({ model, info }) => info.heads.flatMap((row, l) => row.map((h, hd) => ({
@@ -147,19 +142,20 @@ export function drawMap(canvas, points, by) {
 /** Each head's points across the checkpoints of one model, ordered by step (only where there are two or more). */
 function trainingPaths(points) {
   const paths = new Map();
-  for (const p of points.filter((q) => !Number.isNaN(stepOf(q.model)))) {
-    const key = `${baseOf(p.model)} ${headKey(p.layer, p.head)}`;
+  for (const p of points.filter((q) => checkpointOf(q.model).step !== null)) {
+    const key = `${checkpointOf(p.model).base} ${headKey(p.layer, p.head)}`;
     if (!paths.has(key)) paths.set(key, []);
     paths.get(key).push(p);
   }
-  return [...paths.values()].filter((ps) => ps.length > 1).map((ps) => ps.sort((a, b) => stepOf(a.model) - stepOf(b.model)));
+  const step = (p) => checkpointOf(p.model).step;
+  return [...paths.values()].filter((ps) => ps.length > 1).map((ps) => ps.sort((a, b) => step(a) - step(b)));
 }
 
 /** The models the map shows: this one, the checkpoints of its base model (with it), or every model. */
 export function mapModels(models, model, which) {
   if (which === "all") return models;
   if (which === "model") return [model];
-  const same = models.filter((m) => baseOf(m) === baseOf(model) || baseOf(m) === model || m === baseOf(model));
+  const same = models.filter((m) => checkpointOf(m).base === checkpointOf(model).base);
   return same.length ? same : [model];
 }
 

@@ -1,5 +1,7 @@
 // The single view's canvas: one head's pattern drawn cell by cell from its stored values, token labels
 // on both axes, zoom and pan, the active cell's crosshair. The page keeps which cell is hovered or pinned.
+// First the pure computations on values the pages share (value-weighted, A - B, colour scales): no DOM, so
+// tests/rules.json "matrix" checks them against numpy and lens.quantize.
 import { cssColor, visibleToken } from "./dom.js";
 
 const LABEL_FONT = "11px ui-monospace, 'DejaVu Sans Mono', Menlo, Consolas, monospace";
@@ -12,18 +14,58 @@ export function createMatrix(canvas) {
   return { canvas, pattern: null, tokens: [], image: null, size: 0, cell: 0, fitCell: 0, ox: 0, oy: 0, fit: true, margin: 0 };
 }
 
-/** How values map to a colormap's 256 entries: `scale` linear, sqrt, or "max" (0 to the largest value).
- * Values in 0-1 (`unit`: attention, row-normalised weights) keep 0-1 for linear and sqrt; other values
- * run from 0 to their max (over every array given: panels that share a scale). `diverging` centres 0 and scales |v| the same way on both sides (A - B). */
+// ---- values ----
+
+/** One head's pattern {n, values, header} as value-weighted attention, alpha_qk * ||v_k W_O|| (Kobayashi et al.
+ * 2020; figures/value_weighted.py), each row divided by its sum when `rows`. */
+export function valueWeighted(pattern, norms, rows) {
+  const { n, values } = pattern, out = new Float32Array(n * n);
+  for (let q = 0; q < n; q++) {
+    let sum = 0;
+    for (let k = 0; k < n; k++) {
+      out[q * n + k] = values[q * n + k] * norms[k];
+      sum += out[q * n + k];
+    }
+    if (rows && sum > 0) for (let k = 0; k < n; k++) out[q * n + k] /= sum;
+  }
+  return { ...pattern, values: out };
+}
+
+/** A - B of two patterns of the same n, cell by cell; lower-triangular only when both are. */
+export function difference(a, b) {
+  const values = new Float32Array(a.n * a.n);
+  for (let i = 0; i < values.length; i++) values[i] = a.values[i] - b.values[i];
+  const layout = a.header.layout === "tril" && b.header.layout === "tril" ? "tril" : "full";
+  return { n: a.n, values, header: { ...a.header, layout } };
+}
+
+/** How values map to a colormap's 256 entries, {lo, hi, position(v) in 0-1, index(v) in 0-255}, over every array
+ * given (panels that share a scale); NaN is no value. `scale`: "linear" or "sqrt" over 0-1 for `unit` values
+ * (attention, rows summing to 1), else over 0 to the largest |value|; "max": 0 to the largest |value|; "range":
+ * the smallest to the largest value (the heads page). `diverging` centres 0 (A - B, one model minus another): -m
+ * to m, m the largest |value| (1 for unit linear or sqrt), |v| scaled alike on both sides. Linear scales are
+ * lens.quantize's rule, the images' own. */
 export function colourScale(valueArrays, scale, { unit = true, diverging = false } = {}) {
-  let max = 0;
-  for (const values of valueArrays) for (const v of values) if (Math.abs(v) > max) max = Math.abs(v);
-  const hi = (scale === "max" || !unit ? max : 1) || 1;
+  let max = 0, least = Infinity, most = -Infinity;
+  for (const values of valueArrays) {
+    for (const v of values) {
+      if (Math.abs(v) > max) max = Math.abs(v);
+      if (v < least) least = v;
+      if (v > most) most = v;
+    }
+  }
+  const top = ((scale === "linear" || scale === "sqrt") && unit ? 1 : max) || 1;
   const shape = (t) => (scale === "sqrt" ? Math.sqrt(t) : t);
-  const position = diverging
-    ? (v) => 0.5 + 0.5 * Math.sign(v) * shape(Math.min(1, Math.abs(v) / hi))
-    : (v) => shape(Math.max(0, Math.min(1, v / hi)));
-  return { lo: diverging ? -hi : 0, hi, scale, diverging, position, index: (v) => Math.round(position(v) * 255) };
+  const clamp = (t) => Math.max(0, Math.min(1, t));
+  let lo = 0, hi = top, position = (v) => shape(clamp(v / top));
+  if (diverging) {
+    lo = -top;
+    position = (v) => 0.5 + 0.5 * Math.sign(v) * shape(Math.min(1, Math.abs(v) / top));
+  } else if (scale === "range") {
+    [lo, hi] = [least, most];
+    position = (v) => clamp((v - least) / (most - least || 1));
+  }
+  return { lo, hi, scale, diverging, position, index: (v) => Math.round(position(v) * 255) };
 }
 
 /** Colour the pattern once into an n x n image (one pixel per cell) with a [[r, g, b] x 256] colormap

@@ -1,16 +1,16 @@
 // Single view: one head's pattern drawn from the stored values, hover/pin a cell for its exact
 // value, keys to step through cells, heads, layers and prompts. State lives in the URL.
 import {
-  FIGURES_URL, MODELS_URL, fetchData, fetchEach, figureOutputs, isStored, loadColormap, loadFigureError,
+  FIGURES_URL, MODELS_URL, fetchData, fetchEach, figureOutputs, headKey, isStored, loadColormap, loadFigureError,
   loadFigureImage, loadValueNorms, modelCfgUrl, openPromptIndex, patternsUrl, promptIndexUrl, promptJsonUrl,
-  promptStatsUrl, rankHeads, statMeans, statsUrl,
+  promptStatsUrl, range, rankHeads, statMeans, statsUrl,
 } from "./data.js";
 import { $, cssColor, el, fillSelect, formatNumber, notForPage, promptLabel, renderLegend, showError, startPage } from "./dom.js";
 import { download, figureScene, pngAsSvg, scenePng, sceneSvg } from "./export.js";
 import { headKindsPanel, loadHeadKinds } from "./kinds.js";
 import * as matrix from "./matrix.js";
 import { NotStoredError, loadHead } from "./patterns.js";
-import { changeState, go, gridUrl, headsUrl, pageUrl, readState, singleUrl, writeState } from "./url.js";
+import { changeState, go, gridUrl, headsUrl, latest, pageUrl, readState, singleUrl, writeState } from "./url.js";
 
 const state = readState("single");
 const data = {
@@ -93,12 +93,12 @@ async function loadB() {
 async function loadSide(model, cfg, prompt, layer, head) {
   const side = { model, cfg, prompt, layer, head, attention: null, norms: null, shown: null, problem: null };
   if (!(layer >= 0 && layer < cfg.n_layers && head >= 0 && head < cfg.n_heads)) {
-    side.problem = `${model} has no head L${layer}H${head}: it has ${cfg.n_layers} layers x ${cfg.n_heads} heads`;
+    side.problem = `${model} has no head ${headKey(layer, head)}: it has ${cfg.n_layers} layers x ${cfg.n_heads} heads`;
     return side;
   }
   side.attention = await loadPattern(model, cfg, prompt, layer, head);
   if (!side.attention) {
-    side.problem = `L${layer}H${head} is not stored for this prompt (it stores ${prompt.heads ?? "other heads"}); `
+    side.problem = `${headKey(layer, head)} is not stored for this prompt (it stores ${prompt.heads ?? "other heads"}); `
       + "h / l / p move on";
     return side;
   }
@@ -109,7 +109,7 @@ async function loadSide(model, cfg, prompt, layer, head) {
       return side;
     }
   }
-  side.shown = state.vw ? valueWeighted(side.attention, side.norms, state.vw === "row") : side.attention;
+  side.shown = state.vw ? matrix.valueWeighted(side.attention, side.norms, state.vw === "row") : side.attention;
   return side;
 }
 
@@ -124,32 +124,15 @@ async function loadPattern(model, cfg, prompt, layer, head) {
   }
 }
 
-/** alpha_qk * ||v_k W_O|| (Kobayashi et al. 2020), each row divided by its sum when `rows`. */
-function valueWeighted(pattern, norms, rows) {
-  const { n, values } = pattern, out = new Float32Array(n * n);
-  for (let q = 0; q < n; q++) {
-    let sum = 0;
-    for (let k = 0; k < n; k++) {
-      out[q * n + k] = values[q * n + k] * norms[k];
-      sum += out[q * n + k];
-    }
-    if (rows && sum > 0) for (let k = 0; k < n; k++) out[q * n + k] /= sum;
-  }
-  return { ...pattern, values: out };
-}
-
 /** A - B on the same cells, or {problem} when they cannot be compared. */
-function difference(a, b) {
+function compareSides(a, b) {
   if (!a.shown || !b.shown) return { problem: `A \u2212 B needs both patterns: ${(a.shown ? b : a).problem}` };
   const na = a.shown.n, nb = b.shown.n;
   if (na !== nb) {
     return { problem: `cannot compare: A has ${na} tokens, B has ${nb}; pin a B on a prompt of ${na} tokens `
       + "(the same prompt, or another of the same length)" };
   }
-  const values = new Float32Array(na * na);
-  for (let i = 0; i < values.length; i++) values[i] = a.shown.values[i] - b.shown.values[i];
-  const layout = a.shown.header.layout === "tril" && b.shown.header.layout === "tril" ? "tril" : "full";
-  return { shown: { n: na, values, header: { ...a.shown.header, layout } }, problem: null };
+  return { shown: matrix.difference(a.shown, b.shown), problem: null };
 }
 
 // ---- render ----
@@ -177,8 +160,8 @@ const promptTitle = () => `${promptNumber()}: ${promptLabel(view.prompt.text, 60
 function renderControls() {
   const { cfg } = data, names = data.models.map((m) => m.model_dir);
   fillSelect($("model"), names.includes(state.model) ? names : [state.model, ...names], state.model);
-  fillSelect($("layer"), [...Array(cfg.n_layers).keys()], state.layer);
-  fillSelect($("head"), [...Array(cfg.n_heads).keys()], state.head);
+  fillSelect($("layer"), range(cfg.n_layers), state.layer);
+  fillSelect($("head"), range(cfg.n_heads), state.head);
   const outputs = figureOutputs(data.figures).map((o) => o.output);
   fillSelect($("figure"), outputs.includes(state.figure) ? outputs : [state.figure, ...outputs], state.figure);
   for (const id of ["scale", "shade", "vw"]) $(id).value = state[id];
@@ -187,8 +170,8 @@ function renderControls() {
   $("prompt-label").title = view.prompt.text;
   $("prev-prompt").disabled = i <= 0;
   $("next-prompt").disabled = i < 0 || i >= view.stored.length - 1;
-  $("title").textContent = `${state.model} L${state.layer}H${state.head}`;
-  document.title = `L${state.layer}H${state.head} ${state.model}: attention lens`;
+  $("title").textContent = `${state.model} ${headKey(state.layer, state.head)}`;
+  document.title = `${headKey(state.layer, state.head)} ${state.model}: attention lens`;
   // the grid shows every head of this prompt, the view one usually comes from
   $("grid-link").href = gridUrl({ model: state.model, prompts: [state.prompt], figures: state.figure });
   $("heads-link").href = headsUrl({ model: state.model });
@@ -210,8 +193,8 @@ function renderBControls() {
         return `${p.n_tokens} tok${p.n_tokens === n ? "" : " \u2260"}: ${promptLabel(p.text, 40)}`;
       });
   }).catch(showError);
-  fillSelect($("b-layer"), [...Array(b.cfg.n_layers).keys()], state.blayer);
-  fillSelect($("b-head"), [...Array(b.cfg.n_heads).keys()], state.bhead);
+  fillSelect($("b-layer"), range(b.cfg.n_layers), state.blayer);
+  fillSelect($("b-head"), range(b.cfg.n_heads), state.bhead);
   const same = b.prompt.tokens.length === view.prompt.tokens.length
     && b.prompt.tokens.every((t, j) => t === view.prompt.tokens[j]);
   $("b-note").textContent = same ? "same tokens as A" : "B's tokens differ from A's: cells are compared by position";
@@ -243,7 +226,7 @@ function colourScales() {
 }
 
 function renderMatrix() {
-  view.diff = view.b ? difference(view.a, view.b) : null;
+  view.diff = view.b ? compareSides(view.a, view.b) : null;
   const shown = panels(), scales = colourScales();
   view.scales = scales;
   $("matrix-wrap").classList.toggle("compare", shown.length > 1);
@@ -269,7 +252,7 @@ function renderMatrix() {
 function caption(id, side) {
   if (id === "d") return "A \u2212 B";
   const what = state.vw === "raw" ? "\u03b1\u00b7\u2016v W_O\u2016" : state.vw === "row" ? "\u03b1\u00b7\u2016v W_O\u2016, rows sum to 1" : "";
-  return `${id.toUpperCase()}: ${side.model} L${side.layer}H${side.head} \u00b7 `
+  return `${id.toUpperCase()}: ${side.model} ${headKey(side.layer, side.head)} \u00b7 `
     + `${id === "a" ? promptNumber() : side.prompt.hash.slice(0, 10)} `
     + `(${side.prompt.tokens.length} tokens)${what ? ` \u00b7 ${what}` : ""}`;
 }
@@ -340,7 +323,7 @@ function exportScene() {
   const what = state.vw === "raw" ? "value-weighted \u03b1\u00b7\u2016v W_O\u2016"
     : state.vw === "row" ? "value-weighted, rows sum to 1" : "attention";
   const text = view.prompt.text.replace(/\s+/g, " ");
-  const title = `${state.model} L${state.layer}H${state.head} \u00b7 ${what} \u00b7 "${promptLabel(text, 60)}"`;
+  const title = `${state.model} ${headKey(state.layer, state.head)} \u00b7 ${what} \u00b7 "${promptLabel(text, 60)}"`;
   return figureScene({
     title,
     colours: { bg: cssColor("--export-bg"), fg: cssColor("--export-fg"), muted: cssColor("--export-muted"),
@@ -358,8 +341,8 @@ function exportScene() {
 
 async function exportView(scale) {
   const scene = exportScene();
-  const name = `${state.model}_L${state.layer}H${state.head}_${state.prompt.slice(0, 8)}${state.vw ? `_vw-${state.vw}` : ""}`
-    + `${view.b ? `_vs_${state.bmodel}_L${state.blayer}H${state.bhead}` : ""}`;
+  const name = `${state.model}_${headKey(state.layer, state.head)}_${state.prompt.slice(0, 8)}`
+    + `${state.vw ? `_vw-${state.vw}` : ""}${view.b ? `_vs_${state.bmodel}_${headKey(state.blayer, state.bhead)}` : ""}`;
   if (!scale) download(new Blob([sceneSvg(scene)], { type: "image/svg+xml" }), `${name}.svg`);
   else download(await scenePng(scene, scale), `${name}@${scale}x.png`);
 }
@@ -414,22 +397,25 @@ function renderStats() {
     el("tbody", {}, rows)));
 }
 
+const kindsShown = latest();
+
 /** The head's kinds and similar heads (heads.json), unless another head is shown by the time it arrives. */
 function renderKinds(model, layer, head) {
+  const current = kindsShown();
   loadHeadKinds(model).then((info) => {
-    if (model !== state.model || layer !== Number(state.layer) || head !== Number(state.head)) return;
+    if (!current()) return;
     $("head-kinds").replaceChildren(headKindsPanel(model, info, layer, head, state.prompt));
-    $("head-kinds").dataset.head = `L${layer}H${head}`;
+    $("head-kinds").dataset.head = headKey(layer, head);
   }).catch(showError);
 }
 
 // ---- the rendered figure image ----
 
-let figureRenders = 0;
+const figureShown = latest();
 let figureImageUrl = null;  // the shown image's Blob URL, revoked when another replaces it
 
 function renderFigure() {
-  showFigure(++figureRenders).catch(showError);
+  showFigure(figureShown()).catch(showError);
 }
 
 function replaceFigure(...nodes) {
@@ -440,7 +426,7 @@ function replaceFigure(...nodes) {
 
 /** The head's image, read from its figure pack, with an SVG download; a failed figure shows its error text, an
  * image never rendered says so. Nothing is shown when another head or figure was asked for meanwhile. */
-async function showFigure(mine) {
+async function showFigure(current) {
   if (!view.a.attention) {
     replaceFigure(el("p", { class: "not-stored" }, "not stored"));
     return;
@@ -449,14 +435,14 @@ async function showFigure(mine) {
   const args = [state.model, state.prompt, Number(state.layer), Number(state.head)];
   const image = await loadFigureImage(...args, data.cfg.n_heads, chosen.output);
   const error = image ? null : await loadFigureError(...args, chosen.output);
-  if (mine !== figureRenders) return;
+  if (!current()) return;
   if (!image) {
     replaceFigure(error === null ? el("p", { class: "no-image" }, `no ${chosen.output} image for this head`)
       : el("pre", { class: "figure-error" }, error));
     return;
   }
   const url = URL.createObjectURL(image);
-  const name = `${state.model}_L${state.layer}H${state.head}_${state.prompt.slice(0, 8)}_${chosen.output}.svg`;
+  const name = `${state.model}_${headKey(state.layer, state.head)}_${state.prompt.slice(0, 8)}_${chosen.output}.svg`;
   const save = async () => download(image.type === "image/png"
     ? new Blob([pngAsSvg(await image.arrayBuffer())], { type: "image/svg+xml" }) : image, name);
   replaceFigure(el("img", { src: url, alt: `${chosen.output} figure` }),
@@ -468,11 +454,11 @@ async function showFigure(mine) {
 
 // ---- moving: cells, heads, layers, prompts ----
 
-let updates = 0;
+const updated = latest();
 
 /** Load what a key or control changed (the prompt when `prompt`, else only the head), then render. */
 async function update(prompt = false, push = true) {
-  const mine = ++updates;
+  const current = updated();
   let loaded;
   try {
     loaded = prompt ? await loadPrompt() : { prompt: view.prompt };
@@ -481,7 +467,7 @@ async function update(prompt = false, push = true) {
     showError(e);
     return;
   }
-  if (mine !== updates) return;  // a newer key press is loading: only its head gets drawn
+  if (!current()) return;  // a newer key press is loading: only its head gets drawn
   Object.assign(view, loaded);
   const n = view.prompt.tokens.length;
   if (view.pinned) view.pinned = { q: Math.min(view.pinned.q, n - 1), k: Math.min(view.pinned.k, n - 1) };

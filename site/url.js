@@ -1,5 +1,6 @@
 // Each page's state lives in its URL's query string, so a link reproduces the view; this module
 // holds every page's parameters with their defaults and builds the links between the pages.
+import { headKey } from "./data.js";
 
 /** URL parameters of each page and their defaults (all strings; lists are comma separated). */
 export const PAGES = {
@@ -72,6 +73,17 @@ export async function changeState(state, patch, renders, save) {
   }
 }
 
+/** The one guard against stale async results: each call of the returned function starts a run and returns
+ * `current()`, true until a newer run starts. A load or render checks it after each wait and draws nothing
+ * once a newer one (another key press, search or prompt) has begun. */
+export function latest() {
+  let runs = 0;
+  return () => {
+    const run = ++runs;
+    return () => run === runs;
+  };
+}
+
 /** Put `state` into the URL without reloading; `push` adds a history entry. */
 export function writeState(page, state, push = false) {
   const url = pageUrl(page, state);
@@ -106,7 +118,7 @@ export const singleUrl = ({ model, prompt, layer, head, figure }) => pageUrl("si
 /** The grid showing these heads ([[layer, head]]) on these prompts, sorted by a statistic when given. */
 export function gridUrl({ model, heads, prompts, figures, stat, desc }) {
   return pageUrl("grid", {
-    models: model, heads: heads?.map(([l, h]) => `L${l}H${h}`).join(","), prompts: prompts?.join(","),
+    models: model, heads: heads?.map(([l, h]) => headKey(l, h)).join(","), prompts: prompts?.join(","),
     figures, stat, sort: stat && heads ? "stat" : "", desc: desc ? "1" : "",
   });
 }

@@ -9,12 +9,13 @@ import numpy as np
 import pytest
 from browser import assert_only_local, browser_session, render, screenshot
 from conftest import FINAL, MODELS
-from fake_data import make_data, read_stats
+from fake_data import make_data, read_stats, write_stat_aggregates
 from test_site_single import MODEL, oracle, prompt_hashes, url_state
 
+import datadir
 import lens
 import storage
-from build_index import build_index, write_stat_aggregates
+from build_index import build_index
 
 
 def long_only(data_dir) -> np.ndarray:
@@ -109,6 +110,26 @@ def test_click_opens_head(rendered_data_dir):
         assert not s.errors
 
 
+def test_hover_line_follows_the_shown_prompt(rendered_data_dir):
+    """The line under the heatmap names the last hovered head's value; after the next prompt (the mouse has left
+    the heatmap for the button), that prompt's value, not the one before."""
+    data = rendered_data_dir
+    prompts = prompt_hashes(data)
+    values = oracle(data)["bos"]
+    assert abs(values[0, 1, 2] - values[1, 1, 2]) > 0.01  # the stale value would be told apart
+    hovered = lambda page: float(page.text_content("#hover-info").split(": ")[1].split()[0])  # noqa: E731
+    with browser_session(data) as s:
+        s.page.goto(f"{s.url}heads.html?model={MODEL}&stat=bos&over=prompt&prompt={prompts[0]}")
+        wait_ready(s.page)
+        s.page.hover(".heatmap-grid .heat[data-layer='1'][data-head='2']")
+        assert s.page.text_content("#hover-info").startswith("L1H2: ")
+        assert hovered(s.page) == pytest.approx(values[0, 1, 2], abs=1e-3)
+        s.page.click("#next-prompt")
+        s.page.wait_for_function(f"() => new URLSearchParams(location.search).get('prompt') === '{prompts[1]}'")
+        assert hovered(s.page) == pytest.approx(values[1, 1, 2], abs=1e-3)
+        assert not s.errors
+
+
 def test_tied_heads_share_a_rank(rendered_data_dir):
     """`tokens` is the same for every head of a prompt: every head ranks 1 here and in the single view."""
     data = rendered_data_dir
@@ -192,7 +213,7 @@ def test_write_stat_aggregates_on_a_hand_checked_table(tmp_path):
         {"0.05": 0.45, "0.25": 2.25, "0.5": 4.5, "0.75": 6.75, "0.95": 8.55})
     assert s["quantiles"]["0.5"][0][1:] == [5.0, None]
 
-    heads = json.loads(storage.stat_heads_path(tmp_path, "m", "s").read_text())
+    heads = json.loads(datadir.stat_heads_path(tmp_path, "m", "s").read_text())
     h0, h1, h2 = heads["heads"][0]
     assert heads["bins"] == 3 and h0["hist"] == {"lo": 0.0, "hi": 9.0, "counts": [3, 3, 4]}  # [0,3) [3,6) [6,9]
     assert (h0["top"] == [["h9", 9.0], ["h8", 8.0], ["h7", 7.0]]
@@ -210,10 +231,10 @@ def test_render_writes_the_aggregates(rendered_data_dir):
     data = rendered_data_dir
     hashes = lens.finished_prompts(data, MODEL)
     values = oracle(data)["bos"]
-    index = json.loads(storage.stats_path(data, MODEL).read_text())
+    index = json.loads(datadir.stats_path(data, MODEL).read_text())
     assert "prompts" not in index and index["n_prompts"] == len(hashes)
     np.testing.assert_allclose(index["stats"]["bos"]["std"], values.std(0), atol=1e-6)
-    heads = json.loads(storage.stat_heads_path(data, MODEL, "bos").read_text())
+    heads = json.loads(datadir.stat_heads_path(data, MODEL, "bos").read_text())
     for l in range(2):
         for h in range(3):
             assert ([hash for hash, _ in heads["heads"][l][h]["top"]]
@@ -225,7 +246,7 @@ def test_render_writes_the_aggregates(rendered_data_dir):
 # ---- the head panel ----
 
 def heads_json(data: Path, stat: str) -> dict:
-    return json.loads(storage.stat_heads_path(data, MODEL, stat).read_text())
+    return json.loads(datadir.stat_heads_path(data, MODEL, stat).read_text())
 
 
 def rewrite_aggregates(data: Path, unstored: set[str]) -> None:
@@ -235,7 +256,7 @@ def rewrite_aggregates(data: Path, unstored: set[str]) -> None:
     hashes = lens.finished_prompts(data, MODEL)
     prompts = {}
     for h in hashes:
-        info = json.loads(lens.prompt_json_path(data, MODEL, h).read_text())
+        info = json.loads(datadir.prompt_json_path(data, MODEL, h).read_text())
         prompts[h] = {"text": info["text"], "n_tokens": info["n_tokens"], "stored": h not in unstored}
     docs = {name: s["doc"] for name, s in index["stats"].items()}
     write_stat_aggregates(data, MODEL, hashes, tables, docs, prompts)
@@ -338,11 +359,11 @@ def fetched(data: Path, name: str) -> tuple[int, list[tuple[str, str | None, int
 
 
 def test_bytes_fetched_do_not_grow_with_the_prompts(tmp_path, monkeypatch):
-    monkeypatch.setattr("build_index.INDEX_CHUNK_ROWS", 10)  # both indexes' first chunk of rows is a full one
+    monkeypatch.setattr("prompt_index.INDEX_CHUNK_ROWS", 10)  # both indexes' first chunk of rows is a full one
     dirs = {n: many_prompts_dir(tmp_path / f"p{n}", n) for n in (10, 2000)}
     small, small_requests = fetched(dirs[10], "heads-panel-10-prompts")
     large, large_requests = fetched(dirs[2000], "heads-panel-2000-prompts")
-    heads = {n: storage.stat_heads_path(d, MODEL, "bos") for n, d in dirs.items()}
+    heads = {n: datadir.stat_heads_path(d, MODEL, "bos") for n, d in dirs.items()}
     print(f"heads page data bytes: {small} with 10 prompts, {large} with 2000 "
           f"(heads.json {heads[10].stat().st_size} and {heads[2000].stat().st_size})")
     for path, byte_range, size in large_requests:
@@ -410,7 +431,7 @@ def test_heads_difference_of_different_shapes_says_why(demo_site, tmp_path):
         s.page.goto(s.url + f"heads.html?model={FINAL}&stat=bos&vs=other")
         s.page.wait_for_selector("body[data-ready='1'] .heatmap-grid")
         assert s.page.is_visible("#vs-problem")
-        cfg = json.loads(lens.model_cfg_path(demo_site, FINAL).read_text())
+        cfg = json.loads(datadir.model_cfg_path(demo_site, FINAL).read_text())
         assert s.page.text_content("#vs-problem") == (f"cannot compare: {FINAL} has {cfg['n_layers']} x "
                                                       f"{cfg['n_heads']} heads (layers x heads), other has 3 x 2")
         # the choice lists only the models of this shape (and keeps the URL's choice shown)

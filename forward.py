@@ -1,0 +1,490 @@
+"""The model and its forward pass: loading a model, the hooks that catch each layer's pattern, and all the work
+done on the model's device inside the forward pass (the built-in statistics, quantising patterns to their stored
+form, value norms) plus the threads that stream the stored patterns to disk meanwhile. The one module that
+imports torch; compute_activations.py plans a run and drives it through here."""
+import inspect
+import math
+import threading
+from collections import deque
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+import datadir
+import lens
+import storage
+
+
+class StopForward(Exception):
+    """Raised by the hook on the last layer's pattern: nothing after it is needed."""
+
+DEMO_DIR = Path(__file__).resolve().parent / "demo"
+
+
+def demo_path(checkpoint: int | None) -> Path:
+    """The bundled demo model (trained by demo/train.py), or one of its training checkpoints."""
+    if checkpoint is None:
+        return DEMO_DIR / "model"
+    path = DEMO_DIR / "checkpoints" / f"step{checkpoint}"
+    if not path.is_dir():
+        steps = sorted(int(p.name[4:]) for p in (DEMO_DIR / "checkpoints").glob("step*"))
+        raise lens.UserError(f"--checkpoint {checkpoint}: the demo model has checkpoints at steps "
+                             f"{', '.join(map(str, steps)) or 'none'}")
+    return path
+
+
+def check_checkpoint(name: str, step: int) -> None:
+    """Fail early, naming the flag, when a model has no such training checkpoint."""
+    from transformer_lens.tools.model_registry.checkpoints import get_checkpoint_labels
+    try:
+        labels, _ = get_checkpoint_labels(name)
+    except (ValueError, OSError):
+        raise lens.UserError(f"--checkpoint {step}: model {name!r} has no training checkpoints "
+                             "(Pythia and stanford-crfm models have them; so does demo)") from None
+    if step not in labels:
+        raise lens.UserError(f"--checkpoint {step}: not a checkpoint of {name} (steps {labels[0]} to {labels[-1]}, "
+                             f"e.g. {', '.join(map(str, labels[-4:]))})")
+
+
+def load_model(name: str, device: str | None, dtype: str, revision: str | None = None,
+               checkpoint: int | None = None, device_map: str | None = None, n_devices: int | None = None):
+    """Load a model by TransformerLens name, local checkpoint dir or `demo` (TransformerBridge, or 3.x
+    HookedTransformer); checkpoints, revisions and multi-device placement go to TransformerLens's loader."""
+    path = demo_path(checkpoint) if name == "demo" else Path(name).expanduser()
+    if path.is_dir() and not (path / "config.json").is_file():
+        raise lens.UserError(f"{name}: directory is not a Hugging Face checkpoint (no config.json)")
+    if not path.exists() and (name == "demo" or name.startswith((".", "/", "~"))):
+        raise lens.UserError(f"{name}: no such model directory ({path})")
+    local = path.is_dir()
+    if checkpoint is not None and not local:
+        check_checkpoint(name, checkpoint)
+    elif checkpoint is not None and name != "demo":
+        raise lens.UserError(f"--checkpoint {checkpoint}: {name} is a local directory; training checkpoints "
+                             "come from a model hub (Pythia) or the demo model")
+    placement = {"device_map": device_map} if device_map else {"device": device}
+    if n_devices:
+        placement["n_devices"] = n_devices
+    hub = {} if local else {k: v for k, v in [("revision", revision), ("checkpoint_value", checkpoint)]
+                            if v is not None}
+    try:
+        from transformer_lens.model_bridge import TransformerBridge
+    except ImportError:  # transformer-lens releases before the bridge
+        from transformer_lens import HookedTransformer
+        load = lambda: HookedTransformer.from_pretrained(str(path) if local else name, dtype=getattr(torch, dtype),
+                                                         **placement, **hub)
+    else:
+        load = lambda: TransformerBridge.boot_transformers(str(path) if local else name, dtype=getattr(torch, dtype),
+                                                           **placement, **hub)
+    try:
+        model = load()
+    except (OSError, ValueError) as e:
+        raise lens.UserError(f"cannot load model {name!r}: {str(e).splitlines()[0]}") from None
+    if hasattr(model, "enable_compatibility_mode"):
+        model.enable_compatibility_mode()
+    model.eval()
+    return model
+
+
+def model_config(model, model_name: str) -> dict:
+    cfg = model.cfg
+    out = {"model_name": model_name, "model_dir": lens.model_dir_name(model_name)}
+    for key in ["n_layers", "n_heads", "d_model", "d_head", "n_ctx", "d_vocab", "act_fn",
+                "default_prepend_bos", "positional_embedding_type", "original_architecture"]:
+        value = getattr(cfg, key, None)
+        out[key] = value if isinstance(value, (int, float, str, bool, type(None))) else str(value)
+    return out
+
+
+def is_pattern_hook(name: str) -> bool:
+    return name.endswith("attn.hook_pattern")
+
+
+def is_causal(model) -> bool:
+    """Whether the model only attends backwards (decoders); encoders such as BERT attend both ways."""
+    return getattr(model.cfg, "attention_dir", "causal") != "bidirectional"
+
+
+def is_value_hook(name: str) -> bool:
+    return name.endswith("attn.hook_v")
+
+
+def forward_patterns(model, tokens, on_layer, last_layer: int, attention_mask=None, on_values=None) -> None:
+    """Run the model on a right-padded batch, calling on_layer(layer, pattern [batch, heads, pos, pos])
+    as each layer's pattern is made (and on_values(layer, v [batch, pos, kv_heads, d_head]) before it);
+    the forward pass stops after `last_layer`'s pattern (the rest of the model, up to the
+    unembedding, would be wasted work)."""
+    kwargs = {"attention_mask": attention_mask} if attention_mask is not None else {}
+
+    def hook(pattern, hook):
+        layer = int(hook.name.split(".")[1])
+        if layer <= last_layer:
+            on_layer(layer, pattern.detach())
+        if layer >= last_layer:
+            raise StopForward
+
+    def value_hook(v, hook):
+        layer = int(hook.name.split(".")[1])
+        if layer <= last_layer:
+            on_values(layer, v.detach())
+
+    hooks = [(is_pattern_hook, hook)] + ([(is_value_hook, value_hook)] if on_values else [])
+    with torch.inference_mode():
+        if hasattr(model, "run_with_hooks"):
+            try:
+                model.run_with_hooks(tokens, fwd_hooks=hooks, return_type=None, **kwargs)
+            except StopForward:
+                pass
+            return
+        # A wrapper without run_with_hooks (auto_circuit's PatchableModel): the cache holds every layer.
+        names = (lambda n: is_pattern_hook(n) or is_value_hook(n)) if on_values else is_pattern_hook
+        _, cache = model.run_with_cache(tokens, names_filter=names, return_type=None, **kwargs)
+        for layer in range(last_layer + 1):
+            if on_values:
+                on_values(layer, cache[f"blocks.{layer}.attn.hook_v"])
+            on_layer(layer, cache[f"blocks.{layer}.attn.hook_pattern"])
+
+
+def output_weights(model) -> list | None:
+    """Each layer's W_O [n_heads, d_head, d_model], or None when the model does not expose them."""
+    blocks = getattr(model, "blocks", None)
+    try:
+        return [block.attn.W_O.detach() for block in blocks]
+    except (AttributeError, TypeError):
+        return None
+
+
+def output_grams(model, needed: bool) -> list | None:
+    """W_O W_O^T per layer, from which value norms come; None when nothing needs them or the model hides W_O."""
+    w_o = output_weights(model) if needed else None
+    with torch.inference_mode():
+        return [w @ w.transpose(1, 2) for w in w_o] if w_o else None
+
+
+def value_norms(v, gram) -> torch.Tensor:
+    """||v_j W_O^h|| for every head and position: [batch, heads, pos] from v [batch, pos, kv_heads, d_head].
+
+    With grouped-query attention, query head h reads key-value head h // (heads / kv_heads), as
+    Hugging Face's repeat_kv. The norm comes from the Gram matrix W_O W_O^T [heads, d_head, d_head]:
+    d_head / d_model of the work of multiplying by W_O."""
+    v = v.float().repeat_interleave(gram.shape[0] // v.shape[2], dim=2)
+    return torch.einsum("bphd,hde,bphe->bhp", v, gram, v).clamp_min_(0).sqrt_()
+
+
+def tokenizer_functions(model):
+    """(to_tokens, to_str_tokens) of a model; auto_circuit's PatchableModel returns them from zero-argument methods."""
+    fns = [model.to_tokens, model.to_str_tokens]
+    return [f() if not inspect.signature(f).parameters else f for f in fns]
+
+
+@dataclass(frozen=True)
+class PromptJob:
+    """One prompt as the plan decided it: its tokens, the heads to store (none: statistics only) and
+    whether its statistics are still to be written."""
+    prompt: dict
+    hash: str  # lens.prompt_hash of its text
+    ids: list[int]
+    truncated: bool
+    heads: list[tuple[int, int]]
+    needs_stats: bool
+
+    @property
+    def n_tokens(self) -> int:
+        return len(self.ids)
+
+    def part_row(self) -> dict:
+        """Its line in the run's statistics part (storage.StatsPart)."""
+        return {"hash": self.hash, "text": self.prompt["text"], "n_tokens": self.n_tokens,
+                "meta": self.prompt.get("meta", {}), "truncated": self.truncated}
+
+
+@dataclass
+class OpenPrompt:
+    """A prompt during its forward pass (PatternStream.open): the files and arrays its hooks fill in."""
+    job: PromptJob
+    layout: str  # "tril" (causal) or "full"
+    layer_heads: dict[int, list[int]]  # the heads to store, by layer
+    keep: object  # flat positions of the stored layout on the model's device (None: all)
+    writer: storage.PatternWriter | None  # None: nothing stored
+    norms: np.ndarray | None  # value norms [n_layers, n_heads, n_tokens]
+    plugin_values: np.ndarray | None  # host statistics [n_plugins, n_layers, n_heads]
+
+
+class PatternStream:
+    """Takes each layer's patterns as its hook fires and streams them into the batch's pattern files.
+
+    On the model's device, each prompt's heads are trimmed to its length, cut to the lower
+    triangle and quantised to the stored uint16 form (a quarter of float32's bytes); only that
+    is copied to the host, where a pool of threads compresses it (zlib releases the GIL) and runs
+    the user's host statistics on it while the forward pass goes on, and one writer thread appends
+    the streams to each file in order. At most MAX_PENDING bytes wait: memory follows one layer."""
+
+    MAX_PENDING = 256 * 2**20
+    GROUP_BYTES = 64 * 2**20  # float32 bytes of heads quantised at once on the device
+
+    def __init__(self, n_workers: int, plugins: list[lens.Figure], *, save_path: Path, model_dir: str,
+                 shape: tuple[int, int], causal: bool, device, with_norms: bool):
+        self.save_path, self.model_dir, self.shape = save_path, model_dir, shape
+        self.causal, self.device, self.with_norms = causal, device, with_norms
+        self.compress = ThreadPoolExecutor(n_workers, thread_name_prefix="compress")
+        self.write = ThreadPoolExecutor(1, thread_name_prefix="write")
+        self.pending, self.queue = 0, deque()
+        self.lock = threading.Lock()
+        self.plugins = plugins
+        self.plugin_errors: dict[str, str] = {}  # statistic -> the first failure's message
+        self.writers: list[storage.PatternWriter] = []  # files opened; those closed since are dropped at each open
+
+    def open(self, job: PromptJob) -> OpenPrompt:
+        """Make what a prompt's forward pass fills in: its pattern file (if it stores any heads), its
+        value norms and host statistics (if something needs them)."""
+        n, layout = job.n_tokens, "tril" if self.causal else "full"
+        layer_heads = {}
+        for l, h in job.heads:
+            layer_heads.setdefault(l, []).append(h)
+        plugin_values = (np.full((len(self.plugins), *self.shape), np.nan, np.float32)
+                         if self.plugins and job.needs_stats else None)
+        keep = (torch.from_numpy(storage.tril_positions(n, "tril")).to(self.device)  # what reaches the host is cut
+                if self.causal and (job.heads or plugin_values is not None) else None)  # to the lower triangle
+        norms = np.full((*self.shape, n), np.nan, np.float32) if self.with_norms else None
+        writer = None
+        if job.heads:
+            datadir.prompt_json_path(self.save_path, self.model_dir, job.hash).unlink(missing_ok=True)  # unfinished
+            writer = storage.PatternWriter(datadir.patterns_path(self.save_path, self.model_dir, job.hash),
+                                           *self.shape, n, layout, job.heads)
+            # only the files still open are kept: a 100,000-prompt run does not hold every finished writer
+            self.writers = [w for w in self.writers if not w.file.closed] + [writer]
+        return OpenPrompt(job, layout, layer_heads, keep, writer, norms, plugin_values)
+
+    def submit_values(self, batch: list[OpenPrompt], layer: int, v, gram) -> None:
+        norms = value_norms(v, gram).cpu().numpy()
+        for i, o in enumerate(batch):
+            if o.norms is not None:
+                o.norms[layer] = norms[i, :, :o.job.n_tokens]
+
+    def submit_layer(self, batch: list[OpenPrompt], layer: int, pattern) -> None:
+        for i, o in enumerate(batch):
+            heads = list(range(pattern.shape[1])) if o.plugin_values is not None else o.layer_heads.get(layer)
+            if not heads:
+                continue
+            n = o.job.n_tokens
+            group = max(1, self.GROUP_BYTES // (4 * n * n))
+            for g in range(0, len(heads), group):
+                idx = heads[g:g + group]
+                stored = quantize_on_device(pattern[i, idx, :n, :n], o.keep).cpu().numpy()
+                self._submit(o, layer, idx, stored)
+
+    def _submit(self, o: OpenPrompt, layer: int, idx: list[int], stored: np.ndarray) -> None:
+        while self.pending > self.MAX_PENDING and self.queue:
+            self.queue.popleft().result()
+        streams = self.compress.submit(self._encode, o, layer, idx, stored)
+        with self.lock:
+            self.pending += stored.nbytes
+        self.queue.append(self.write.submit(self._append, o.writer, streams, stored.nbytes))
+
+    def _encode(self, o: OpenPrompt, layer: int, idx: list[int], stored: np.ndarray) -> list[bytes]:
+        """In a worker: the host statistics of every head given, and the streams of those to store."""
+        if o.plugin_values is not None:
+            for k, h in enumerate(idx):
+                attn = storage.decode_stored(stored[k], o.job.n_tokens, o.layout)
+                inputs = {"token_ids": o.job.ids, "value_norms": None if o.norms is None else o.norms[layer, h]}
+                for s, fig in enumerate(self.plugins):
+                    o.plugin_values[s, layer, h] = self._run_plugin(fig, attn, inputs, o.job, layer, h)
+        keep = set(o.layer_heads.get(layer, ()))
+        return storage.head_streams(stored[[k for k, h in enumerate(idx) if h in keep]]) if keep else []
+
+    def _run_plugin(self, fig: lens.Figure, attn: np.ndarray, inputs: dict, job, layer: int, head: int) -> float:
+        try:
+            return float(lens.call_plugin(fig, attn, inputs))
+        except Exception as e:  # a user's statistic failing on one head must not stop the run
+            self.plugin_errors.setdefault(fig.name, f"{fig.source}: {fig.name} failed on L{layer}H{head} of prompt "
+                                          f"{job.hash}: {type(e).__name__}: {e}")
+            return math.nan
+
+    def _append(self, writer: storage.PatternWriter | None, streams, nbytes: int) -> None:
+        try:
+            if writer is not None:
+                writer.add(streams.result())
+            else:
+                streams.result()
+        finally:
+            with self.lock:
+                self.pending -= nbytes
+
+    def finish(self, fn, *args):
+        """Run fn(*args) on the writer thread after every stream submitted so far is written."""
+        future = self.write.submit(fn, *args)
+        self.queue.append(future)
+        return future
+
+    def drain(self) -> None:
+        while self.queue:
+            self.queue.popleft().result()
+
+    def settle(self) -> None:
+        """After an interruption: let what the device already computed reach the disk (its failures are moot)."""
+        while self.queue:
+            try:
+                self.queue.popleft().result()
+            except Exception:
+                pass
+
+    def close(self) -> None:
+        """Stop the threads and drop every pattern file not finished (none after a whole run)."""
+        self.compress.shutdown(cancel_futures=True)
+        self.write.shutdown(cancel_futures=True)
+        for writer in self.writers:
+            if not writer.file.closed:
+                writer.abort()
+
+DEVICE_STATISTICS = ("bos", "diagonal", "entropy", "previous_token_head", "duplicate_token_head", "induction_head")
+
+
+class DeviceStats:
+    """The built-in statistics (figures/head_stats.py's definitions) of every head of a batch, computed on
+    the model's device from the exact patterns as each layer's hook fires: no pattern needs to reach the host.
+
+    Each layer costs a gather, two reductions and three small matmuls; their sums are kept per layer and
+    turned into the statistics once per batch (`values`). What depends only on the tokens (padding, the
+    (query, key) pairs where a token repeats) is found on the host with numpy and sent over once."""
+
+    GROUP_BYTES = 64 * 2**20  # float32 bytes of one entropy pass
+
+    def __init__(self, n: np.ndarray, tokens: np.ndarray, device, n_layers: int, n_heads: int):
+        """`tokens`: the batch [batch, width], right-padded, on the host; `n`: each prompt's length."""
+        b, width = tokens.shape
+        q = np.arange(width)
+        valid = (q[None] < n[:, None]).astype(np.float32)  # [batch, pos]: a real query
+        after_first = valid * (q[None] >= 1)
+        per_query = np.maximum(n - 1, 1).astype(np.float32)[:, None]
+        # The five linear scores are sums of pattern entries with weights: gather each prompt's entries (first
+        # key, diagonal, previous token, its repeat pairs, the keys after them) and one matmul weighs them.
+        idx, weight = repeat_pairs(tokens, n)
+        first = np.broadcast_to(q * width, (b, width))
+        # a real pair's key is before its query, so the key after it is in the pattern; the padding slots
+        # (weight 0) are kept in range for a batch of one-token prompts
+        idx = np.concatenate([first, first + q, first + np.maximum(q - 1, 0), idx,
+                              np.minimum(idx + 1, width * width - 1)], 1)
+        weights = np.zeros((b, idx.shape[1], 5), np.float32)
+        at = np.cumsum([0, width, width, width, weight.shape[1], weight.shape[1]])
+        for s, w in enumerate([after_first / per_query, after_first / per_query, after_first, weight, weight]):
+            weights[:, at[s]:at[s + 1], s] = w
+        rows = np.stack([valid, -after_first / (per_query * math.log(2))], 2)  # weights of sum(A) and entropy
+
+        def put(a, dtype):
+            return torch.from_numpy(np.ascontiguousarray(a)).to(device=device, dtype=dtype)
+        self.idx = put(idx, torch.long)[:, None].expand(-1, n_heads, -1)
+        self.weights, self.rows = put(weights, torch.float32), put(rows, torch.float32)
+        self.defined = n >= 2  # detect_head refuses one-token prompts; the means need two
+        # per layer: the five linear sums; sum(A) over the real queries (detect_head's denominator) and the
+        # mean entropy of those after the first, each read from a product with both row weights
+        self.linear = torch.empty((n_layers, b, n_heads, 5), device=device)
+        self.total = torch.empty((n_layers, b, n_heads, 2), device=device)
+        self.entropy = torch.empty((n_layers, b, n_heads, 2), device=device)
+
+    def add_layer(self, layer: int, pattern) -> None:
+        """One layer's sums from its pattern [batch, heads, pos, pos]."""
+        here = pattern.device == self.linear.device  # else a model split over devices: the small sums come back
+        idx, weights, rows = (x if here else x.to(pattern.device) for x in (self.idx, self.weights, self.rows))
+        picked = torch.gather(pattern.reshape(*pattern.shape[:2], -1), 2, idx).float()
+        for out, x, w in [(self.linear, picked, weights), (self.total, pattern.sum(-1, dtype=torch.float32), rows),
+                          (self.entropy, self.bits(pattern), rows)]:
+            if here:
+                torch.bmm(x, w, out=out[layer])
+            else:
+                out[layer].copy_(torch.bmm(x, w))
+
+    def bits(self, pattern) -> torch.Tensor:
+        """sum_k x log x of every query row [batch, heads, pos], a group of heads at a time (bounded memory)."""
+        b, h, p, _ = pattern.shape
+        group = max(1, self.GROUP_BYTES // (4 * b * p * p))
+        out = torch.empty((b, h, p), device=pattern.device)
+        for g in range(0, h, group):
+            x = pattern[:, g:g + group]
+            # x log x, 0 where x < 1e-30 (those add less than 1e-28 bits): the clamp keeps denormal probabilities,
+            # which softmax makes plenty of and a CPU takes ~10x longer over, out of the log
+            y = x.clamp_min(1e-30) if x.dtype == torch.float32 else x.float().clamp_min_(1e-30)
+            torch.sum(y.log_().mul_(x), -1, out=out[:, g:g + group])
+        return out
+
+    def values(self) -> np.ndarray:
+        """[batch, statistics (DEVICE_STATISTICS' order), layers, heads]: NaN for one-token prompts."""
+        linear, total, entropy = (x.cpu().numpy().transpose(1, 0, 2, 3) for x in (self.linear, self.total,
+                                                                                 self.entropy))
+        with np.errstate(invalid="ignore", divide="ignore"):
+            v = np.stack([linear[..., 0], linear[..., 1], entropy[..., 1],
+                          *(linear[..., k] / total[..., 0] for k in (2, 3, 4))], 1)
+        v[~self.defined] = np.nan
+        return v
+
+
+def repeat_pairs(tokens: np.ndarray, n: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Flat pattern indices (query * width + key) of every query whose token appeared at an earlier key,
+    per prompt of the batch [batch, width] padded to the longest list, and 0/1 weights marking the real
+    ones: detect_head's duplicate-token pattern; its induction pattern is the key after each (index + 1)."""
+    b, width = tokens.shape
+    valid = np.arange(width)[None] < n[:, None]
+    same = (tokens[:, :, None] == tokens[:, None, :]) & np.tri(width, width, -1, bool) & valid[:, :, None]
+    flat = np.flatnonzero(same)  # row * width^2 + query * width + key
+    row, pair = np.divmod(flat, width * width)
+    counts = np.bincount(row, minlength=b)
+    size = max(1, int(counts.max())) if len(row) else 1
+    slot = np.arange(len(row)) - (np.cumsum(counts) - counts)[row]
+    idx = np.zeros((b, size), np.int64)
+    weight = np.zeros((b, size), np.float32)
+    idx[row, slot], weight[row, slot] = pair, 1
+    return idx, weight
+
+
+def quantize_on_device(attn, keep) -> torch.Tensor:
+    """[heads, n, n] probabilities -> [heads, 2, m] uint8 in the stored form (see storage.stored_form).
+
+    Cut to the stored layout first, then work in place: each pass over the data costs as much as
+    a softmax of the forward pass."""
+    if keep is not None and keep.device != attn.device:  # a layer on another device of a split model
+        keep = keep.to(attn.device)
+    x = torch.index_select(attn.flatten(1), 1, keep) if keep is not None else attn.flatten(1).clone()
+    q = x.float().mul_(storage.PATTERN_SCALE).round_().clamp_(0, storage.PATTERN_SCALE).to(torch.int16)
+    return q.view(torch.uint8).view(len(q), -1, 2).transpose(1, 2).contiguous()  # little-endian: low byte first
+
+
+def forward_batch(model, batch: list[PromptJob], stream: PatternStream,
+                  grams: list | None) -> tuple[list[OpenPrompt], np.ndarray]:
+    """One forward pass over a batch: every head's built-in statistics [batch, DEVICE_STATISTICS, layers, heads]
+    computed on the device, and the patterns of the prompts that store them streamed to disk by `stream`."""
+    n = np.array([job.n_tokens for job in batch])
+    width, device = int(n.max()), stream.device
+    pad_id = getattr(model.tokenizer, "pad_token_id", None) or 0
+    tokens = np.array([job.ids + [pad_id] * (width - job.n_tokens) for job in batch], np.int64)
+    opened = [stream.open(job) for job in batch]
+    # Right padding is harmless under a causal mask; an encoder must be told which keys are padding.
+    mask = None if stream.causal else torch.from_numpy(np.arange(width)[None] < n[:, None]).long().to(device)
+    stats = DeviceStats(n, tokens, device, *stream.shape)
+
+    def on_layer(layer, pattern):
+        stats.add_layer(layer, pattern)
+        stream.submit_layer(opened, layer, pattern)
+
+    forward_patterns(model, torch.from_numpy(tokens).to(device), on_layer, stream.shape[0] - 1, mask,
+                     (lambda layer, v: stream.submit_values(opened, layer, v, grams[layer])) if grams else None)
+    return opened, stats.values()
+
+
+def token_strings(model):
+    """ids -> the model's token strings, as prompt.json keeps them."""
+    to_str_tokens = tokenizer_functions(model)[1]
+    return lambda ids: to_str_tokens(torch.tensor(ids))
+
+
+def model_device(model) -> torch.device:
+    """Where the model's first parameters live: batches go there."""
+    return next(model.parameters()).device if hasattr(model, "parameters") else torch.device("cpu")
+
+
+def pick_device(device: str | None, device_map: str | None) -> str | None:
+    """--device, else cuda when there is one (None: --device-map places the model itself)."""
+    device = device or (None if device_map else "cuda" if torch.cuda.is_available() else "cpu")
+    if device and device.startswith("cuda") and not torch.cuda.is_available():
+        raise lens.UserError(f"--device {device}: this machine has no CUDA device (try --device cpu)")
+    return device
