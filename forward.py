@@ -17,9 +17,7 @@ import datadir
 import lens
 import storage
 
-
-class StopForward(Exception):
-    """Raised by the hook on the last layer's pattern: nothing after it is needed."""
+# ---- loading a model ----
 
 DEMO_DIR = Path(__file__).resolve().parent / "demo"
 
@@ -88,23 +86,54 @@ def load_model(name: str, device: str | None, dtype: str, revision: str | None =
     return model
 
 
+def pick_device(device: str | None, device_map: str | None) -> str | None:
+    """--device, else cuda when there is one (None: --device-map places the model itself)."""
+    device = device or (None if device_map else "cuda" if torch.cuda.is_available() else "cpu")
+    if device and device.startswith("cuda") and not torch.cuda.is_available():
+        raise lens.UserError(f"--device {device}: this machine has no CUDA device (try --device cpu)")
+    return device
+
+
+def model_device(model) -> torch.device:
+    """Where the model's first parameters live: batches go there."""
+    return next(model.parameters()).device if hasattr(model, "parameters") else torch.device("cpu")
+
+
 def model_config(model, model_name: str) -> dict:
+    """model_cfg.json: the model's names and lens.MODEL_CFG_KEYS of its TransformerLens config."""
     cfg = model.cfg
     out = {"model_name": model_name, "model_dir": lens.model_dir_name(model_name)}
-    for key in ["n_layers", "n_heads", "d_model", "d_head", "n_ctx", "d_vocab", "act_fn",
-                "default_prepend_bos", "positional_embedding_type", "original_architecture"]:
+    for key in lens.MODEL_CFG_KEYS:
         value = getattr(cfg, key, None)
         out[key] = value if isinstance(value, (int, float, str, bool, type(None))) else str(value)
     return out
 
 
-def is_pattern_hook(name: str) -> bool:
-    return name.endswith("attn.hook_pattern")
+def tokenizer_functions(model):
+    """(to_tokens, to_str_tokens) of a model; auto_circuit's PatchableModel returns them from zero-argument methods."""
+    fns = [model.to_tokens, model.to_str_tokens]
+    return [f() if not inspect.signature(f).parameters else f for f in fns]
+
+
+def token_strings(model):
+    """ids -> the model's token strings, as prompt.json keeps them."""
+    to_str_tokens = tokenizer_functions(model)[1]
+    return lambda ids: to_str_tokens(torch.tensor(ids))
 
 
 def is_causal(model) -> bool:
     """Whether the model only attends backwards (decoders); encoders such as BERT attend both ways."""
     return getattr(model.cfg, "attention_dir", "causal") != "bidirectional"
+
+
+# ---- hooks: each layer's pattern (and value vectors) as the forward pass makes them ----
+
+class StopForward(Exception):
+    """Raised by the hook on the last layer's pattern: nothing after it is needed."""
+
+
+def is_pattern_hook(name: str) -> bool:
+    return name.endswith("attn.hook_pattern")
 
 
 def is_value_hook(name: str) -> bool:
@@ -118,19 +147,17 @@ def forward_patterns(model, tokens, on_layer, last_layer: int, attention_mask=No
     unembedding, would be wasted work)."""
     kwargs = {"attention_mask": attention_mask} if attention_mask is not None else {}
 
-    def hook(pattern, hook):
-        layer = int(hook.name.split(".")[1])
-        if layer <= last_layer:
-            on_layer(layer, pattern.detach())
-        if layer >= last_layer:
+    def pattern_hook(pattern, hook):
+        if hook.layer() <= last_layer:
+            on_layer(hook.layer(), pattern.detach())
+        if hook.layer() >= last_layer:
             raise StopForward
 
     def value_hook(v, hook):
-        layer = int(hook.name.split(".")[1])
-        if layer <= last_layer:
-            on_values(layer, v.detach())
+        if hook.layer() <= last_layer:
+            on_values(hook.layer(), v.detach())
 
-    hooks = [(is_pattern_hook, hook)] + ([(is_value_hook, value_hook)] if on_values else [])
+    hooks = [(is_pattern_hook, pattern_hook)] + ([(is_value_hook, value_hook)] if on_values else [])
     with torch.inference_mode():
         if hasattr(model, "run_with_hooks"):
             try:
@@ -173,11 +200,7 @@ def value_norms(v, gram) -> torch.Tensor:
     return torch.einsum("bphd,hde,bphe->bhp", v, gram, v).clamp_min_(0).sqrt_()
 
 
-def tokenizer_functions(model):
-    """(to_tokens, to_str_tokens) of a model; auto_circuit's PatchableModel returns them from zero-argument methods."""
-    fns = [model.to_tokens, model.to_str_tokens]
-    return [f() if not inspect.signature(f).parameters else f for f in fns]
-
+# ---- one batch: the prompts' jobs, the stream of stored patterns, the statistics on the device ----
 
 @dataclass(frozen=True)
 class PromptJob:
@@ -233,7 +256,7 @@ class PatternStream:
         self.pending, self.queue = 0, deque()
         self.lock = threading.Lock()
         self.plugins = plugins
-        self.plugin_errors: dict[str, str] = {}  # statistic -> the first failure's message
+        self.plugin_errors: dict[str, list] = {}  # statistic -> [the first failure's message, how many failed]
         self.writers: list[storage.PatternWriter] = []  # files opened; those closed since are dropped at each open
 
     def open(self, job: PromptJob) -> OpenPrompt:
@@ -298,8 +321,9 @@ class PatternStream:
         try:
             return float(lens.call_plugin(fig, attn, inputs))
         except Exception as e:  # a user's statistic failing on one head must not stop the run
-            self.plugin_errors.setdefault(fig.name, f"{fig.source}: {fig.name} failed on L{layer}H{head} of prompt "
-                                          f"{job.hash}: {type(e).__name__}: {e}")
+            with self.lock:
+                self.plugin_errors.setdefault(fig.name, [f"{fig.source}: {fig.name} failed on L{layer}H{head} of "
+                                                         f"prompt {job.hash}: {type(e).__name__}: {e}", 0])[1] += 1
             return math.nan
 
     def _append(self, writer: storage.PatternWriter | None, streams, nbytes: int) -> None:
@@ -337,6 +361,19 @@ class PatternStream:
         for writer in self.writers:
             if not writer.file.closed:
                 writer.abort()
+
+
+def quantize_on_device(attn, keep) -> torch.Tensor:
+    """[heads, n, n] probabilities -> [heads, 2, m] uint8 in the stored form (see storage.stored_form).
+
+    Cut to the stored layout first, then work in place: each pass over the data costs as much as
+    a softmax of the forward pass."""
+    if keep is not None and keep.device != attn.device:  # a layer on another device of a split model
+        keep = keep.to(attn.device)
+    x = torch.index_select(attn.flatten(1), 1, keep) if keep is not None else attn.flatten(1).clone()
+    q = x.float().mul_(storage.PATTERN_SCALE).round_().clamp_(0, storage.PATTERN_SCALE).to(torch.int16)
+    return q.view(torch.uint8).view(len(q), -1, 2).transpose(1, 2).contiguous()  # little-endian: low byte first
+
 
 DEVICE_STATISTICS = ("bos", "diagonal", "entropy", "previous_token_head", "duplicate_token_head", "induction_head")
 
@@ -437,18 +474,6 @@ def repeat_pairs(tokens: np.ndarray, n: np.ndarray) -> tuple[np.ndarray, np.ndar
     return idx, weight
 
 
-def quantize_on_device(attn, keep) -> torch.Tensor:
-    """[heads, n, n] probabilities -> [heads, 2, m] uint8 in the stored form (see storage.stored_form).
-
-    Cut to the stored layout first, then work in place: each pass over the data costs as much as
-    a softmax of the forward pass."""
-    if keep is not None and keep.device != attn.device:  # a layer on another device of a split model
-        keep = keep.to(attn.device)
-    x = torch.index_select(attn.flatten(1), 1, keep) if keep is not None else attn.flatten(1).clone()
-    q = x.float().mul_(storage.PATTERN_SCALE).round_().clamp_(0, storage.PATTERN_SCALE).to(torch.int16)
-    return q.view(torch.uint8).view(len(q), -1, 2).transpose(1, 2).contiguous()  # little-endian: low byte first
-
-
 def forward_batch(model, batch: list[PromptJob], stream: PatternStream,
                   grams: list | None) -> tuple[list[OpenPrompt], np.ndarray]:
     """One forward pass over a batch: every head's built-in statistics [batch, DEVICE_STATISTICS, layers, heads]
@@ -469,22 +494,3 @@ def forward_batch(model, batch: list[PromptJob], stream: PatternStream,
     forward_patterns(model, torch.from_numpy(tokens).to(device), on_layer, stream.shape[0] - 1, mask,
                      (lambda layer, v: stream.submit_values(opened, layer, v, grams[layer])) if grams else None)
     return opened, stats.values()
-
-
-def token_strings(model):
-    """ids -> the model's token strings, as prompt.json keeps them."""
-    to_str_tokens = tokenizer_functions(model)[1]
-    return lambda ids: to_str_tokens(torch.tensor(ids))
-
-
-def model_device(model) -> torch.device:
-    """Where the model's first parameters live: batches go there."""
-    return next(model.parameters()).device if hasattr(model, "parameters") else torch.device("cpu")
-
-
-def pick_device(device: str | None, device_map: str | None) -> str | None:
-    """--device, else cuda when there is one (None: --device-map places the model itself)."""
-    device = device or (None if device_map else "cuda" if torch.cuda.is_available() else "cpu")
-    if device and device.startswith("cuda") and not torch.cuda.is_available():
-        raise lens.UserError(f"--device {device}: this machine has no CUDA device (try --device cpu)")
-    return device

@@ -18,10 +18,10 @@ import sys
 import warnings
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 
+import datadir
 import lens
 import storage
 
@@ -29,10 +29,6 @@ PROBE_PATH = Path(__file__).resolve().parent / "probe.jsonl"
 MAX_SHAPE_PROMPTS = 32  # stored prompts whose patterns give the shape features: the probe set has 20
 N_OFFSETS = 8  # attention mass at offsets 0 (self) ... 7 back
 N_NEAREST = 8
-
-
-def heads_json_path(save_path: Path, model: str) -> Path:
-    return Path(save_path) / model / "heads.json"
 
 
 @dataclass(frozen=True)
@@ -184,7 +180,7 @@ def stat_means(save_path: Path, model: str, index: dict, rows: list[int]) -> dic
     shape = (index["n_prompts"], index["n_layers"], index["n_heads"])
     means = {}
     for name in STAT_FEATURES:
-        path = storage.stat_table_path(save_path, model, name)
+        path = datadir.stat_table_path(save_path, model, name)
         if name not in index["stats"] or not path.is_file() or not rows:
             continue
         table = np.memmap(path, "<f4", mode="r", shape=shape)
@@ -196,7 +192,7 @@ def stat_means(save_path: Path, model: str, index: dict, rows: list[int]) -> dic
 
 def model_features(save_path: Path, model: str, records: list[dict]) -> tuple[np.ndarray, dict]:
     """FEATURES per head, float64 [layers, heads, features] (NaN where not measured), and which prompts gave them."""
-    index = lens.read_json(storage.stats_path(save_path, model))
+    index = lens.read_json(datadir.stats_path(save_path, model))
     shape = (index["n_layers"], index["n_heads"])
     source, rows, repeat_rows = kind_rows(records)
     features = np.full((*shape, len(FEATURES)), np.nan)
@@ -277,15 +273,14 @@ def pca_map(z: np.ndarray) -> np.ndarray:
     return np.pad(xy, ((0, 0), (0, 2 - xy.shape[1])))
 
 
-def write_heads(save_path: Path, records_by_model: dict[str, list[dict]],
-                write: Callable[[Path, bytes], None]) -> None:
-    """heads.json of every model with statistics: its heads' kinds, fingerprint, map position and nearest heads,
-    each written by `write` (build_index.write_if_changed: an unchanged one is left alone)."""
-    models = [m for m in records_by_model if storage.stats_path(save_path, m).is_file()]
+def write_heads(save_path: Path, records_by_model: dict[str, list[dict]]) -> None:
+    """heads.json of every model with statistics: its heads' kinds, fingerprint, map position and nearest heads
+    (an unchanged one is left alone)."""
+    models = [m for m in records_by_model if datadir.stats_path(save_path, m).is_file()]
     measured = [model_features(save_path, m, records_by_model[m]) for m in models]
     for m, record in zip(models, heads_records(models, measured)):
-        write(heads_json_path(save_path, m),
-              json.dumps(record, ensure_ascii=False, separators=(",", ":"), allow_nan=False).encode())
+        data = json.dumps(record, ensure_ascii=False, separators=(",", ":"), allow_nan=False).encode()
+        lens.write_if_changed(datadir.heads_json_path(save_path, m), data)
 
 
 def heads_records(models: list[str], measured: list[tuple[np.ndarray, dict]]) -> list[dict]:

@@ -1,6 +1,7 @@
-"""What the scripts share: the data layout's paths, the CLI skeleton, prompt hashing, atomic writes,
-head specs, colormaps and images, the figure registry. The file formats (pattern files, figure packs,
-statistic parts, a prompt's stats.json) are in storage.py.
+"""What two or more of the scripts and modules share: prompt hashing and model dir names, the CLI skeleton, head
+specs, search words, JSON and atomic writes, colormaps and PNG images, the figure registry (the plug-in API).
+Every path of a data dir is in datadir.py; the file formats (pattern files, figure packs, statistic parts, a
+prompt's stats.json) are in storage.py.
 """
 import argparse
 import base64
@@ -19,9 +20,13 @@ from typing import Callable
 
 import numpy as np
 
+import datadir
+
 DEFAULT_SAVE_PATH = Path("attn_data")
-PATTERN_FILE = "patterns.bin"
-VALUE_NORMS_FILE = "value_norms.f32"  # ||v_j W_O^h||: float32 [n_layers, n_heads, n_tokens], NaN where not stored
+SITE_DIR = Path(__file__).resolve().parent / "site"
+# model_cfg.json keys we keep of TransformerLens's config (import_pattern_lens.py keeps the same of pattern-lens's)
+MODEL_CFG_KEYS = ("n_layers", "n_heads", "d_model", "d_head", "n_ctx", "d_vocab", "act_fn",
+                  "default_prepend_bos", "positional_embedding_type", "original_architecture")
 
 
 class UserError(Exception):
@@ -42,64 +47,6 @@ def model_dir_name(model_name: str) -> str:
     return re.sub(r"[^A-Za-z0-9._-]", "_", model_name.replace("/", "__")).strip(".") or "model"
 
 
-# ---- The data layout: every path of a data dir, named as site/data.js names them --------------
-
-def models_path(save_path: Path) -> Path:
-    return Path(save_path) / "models.jsonl"
-
-
-def figures_path(save_path: Path) -> Path:
-    return Path(save_path) / "figures.jsonl"
-
-
-def colormaps_path(save_path: Path) -> Path:
-    return Path(save_path) / "colormaps.json"
-
-
-def render_record_path(save_path: Path) -> Path:
-    """Which figures dir render_figures.py rendered with: build_index.py indexes that one (the site never reads it)."""
-    return Path(save_path) / "render.json"
-
-
-def model_cfg_path(save_path: Path, model: str) -> Path:
-    return Path(save_path) / model / "model_cfg.json"
-
-
-def prompts_dir(save_path: Path, model: str) -> Path:
-    """The folder holding one folder per prompt."""
-    return Path(save_path) / model / "prompts"
-
-
-def prompt_dir(save_path: Path, model: str, phash: str) -> Path:
-    return prompts_dir(save_path, model) / phash
-
-
-def prompt_json_path(save_path: Path, model: str, phash: str) -> Path:
-    return prompt_dir(save_path, model, phash) / "prompt.json"
-
-
-def patterns_path(save_path: Path, model: str, phash: str) -> Path:
-    return prompt_dir(save_path, model, phash) / PATTERN_FILE
-
-
-def prompt_stats_path(save_path: Path, model: str, phash: str) -> Path:
-    return prompt_dir(save_path, model, phash) / "stats.json"
-
-
-def value_norms_path(save_path: Path, model: str, phash: str) -> Path:
-    return prompt_dir(save_path, model, phash) / VALUE_NORMS_FILE
-
-
-def figure_pack_path(save_path: Path, model: str, phash: str, output: str) -> Path:
-    """Every head's image of one figure output (`raw`, or `func.name` for a multi-figure): see PackWriter."""
-    return prompt_dir(save_path, model, phash) / f"{output}.pack"
-
-
-def figure_errors_path(save_path: Path, model: str, phash: str, name: str) -> Path:
-    """{"L<l>H<h>": traceback} of the heads a figure output or statistic failed on; only when one did."""
-    return prompt_dir(save_path, model, phash) / f"{name}.errors.json"
-
-
 def model_dirs(save_path: Path) -> list[str]:
     """Names of the data dir's model directories (those holding a model_cfg.json), sorted."""
     return sorted(p.parent.name for p in Path(save_path).glob("*/model_cfg.json"))
@@ -107,12 +54,12 @@ def model_dirs(save_path: Path) -> list[str]:
 
 def is_finished(pdir: Path) -> bool:
     """Whether a prompt dir is complete: prompt.json is written after patterns.bin."""
-    return (pdir / "prompt.json").is_file() and (pdir / PATTERN_FILE).is_file()
+    return (pdir / "prompt.json").is_file() and (pdir / datadir.PATTERN_FILE).is_file()
 
 
 def finished_prompts(save_path: Path, model: str) -> list[str]:
     """Hashes of a model's complete prompts, sorted."""
-    return sorted(p.parent.name for p in prompts_dir(save_path, model).glob("*/prompt.json")
+    return sorted(p.parent.name for p in datadir.prompts_dir(save_path, model).glob("*/prompt.json")
                   if is_finished(p.parent))
 
 
@@ -223,17 +170,44 @@ def format_heads(heads: list[tuple[int, int]], n_layers: int, n_heads: int) -> s
     return ",".join(parts)
 
 
+class AtomicFile:
+    """A file written under a temp name beside it and renamed into place by commit(), so a killed run never leaves
+    a half file that looks finished; abort() drops it. The one temp-file scheme (write_atomic, storage's writers)."""
+
+    def __init__(self, path: Path, drop_stale: bool = False):
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        if drop_stale:  # temp files a killed run left of this path
+            for stale in self.path.parent.glob(f".{self.path.name}.tmp*"):
+                stale.unlink(missing_ok=True)
+        self.tmp = self.path.with_name(f".{self.path.name}.tmp{os.getpid()}")
+        self.file = open(self.tmp, "wb")
+
+    def commit(self) -> None:
+        self.file.close()
+        os.replace(self.tmp, self.path)
+
+    def abort(self) -> None:
+        """Drop the temp file (nothing once committed)."""
+        self.file.close()
+        self.tmp.unlink(missing_ok=True)
+
+
 def write_atomic(path: Path, data: bytes | str) -> None:
     """Write via a temp file and rename, so a killed run never leaves a half file."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    out = AtomicFile(path)
     try:
-        tmp.write_bytes(data.encode("utf-8") if isinstance(data, str) else data)
-        os.replace(tmp, path)
+        out.file.write(data.encode("utf-8") if isinstance(data, str) else data)
+        out.commit()
     except BaseException:  # a full disk, Ctrl-C: no temp file stays behind
-        tmp.unlink(missing_ok=True)
+        out.abort()
         raise
+
+
+def write_if_changed(path: Path, data: bytes) -> None:
+    """Atomic write that leaves an identical file alone, so its mtime (and browser caches) stay valid."""
+    if not (path.is_file() and path.read_bytes() == data):
+        write_atomic(path, data)
 
 
 def json_bytes(obj) -> bytes:
@@ -286,6 +260,18 @@ def iter_jsonl(path: Path):
         yield lineno, row
 
 
+# ---- Search: the words a prompt is found by (site/data.js searchTerms is the same rule) ----
+
+WORD = re.compile(r"\w+")  # site/data.js's WORD: letters, digits and _ (Unicode)
+
+
+def search_words(record: dict) -> set[str]:
+    """The words a search finds a prompt by: of its text and its meta values, lowercased."""
+    meta = record["meta"]
+    text = record["text"] + (" " + json.dumps(list(meta.values()), ensure_ascii=False) if meta else "")
+    return set(WORD.findall(" ".join(set(text.lower().split()))))  # no \w is a space: each piece once is enough
+
+
 # ---- Colormaps and matrix images (numpy only; no matplotlib, no pillow) ------------------
 
 # Evenly spaced anchor colours, linearly interpolated to 256 entries. viridis and magma:
@@ -303,7 +289,6 @@ _COLORMAP_ANCHORS = {
     "RdBu": "67001f b2182b d6604d f4a582 fddbc7 f7f7f7 d1e5f0 92c5de 4393c3 2166ac 053061",
 }
 COLORMAPS = tuple(_COLORMAP_ANCHORS) + tuple(f"{name}_r" for name in _COLORMAP_ANCHORS)
-IMAGE_FORMATS = ("svg", "svgz", "png")  # accepted from plug-ins; packs store PNG whatever they say
 _COLORMAP_CACHE: dict[str, np.ndarray] = {}
 
 
@@ -405,7 +390,6 @@ class Figure:
     func: Callable
     kind: str  # "figure" | "multi" | "statistic"
     outputs: list[str]  # image names it writes; [] for statistics
-    format: str = "svg"
     options: dict = field(default_factory=dict)
     source: str = ""  # the file it came from, e.g. "figures/raw.py"
 
@@ -414,15 +398,13 @@ _REGISTERING: list[Figure] = []  # filled by the decorators while load_figures i
 
 
 def figure(func: Callable | None = None, *, cmap: str | None = None, normalize: bool = False,
-           diverging: bool = False, normalize_min: float | None = None, format: str = "svg",
+           diverging: bool = False, normalize_min: float | None = None,
            outputs: list[str] | tuple[str, ...] | None = None):
     """Register `func(attn) -> 2-D matrix` as a figure; with outputs=[names], func returns {name: matrix}.
 
     Usable bare (@figure) or with options (@figure(cmap="Blues", normalize=True))."""
     cmap = cmap or ("RdBu" if diverging else "viridis")
     colormap_table(cmap)
-    if format not in IMAGE_FORMATS:
-        raise UserError(f"unknown format {format!r} (known: {', '.join(IMAGE_FORMATS)})")
     if outputs is not None and (not outputs or len(set(outputs)) != len(outputs)
                                 or not all(_NAME_RE.match(o) for o in outputs)):
         raise UserError(f"outputs must be distinct names made of letters, digits, _ and -, got {outputs!r}")
@@ -430,7 +412,7 @@ def figure(func: Callable | None = None, *, cmap: str | None = None, normalize: 
 
     def register(f: Callable) -> Callable:
         outs = [f.__name__] if outputs is None else [f"{f.__name__}.{o}" for o in outputs]
-        _REGISTERING.append(Figure(f.__name__, f, "figure" if outputs is None else "multi", outs, format,
+        _REGISTERING.append(Figure(f.__name__, f, "figure" if outputs is None else "multi", outs,
                                    {**options, "inputs": plugin_inputs(f)}))
         return f
     return register(func) if func is not None else register
@@ -438,7 +420,7 @@ def figure(func: Callable | None = None, *, cmap: str | None = None, normalize: 
 
 def statistic(func: Callable) -> Callable:
     """Register `func(attn) -> float` (or with `token_ids`, `value_norms` parameters) as a head statistic."""
-    _REGISTERING.append(Figure(func.__name__, func, "statistic", [], "", {"inputs": plugin_inputs(func)}))
+    _REGISTERING.append(Figure(func.__name__, func, "statistic", [], {"inputs": plugin_inputs(func)}))
     return func
 
 
@@ -493,3 +475,11 @@ def load_figures(figures_dir: Path = FIGURES_DIR) -> tuple[dict[str, Figure], li
             figures[fig.name] = fig
     _REGISTERING.clear()
     return figures, errors
+
+
+def load_figures_or_warn(figures_dir: Path = FIGURES_DIR) -> dict[str, Figure]:
+    """load_figures, with a warning on stderr for each file that failed to import (every script's one wording)."""
+    figures, errors = load_figures(figures_dir)
+    for error in errors:
+        print(f"warning: skipping a figure file that failed to import: {error}", file=sys.stderr)
+    return figures

@@ -7,8 +7,6 @@ no network (the site's own pages and the data in one document, standalone.py, sh
 """
 import html
 import json
-import subprocess
-import sys
 import tempfile
 from contextlib import nullcontext
 from pathlib import Path
@@ -16,8 +14,6 @@ from urllib.parse import urlencode
 
 import lens
 import standalone
-
-ROOT = Path(__file__).resolve().parent
 
 
 class AttentionView:
@@ -59,19 +55,16 @@ def attention_view(model, texts: str | list[str] | None = None, *, save_path: Pa
 
 def compute_and_render(model, texts: list[str], save_path: Path, heads: str | None, figures: str,
                        compute: dict) -> str:
-    """compute_activations() then render_figures.py, as the command lines run them; returns the model dir."""
-    from compute_activations import compute_activations, load_model
+    """compute_activations() then render_figures(), as the command lines run them; returns the model dir."""
+    import forward
+    from compute_activations import compute_activations
+    from render_figures import render_figures
     if isinstance(model, str):
-        import torch
         compute.setdefault("model_name", model)
-        model = load_model(model, compute.pop("device", None) or ("cuda" if torch.cuda.is_available() else "cpu"),
-                           compute.pop("dtype", "float32"))
+        model = forward.load_model(model, forward.pick_device(compute.pop("device", None), None),
+                                   compute.pop("dtype", "float32"))
     done = compute_activations(texts, model, save_path, heads=heads, progress=False, **compute)
-    render = subprocess.run([sys.executable, str(ROOT / "render_figures.py"), "--save-path", str(save_path),
-                             "--model", done["model_dir"], "--figures", figures, "--jobs", "1"],
-                            capture_output=True, text=True)
-    if render.returncode:
-        raise lens.UserError(f"render_figures.py: {render.stderr.strip().splitlines()[-1]}")
+    render_figures(save_path, [done["model_dir"]], figures, progress=False)
     return done["model_dir"]
 
 

@@ -202,6 +202,12 @@ def row_line(record: dict) -> bytes:
     return lens.jsonl_bytes([index_row(record)])
 
 
+def shard_name(word: str) -> str:
+    """The word shard a word is in: its first two characters, those other than a-z and 0-9 as _<hex code point>
+    (file names safe on any file system); site/data.js shardName is the same rule. Hashes are sharded alike."""
+    return "".join(c if "a" <= c <= "z" or "0" <= c <= "9" else f"_{ord(c):x}" for c in word[:2])
+
+
 def chunk_lines(save_path: Path, model: str, k: int, n_rows: int) -> list[bytes]:
     """The first n_rows lines of chunk k as written before (a killed run's later rows are not kept)."""
     path = datadir.index_rows_path(save_path, model, k)
@@ -275,9 +281,9 @@ def write_index(save_path: Path, model: str, rows: Rows, n_old: int, records: di
     for r in range(n_old, count):
         for word in lens.search_words(records[r]):
             rows_of.setdefault(word, []).append(r)
-        by_hash.setdefault(lens.shard_name(rows.hashes[r]), {})[rows.hashes[r]] = r
+        by_hash.setdefault(shard_name(rows.hashes[r]), {})[rows.hashes[r]] = r
     for word, found in rows_of.items():
-        words.setdefault(lens.shard_name(word), {})[word] = found
+        words.setdefault(shard_name(word), {})[word] = found
     for names_path, path_of, new, merge in [
             (datadir.index_shards_path(save_path, model), lambda s: datadir.index_words_path(save_path, model, s),
              words, merge_words),

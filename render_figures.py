@@ -13,6 +13,8 @@ and the per-model statistics tables (build_index.py). Existing packs and statist
 --force. A prompt whose files cannot be read is a warning naming it; the others are rendered.
 --export-svg MODEL/HASH/L<l>H<h>/OUTPUT writes one stored head's image as an SVG (the PNG inside, as
 lens.matrix_as_svg draws it) to -o FILE, or to stdout; it renders nothing.
+
+From a notebook: `from render_figures import render_figures; render_figures("attn_data", figures="raw")`.
 """
 import fnmatch
 import math
@@ -28,6 +30,7 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
+import datadir
 import lens
 import storage
 
@@ -88,7 +91,7 @@ def init_worker(figures_dir: Path, names: list[str]) -> None:
 
 
 def image_bytes(fig: lens.Figure, matrix) -> bytes:
-    """Encode one output matrix as PNG, whatever the figure's format: packs hold the PNG, --export-svg wraps it."""
+    """Encode one output matrix as PNG: packs hold the PNG, --export-svg wraps it in an SVG."""
     return lens.matrix_as_png(matrix, **{k: fig.options[k]
                                          for k in ("cmap", "normalize", "diverging", "normalize_min")})
 
@@ -169,7 +172,7 @@ def render_prompt(task: tuple[Path, str, str, bool]) -> dict:
 
 def render_prompt_heads(save_path: Path, model: str, phash: str, force: bool, counts: dict) -> None:
     """Render all selected figures and statistics of one prompt's stored heads, adding to counts."""
-    info = lens.read_json(lens.prompt_json_path(save_path, model, phash))
+    info = lens.read_json(datadir.prompt_json_path(save_path, model, phash))
     patterns = storage.load_patterns(save_path, model, phash)
     shape = (patterns.n_layers, patterns.n_heads)
     figs = [f for f in _FIGURES if f.kind != "statistic"]
@@ -190,7 +193,7 @@ def render_prompt_heads(save_path: Path, model: str, phash: str, force: bool, co
     counts["skipped"] += len(patterns.heads) * sum(len(f.outputs) for f in figs if f not in todo)
     if not todo and not stats:
         return
-    packs = {o: storage.PackWriter(lens.figure_pack_path(*prompt, o), *shape) for f in todo for o in f.outputs}
+    packs = {o: storage.PackWriter(datadir.figure_pack_path(*prompt, o), *shape) for f in todo for o in f.outputs}
     errors = {name: {} for name in [*packs, *(s.name for s in stats)]}
     try:
         for layer, h in patterns.heads:  # compute_activations.py --heads may have kept only some: no image, null stats
@@ -206,7 +209,7 @@ def render_prompt_heads(save_path: Path, model: str, phash: str, force: bool, co
                 counts["stat_failed"] += value is None
                 values[stat.name][layer, h] = math.nan if value is None else value
         for name, failures in errors.items():  # before the packs: a finished pack's errors file is its own
-            write_errors(lens.figure_errors_path(*prompt, name), failures)
+            write_errors(datadir.figure_errors_path(*prompt, name), failures)
         for pack in packs.values():
             pack.close()
     finally:  # an unreadable head, Ctrl-C: no half pack stays behind
@@ -218,19 +221,22 @@ def render_prompt_heads(save_path: Path, model: str, phash: str, force: bool, co
 
 def done(prompt: tuple, output: str) -> bool:
     """Whether an output is rendered for a prompt: its pack is there and no head failed (a fixed figure is retried)."""
-    return lens.figure_pack_path(*prompt, output).exists() and not lens.figure_errors_path(*prompt, output).exists()
+    return (datadir.figure_pack_path(*prompt, output).exists()
+            and not datadir.figure_errors_path(*prompt, output).exists())
 
 
-def render_model(save_path: Path, model: str, hashes: list[str], names: list[str], args) -> dict:
+def render_model(save_path: Path, model: str, hashes: list[str], names: list[str], *, force: bool, jobs: int,
+                 figures_dir: Path, progress: bool) -> dict:
     """Render one model's prompts in parallel, with a progress bar in head-images/s; returns summed counts."""
-    cfg = lens.read_json(lens.model_cfg_path(save_path, model))
+    cfg = lens.read_json(datadir.model_cfg_path(save_path, model))
     per_prompt = cfg["n_layers"] * cfg["n_heads"] * sum(len(f.outputs) for f in _FIGURES)
-    tasks = [(save_path, model, h, args.force) for h in hashes]
+    tasks = [(save_path, model, h, force) for h in hashes]
     totals = new_counts()
-    bar = tqdm(total=len(tasks) * per_prompt, desc=model, unit="img", smoothing=0.1, disable=None)
-    jobs = min(args.jobs, len(tasks))
+    bar = tqdm(total=len(tasks) * per_prompt, desc=model, unit="img", smoothing=0.1,
+               disable=None if progress else True)
+    jobs = min(jobs, len(tasks))
     # --jobs 1 runs in this process: no workers, easier to debug and profile
-    with Pool(jobs, init_worker, (args.figures_dir, names)) if jobs > 1 else nullcontext() as pool:
+    with Pool(jobs, init_worker, (figures_dir, names)) if jobs > 1 else nullcontext() as pool:
         for counts in pool.imap_unordered(render_prompt, tasks) if pool else map(render_prompt, tasks):
             for message in counts["warnings"]:
                 bar.write(message, file=sys.stderr)
@@ -266,7 +272,7 @@ def export_svg(save_path: Path, spec: str, out: Path | None) -> None:
         raise lens.UserError(f"--export-svg {spec}: expected MODEL/HASH/L<layer>H<head>/OUTPUT, "
                              f"e.g. gpt2/{'0' * 16}/L1H2/raw")
     model, phash, layer, head, output = lens.model_dir_name(m[1]), m[2], int(m[3]), int(m[4]), m[5]
-    path = lens.figure_pack_path(lens.require_data_dir(save_path), model, phash, output)
+    path = datadir.figure_pack_path(lens.require_data_dir(save_path), model, phash, output)
     if not path.is_file():
         raise lens.UserError(f"{path}: no such pack; render it first (python render_figures.py --save-path {save_path} "
                              f"--figures {output.split('.')[0]})")
@@ -275,7 +281,7 @@ def export_svg(save_path: Path, spec: str, out: Path | None) -> None:
     except IndexError as e:
         raise lens.UserError(str(e)) from None
     if image is None:
-        errors = lens.figure_errors_path(save_path, model, phash, output)
+        errors = datadir.figure_errors_path(save_path, model, phash, output)
         failed = errors.is_file() and f"L{layer}H{head}" in lens.read_json(errors)
         raise lens.UserError(f"{path}: no image of L{layer}H{head} "
                              + (f"({output} failed on it: see {errors})" if failed else "(the head is not stored)"))
@@ -287,44 +293,55 @@ def export_svg(save_path: Path, spec: str, out: Path | None) -> None:
 
 
 def write_prompt_stats(save_path: Path, model: str, phash: str, stats: dict[str, np.ndarray]) -> None:
-    lens.write_json(lens.prompt_stats_path(save_path, model, phash),
+    lens.write_json(datadir.prompt_stats_path(save_path, model, phash),
                     {name: storage.nan_as_null(v) for name, v in stats.items()})
 
 
 
 
-def main() -> None:
-    args = parse_args()
-    save_path = args.save_path
-    if args.export_svg:
-        export_svg(save_path, args.export_svg, args.output)
-        return
-    if args.output:
-        raise lens.UserError("-o/--output is the file of --export-svg; rendering writes into --save-path")
-    shard = lens.parse_shard(args.shard)
-    models = find_models(save_path, args.model)
-    registry, import_errors = lens.load_figures(args.figures_dir)
-    for err in import_errors:
-        print(f"skipping a figure file that failed to import: {err}", file=sys.stderr)
-    selected = select_figures(registry, args.figures)
+def render_figures(save_path: Path | str = lens.DEFAULT_SAVE_PATH, models: list[str] | None = None,
+                   figures: str = "*", *, n_samples: int | None = None, force: bool = False, jobs: int = 1,
+                   shard: tuple[int, int] | None = None, figures_dir: Path = lens.FIGURES_DIR,
+                   progress: bool = True) -> dict:
+    """Render the chosen figures (names or globs, comma separated) and statistics for every finished prompt of
+    `models` (default: all), then record the figures dir for build_index.py; returns the summed counts (printed
+    as one line when `progress`)."""
+    start = time.perf_counter()
+    save_path, figures_dir = Path(save_path), Path(figures_dir)
+    models = find_models(save_path, models)
+    selected = select_figures(lens.load_figures_or_warn(figures_dir), figures)
     names = [f.name for f in selected]
     _FIGURES[:] = selected
-    start = time.perf_counter()
     totals, n_tasks = new_counts(), 0
     for model in models:
         hashes = lens.finished_prompts(save_path, model)
         if not hashes:
             raise lens.UserError(f"{save_path}: model {model} has no patterns yet; "
                                  "run compute_activations.py for it first")
-        hashes = [h for h in hashes[:args.n_samples] if lens.in_shard(h, shard)]
+        hashes = [h for h in hashes[:n_samples] if lens.in_shard(h, shard)]
         n_tasks += len(hashes)
-        add_counts(totals, render_model(save_path, model, hashes, names, args) if hashes else new_counts())
-    print(summary_line(totals, time.perf_counter() - start))
+        if hashes:
+            add_counts(totals, render_model(save_path, model, hashes, names, force=force, jobs=jobs,
+                                            figures_dir=figures_dir, progress=progress))
+    if progress:
+        print(summary_line(totals, time.perf_counter() - start))
     if n_tasks and totals["unreadable"] == n_tasks:
         raise lens.UserError(f"none of the {n_tasks} prompt(s) could be read (see the warnings)")
-    lens.write_json(lens.render_record_path(save_path), {"figures_dir": str(args.figures_dir.resolve())})
+    lens.write_json(datadir.render_record_path(save_path), {"figures_dir": str(figures_dir.resolve())})
+    return totals
+
+
+def main() -> None:
+    args = parse_args()
+    if args.export_svg:
+        export_svg(args.save_path, args.export_svg, args.output)
+        return
+    if args.output:
+        raise lens.UserError("-o/--output is the file of --export-svg; rendering writes into --save-path")
+    render_figures(args.save_path, args.model, args.figures, n_samples=args.n_samples, force=args.force,
+                   jobs=args.jobs, shard=lens.parse_shard(args.shard), figures_dir=args.figures_dir)
     from build_index import build_index
-    build_index(save_path)
+    build_index(args.save_path)
 
 
 if __name__ == "__main__":

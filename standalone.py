@@ -1,8 +1,11 @@
 """Self-contained views: chosen models, prompts and heads of a data dir, and the site itself, in one HTML document
 that needs no server and no network (site/embed.js serves every file from memory).
 
-    python build_index.py --html view.html --models demo --prompts induction --heads 'L1H*'
+    python standalone.py view.html                                   # every model, prompt and head
+    python standalone.py view.html --models demo --prompts induction --heads 'L1H*'
     from notebook import attention_view      # the same document, shown in a notebook cell
+
+`build_index.py --html OUT.html` is an alias of this script.
 
 The data is a data dir of just the chosen prompts (their prompt index and statistics tables rebuilt by
 build_index.py's own writers), so every page reads it exactly as it reads a served one.
@@ -16,10 +19,11 @@ from pathlib import Path
 from urllib.parse import urlencode
 
 import build_index
+import datadir
 import lens
+import prompt_index
 import storage
 
-SITE_DIR = build_index.SITE_DIR
 TEXT_SUFFIXES = (".html", ".js", ".css", ".json", ".jsonl")
 HASH = re.compile(r"[0-9a-f]{6,}")
 HASH_TERM = re.compile(r"[0-9a-f]{6,16}")  # site/data.js's HASH_TERM: a word that may start a hash
@@ -38,7 +42,7 @@ def view_files(save_path: Path, models: list[str] | None = None, prompts: str | 
     """The site's files and a data dir of these models (default: all; those without a chosen prompt are left
     out), prompts (hashes or a search, as the grid's; default: all) and heads (a spec; default: all)."""
     save_path = lens.require_data_dir(save_path)
-    figures, _ = lens.load_figures(build_index.rendered_figures_dir(save_path))
+    figures = lens.load_figures_or_warn(build_index.rendered_figures_dir(save_path))
     names = chosen_models(save_path, models)
     with tempfile.TemporaryDirectory() as tmp:
         chosen = {name: write_model(save_path, Path(tmp), name, prompts, heads, figures) for name in names}
@@ -46,12 +50,12 @@ def view_files(save_path: Path, models: list[str] | None = None, prompts: str | 
     chosen = {name: hashes for name, hashes in chosen.items() if hashes}
     if not chosen:
         raise lens.UserError(f"--prompts {prompt_spec(prompts)}: no prompt of {', '.join(names)} matches")
-    rows = [{**lens.read_json(lens.model_cfg_path(save_path, name)), "model_dir": name, "n_prompts": len(hashes)}
+    rows = [{**lens.read_json(datadir.model_cfg_path(save_path, name)), "model_dir": name, "n_prompts": len(hashes)}
             for name, hashes in chosen.items()]
-    files[lens.models_path(Path()).as_posix()] = lens.jsonl_bytes(rows)
-    files[lens.figures_path(Path()).as_posix()] = lens.jsonl_bytes(build_index.figure_records(figures))
-    files[lens.colormaps_path(Path()).as_posix()] = build_index.colormaps_json()
-    files.update({p.name: p.read_bytes() for p in sorted(SITE_DIR.iterdir())
+    files[datadir.models_path(Path()).as_posix()] = lens.jsonl_bytes(rows)
+    files[datadir.figures_path(Path()).as_posix()] = lens.jsonl_bytes(build_index.figure_records(figures))
+    files[datadir.colormaps_path(Path()).as_posix()] = build_index.colormaps_json()
+    files.update({p.name: p.read_bytes() for p in sorted(lens.SITE_DIR.iterdir())
                   if p.is_file() and not p.name.startswith(".")})
     return View(files, list(chosen), sorted(set().union(*chosen.values())), heads)
 
@@ -60,9 +64,9 @@ def write_model(src: Path, dst: Path, name: str, prompts: str | list[str] | None
                 figures: dict[str, lens.Figure]) -> list[str]:
     """A model's chosen prompts into the view's data dir `dst`, with their prompt index and statistics tables
     (build_index.py's writers); returns their hashes (none: nothing written)."""
-    cfg = lens.read_json(lens.model_cfg_path(src, name))
+    cfg = lens.read_json(datadir.model_cfg_path(src, name))
     parts = storage.read_parts(src, name)
-    chosen = chosen_records(build_index.prompt_index_records(src, name, parts), prompts)
+    chosen = chosen_records(prompt_index.prompt_index_records(src, name, parts), prompts)
     if not chosen:
         return []
     kept = lens.parse_heads(heads, cfg["n_layers"], cfg["n_heads"]) if heads else None
@@ -71,7 +75,7 @@ def write_model(src: Path, dst: Path, name: str, prompts: str | list[str] | None
             copy_prompt(src, dst, name, record["hash"], cfg, kept)
     hashes = [r["hash"] for r in chosen]
     build_index.index_model(dst, name, cfg, figures, [part_of(p, set(hashes)) for p in parts], remember=False)
-    lens.write_json(lens.model_cfg_path(dst, name), cfg)
+    lens.write_json(datadir.model_cfg_path(dst, name), cfg)
     return hashes
 
 
@@ -84,21 +88,21 @@ def grid_address(view: View, max_prompts: int = 100, **more: str) -> str:
 
 def write_html(save_path: Path, out: Path, models: list[str] | None, prompts: str | None, heads: str | None,
                max_mb: float) -> None:
-    """build_index.py --html: the view as one file, its size printed first; refused over max_mb."""
+    """The view as one file, its size printed first; refused over max_mb."""
     if Path(out).is_dir():
-        raise lens.UserError(f"--html {out}: a directory; name the file to write, e.g. {Path(out) / 'view.html'}")
+        raise lens.UserError(f"{out}: a directory; name the file to write, e.g. {Path(out) / 'view.html'}")
     view = view_files(save_path, models, prompts, heads)
     html = view_document(view.files, [{"url": grid_address(view), "home": "index.html", "height": "100%"}]).encode()
     mb = len(html) / 1e6
-    print(f"build_index.py: {out}: {mb:.1f} MB ({len(view.models)} model(s), {len(view.hashes)} prompt(s), "
+    print(f"standalone.py: {out}: {mb:.1f} MB ({len(view.models)} model(s), {len(view.hashes)} prompt(s), "
           f"heads {heads or 'all'})")
     if mb > max_mb:
-        raise lens.UserError(f"--html {out}: {mb:.1f} MB is over --max-size {max_mb:g} (MB); embed less with "
+        raise lens.UserError(f"{out}: {mb:.1f} MB is over --max-size {max_mb:g} (MB); embed less with "
                              "--models, --prompts or --heads, or raise --max-size")
     try:
         lens.write_atomic(out, html)
     except OSError as e:
-        raise lens.UserError(f"--html {out}: cannot write it ({e.strerror})") from None
+        raise lens.UserError(f"{out}: cannot write it ({e.strerror})") from None
 
 
 def chosen_models(save_path: Path, models: list[str] | None) -> list[str]:
@@ -132,15 +136,16 @@ def chosen_records(records: list[dict], prompts: str | list[str] | None) -> list
         if bad:
             raise lens.UserError(f"--prompts {spec}: {bad[0]!r} is not a prompt hash (a search has no commas)")
         return [r for r in records if any(r["hash"].startswith(h) for h in starts)]
-    terms = set(build_index.WORD.findall(spec))
+    terms = set(lens.WORD.findall(spec))
     return [r for r in records if all(finds(r, t) for t in terms)]
 
 
 def finds(record: dict, term: str) -> bool:
-    """Whether one search term finds a prompt (site/data.js termRows)."""
+    """Whether one search term finds a prompt (site/data.js termRows): a word starts with it (a one-character term:
+    that word only, as the site reads the one word shard named after it), or it starts the hash."""
     if HASH_TERM.fullmatch(term) and record["hash"].startswith(term):
         return True
-    return any(word.startswith(term) for word in build_index.search_words(record))
+    return any(word.startswith(term) and (len(term) > 1 or word == term) for word in lens.search_words(record))
 
 
 def part_of(part: storage.Part, hashes: set[str]) -> storage.Part:
@@ -151,16 +156,16 @@ def part_of(part: storage.Part, hashes: set[str]) -> storage.Part:
 
 def copy_prompt(src: Path, dst: Path, model: str, phash: str, cfg: dict, heads: list[tuple[int, int]] | None) -> None:
     """A prompt dir into the view's data dir; with `heads`, its patterns and figure images only of those heads."""
-    pdir = lens.prompt_dir(src, model, phash)
+    pdir = datadir.prompt_dir(src, model, phash)
     for path in sorted(pdir.iterdir()):
         if path.is_file() and not path.name.startswith("."):
-            lens.write_atomic(lens.prompt_dir(dst, model, phash) / path.name, path.read_bytes())
+            lens.write_atomic(datadir.prompt_dir(dst, model, phash) / path.name, path.read_bytes())
     if heads is None:
         return
     patterns = storage.load_patterns(src, model, phash)
     kept = [h for h in heads if patterns.stored(*h)]
     if patterns.scale == storage.PATTERN_SCALE:  # the heads' zlib streams are copied as they are
-        writer = storage.PatternWriter(lens.patterns_path(dst, model, phash), patterns.n_layers, patterns.n_heads,
+        writer = storage.PatternWriter(datadir.patterns_path(dst, model, phash), patterns.n_layers, patterns.n_heads,
                                     patterns.n_tokens, patterns.layout, kept)
         with open(patterns.path, "rb") as f:
             for l, h in kept:
@@ -168,11 +173,11 @@ def copy_prompt(src: Path, dst: Path, model: str, phash: str, cfg: dict, heads: 
                 f.seek(start)
                 writer.add([f.read(size)])
         writer.close()
-        info = lens.read_json(lens.prompt_json_path(src, model, phash))
-        lens.write_json(lens.prompt_json_path(dst, model, phash),
+        info = lens.read_json(datadir.prompt_json_path(src, model, phash))
+        lens.write_json(datadir.prompt_json_path(dst, model, phash),
                         {**info, "heads": lens.format_heads(kept, cfg["n_layers"], cfg["n_heads"])})
     for pack in sorted(pdir.glob("*.pack")):
-        writer = storage.PackWriter(lens.prompt_dir(dst, model, phash) / pack.name, cfg["n_layers"], cfg["n_heads"])
+        writer = storage.PackWriter(datadir.prompt_dir(dst, model, phash) / pack.name, cfg["n_layers"], cfg["n_heads"])
         for l, h in heads:
             image = storage.read_pack_image(pack, l, h)
             if image is not None:
@@ -189,7 +194,7 @@ def view_document(files: dict[str, bytes], panes: list[dict]) -> str:
             text[path] = data.decode("utf-8")
         else:
             binary[path] = base64.b64encode(data).decode("ascii")
-    embed = (SITE_DIR / "embed.js").read_text()
+    embed = (lens.SITE_DIR / "embed.js").read_text()
     if "</script" in embed.lower():
         raise ValueError("site/embed.js: holds '</script', which would end its inline <script>")
     return DOCUMENT.format(files=script_json({"text": text, "base64": binary}), panes=script_json(panes), embed=embed)
@@ -220,3 +225,26 @@ DOCUMENT = """<!doctype html>
 </body>
 </html>
 """
+
+
+def model_list(spec: str | None) -> list[str] | None:
+    """--models: comma-separated model dirs (None: all)."""
+    return [m.strip() for m in spec.split(",") if m.strip()] if spec else None
+
+
+def main() -> None:
+    parser = lens.script_parser(__doc__)
+    parser.add_argument("out", type=Path, metavar="OUT.html", help="the file to write")
+    parser.add_argument("--save-path", type=Path, default=lens.DEFAULT_SAVE_PATH,
+                        help="data dir (default: %(default)s)")
+    parser.add_argument("--models", help="model dirs, comma separated (default: all)")
+    parser.add_argument("--prompts", help="prompt hashes, comma separated, or a search as the grid's (default: all)")
+    parser.add_argument("--heads", help="heads as the grid's spec, e.g. L0-3H*,L5H1 (default: all)")
+    parser.add_argument("--max-size", type=float, default=50, metavar="MB",
+                        help="refuse to write a file larger than this (default: %(default)s MB)")
+    args = parser.parse_args()
+    write_html(args.save_path, args.out, model_list(args.models), args.prompts, args.heads, args.max_size)
+
+
+if __name__ == "__main__":
+    lens.run_main(main, "the file is written whole or not at all; run the same command again")

@@ -15,11 +15,13 @@ nothing. The footer comes last so that a file is written head by head as the for
 One head is read without touching the others. Format 1 (b"ATTNPAT1", a header with "offsets",
 every head stored) is still read.
 """
+import inspect
 import json
 import math
 import os
 import struct
 import tempfile
+import time
 import zlib
 from dataclasses import dataclass
 from functools import lru_cache
@@ -27,7 +29,8 @@ from pathlib import Path
 
 import numpy as np
 
-from lens import PATTERN_FILE, UserError, patterns_path, prompt_stats_path, read_json, value_norms_path
+import datadir
+import lens
 
 PATTERN_MAGIC = b"ATTNPAT2"
 PATTERN_MAGIC_V1 = b"ATTNPAT1"  # format 1: header first, every head stored
@@ -54,11 +57,8 @@ class PatternWriter:
     def __init__(self, path: Path, n_layers: int, n_heads: int, n_tokens: int, layout: str,
                  heads: list[tuple[int, int]]):
         self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        for stale in self.path.parent.glob(f".{self.path.name}.tmp*"):  # left by a killed run
-            stale.unlink(missing_ok=True)
-        self.tmp = self.path.with_name(f".{self.path.name}.tmp{os.getpid()}")
-        self.file = open(self.tmp, "wb")
+        self.out = lens.AtomicFile(path, drop_stale=True)
+        self.file = self.out.file
         self.file.write(PATTERN_MAGIC + bytes(8))
         self.meta = {"format": 2, "n_layers": n_layers, "n_heads": n_heads, "n_tokens": n_tokens,
                      "scale": PATTERN_SCALE, "layout": layout,
@@ -78,13 +78,11 @@ class PatternWriter:
         size = self.file.tell()
         self.file.seek(len(PATTERN_MAGIC))
         self.file.write(struct.pack("<Q", footer))
-        self.file.close()
-        os.replace(self.tmp, self.path)
+        self.out.commit()
         return size
 
     def abort(self) -> None:
-        self.file.close()
-        self.tmp.unlink(missing_ok=True)
+        self.out.abort()
 
 
 def tril_positions(n: int, layout: str) -> np.ndarray:
@@ -99,11 +97,11 @@ def encode_patterns(patterns: np.ndarray, heads: list[tuple[int, int]] | None = 
     layout = "tril" if not np.triu(patterns, 1).any() else "full"
     keep = tril_positions(n, layout)
     with tempfile.TemporaryDirectory() as tmp:
-        writer = PatternWriter(Path(tmp) / PATTERN_FILE, n_layers, n_heads, n, layout, heads)
+        writer = PatternWriter(Path(tmp) / datadir.PATTERN_FILE, n_layers, n_heads, n, layout, heads)
         for l, h in heads:
             writer.add(head_streams(stored_form(patterns[l, h].reshape(1, -1)[:, keep]), level))
         writer.close()
-        return (Path(tmp) / PATTERN_FILE).read_bytes()
+        return (Path(tmp) / datadir.PATTERN_FILE).read_bytes()
 
 
 class NotStored(KeyError):
@@ -121,10 +119,10 @@ class Patterns:
             self.scale, self.layout = meta["scale"], meta["layout"]
             heads = meta["heads"]
         except (struct.error, ValueError, KeyError, TypeError) as e:  # JSONDecodeError is a ValueError
-            raise UserError(f"{self.path}: truncated or corrupt pattern file ({type(e).__name__}: {e}); "
+            raise lens.UserError(f"{self.path}: truncated or corrupt pattern file ({type(e).__name__}: {e}); "
                             "recompute it with compute_activations.py --force") from None
         if any(start + size > self.size for start, size in chunks):
-            raise UserError(f"{self.path}: truncated pattern file ({self.size} bytes, its index needs more); "
+            raise lens.UserError(f"{self.path}: truncated pattern file ({self.size} bytes, its index needs more); "
                             "recompute it with compute_activations.py --force")
         self.chunks = dict(zip(heads, chunks))
         self.heads = [divmod(i, self.n_heads) for i in heads]
@@ -145,7 +143,7 @@ class Patterns:
                 offsets = meta["offsets"]
                 meta["heads"] = list(range(len(offsets) - 1))
                 return meta, [[12 + size + a, b - a] for a, b in zip(offsets, offsets[1:])]
-        raise UserError(f"{self.path}: not a pattern file")
+        raise lens.UserError(f"{self.path}: not a pattern file")
 
     def stored(self, layer: int, head: int) -> bool:
         return 0 <= head < self.n_heads and layer * self.n_heads + head in self.chunks
@@ -164,10 +162,10 @@ class Patterns:
         try:
             raw = zlib.decompress(data)
         except zlib.error as e:
-            raise UserError(f"{self.path}: head L{layer}H{head} is corrupt ({e}); "
+            raise lens.UserError(f"{self.path}: head L{layer}H{head} is corrupt ({e}); "
                             "recompute it with compute_activations.py --force") from None
         if len(raw) != expected:
-            raise UserError(f"{self.path}: head L{layer}H{head} holds {len(raw)} bytes, not {expected}; "
+            raise lens.UserError(f"{self.path}: head L{layer}H{head} holds {len(raw)} bytes, not {expected}; "
                             "recompute it with compute_activations.py --force")
         return decode_stored(np.frombuffer(raw, np.uint8).reshape(2, -1), self.n_tokens, self.layout, self.scale)
 
@@ -197,9 +195,9 @@ def _tril_mask(n: int) -> np.ndarray:
 
 def load_patterns(save_path: Path, model: str, phash: str) -> Patterns:
     """Open the stored patterns of one prompt of one model (see Patterns.head)."""
-    path = patterns_path(save_path, model, phash)
+    path = datadir.patterns_path(save_path, model, phash)
     if not path.exists():
-        raise UserError(f"{path}: no patterns stored for prompt {phash} of model {model}")
+        raise lens.UserError(f"{path}: no patterns stored for prompt {phash} of model {model}")
     return Patterns(path)
 
 
@@ -220,12 +218,9 @@ class PackWriter:
 
     def __init__(self, path: Path, n_layers: int, n_heads: int):
         self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        for stale in self.path.parent.glob(f".{self.path.name}.tmp*"):  # left by a killed run
-            stale.unlink(missing_ok=True)
-        self.tmp = self.path.with_name(f".{self.path.name}.tmp{os.getpid()}")
+        self.out = lens.AtomicFile(path, drop_stale=True)
+        self.file = self.out.file
         self.n_heads, self.n = n_heads, n_layers * n_heads
-        self.file = open(self.tmp, "wb")
         self.file.write(PACK_MAGIC + struct.pack("<II", n_layers, n_heads) + bytes(8 * (self.n + 1)))
         self.starts: dict[int, int] = {}
 
@@ -242,31 +237,29 @@ class PackWriter:
             offsets[i] = self.starts.get(i, offsets[i + 1])
         self.file.seek(PACK_HEADER)
         self.file.write(struct.pack(f"<{self.n + 1}Q", *offsets))
-        self.file.close()
-        os.replace(self.tmp, self.path)
+        self.out.commit()
 
     def abort(self) -> None:
         """Drop the temp file (nothing once closed)."""
-        self.file.close()
-        self.tmp.unlink(missing_ok=True)
+        self.out.abort()
 
 
 def read_pack_image(path: Path, layer: int, head: int) -> bytes | None:
     """One head's image from a figure pack, read as the site reads it (its offsets, then its bytes); None when
-    the head has none. A file that is not a whole pack is a UserError naming it."""
+    the head has none. A file that is not a whole pack is a lens.UserError naming it."""
     path = Path(path)
     with open(path, "rb") as f:
         size = os.fstat(f.fileno()).st_size
         header = f.read(PACK_HEADER)
         if len(header) < PACK_HEADER or header[:8] != PACK_MAGIC:
-            raise UserError(f"{path}: not a figure pack; re-render it with render_figures.py --force")
+            raise lens.UserError(f"{path}: not a figure pack; re-render it with render_figures.py --force")
         n_layers, n_heads = struct.unpack("<II", header[8:])
         if not (0 <= layer < n_layers and 0 <= head < n_heads):
             raise IndexError(f"{path}: no head L{layer}H{head} (the pack has {n_layers} x {n_heads})")
         f.seek(PACK_HEADER + 8 * (layer * n_heads + head))
         start, end = struct.unpack("<QQ", f.read(16).ljust(16, b"\xff"))
         if not start <= end <= size:
-            raise UserError(f"{path}: truncated or corrupt at L{layer}H{head}; "
+            raise lens.UserError(f"{path}: truncated or corrupt at L{layer}H{head}; "
                             "re-render it with render_figures.py --force")
         f.seek(start)
         return f.read(end - start) or None
@@ -277,9 +270,6 @@ def read_pack_image(path: Path, layer: int, head: int) -> bytes | None:
 # <run>.f32: float32 [len(stats), n_layers, n_heads] per prompt, appended batch by batch;
 # <run>.jsonl: one {"hash", "text", "n_tokens", "meta", "truncated"} per prompt, appended after its values,
 # so a line means its values are whole. A killed run leaves at most a partial last line, which is ignored.
-
-def parts_dir(save_path: Path, model: str) -> Path:
-    return Path(save_path) / model / "parts"
 
 
 @dataclass
@@ -299,12 +289,36 @@ class Part:
         return self.path.stem
 
 
+class StatsPart:
+    """This run's statistics part (storage.read_parts reads it): created on first use, appended batch by batch."""
+
+    def __init__(self, save_path: Path, model_dir: str, stats: list[lens.Figure], n_layers: int, n_heads: int):
+        now = time.time_ns()  # names sort as the runs started (the index's row order): to the nanosecond
+        run = f"{time.strftime('%Y%m%d-%H%M%S', time.gmtime(now // 10**9))}.{now % 10**9:09d}-{os.getpid()}-" \
+              f"{os.urandom(3).hex()}"  # shards never collide
+        self.header = datadir.parts_dir(save_path, model_dir) / f"{run}.json"
+        # the docs travel with the values: the site shows them whichever figures dir build_index.py reads
+        self.meta = {"stats": [f.name for f in stats], "docs": {f.name: inspect.getdoc(f.func) or "" for f in stats},
+                     "n_layers": n_layers, "n_heads": n_heads}
+        self.rows = 0
+
+    def append(self, rows: list[dict], values: np.ndarray) -> None:
+        """Values [prompts, stats, layers, heads] first, then one line per prompt: a line means its values are whole."""
+        if not self.rows:
+            lens.write_json(self.header, self.meta)
+        with open(self.header.with_suffix(".f32"), "ab") as f:
+            f.write(values.astype("<f4").tobytes())
+        with open(self.header.with_suffix(".jsonl"), "ab") as f:
+            f.write(lens.jsonl_bytes(rows))
+        self.rows += len(rows)
+
+
 def read_parts(save_path: Path, model: str, start: dict[str, tuple[int, int]] | None = None) -> list[Part]:
-    """Every statistic part of a model, in name order; an unreadable one is a UserError naming it.
+    """Every statistic part of a model, in name order; an unreadable one is a lens.UserError naming it.
     `start`: {part name: (rows, bytes)} already read, skipped (build_index.py reads only the rows added since)."""
     parts = []
-    for header in sorted(parts_dir(save_path, model).glob("*.json")):
-        meta = read_json(header)
+    for header in sorted(datadir.parts_dir(save_path, model).glob("*.json")):
+        meta = lens.read_json(header)
         shape = (len(meta["stats"]), meta["n_layers"], meta["n_heads"])
         first_row, first_byte = (start or {}).get(header.stem, (0, 0))
         lines = header.with_suffix(".jsonl")
@@ -317,7 +331,7 @@ def read_parts(save_path: Path, model: str, start: dict[str, tuple[int, int]] | 
         try:
             rows = [json.loads(line) for line in complete.decode("utf-8").splitlines() if line]
         except (json.JSONDecodeError, UnicodeDecodeError) as e:
-            raise UserError(f"{lines}: not valid JSON ({getattr(e, 'msg', e)}); delete the part's three files "
+            raise lens.UserError(f"{lines}: not valid JSON ({getattr(e, 'msg', e)}); delete the part's three files "
                             "and recompute") from None
         table = header.with_suffix(".f32")
         values = (np.memmap(table, "<f4", mode="r") if table.exists() and table.stat().st_size
@@ -325,7 +339,7 @@ def read_parts(save_path: Path, model: str, start: dict[str, tuple[int, int]] | 
         per_row = int(np.prod(shape))
         end_row = first_row + len(rows)
         if values.size < end_row * per_row:
-            raise UserError(f"{table}: {values.size // max(per_row, 1)} rows of values for {end_row} prompts "
+            raise lens.UserError(f"{table}: {values.size // max(per_row, 1)} rows of values for {end_row} prompts "
                             f"in {lines}")
         parts.append(Part(header, meta["stats"], meta.get("docs", {}), rows,
                           values[first_row * per_row:end_row * per_row].reshape(len(rows), *shape),
@@ -344,43 +358,29 @@ def nan_as_null(values) -> list:
 
 def read_prompt_stats(save_path: Path, model: str, phash: str, shape: tuple[int, int]) -> dict[str, np.ndarray]:
     """A prompt's statistics as {name: float64 [n_layers, n_heads]}, NaN where undefined; {} before any."""
-    path = prompt_stats_path(save_path, model, phash)
+    path = datadir.prompt_stats_path(save_path, model, phash)
     if not path.exists():
         return {}
     stats = {}
-    for name, values in read_json(path).items():
+    for name, values in lens.read_json(path).items():
         try:
             stats[name] = np.array(values, np.float64)
             ok = stats[name].shape == shape
         except (TypeError, ValueError):  # ragged lists, strings, objects
             ok = False
         if not ok:
-            raise UserError(f"{path}: {name} is not a {shape[0]} x {shape[1]} table of numbers; "
+            raise lens.UserError(f"{path}: {name} is not a {shape[0]} x {shape[1]} table of numbers; "
                             "delete the file and re-run render_figures.py")
     return stats
 
 
 def read_value_norms(save_path: Path, model: str, phash: str, shape: tuple[int, int, int]) -> np.ndarray | None:
     """A prompt's value norms [n_layers, n_heads, n_tokens] (NaN where not stored); None when it has none."""
-    path = value_norms_path(save_path, model, phash)
+    path = datadir.value_norms_path(save_path, model, phash)
     if not path.is_file():
         return None
     data = np.fromfile(path, "<f4")
     if data.size != np.prod(shape):
-        raise UserError(f"{path}: {data.size} values, expected {shape[0]} x {shape[1]} x {shape[2]}; "
+        raise lens.UserError(f"{path}: {data.size} values, expected {shape[0]} x {shape[1]} x {shape[2]}; "
                         "recompute the prompt with compute_activations.py --force")
     return data.reshape(shape)
-
-
-# The statistics' aggregates (build_index.write_stat_aggregates writes them, kinds.py reads them)
-
-def stats_path(save_path: Path, model: str) -> Path:
-    return Path(save_path) / model / "stats.json"
-
-
-def stat_table_path(save_path: Path, model: str, stat: str) -> Path:
-    return Path(save_path) / model / "stats" / f"{stat}.f32"
-
-
-def stat_heads_path(save_path: Path, model: str, stat: str) -> Path:
-    return Path(save_path) / model / "stats" / f"{stat}.heads.json"

@@ -27,7 +27,8 @@ import torch  # noqa: E402
 from tiny_model import CORPUS, make_checkpoint  # noqa: E402
 
 import compute_activations as ca  # noqa: E402
-import lens  # noqa: E402
+import datadir  # noqa: E402
+import forward  # noqa: E402
 import storage
 
 
@@ -63,7 +64,7 @@ def forward_seconds(model, batches, early_stop: bool) -> float:
     with torch.inference_mode():
         for tokens in batches:
             if early_stop:
-                ca.forward_patterns(model, tokens, lambda layer, pattern: None, model.cfg.n_layers - 1)
+                forward.forward_patterns(model, tokens, lambda layer, pattern: None, model.cfg.n_layers - 1)
             else:
                 model(tokens, return_type=None)
     return time.perf_counter() - start
@@ -72,14 +73,14 @@ def forward_seconds(model, batches, early_stop: bool) -> float:
 def hf_reference_seconds(hf, batches) -> float:
     """Hugging Face's eager forward with output_attentions, stopped right after the last layer's attention."""
     def stop(module, args, output):
-        raise ca.StopForward
+        raise forward.StopForward
     handle = hf.transformer.h[-1].attn.register_forward_hook(stop)
     start = time.perf_counter()
     with torch.inference_mode():
         for tokens in batches:
             try:
                 hf(tokens, output_attentions=True)
-            except ca.StopForward:
+            except forward.StopForward:
                 pass
     handle.remove()
     return time.perf_counter() - start
@@ -87,7 +88,7 @@ def hf_reference_seconds(hf, batches) -> float:
 
 def encoder_prompts_per_second(data_dir: Path, n_workers: int) -> float:
     """Prompts/s that zlib on n_workers threads absorbs, fed the stored (already quantised) form."""
-    files = sorted(data_dir.rglob(lens.PATTERN_FILE))
+    files = sorted(data_dir.rglob(datadir.PATTERN_FILE))
     stored = []
     for f in files:
         p = storage.Patterns(f)
@@ -110,7 +111,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         ckpt = make_checkpoint(Path(tmp) / "gpt2-small-shaped", n_layer=12, n_head=12, n_embd=768,
                                n_positions=1024, model_vocab_size=50257)
-        model = ca.load_model(str(ckpt), args.device, "float32")
+        model = forward.load_model(str(ckpt), args.device, "float32")
         from transformers import GPT2LMHeadModel
         hf = GPT2LMHeadModel.from_pretrained(ckpt, attn_implementation="eager").to(args.device).eval()
         texts = make_prompts(model, args.n_prompts, args.tokens)

@@ -12,7 +12,6 @@ import argparse
 import functools
 import sys
 import time
-import types
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -21,7 +20,7 @@ sys.path.insert(0, str(ROOT))
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-import compute_activations as ca  # noqa: E402
+import forward  # noqa: E402
 
 SHAPES = [(32, 40, 2, 4), (8, 330, 12, 12), (4, 1024, 2, 12)]  # batch, longest prompt, layers, heads
 
@@ -37,9 +36,9 @@ def best_ms(fn, budget_s: float = 2.0) -> float:
     return min(times) * 1e3
 
 
-def statistics(jobs, tokens: np.ndarray, device: str, n_layers: int, pattern) -> np.ndarray:
-    """One batch's statistics as compute_activations makes them, the same pattern at every layer."""
-    s = ca.DeviceStats(jobs, tokens, device, n_layers, pattern.shape[1])
+def statistics(lengths: np.ndarray, tokens: np.ndarray, device: str, n_layers: int, pattern) -> np.ndarray:
+    """One batch's statistics as forward.forward_batch makes them, the same pattern at every layer."""
+    s = forward.DeviceStats(lengths, tokens, device, n_layers, pattern.shape[1])
     for layer in range(n_layers):
         s.add_layer(layer, pattern)
     return s.values()
@@ -58,12 +57,11 @@ def main() -> None:
     print(f"device {args.device}, {torch.get_num_threads()} torch threads")
     for b, width, n_layers, n_heads in SHAPES:
         lengths = [width] + list(rng.integers(width // 2, width + 1, b - 1))
-        jobs = [types.SimpleNamespace(ids=list(rng.integers(0, 50, n)), n_tokens=int(n)) for n in lengths]
-        tokens = np.array([j.ids + [0] * (width - j.n_tokens) for j in jobs])
+        tokens = np.array([list(rng.integers(0, 50, n)) + [0] * (width - n) for n in lengths])
         causal = torch.ones(width, width, dtype=torch.bool, device=args.device).triu(1)
         scores = torch.randn(b, n_heads, width, width, device=args.device).masked_fill(causal, float("-inf"))
         pattern = scores.softmax(-1)
-        ours = best_ms(functools.partial(statistics, jobs, tokens, args.device, n_layers, pattern))
+        ours = best_ms(functools.partial(statistics, np.array(lengths), tokens, args.device, n_layers, pattern))
         softmax = best_ms(functools.partial(softmaxes, scores, n_layers))
         print(f"batch {b} x {width} tokens, {n_layers} layers x {n_heads} heads: statistics {ours:.2f} ms, "
               f"the softmaxes {softmax:.2f} ms ({ours / softmax:.1f}x)")

@@ -30,8 +30,11 @@ import numpy as np  # noqa: E402
 
 import build_index  # noqa: E402
 import compute_activations as ca  # noqa: E402
+import datadir  # noqa: E402
+import forward  # noqa: E402
 import kinds  # noqa: E402
 import lens  # noqa: E402
+import prompt_index  # noqa: E402
 
 
 def random_checkpoint(path: Path, n_layer: int, n_head: int, n_embd: int, init: float, seed: int) -> Path:
@@ -58,7 +61,7 @@ def user_prompts(n: int) -> list[dict]:
 def compute_cost(tmp: Path, n_prompts: int, batch_size: int) -> dict:
     """Section 1: the compute run (probe + prompts) and kinds.write_heads on its data dir, in seconds."""
     ckpt = random_checkpoint(tmp / "wide", 32, 32, 512, 0.02, 0)
-    model = ca.load_model(str(ckpt), "cpu", "float32")
+    model = forward.load_model(str(ckpt), "cpu", "float32")
     data = tmp / "data"
     start = time.perf_counter()
     probe = ca.compute_activations(kinds.probe_prompts(), model, data, "wide", batch_size, progress=False)
@@ -66,14 +69,14 @@ def compute_cost(tmp: Path, n_prompts: int, batch_size: int) -> dict:
                                   patterns="none")
     compute = time.perf_counter() - start
     build_index.build_index(data)  # writes heads.json too; time it alone below
-    records = {m: build_index.prompt_index_records(data, m) for m in lens.model_dirs(data)}
+    records = {m: prompt_index.prompt_index_records(data, m) for m in lens.model_dirs(data)}
     start = time.perf_counter()
-    kinds.write_heads(data, records, lens.write_atomic)
+    kinds.write_heads(data, records)
     heads = time.perf_counter() - start
     per_prompt = rest["seconds"] / n_prompts
     return {"compute": compute, "probe": probe["seconds"], "per_prompt": per_prompt, "kinds": heads,
             "compute_1000": probe["seconds"] + 1000 * per_prompt,
-            "heads_json_bytes": kinds.heads_json_path(data, "wide").stat().st_size}
+            "heads_json_bytes": datadir.heads_json_path(data, "wide").stat().st_size}
 
 
 def search_cost(n_models: int = 20, shape: tuple[int, int] = (32, 32)) -> dict:
@@ -96,11 +99,11 @@ def false_positives(tmp: Path, seeds: int) -> dict:
         labelled = total = 0
         for seed in range(seeds):
             name = f"random-{init}-{seed}"
-            model = ca.load_model(str(random_checkpoint(tmp / name, 4, 8, 64, init, seed)), "cpu", "float32")
+            model = forward.load_model(str(random_checkpoint(tmp / name, 4, 8, 64, init, seed)), "cpu", "float32")
             ca.compute_activations(kinds.probe_prompts(), model, tmp / "fp", name, progress=False)
         build_index.build_index(tmp / "fp")
         for seed in range(seeds):
-            info = lens.read_json(kinds.heads_json_path(tmp / "fp", f"random-{init}-{seed}"))
+            info = lens.read_json(datadir.heads_json_path(tmp / "fp", f"random-{init}-{seed}"))
             for row in info["heads"]:
                 total += len(row)
                 labelled += sum(any(k["name"] in ("previous-token", "induction") for k in h["kinds"]) for h in row)

@@ -33,7 +33,9 @@ import torch  # noqa: E402
 from bench_activations import forward_seconds, padded_batches  # noqa: E402
 
 import compute_activations as ca  # noqa: E402
-from build_index import build_index, top_prompts  # noqa: E402
+import forward  # noqa: E402
+from build_index import build_index  # noqa: E402
+from compute_activations import top_prompts  # noqa: E402
 
 WORDS = ("the of and to in is for that with as on by it be from this are was he she they we you not but "
          "cat sat mat dog ran river stone cloud north lamp seven house light water tree").split()
@@ -165,7 +167,7 @@ def main() -> None:
     p.add_argument("--million", type=int, default=1_000_000, help="size of the synthetic index (default: 1000000)")
     args = p.parse_args()
     print(f"load average before: {os.getloadavg()[0]:.2f}, {os.cpu_count()} cores")
-    model = ca.load_model(str(ROOT / "demo" / "model"), args.device, "float32")
+    model = forward.load_model(str(ROOT / "demo" / "model"), args.device, "float32")
     print(f"model: demo ({model.cfg.n_layers} layers x {model.cfg.n_heads} heads, d_model {model.cfg.d_model})")
     texts = short_texts(args.prompts)
     with tempfile.TemporaryDirectory() as tmp:

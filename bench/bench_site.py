@@ -23,10 +23,12 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
+import fake_data  # noqa: E402
 from browser import CHROMIUM, CHROMIUM_ARGS, served  # noqa: E402
 from fake_data import make_data  # noqa: E402
 
 import build_index  # noqa: E402
+import datadir  # noqa: E402
 import lens  # noqa: E402
 
 # ms since navigation start: first image loaded (grid.js marks it), then the viewport's images, then all
@@ -53,7 +55,7 @@ def bench_grid(browser, tmp: Path, runs: int, n_tokens: int) -> None:
     text = " ".join(f"w{i % 97}" for i in range(n_tokens - 1))
     (phash,) = make_data(tmp, model="gpt2-shaped", n_layers=12, n_heads=12, texts=[text])
     render_raw(tmp)
-    size = lens.figure_pack_path(tmp, "gpt2-shaped", phash, "raw").stat().st_size
+    size = datadir.figure_pack_path(tmp, "gpt2-shaped", phash, "raw").stat().st_size
     print(f"grid: 144 raw images of {n_tokens} tokens, {size / 144 / 1024:.1f} KiB each; {runs} cold loads")
     results = []
     with served(tmp) as url:
@@ -94,20 +96,20 @@ def write_index(save_path: Path, n: int, model: str = "big", shape: tuple[int, i
     No prompt dirs: the pages read nothing else until a tile or a prompt is opened, and writing n prompt
     dirs would time the file system, not the page."""
     records = synthetic_records(n)
-    build_index.write_prompt_index(save_path, model, records)
+    fake_data.write_prompt_index(save_path, model, records)
     if stats:
         table = np.random.default_rng(1).random((n, *shape), np.float32)
-        build_index.write_stat_aggregates(save_path, model, [r["hash"] for r in records], {"bos": table},
-                                          {"bos": "Random values (bench)."}, {r["hash"]: r for r in records})
-    lens.write_json(lens.model_cfg_path(save_path, model), {"model_name": model, "n_layers": shape[0],
-                                                            "n_heads": shape[1]})
-    build_index.write_jsonl(lens.models_path(save_path), [{"model_name": model, "model_dir": model,
-                                                           "n_layers": shape[0], "n_heads": shape[1], "n_prompts": n}])
+        fake_data.write_stat_aggregates(save_path, model, [r["hash"] for r in records], {"bos": table},
+                                        {"bos": "Random values (bench)."}, {r["hash"]: r for r in records})
+    lens.write_json(datadir.model_cfg_path(save_path, model), {"model_name": model, "n_layers": shape[0],
+                                                               "n_heads": shape[1]})
+    lens.write_atomic(datadir.models_path(save_path), lens.jsonl_bytes([
+        {"model_name": model, "model_dir": model, "n_layers": shape[0], "n_heads": shape[1], "n_prompts": n}]))
     figures, _ = lens.load_figures()
-    build_index.write_jsonl(lens.figures_path(save_path), build_index.figure_records(figures))
-    lens.write_atomic(lens.colormaps_path(save_path), build_index.colormaps_json())
+    lens.write_atomic(datadir.figures_path(save_path), lens.jsonl_bytes(build_index.figure_records(figures)))
+    lens.write_atomic(datadir.colormaps_path(save_path), build_index.colormaps_json())
     build_index.copy_site(save_path)
-    return sum(p.stat().st_size for p in build_index.prompt_index_dir(save_path, model).rglob("*") if p.is_file())
+    return sum(p.stat().st_size for p in datadir.prompt_index_dir(save_path, model).rglob("*") if p.is_file())
 
 
 def tab_megabytes(page) -> float:
@@ -168,8 +170,8 @@ def bench_scale_site(data: Path, model: str, million_dir: Path, million: int, ru
     """The pages over a real data dir (bench_scale.py's, one statistic per prompt and head, prompts "<i>. ...")
     and over a synthetic index of `million` prompts."""
     from playwright.sync_api import sync_playwright
-    n = lens.read_json(build_index.prompt_index_path(data, model))["count"]
-    index_bytes = sum(p.stat().st_size for p in build_index.prompt_index_dir(data, model).rglob("*") if p.is_file())
+    n = lens.read_json(datadir.prompt_index_path(data, model))["count"]
+    index_bytes = sum(p.stat().st_size for p in datadir.prompt_index_dir(data, model).rglob("*") if p.is_file())
     with sync_playwright() as p:
         browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS, headless=True)
         print(f"site over {n} prompts (index {index_bytes / 1e6:.1f} MB in {index_files(data, model)} files):")
@@ -185,7 +187,7 @@ def bench_scale_site(data: Path, model: str, million_dir: Path, million: int, ru
 
 
 def index_files(data: Path, model: str) -> int:
-    return sum(1 for p in build_index.prompt_index_dir(data, model).rglob("*") if p.is_file())
+    return sum(1 for p in datadir.prompt_index_dir(data, model).rglob("*") if p.is_file())
 
 
 def bench_index(browser, tmp: Path, runs: int, n: int) -> None:

@@ -1,4 +1,4 @@
-"""Benchmark a self-contained file (build_index.py --html) in headless chromium opened from disk: a long prompt's
+"""Benchmark a self-contained file (standalone.py) in headless chromium opened from disk: a long prompt's
 single view, next to the same view served by serve.py.
 
     python bench/bench_standalone.py                 # a 1,000-token prompt, 5 cold loads each
@@ -36,7 +36,7 @@ def make_file(tmp: Path, n_tokens: int, shape: tuple[int, int], heads: str) -> t
     subprocess.run([sys.executable, str(ROOT / "render_figures.py"), "--save-path", str(data), "--figures", "raw",
                     "--jobs", "2"], check=True, capture_output=True)
     out = tmp / "view.html"
-    subprocess.run([sys.executable, str(ROOT / "build_index.py"), "--save-path", str(data), "--html", str(out),
+    subprocess.run([sys.executable, str(ROOT / "standalone.py"), str(out), "--save-path", str(data),
                     "--heads", heads], check=True, capture_output=True)
     return data, out, phash
 

@@ -254,7 +254,8 @@ def setup(args, tmp: Path) -> dict:
     prompts.write_text("".join(json.dumps({"text": t}) + "\n" for t in texts))
     token_lists = [[tokenizer.bos_token_id] + tokenizer(t)["input_ids"] for t in texts]
     hf_model = GPT2Model.from_pretrained(ckpt, attn_implementation="eager").eval()
-    model = ca.load_model(str(ckpt), "cpu", "float32")
+    import forward
+    model = forward.load_model(str(ckpt), "cpu", "float32")
     batches = length_sorted_batches(token_lists, args.batch_size)
     hf_reference(hf_model, batches[:1], tokenizer.pad_token_id)  # warm-ups, untimed
     ca.compute_activations(texts[:1], model, tmp / "warm-up", model_name=MODEL_NAME, progress=False)

@@ -4,6 +4,8 @@ from pathlib import Path
 
 import pytest
 
+import datadir
+
 os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ["TRANSFORMERS_OFFLINE"] = "1"
 ROOT = Path(__file__).resolve().parent.parent
@@ -56,10 +58,10 @@ def partial_heads_data_dir(tmp_path) -> Path:
     import storage
     data = tmp_path / "data"
     make_data(data)
-    pdir = lens.prompt_dir(data, "fake-model", lens.prompt_hash(TEXTS[1]))
+    pdir = datadir.prompt_dir(data, "fake-model", lens.prompt_hash(TEXTS[1]))
     heads = [(0, 0), (1, 0), (1, 1), (1, 2)]
-    lens.write_atomic(pdir / lens.PATTERN_FILE,
-                      storage.encode_patterns(storage.Patterns(pdir / lens.PATTERN_FILE).all(), heads=heads))
+    lens.write_atomic(pdir / datadir.PATTERN_FILE,
+                      storage.encode_patterns(storage.Patterns(pdir / datadir.PATTERN_FILE).all(), heads=heads))
     record = json.loads((pdir / "prompt.json").read_text())
     lens.write_json(pdir / "prompt.json", {**record, "heads": lens.format_heads(heads, 2, 3)})
     render(data)

@@ -12,6 +12,8 @@ import torch
 from tiny_model import train_tokenizer
 
 import compute_activations as ca
+import datadir
+import forward
 import lens
 import storage
 
@@ -67,15 +69,15 @@ def make_family(path, family: str, tokenizer):
 @pytest.mark.parametrize("family", list(configs()))
 def test_stored_patterns_equal_hugging_face_attentions(family, tokenizer, tmp_path):
     hf = make_family(tmp_path / family, family, tokenizer)
-    model = ca.load_model(str(tmp_path / family), "cpu", "float32")
-    assert ca.is_causal(model) == (family != "bert")
+    model = forward.load_model(str(tmp_path / family), "cpu", "float32")
+    assert forward.is_causal(model) == (family != "bert")
     ca.compute_activations(TEXTS, model, tmp_path / "data", model_name=family, batch_size=3, progress=False)
     for text in TEXTS:
-        pdir = lens.prompt_dir(tmp_path / "data", family, lens.prompt_hash(text))
+        pdir = datadir.prompt_dir(tmp_path / "data", family, lens.prompt_hash(text))
         ids = json.loads((pdir / "prompt.json").read_text())["token_ids"]
         with torch.inference_mode():
             oracle = torch.stack(hf(torch.tensor([ids]), output_attentions=True).attentions)[:, 0].numpy()
-        stored = storage.Patterns(pdir / lens.PATTERN_FILE)
+        stored = storage.Patterns(pdir / datadir.PATTERN_FILE)
         assert stored.layout == ("full" if family == "bert" else "tril")
         assert np.abs(stored.all() - oracle).max() <= 3.1e-5, family
         np.testing.assert_allclose(stored.all().sum(-1), 1, atol=len(ids) * 3.1e-5)
@@ -84,14 +86,14 @@ def test_stored_patterns_equal_hugging_face_attentions(family, tokenizer, tmp_pa
 @pytest.mark.parametrize("family", ["gpt2", "llama-gqa", "bert"])
 def test_stored_value_norms_equal_a_direct_computation(family, tokenizer, tmp_path):
     make_family(tmp_path / family, family, tokenizer)
-    model = ca.load_model(str(tmp_path / family), "cpu", "float32")
+    model = forward.load_model(str(tmp_path / family), "cpu", "float32")
     ca.compute_activations(TEXTS, model, tmp_path / "data", model_name=family, batch_size=3, progress=False,
                            heads="L0H*,L1H1")
     n_heads = model.cfg.n_heads
     for text in TEXTS:
-        pdir = lens.prompt_dir(tmp_path / "data", family, lens.prompt_hash(text))
+        pdir = datadir.prompt_dir(tmp_path / "data", family, lens.prompt_hash(text))
         ids = json.loads((pdir / "prompt.json").read_text())["token_ids"]
-        stored = np.fromfile(pdir / lens.VALUE_NORMS_FILE, "<f4").reshape(2, n_heads, len(ids))
+        stored = np.fromfile(pdir / datadir.VALUE_NORMS_FILE, "<f4").reshape(2, n_heads, len(ids))
         _, cache = model.run_with_cache(torch.tensor([ids]), names_filter=lambda n: n.endswith("attn.hook_v"))
         for layer in range(2):
             v = cache[f"blocks.{layer}.attn.hook_v"][0]  # [pos, kv_heads, d_head]

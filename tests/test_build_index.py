@@ -1,16 +1,20 @@
 """build_index.py: the indexes the site reads, the copied site, merging shards, which figures it indexes, user
 errors."""
+import io
 import json
 import shutil
 import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 from fake_data import TEXTS, index_rows, make_data
+from PIL import Image
 
+import datadir
 import lens
-from build_index import SITE_DIR, build_index, figure_records
+from build_index import build_index, figure_records
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -28,7 +32,7 @@ def test_indexes_match_what_is_on_disk(fake_data_dir):
     prompts = index_rows(fake_data_dir, "fake-model")
     assert [p["hash"] for p in prompts] == sorted(lens.prompt_hash(t) for t in TEXTS)
     for p in prompts:  # each row is that prompt's prompt.json without its token lists, and its dir's other files
-        pdir = lens.prompt_dir(fake_data_dir, "fake-model", p["hash"])
+        pdir = datadir.prompt_dir(fake_data_dir, "fake-model", p["hash"])
         stored = json.loads((pdir / "prompt.json").read_text())
         others = sorted(f.name for f in pdir.iterdir() if f.name not in ("prompt.json", "patterns.bin"))
         assert p == {**{k: v for k, v in stored.items() if k not in ("tokens", "token_ids")},
@@ -39,16 +43,32 @@ def test_indexes_match_what_is_on_disk(fake_data_dir):
     assert {"raw", "bos"} <= {r["name"] for r in read_lines(fake_data_dir / "figures.jsonl")}
 
 
-def test_copies_the_site_and_the_colormaps(fake_data_dir):
+def test_copies_the_site_as_the_repo_holds_it(fake_data_dir):
+    tracked = subprocess.run(["git", "ls-files", "site"], cwd=ROOT, capture_output=True, text=True).stdout.split()
+    if not tracked:
+        pytest.skip("not a git checkout")
     build_index(fake_data_dir)
-    site = [p.relative_to(SITE_DIR) for p in SITE_DIR.rglob("*") if p.is_file() and not p.name.startswith(".")]
-    assert "index.html" in map(str, site)
-    for name in site:
-        assert (fake_data_dir / name).read_bytes() == (SITE_DIR / name).read_bytes()
-    colormaps = json.loads(lens.colormaps_path(fake_data_dir).read_text())
+    assert {"site/index.html", "site/single.html", "site/heads.html", "site/data.js"} <= set(tracked)
+    for name in tracked:  # every file of site/ the repo holds, byte for byte, at the data dir's top
+        assert (fake_data_dir / Path(name).relative_to("site")).read_bytes() == (ROOT / name).read_bytes(), name
+
+
+def test_the_legend_colours_are_the_colours_of_the_images(fake_data_dir):
+    """colormaps.json (what the site's legends draw) against pixels pillow decodes from rendered images: a matrix
+    holding k / 255 at pixel k is drawn in the legend's colour k, for every colormap and its reverse."""
+    build_index(fake_data_dir)
+    colormaps = json.loads(datadir.colormaps_path(fake_data_dir).read_text())
     assert set(colormaps) == set(lens.COLORMAPS)
-    for name in lens.COLORMAPS:  # the tables the images use
-        assert colormaps[name] == ["#" + bytes(rgb).hex() for rgb in lens.colormap_table(name)]
+    ramp = (np.arange(256, dtype=np.float32) / 255).reshape(16, 16)
+    for name, legend in colormaps.items():
+        pixels = np.array(Image.open(io.BytesIO(lens.matrix_as_png(ramp, cmap=name))).convert("RGB")).reshape(256, 3)
+        assert ["#" + bytes(p).hex() for p in pixels] == legend, name
+        if name.endswith("_r"):
+            assert legend == colormaps[name[:-2]][::-1]
+    # matplotlib's viridis and magma begin and end so, and the ColorBrewer ramps run from white or to black
+    assert (colormaps["viridis"][0], colormaps["viridis"][-1]) == ("#440154", "#fde725")
+    assert (colormaps["magma"][0], colormaps["magma"][-1]) == ("#000004", "#fcfdbf")
+    assert (colormaps["Greys"][0], colormaps["Greys"][-1], colormaps["Blues"][0]) == ("#ffffff", "#000000", "#f7fbff")
 
 
 def test_unfinished_prompts_are_left_out(fake_data_dir):
@@ -147,12 +167,12 @@ def test_cli_unreadable_prompt_is_a_warning_and_the_rest_are_indexed(fake_data_d
 
 
 def test_cli_corrupt_model_cfg_is_one_error_line(fake_data_dir):
-    cfg = lens.model_cfg_path(fake_data_dir, "fake-model")
+    cfg = datadir.model_cfg_path(fake_data_dir, "fake-model")
     cfg.write_text("")
     proc = run_cli("--save-path", str(fake_data_dir))
     assert proc.returncode == 1
     assert proc.stderr.strip() == f"error: {cfg}: not valid JSON (Expecting value); delete it and re-run its script"
-    assert not lens.models_path(fake_data_dir).exists()
+    assert not datadir.models_path(fake_data_dir).exists()
 
 
 def test_cli_usage_mistakes_are_one_line(fake_data_dir):
@@ -206,7 +226,7 @@ def test_figures_dir_flag_and_a_vanished_figures_dir(fake_data_dir, tmp_path):
     (tmp_path / "mine" / "mine.py").write_text(MINE)
     build_index(fake_data_dir, tmp_path / "mine")
     assert figure_names(fake_data_dir) == ["mine", "my_sink"]
-    lens.write_json(lens.render_record_path(fake_data_dir), {"figures_dir": str(tmp_path / "gone")})
+    lens.write_json(datadir.render_record_path(fake_data_dir), {"figures_dir": str(tmp_path / "gone")})
     proc = run_cli("--save-path", str(fake_data_dir))
     assert proc.returncode == 0 and f"{tmp_path / 'gone'} (rendered with" in proc.stderr
     assert figure_names(fake_data_dir) == list(lens.load_figures()[0])

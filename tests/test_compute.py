@@ -9,6 +9,8 @@ import pytest
 import torch
 
 import compute_activations as ca
+import datadir
+import forward
 import lens
 import storage
 
@@ -24,12 +26,12 @@ TEXTS = [
 
 @pytest.fixture(scope="module")
 def model(tiny_checkpoint):
-    return ca.load_model(str(tiny_checkpoint), "cpu", "float32")
+    return forward.load_model(str(tiny_checkpoint), "cpu", "float32")
 
 
 def single_patterns(model, text: str) -> np.ndarray:
     """Oracle: an unbatched, full run_with_cache of one prompt, [layers, heads, n, n] float32."""
-    _, cache = model.run_with_cache(text, names_filter=ca.is_pattern_hook)
+    _, cache = model.run_with_cache(text, names_filter=forward.is_pattern_hook)
     return torch.stack([cache[f"blocks.{l}.attn.hook_pattern"][0]
                         for l in range(model.cfg.n_layers)]).numpy()
 
@@ -55,7 +57,7 @@ def test_batched_patterns_equal_single_prompt_patterns(model):
     for i, row in enumerate(ids):
         tokens[i, :len(row)] = torch.tensor(row)
     layers = {}
-    ca.forward_patterns(model, tokens, lambda layer, pattern: layers.update({layer: pattern.clone()}), 1)
+    forward.forward_patterns(model, tokens, lambda layer, pattern: layers.update({layer: pattern.clone()}), 1)
     batched = torch.stack([layers[0], layers[1]]).numpy()
     assert batched.shape == (2, len(TEXTS), 4, width, width)
     for i, text in enumerate(TEXTS):
@@ -75,7 +77,7 @@ def test_library_call_stores_patterns_and_prompt_json(model, tmp_path):
     assert cfg["model_name"] == "tiny" and cfg["default_prepend_bos"] is True
     for i, text in enumerate(TEXTS):
         h = lens.prompt_hash(text)
-        info = json.loads((lens.prompt_dir(tmp_path, "tiny", h) / "prompt.json").read_text())
+        info = json.loads((datadir.prompt_dir(tmp_path, "tiny", h) / "prompt.json").read_text())
         assert info["text"] == text and info["hash"] == h and info["meta"] == {"i": i}
         assert info["tokens"][0] == "<|endoftext|>" and "".join(info["tokens"][1:]) == text
         assert info["n_tokens"] == len(info["tokens"]) == len(info["token_ids"])
@@ -113,7 +115,7 @@ def test_long_prompt_is_truncated_with_warning(model, tmp_path, capsys):
     text = "word " * 300
     ca.compute_activations([text], model, tmp_path, model_name="tiny", progress=False)
     assert "more than n_ctx=128: truncated" in capsys.readouterr().err
-    info = json.loads((lens.prompt_dir(tmp_path, "tiny", lens.prompt_hash(text)) / "prompt.json").read_text())
+    info = json.loads((datadir.prompt_dir(tmp_path, "tiny", lens.prompt_hash(text)) / "prompt.json").read_text())
     assert info["n_tokens"] == 128 and info["truncated"] is True
     assert storage.load_patterns(tmp_path, "tiny", info["hash"]).n_tokens == 128
 
@@ -146,13 +148,13 @@ def test_shards_partition_the_prompts(model, tmp_path):
 def test_interrupted_run_resumes_without_redoing_finished_prompts(model, tmp_path):
     ca.compute_activations(TEXTS, model, tmp_path, model_name="tiny", progress=False)
     # What a kill leaves: a temp file mid-write, and a prompt whose prompt.json was not yet written.
-    victim = lens.prompt_dir(tmp_path, "tiny", lens.prompt_hash(TEXTS[2]))
+    victim = datadir.prompt_dir(tmp_path, "tiny", lens.prompt_hash(TEXTS[2]))
     (victim / "prompt.json").unlink()
-    (victim / f".{lens.PATTERN_FILE}.tmp123").write_bytes(b"half")
-    before = {d: (d / lens.PATTERN_FILE).stat().st_mtime_ns for d in prompt_dirs(tmp_path) if d != victim}
+    (victim / f".{datadir.PATTERN_FILE}.tmp123").write_bytes(b"half")
+    before = {d: (d / datadir.PATTERN_FILE).stat().st_mtime_ns for d in prompt_dirs(tmp_path) if d != victim}
     summary = ca.compute_activations(TEXTS, model, tmp_path, model_name="tiny", progress=False)
     assert (summary["done"], summary["skipped"]) == (1, len(TEXTS) - 1)
-    assert {d: (d / lens.PATTERN_FILE).stat().st_mtime_ns for d in before} == before
+    assert {d: (d / datadir.PATTERN_FILE).stat().st_mtime_ns for d in before} == before
     assert json.loads((victim / "prompt.json").read_text())["text"] == TEXTS[2]
 
 
@@ -262,8 +264,8 @@ def test_a_save_path_that_cannot_be_a_data_dir_fails_before_the_model_loads(tiny
 
 def test_heads_stores_only_those_and_more_heads_recompute(model, tmp_path):
     ca.compute_activations(TEXTS[:2], model, tmp_path, model_name="tiny", heads="L1H0-1", progress=False)
-    pdir = lens.prompt_dir(tmp_path, "tiny", lens.prompt_hash(TEXTS[1]))
-    stored = storage.Patterns(pdir / lens.PATTERN_FILE)
+    pdir = datadir.prompt_dir(tmp_path, "tiny", lens.prompt_hash(TEXTS[1]))
+    stored = storage.Patterns(pdir / datadir.PATTERN_FILE)
     assert stored.heads == [(1, 0), (1, 1)] and not stored.stored(0, 0)
     assert json.loads((pdir / "prompt.json").read_text())["heads"] == "L1H0,L1H1"
     with pytest.raises(storage.NotStored):
@@ -274,13 +276,13 @@ def test_heads_stores_only_those_and_more_heads_recompute(model, tmp_path):
     assert (again["done"], again["skipped"]) == (0, 2)  # heads already held: nothing to do
     more = ca.compute_activations(TEXTS[:2], model, tmp_path, model_name="tiny", heads="L0H2", progress=False)
     assert more["done"] == 2
-    stored = storage.Patterns(pdir / lens.PATTERN_FILE)
+    stored = storage.Patterns(pdir / datadir.PATTERN_FILE)
     assert stored.heads == [(0, 2), (1, 0), (1, 1)]  # what it had, plus what was asked
     assert np.abs(stored.head(0, 2) - oracle[0, 2]).max() <= 3.1e-5
     everything = ca.compute_activations(TEXTS[:2], model, tmp_path, model_name="tiny", progress=False)
     assert everything["done"] == 2
     assert "heads" not in json.loads((pdir / "prompt.json").read_text())
-    assert np.abs(storage.Patterns(pdir / lens.PATTERN_FILE).all() - oracle).max() <= 3.1e-5
+    assert np.abs(storage.Patterns(pdir / datadir.PATTERN_FILE).all() - oracle).max() <= 3.1e-5
 
 
 def test_max_tokens_truncates_and_the_estimate_says_how_to_shrink(model, tmp_path, capsys):
@@ -289,7 +291,7 @@ def test_max_tokens_truncates_and_the_estimate_says_how_to_shrink(model, tmp_pat
     assert "more than --max-tokens=6: truncated" in err
     assert "tiny: 1 prompts, 6 tokens, 8 heads each: at most 336 B to write" in err  # 8 heads x 21 values x 2 B
     assert "--heads SPEC stores only some heads" in err
-    info = json.loads((lens.prompt_dir(tmp_path, "tiny", lens.prompt_hash(TEXTS[4])) / "prompt.json").read_text())
+    info = json.loads((datadir.prompt_dir(tmp_path, "tiny", lens.prompt_hash(TEXTS[4])) / "prompt.json").read_text())
     assert info["n_tokens"] == 6 and info["truncated"] is True
 
 
@@ -302,15 +304,15 @@ def test_loader_gets_checkpoint_revision_and_placement(tiny_checkpoint, monkeypa
         calls.append((name, kwargs))
         return real(str(tiny_checkpoint), device="cpu")
     monkeypatch.setattr(TransformerBridge, "boot_transformers", boot)
-    ca.load_model("pythia-70m", None, "float32", revision=None, checkpoint=1000, n_devices=2, device_map="auto")
-    ca.load_model("gpt2", "cpu", "float32", revision="main")
+    forward.load_model("pythia-70m", None, "float32", revision=None, checkpoint=1000, n_devices=2, device_map="auto")
+    forward.load_model("gpt2", "cpu", "float32", revision="main")
     assert calls[0] == ("pythia-70m", {"dtype": torch.float32, "device_map": "auto", "n_devices": 2,
                                        "checkpoint_value": 1000})
     assert calls[1] == ("gpt2", {"dtype": torch.float32, "device": "cpu", "revision": "main"})
 
 
 def test_device_map_places_a_local_checkpoint_on_the_cpu(tiny_checkpoint, tmp_path):
-    model = ca.load_model(str(tiny_checkpoint), None, "float32", device_map="cpu")
+    model = forward.load_model(str(tiny_checkpoint), None, "float32", device_map="cpu")
     ca.compute_activations(TEXTS[:2], model, tmp_path, model_name="mapped", progress=False)
     stored = storage.load_patterns(tmp_path, "mapped", lens.prompt_hash(TEXTS[1])).all()
     assert np.abs(stored - single_patterns(model, TEXTS[1])).max() <= 3.1e-5

@@ -1,5 +1,6 @@
 """Statistics at compute time: the device statistics against the figures' definitions, --patterns, --top,
-shards merged by build_index.py, a killed run resumed, plug-in statistics, bad flags."""
+shards merged by build_index.py, a killed run resumed, plug-in statistics, bad flags; and the index's rerun
+after more prompts (prompt_index.py), which those statistics feed."""
 import json
 import random
 import shutil
@@ -12,11 +13,14 @@ import pytest
 import torch
 from fake_data import index_rows, read_stats
 
-import build_index as build_index_module
 import compute_activations as ca
+import datadir
+import forward
 import lens
+import prompt_index
 import storage
-from build_index import build_index, index_cache_path, index_state_path
+from build_index import build_index
+from datadir import index_cache_path, index_state_path
 
 ROOT = Path(__file__).resolve().parent.parent
 DEMO = ROOT / "demo" / "model"
@@ -38,7 +42,7 @@ TEXTS = make_texts(24)
 
 @pytest.fixture(scope="module")
 def demo_model():
-    return ca.load_model(str(DEMO), "cpu", "float32")
+    return forward.load_model(str(DEMO), "cpu", "float32")
 
 
 @pytest.fixture
@@ -65,13 +69,13 @@ def test_device_statistics_equal_the_figures_definitions(demo_model, tmp_path):
                                      batch_size=5, progress=False)
     assert summary["done"] == len(TEXTS) and summary["stored"] == 0 and stored(tmp_path, "demo") == set()
     [part] = storage.read_parts(tmp_path, "demo")
-    assert part.stats == list(ca.DEVICE_STATISTICS)
+    assert part.stats == list(forward.DEVICE_STATISTICS)
     assert sorted(r["text"] for r in part.rows) == sorted(TEXTS)
     registry, _ = lens.load_figures()
     for row, values in zip(part.rows, part.values):
         ids = ca.tokenize(demo_model.to_tokens, row["text"])
         assert row["n_tokens"] == len(ids)
-        _, cache = demo_model.run_with_cache(torch.tensor([ids]), names_filter=ca.is_pattern_hook)
+        _, cache = demo_model.run_with_cache(torch.tensor([ids]), names_filter=forward.is_pattern_hook)
         for layer in range(demo_model.cfg.n_layers):
             exact = cache[f"blocks.{layer}.attn.hook_pattern"][0].numpy()
             for s, name in enumerate(part.stats):
@@ -87,7 +91,7 @@ def test_patterns_sample_stores_n_prompts_and_statistics_for_every_prompt_and_he
     assert len(stored(data)) == 5
     assert all(storage.load_patterns(data, "model", h).heads == [(0, 0)] for h in stored(data))
     index, tables = stat_tables(data)
-    assert index["n_prompts"] == 24 and list(index["stats"]) == list(ca.DEVICE_STATISTICS)
+    assert index["n_prompts"] == 24 and list(index["stats"]) == list(forward.DEVICE_STATISTICS)
     assert np.isfinite(tables["bos"]).all() and np.isfinite(tables["induction_head"]).all()  # every head
     run_main(DEMO, prompts_file, "--patterns", "5", "--heads", "L0H0", "--save-path", data)
     assert "0 prompts computed, 24 skipped" in capsys.readouterr().out
@@ -113,7 +117,7 @@ def test_shards_copied_together_give_the_aggregates_of_one_run(prompts_file, tmp
         np.testing.assert_allclose(tables2[name][order], table, atol=1e-6, rtol=0, err_msg=name)
         for key in ("mean", "std", "min", "max"):
             np.testing.assert_allclose(index2["stats"][name][key], index1["stats"][name][key], atol=1e-6, err_msg=name)
-        heads1, heads2 = (json.loads(storage.stat_heads_path(d, "model", name).read_text()) for d in (one, merged))
+        heads1, heads2 = (json.loads(datadir.stat_heads_path(d, "model", name).read_text()) for d in (one, merged))
         tops = [[[[h for h, _ in head[side]] for head in layer] for layer in heads["heads"]]
                 for heads in (heads1, heads2) for side in ("top", "bottom")]
         assert tops[:2] == tops[2:] and heads1["prompts"] == heads2["prompts"]
@@ -156,7 +160,7 @@ def test_a_killed_run_resumes_and_loses_at_most_the_batches_in_flight(demo_model
 def test_top_k_stores_each_heads_extremes_and_is_idempotent(prompts_file, tmp_path, capsys):
     data = tmp_path / "data"
     run_main(DEMO, prompts_file, "--patterns", "none", "--save-path", data)
-    heads = json.loads(storage.stat_heads_path(data, "model", "induction_head").read_text())
+    heads = json.loads(datadir.stat_heads_path(data, "model", "induction_head").read_text())
     expected = {h for layer in heads["heads"] for head in layer for side in ("top", "bottom")
                 for h, _ in head[side][:2]}
     assert all(not p["stored"] for p in heads["prompts"].values())
@@ -164,7 +168,7 @@ def test_top_k_stores_each_heads_extremes_and_is_idempotent(prompts_file, tmp_pa
     run_main(DEMO, "--top", "2", "--stat", "induction_head", "--save-path", data)
     assert f"{len(expected)} prompts computed" in capsys.readouterr().out
     assert stored(data) == expected and 2 < len(expected) < 24
-    heads = json.loads(storage.stat_heads_path(data, "model", "induction_head").read_text())
+    heads = json.loads(datadir.stat_heads_path(data, "model", "induction_head").read_text())
     assert {h for h, p in heads["prompts"].items() if p["stored"]} >= expected
     run_main(DEMO, "--top", "2", "--stat", "induction_head", "--save-path", data)
     assert "0 prompts computed" in capsys.readouterr().out and stored(data) == expected
@@ -184,11 +188,34 @@ def test_a_plugin_statistic_runs_at_compute_time_from_the_stored_form(prompts_fi
     assert sorted(hashes) == sorted(map(lens.prompt_hash, TEXTS))
     for text in TEXTS:
         i = hashes.index(lens.prompt_hash(text))
-        _, cache = demo_model.run_with_cache(text, names_filter=ca.is_pattern_hook)
+        _, cache = demo_model.run_with_cache(text, names_filter=forward.is_pattern_hook)
         for layer in range(demo_model.cfg.n_layers):
             exact = cache[f"blocks.{layer}.attn.hook_pattern"][0].numpy()
             np.testing.assert_allclose(tables["first_key"][i, layer], exact[:, :, 0].mean(-1),
                                        atol=2 / storage.PATTERN_SCALE)
+
+
+def test_a_plugin_statistic_that_fails_at_compute_time_is_missing_there_and_counted(demo_model, tmp_path, capsys):
+    figs = tmp_path / "figs"
+    figs.mkdir()
+    (figs / "picky.py").write_text("from lens import statistic\n\n@statistic\ndef picky(attn):\n"
+                                   "    if len(attn) > 8:\n        raise ValueError('too long')\n    return 1.0\n")
+    texts = TEXTS[:6]
+    lengths = [len(ca.tokenize(demo_model.to_tokens, t)) for t in texts]
+    s = ca.compute_activations(texts, demo_model, tmp_path / "data", model_name="model", patterns="none",
+                               figures_dir=figs, progress=False)
+    n_heads = demo_model.cfg.n_layers * demo_model.cfg.n_heads
+    long = sum(n > 8 for n in lengths)
+    assert 0 < long < len(texts) and s["failed"] == long * n_heads  # every head of every long prompt
+    warning = capsys.readouterr().err
+    assert "picky failed on L" in warning and f"{long * n_heads} value(s) of it failed in all" in warning
+    assert f"; {long * n_heads} statistic value(s) failed" in ca.summary_line(s, tmp_path / "data")
+    build_index(tmp_path / "data")
+    _, tables = stat_tables(tmp_path / "data")
+    hashes = [r["hash"] for r in index_rows(tmp_path / "data", "model")]
+    for text, n in zip(texts, lengths):
+        row = tables["picky"][hashes.index(lens.prompt_hash(text))]
+        assert np.isnan(row).all() if n > 8 else (row == 1).all()
 
 
 @pytest.mark.parametrize("extra, message", [
@@ -220,7 +247,7 @@ def test_a_rerun_reads_only_the_new_rows_and_writes_what_a_build_from_nothing_wr
     data, fresh = tmp_path / "data", tmp_path / "fresh"
     ca.compute_activations(TEXTS[:16], demo_model, data, model_name="model", patterns=4, progress=False)
     build_index(data)
-    [old_part] = [p.with_suffix(".jsonl") for p in storage.parts_dir(data, "model").glob("*.json")]
+    [old_part] = [p.with_suffix(".jsonl") for p in datadir.parts_dir(data, "model").glob("*.json")]
     ca.compute_activations(TEXTS[16:], demo_model, data, model_name="model", patterns="all", progress=False)
     ca.compute_activations(TEXTS[:2], demo_model, data, model_name="model", patterns="all", progress=False)
     shutil.copytree(data, fresh)
@@ -251,7 +278,7 @@ def test_a_build_killed_before_its_state_is_written_is_redone_whole(demo_model, 
 
     def killed(*args):
         raise KeyboardInterrupt
-    monkeypatch.setattr(build_index_module, "write_index_state", killed)
+    monkeypatch.setattr(prompt_index, "write_index_state", killed)
     with pytest.raises(KeyboardInterrupt):
         build_index(data)  # the index, tables and shards written with the new rows, the state not
     monkeypatch.undo()
@@ -263,9 +290,9 @@ def test_a_build_killed_before_its_state_is_written_is_redone_whole(demo_model, 
 
 def test_word_shards_merge_new_rows_and_drop_a_killed_runs():
     held = {"cat": [1, 4, 7], "dog": [3], "eel": [11]}  # cat: rows 1, 5, 12; eel: row 11, from a killed run
-    merged = build_index_module.merge_words(held, 10, {"cat": [10, 13], "fox": [10]})
+    merged = prompt_index.merge_words(held, 10, {"cat": [10, 13], "fox": [10]})
     assert merged == {"cat": [1, 4, 5, 3], "dog": [3], "fox": [10]}
-    assert build_index_module.merge_hashes({"a": 3, "b": 10}, 10, {"c": 10}) == {"a": 3, "c": 10}
+    assert prompt_index.merge_hashes({"a": 3, "b": 10}, 10, {"c": 10}) == {"a": 3, "c": 10}
 
 
 @pytest.mark.parametrize("lengths", [[1, 1, 1], [1, 6, 2, 9]], ids=["only-one-token", "mixed"])
@@ -275,19 +302,17 @@ def test_device_statistics_of_a_padded_batch_with_one_token_prompts(lengths):
     rng = np.random.default_rng(0)
     width, n_layers, n_heads = max(lengths), 2, 3
     ids = [list(rng.integers(0, 4, n)) for n in lengths]  # 4 token ids: repeats are common
-    jobs = [ca.PromptJob(prompt={"text": str(i)}, hash=str(i), ids=[int(t) for t in x], heads=[], truncated=False,
-                         needs_stats=True) for i, x in enumerate(ids)]
     tokens = np.array([x + [0] * (width - len(x)) for x in ids])
     causal = np.triu(np.ones((width, width), bool), 1)
     patterns = []
     for _ in range(n_layers):
         scores = np.where(causal, -np.inf, rng.normal(size=(len(lengths), n_heads, width, width)))
         patterns.append(torch.from_numpy(scores).float().softmax(-1))
-    stats = ca.DeviceStats(jobs, tokens, "cpu", n_layers, n_heads)
+    stats = forward.DeviceStats(np.array(lengths), tokens, "cpu", n_layers, n_heads)
     for layer, pattern in enumerate(patterns):
         stats.add_layer(layer, pattern)
     values = stats.values()
-    assert values.shape == (len(lengths), len(ca.DEVICE_STATISTICS), n_layers, n_heads)
+    assert values.shape == (len(lengths), len(forward.DEVICE_STATISTICS), n_layers, n_heads)
     registry, _ = lens.load_figures()
     for b, n in enumerate(lengths):
         if n == 1:
@@ -295,6 +320,6 @@ def test_device_statistics_of_a_padded_batch_with_one_token_prompts(lengths):
             continue
         for layer, pattern in enumerate(patterns):
             exact = pattern[b, :, :n, :n].numpy()
-            for s, name in enumerate(ca.DEVICE_STATISTICS):
+            for s, name in enumerate(forward.DEVICE_STATISTICS):
                 expected = [lens.call_plugin(registry[name], a, {"token_ids": ids[b]}) for a in exact]
                 np.testing.assert_allclose(values[b, s, layer], expected, atol=1e-5, rtol=0, err_msg=f"{name} {n}")

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 from fake_data import index_rows
 
+import datadir
 import lens
 import storage
 
@@ -39,7 +40,7 @@ def prompt_rows() -> list[dict]:
 
 def stored_prompts(data: Path) -> list[dict]:
     """The prompt.json of every prompt in the data dir's index, in index order."""
-    return [lens.read_json(lens.prompt_json_path(data, MODEL, row["hash"])) for row in index_rows(data, MODEL)]
+    return [lens.read_json(datadir.prompt_json_path(data, MODEL, row["hash"])) for row in index_rows(data, MODEL)]
 
 
 def repeated_texts() -> list[str]:
@@ -58,8 +59,9 @@ def detect_head_scores(model_dir: Path) -> dict[str, np.ndarray]:
     """transformer_lens.head_detector.detect_head, the oracle, on the repeated prompts: {head name: [layer, head]}."""
     from transformer_lens.head_detector import HEAD_NAMES, detect_head
 
-    import compute_activations
-    model = compute_activations.load_model(str(model_dir), "cpu", "float32")
+    import forward
+
+    model = forward.load_model(str(model_dir), "cpu", "float32")
     return {name: detect_head(model, repeated_texts(), name).numpy() for name in HEAD_NAMES}
 
 
@@ -79,14 +81,14 @@ def final_scores() -> dict[str, np.ndarray]:
 
 
 def test_first_run_writes_everything_the_site_reads(demo_data):
-    [model] = read_jsonl(lens.models_path(demo_data))
+    [model] = read_jsonl(datadir.models_path(demo_data))
     assert (model["model_dir"], model["n_layers"], model["n_heads"], model["n_prompts"]) == \
         (MODEL, 2, 4, len({r["text"] for r in prompt_rows()}))
-    assert (demo_data / "index.html").is_file() and lens.figures_path(demo_data).is_file()
+    assert (demo_data / "index.html").is_file() and datadir.figures_path(demo_data).is_file()
     for p in stored_prompts(demo_data):
-        folder = lens.prompt_dir(demo_data, MODEL, p["hash"])
+        folder = datadir.prompt_dir(demo_data, MODEL, p["hash"])
         assert "".join(p["tokens"]) == p["text"] and len(p["tokens"]) == p["n_tokens"]  # no BOS, as Pythia
-        pack = lens.figure_pack_path(demo_data, MODEL, p["hash"], "raw")
+        pack = datadir.figure_pack_path(demo_data, MODEL, p["hash"], "raw")
         assert all(storage.read_pack_image(pack, l, h).startswith(b"\x89PNG") for l in range(2) for h in range(4))
         assert not list(folder.glob("*.errors.json"))
 
@@ -103,7 +105,7 @@ def test_stored_patterns_show_the_induction_heads(demo_data):
     query's token (for tokens that occur once in the first copy, so that the target is unambiguous); layer 0 does
     not."""
     for text in repeated_texts():
-        prompt = json.loads(lens.prompt_json_path(demo_data, MODEL, lens.prompt_hash(text)).read_text())
+        prompt = json.loads(datadir.prompt_json_path(demo_data, MODEL, lens.prompt_hash(text)).read_text())
         ids = prompt["token_ids"]
         d = repeat_period(ids)
         counts = Counter(ids[:d])
@@ -130,7 +132,7 @@ def test_stored_patterns_show_the_previous_token_head(demo_data):
 def test_stored_statistics_rank_the_known_heads_first(demo_data, final_scores):
     """render_figures.py's per-prompt statistics, averaged over the repeated prompts, agree with the oracle's
     ranking."""
-    stats = [json.loads(lens.prompt_stats_path(demo_data, MODEL, lens.prompt_hash(t)).read_text())
+    stats = [json.loads(datadir.prompt_stats_path(demo_data, MODEL, lens.prompt_hash(t)).read_text())
              for t in repeated_texts()]
     mean = {name: np.mean([s[name] for s in stats], axis=0) for name in stats[0]}
     assert top_heads(mean["previous_token_head"], 1) == [PREVIOUS_TOKEN_HEAD]

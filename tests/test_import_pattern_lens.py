@@ -1,4 +1,5 @@
-"""build_index.py --import-pattern-lens: a pattern-lens data dir converted in place, then rendered and indexed."""
+"""import_pattern_lens.py (and its alias build_index.py --import-pattern-lens): a pattern-lens data dir converted in
+place, then rendered and indexed."""
 import base64
 import hashlib
 import io
@@ -13,6 +14,7 @@ from fake_data import fake_patterns, index_rows
 from PIL import Image
 from tiny_model import train_tokenizer
 
+import datadir
 import lens
 import storage
 
@@ -80,25 +82,26 @@ def read_lines(path: Path) -> list[dict]:
 def test_import_keeps_values_fields_and_figures(tmp_path, tokenizer):
     data = tmp_path / "attn_data"
     patterns = write_pattern_lens_dir(data, tokenizer)
-    r = run("build_index.py", "--import-pattern-lens", "--save-path", data)
+    r = run("import_pattern_lens.py", "--save-path", data)
     assert r.returncode == 0, r.stderr
 
     warnings = r.stderr.strip().splitlines()
     corrupt = data / MODEL / "prompts" / pattern_lens_hash(TEXTS["corrupt"]) / "activations.npz"
-    assert len(warnings) == 1 and warnings[0].startswith("build_index.py: warning: ") and str(corrupt) in warnings[0]
+    assert len(warnings) == 1 and str(corrupt) in warnings[0]
+    assert warnings[0].startswith("import_pattern_lens.py: warning: ")
     assert "imported 2 pattern-lens prompt(s)" in r.stdout and "1 failed" in r.stdout
 
     for kind in ("npz", "npy"):
         text = TEXTS[kind]
         stored = storage.load_patterns(data, MODEL, lens.prompt_hash(text))
         assert np.abs(stored.all() - patterns[kind]).max() < 1e-3
-        info = json.loads((lens.prompt_dir(data, MODEL, lens.prompt_hash(text)) / "prompt.json").read_text())
+        info = json.loads((datadir.prompt_dir(data, MODEL, lens.prompt_hash(text)) / "prompt.json").read_text())
         ids = tokenizer(text)["input_ids"]
         assert info["tokens"] == ["<bos>"] + [tokenizer.decode([i]) for i in ids]  # as to_str_tokens shows them
         assert info["n_tokens"] == len(ids) + 1 == patterns[kind].shape[-1]
         assert (info["text"], info["hash"], info["meta"]) == (text, lens.prompt_hash(text), {"kind": kind})
         assert (info["source_fname"], info["pattern_lens_hash"]) == ("data/pile_1k.jsonl", pattern_lens_hash(text))
-        pack = lens.figure_pack_path(data, MODEL, lens.prompt_hash(text), "pattern-lens.raw")
+        pack = datadir.figure_pack_path(data, MODEL, lens.prompt_hash(text), "pattern-lens.raw")
         assert storage.read_pack_image(pack, 0, 1) == b"\x89PNG pattern-lens figure " + kind.encode()
         assert storage.read_pack_image(pack, 0, 0) is None  # pattern-lens had no figure for that head
         assert not (data / MODEL / "prompts" / pattern_lens_hash(text)).exists()
@@ -122,7 +125,7 @@ def test_imported_prompts_render_and_reach_the_site_index(tmp_path, tokenizer):
     for h in hashes:
         for l in range(N_LAYERS):
             for head in range(N_HEADS):
-                png = storage.read_pack_image(lens.figure_pack_path(data, MODEL, h, "raw"), l, head)
+                png = storage.read_pack_image(datadir.figure_pack_path(data, MODEL, h, "raw"), l, head)
                 assert Image.open(io.BytesIO(png)).size == (storage.load_patterns(data, MODEL, h).n_tokens,) * 2
     assert [p["hash"] for p in index_rows(data, MODEL)] == hashes
     [model] = read_lines(data / "models.jsonl")
@@ -135,7 +138,7 @@ def test_nothing_importable_is_an_error(tmp_path, tokenizer):
     write_pattern_lens_dir(data, tokenizer)
     for path in (data / MODEL / "prompts").glob("*/activations.np[yz]"):
         path.write_bytes(b"not an array")
-    r = run("build_index.py", "--import-pattern-lens", "--save-path", data)
+    r = run("import_pattern_lens.py", "--save-path", data)
     assert r.returncode != 0
     lines = r.stderr.strip().splitlines()
     assert len(lines) == len(TEXTS) + 1 and all("warning" in line for line in lines[:-1])
@@ -143,5 +146,5 @@ def test_nothing_importable_is_an_error(tmp_path, tokenizer):
 
 
 def test_a_dir_without_pattern_lens_data_is_an_error(fake_data_dir):
-    r = run("build_index.py", "--import-pattern-lens", "--save-path", fake_data_dir)
+    r = run("import_pattern_lens.py", "--save-path", fake_data_dir)
     assert r.returncode != 0 and r.stderr.startswith("error: ") and "no pattern-lens prompts" in r.stderr

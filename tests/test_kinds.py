@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+import datadir
 import kinds
 import lens
 
@@ -23,7 +24,7 @@ def run(*args: str, check: bool = True) -> subprocess.CompletedProcess:
 
 
 def heads_json(data: Path, model: str) -> dict:
-    return json.loads(kinds.heads_json_path(data, model).read_text())
+    return json.loads(datadir.heads_json_path(data, model).read_text())
 
 
 def labelled(info: dict, kind: str) -> list[tuple[int, int]]:
@@ -85,8 +86,9 @@ def test_kind_scores_are_detect_head_on_the_probe(demo_data):
     """The oracle: TransformerLens's detect_head over the probe's repeated sequences (its "mul" default)."""
     from transformer_lens.head_detector import detect_head
 
-    import compute_activations
-    model = compute_activations.load_model("demo", "cpu", "float32")
+    import forward
+
+    model = forward.load_model("demo", "cpu", "float32")
     info = heads_json(demo_data, "demo")
     repeats = [p["text"] for p in kinds.probe_prompts() if p["meta"]["probe"] == "repeat"]
     features = np.array([[h["features"] for h in row] for row in info["heads"]], np.float64)
@@ -124,16 +126,27 @@ def test_nearest_checkpoint_heads_are_the_same_heads(demo_data):
         assert tuple(info["heads"][l][h]["best"]["demo_step2000"][:2]) in before
 
 
-def test_heads_json_names_kinds_with_their_thresholds_and_sources(demo_data):
+def test_heads_json_labels_each_head_by_its_own_features_and_the_stated_thresholds(demo_data):
+    """Each head's kinds are exactly those whose feature (in the file) passes the threshold the file states, with
+    that feature as the score: a reader can check every label from heads.json alone."""
     info = heads_json(demo_data, "demo")
-    assert [k["name"] for k in info["kinds"]] == [k.name for k in kinds.KINDS]
     assert all(k["source"] and k["doc"] and k["op"] in (">=", "<=") for k in info["kinds"])
-    thresholds = {k.name: k.threshold for k in kinds.KINDS}
-    assert thresholds["sink"] == 0.3  # Gu et al. 2025
+    table = {k["name"]: k for k in info["kinds"]}
+    assert table["sink"]["threshold"] == 0.3 and table["sink"]["feature"] == "bos"  # Gu et al. 2025
+    assert "L0H1" in [f"L{l}H{h}" for l, row in enumerate(info["heads"]) for h, head in enumerate(row)
+                      if "previous-token" in [k["name"] for k in head["kinds"]]]  # the demo's previous-token head
     models = lens.model_dirs(demo_data)
     for row in info["heads"]:
         for head in row:
-            assert all(k["threshold"] == thresholds[k["name"]] for k in head["kinds"])
+            labels = {k["name"]: k for k in head["kinds"]}
+            for name, kind in table.items():
+                value = head["features"][info["features"].index(kind["feature"])]
+                passes = value is not None and (value >= kind["threshold"] if kind["op"] == ">="
+                                                else value <= kind["threshold"])
+                assert (name in labels) == passes, (name, value)
+                if passes:
+                    assert labels[name]["threshold"] == kind["threshold"]
+                    assert labels[name]["score"] == pytest.approx(value, abs=1e-4)
             assert len(head["features"]) == len(kinds.FEATURES) and len(head["xy"]) == 2
             assert sorted(head["best"]) == models
             sims = [n[3] for n in head["nearest"]]

@@ -11,7 +11,9 @@ from browser import assert_only_local, browser_session
 from fake_data import index_rows, make_data
 
 import build_index
+import datadir
 import lens
+import prompt_index
 
 ROOT = Path(__file__).resolve().parent.parent
 MODEL = "fake-model"
@@ -25,41 +27,41 @@ TEXTS = ([f"prompt {i}: " + "hay " * (i % 5) + ("needle" if i % 7 == 3 else "str
 @pytest.fixture
 def indexed(tmp_path, monkeypatch) -> Path:
     """TEXTS as stored prompts (tests/fake_data.py), indexed in chunks of CHUNK rows."""
-    monkeypatch.setattr(build_index, "INDEX_CHUNK_ROWS", CHUNK)
+    monkeypatch.setattr(prompt_index, "INDEX_CHUNK_ROWS", CHUNK)
     make_data(tmp_path / "data", texts=TEXTS)
     build_index.build_index(tmp_path / "data")
     return tmp_path / "data"
 
 
 def test_rows_hold_no_tokens_and_split_at_chunk_size(indexed):
-    meta = lens.read_json(build_index.prompt_index_path(indexed, MODEL))
-    assert meta == {"count": 30, "chunk_size": CHUNK, "text_chars": build_index.INDEX_TEXT_CHARS, "n_stored": 30}
-    chunks = sorted(build_index.prompt_index_dir(indexed, MODEL).glob("rows/*.jsonl"), key=lambda p: int(p.stem))
+    meta = lens.read_json(datadir.prompt_index_path(indexed, MODEL))
+    assert meta == {"count": 30, "chunk_size": CHUNK, "text_chars": prompt_index.INDEX_TEXT_CHARS, "n_stored": 30}
+    chunks = sorted(datadir.prompt_index_dir(indexed, MODEL).glob("rows/*.jsonl"), key=lambda p: int(p.stem))
     assert [len(p.read_text().splitlines()) for p in chunks] == [7, 7, 7, 7, 2]
     rows = index_rows(indexed, MODEL)
     assert [r["hash"] for r in rows] == sorted(lens.prompt_hash(t) for t in TEXTS)
-    shards = json.loads(build_index.index_hashes_path(indexed, MODEL).read_text())
+    shards = json.loads(datadir.index_hashes_path(indexed, MODEL).read_text())
     assert shards == sorted({r["hash"][:2] for r in rows})
     by_hash = {}
     for shard in shards:
-        by_hash.update(json.loads(build_index.index_hash_shard_path(indexed, MODEL, shard).read_text()))
+        by_hash.update(json.loads(datadir.index_hash_shard_path(indexed, MODEL, shard).read_text()))
     assert by_hash == {r["hash"]: i for i, r in enumerate(rows)}
     for row in rows:
-        info = lens.read_json(lens.prompt_json_path(indexed, MODEL, row["hash"]))
+        info = lens.read_json(datadir.prompt_json_path(indexed, MODEL, row["hash"]))
         assert not {"tokens", "token_ids"} & set(row)
         assert row["n_tokens"] == info["n_tokens"] and row["stored"] is True
-        assert row["text"] == info["text"][:build_index.INDEX_TEXT_CHARS]
-        assert row.get("snippet", False) == (info["text"] == LONG) and len(LONG) > build_index.INDEX_TEXT_CHARS
-    order = np.fromfile(build_index.index_order_path(indexed, MODEL), "<u4")
+        assert row["text"] == info["text"][:prompt_index.INDEX_TEXT_CHARS]
+        assert row.get("snippet", False) == (info["text"] == LONG) and len(LONG) > prompt_index.INDEX_TEXT_CHARS
+    order = np.fromfile(datadir.index_order_path(indexed, MODEL), "<u4")
     assert [rows[r]["n_tokens"] for r in order] == sorted(r["n_tokens"] for r in rows)
-    assert json.loads(build_index.index_stored_path(indexed, MODEL).read_text()) == list(range(30))
+    assert json.loads(datadir.index_stored_path(indexed, MODEL).read_text()) == list(range(30))
 
 
 def test_a_smaller_index_leaves_no_stale_chunks(indexed, monkeypatch):
     for h in lens.finished_prompts(indexed, MODEL)[:10]:
-        lens.prompt_json_path(indexed, MODEL, h).unlink()
+        datadir.prompt_json_path(indexed, MODEL, h).unlink()
     build_index.build_index(indexed)
-    assert sorted(p.name for p in build_index.prompt_index_dir(indexed, MODEL).glob("rows/*")) == [
+    assert sorted(p.name for p in datadir.prompt_index_dir(indexed, MODEL).glob("rows/*")) == [
         "0.jsonl", "1.jsonl", "2.jsonl"]
     assert len(index_rows(indexed, MODEL)) == 20
 
@@ -74,11 +76,11 @@ def counting_reads(monkeypatch) -> list[str]:
 
 
 def test_a_rerun_reads_only_new_and_changed_prompt_dirs(indexed, monkeypatch):
-    rows_dir = build_index.prompt_index_dir(indexed, MODEL) / "rows"
+    rows_dir = datadir.prompt_index_dir(indexed, MODEL) / "rows"
     before = {p.name: p.stat().st_mtime_ns for p in rows_dir.iterdir()}
     added = [f"a new prompt {i}" for i in range(3)]
     make_data(indexed, texts=added, seed=1)
-    changed = lens.prompt_json_path(indexed, MODEL, lens.prompt_hash(TEXTS[0]))
+    changed = datadir.prompt_json_path(indexed, MODEL, lens.prompt_hash(TEXTS[0]))
     lens.write_json(changed, {**lens.read_json(changed), "heads": "L0H*"})
     reads = counting_reads(monkeypatch)
     build_index.build_index(indexed)
@@ -108,16 +110,17 @@ def statistics_only(tmp_path_factory, tiny_checkpoint) -> Path:
 
 def test_statistic_only_prompts_are_rows_with_stored_false(statistics_only):
     [model] = lens.model_dirs(statistics_only)
-    records = build_index.prompt_index_records(statistics_only, model)
+    records = prompt_index.prompt_index_records(statistics_only, model)
     rows = index_rows(statistics_only, model)
     assert [r["hash"] for r in rows] == [r["hash"] for r in records] == [lens.prompt_hash(t) for t in TEXTS[:4]]
     stored = lens.finished_prompts(statistics_only, model)
     assert len(stored) == 1
     assert [r["stored"] for r in rows] == [r["hash"] in stored for r in rows]
     assert {r["text"]: r["meta"] for r in rows} == {t: {"i": i} for i, t in enumerate(TEXTS[:4])}
-    assert json.loads(build_index.index_stored_path(statistics_only, model).read_text()) == \
+    assert json.loads(datadir.index_stored_path(statistics_only, model).read_text()) == \
         [i for i, r in enumerate(rows) if r["stored"]]
-    assert [m["n_prompts"] for m in map(json.loads, lens.models_path(statistics_only).read_text().splitlines())] == [4]
+    models = datadir.models_path(statistics_only).read_text().splitlines()
+    assert [m["n_prompts"] for m in map(json.loads, models)] == [4]
 
 
 def test_statistic_only_prompts_show_not_stored_in_the_grid(statistics_only):
@@ -159,7 +162,7 @@ QUERIES = """async (hashes) => {
 def test_find_search_and_order_in_the_browser(indexed):
     rows = index_rows(indexed, MODEL)
     hashes = [r["hash"] for r in rows]
-    with_words = lambda *words: [r["hash"] for r in rows if all(w in build_index.search_words(
+    with_words = lambda *words: [r["hash"] for r in rows if all(w in lens.search_words(
         {**r, "text": next(t for t in TEXTS if lens.prompt_hash(t) == r["hash"])}) for w in words)]
     by_text = {lens.prompt_hash(t): t for t in TEXTS}
     with browser_session(indexed) as s:
@@ -185,11 +188,11 @@ def test_find_search_and_order_in_the_browser(indexed):
     assert got["tokens"] == sorted(range(30), key=lambda r: (n_tokens[r], r))
     assert got["longest"] == sorted(range(30), key=lambda r: (-n_tokens[r], -r))[:3]
     assert got["among"] == sorted([0, 4, 9, 20], key=lambda r: (n_tokens[r], r))[1:3]
-    assert got["shards"] == [build_index.shard_name(w) for w in ["ne", "caf\u00e9", "\u65e5\u672c", "x_y", "a", "9z"]]
+    assert got["shards"] == [prompt_index.shard_name(w) for w in ["ne", "caf\u00e9", "\u65e5\u672c", "x_y", "a", "9z"]]
     words = sorted({u.split("/words/")[1] for u in fetched if "/words/" in u})
-    shards = set(json.loads(build_index.index_shards_path(indexed, MODEL).read_text()))  # those that exist
-    asked = {build_index.shard_name(w) for w in ["needle", "need", "prompt", "10", "caf\u00e9", "\u65e5\u672c", "x_y",
+    shards = set(json.loads(datadir.index_shards_path(indexed, MODEL).read_text()))  # those that exist
+    asked = {prompt_index.shard_name(w) for w in ["needle", "need", "prompt", "10", "caf\u00e9", "\u65e5\u672c", "x_y",
                                                   "far", "away", hashes[3][:8], "zebra"]}
-    assert build_index.shard_name("zebra") not in shards  # no word starts so: never asked for (no 404)
+    assert prompt_index.shard_name("zebra") not in shards  # no word starts so: never asked for (no 404)
     assert words == sorted(f"{shard}.json" for shard in asked & shards)
     assert not [u for u in fetched if u.endswith("prompt.json")]  # the index alone answers

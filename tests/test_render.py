@@ -13,6 +13,7 @@ from fake_data import read_stats
 from PIL import Image
 
 import build_index
+import datadir
 import lens
 import storage
 
@@ -158,7 +159,7 @@ def test_load_figures_reports_broken_files_and_keeps_the_rest(tmp_path):
     assert any("imports.py" in e and "no_such_module_xyz" in e for e in errors)
     records = {r["name"]: r for r in build_index.figure_records(figures)}
     assert records["doubled"] == {
-        "name": "doubled", "kind": "figure", "outputs": ["doubled"], "format": "svg", "doc": "twice the pattern",
+        "name": "doubled", "kind": "figure", "outputs": ["doubled"], "doc": "twice the pattern",
         "source": "figs/good.py", "code": records["doubled"]["code"],
         "options": {"cmap": "Blues", "normalize": True, "diverging": False, "normalize_min": None,
                     "inputs": []}}
@@ -178,11 +179,11 @@ def test_duplicate_names_are_an_error(tmp_path):
 def test_bad_decorator_options_are_reported_as_that_files_error(tmp_path):
     d = tmp_path / "figs"
     write_figure_file(d, "a.py", "from lens import figure\n@figure(cmap='nope')\ndef f(attn):\n    return attn\n")
-    write_figure_file(d, "b.py", "from lens import figure\n@figure(format='jpg')\ndef g(attn):\n    return attn\n")
+    write_figure_file(d, "b.py", "from lens import figure\n@figure(colour='red')\ndef g(attn):\n    return attn\n")
     figures, errors = lens.load_figures(d)
     assert figures == {}
     assert "a.py" in errors[0] and "unknown colormap 'nope'" in errors[0]
-    assert "b.py" in errors[1] and "unknown format 'jpg'" in errors[1]
+    assert "b.py" in errors[1] and "unexpected keyword argument 'colour'" in errors[1]
 
 
 def test_builtin_figures_load_cleanly():
@@ -208,7 +209,7 @@ def test_render_writes_every_head_and_the_indexes(fake_data_dir):
     if n_needing_norms:  # synthetic patterns come without value norms: those figures are skipped, and said so
         assert f"{4 * 2 * 3 * n_needing_norms} not made: their prompts have no value norms" in r.stdout
     for pdir in prompt_dirs(fake_data_dir):
-        patterns = storage.Patterns(pdir / lens.PATTERN_FILE)
+        patterns = storage.Patterns(pdir / datadir.PATTERN_FILE)
         for layer, head in patterns.heads:
             attn = patterns.head(layer, head)
             (w, h), rgb = pack_png(pdir, "raw", layer, head)
@@ -232,7 +233,7 @@ def test_one_head_exports_as_a_standalone_svg(fake_data_dir, tmp_path):
     spec = f"fake-model/{pdir.name}/L1H2/raw"
     run_render("--save-path", fake_data_dir, "--export-svg", spec, "-o", tmp_path / "head.svg")
     svg = (tmp_path / "head.svg").read_text()
-    attn = storage.Patterns(pdir / lens.PATTERN_FILE).head(1, 2)
+    attn = storage.Patterns(pdir / datadir.PATTERN_FILE).head(1, 2)
     size, rgb = svg_png(svg)  # pillow decodes the PNG inside
     assert size == attn.shape[::-1] and svg.startswith("<svg")
     np.testing.assert_array_equal(rgb, lens.colormap_table("viridis")[lens.quantize(attn)])
@@ -307,7 +308,7 @@ def test_shards_split_the_prompts(fake_data_dir):
     for k in (1, 2):
         run_render("--save-path", fake_data_dir, "--figures", "raw,bos", "--shard", f"{k}/2", "--jobs", "1")
         hashes = [p.name for p in prompt_dirs(fake_data_dir)]
-        done = {h for h in hashes if lens.figure_pack_path(fake_data_dir, "fake-model", h, "raw").exists()}
+        done = {h for h in hashes if datadir.figure_pack_path(fake_data_dir, "fake-model", h, "raw").exists()}
         assert done == {h for h in hashes if int(h, 16) % 2 < k}  # shard 1/2 holds the even hashes
     stats = json.loads((fake_data_dir / "fake-model" / "stats.json").read_text())
     assert all(v is not None for row in stats["stats"]["bos"]["mean"] for v in row)
@@ -343,11 +344,7 @@ def nan(attn):
 def wrong_keys(attn):
     return {"a": attn}
 
-@figure(format="svgz")
-def zipped(attn):
-    return attn
-
-@figure(format="png", cmap="Greys")
+@figure(cmap="Greys")
 def plain_png(attn):
     return attn
 '''
@@ -371,8 +368,7 @@ def test_failing_figures_write_error_files_and_the_run_goes_on(fake_data_dir, tm
         for output, message in [("flat", "2-D"), ("nan", "NaN"), ("wrong_keys.a", "keys"), ("wrong_keys.b", "keys")]:
             assert pack_heads(pdir, output) == set() and len(errors(pdir, output)) == 6
             assert all(message in e for e in errors(pdir, output).values())
-        for output in ("plain_png", "zipped"):  # packs hold PNG whatever the figure's format
-            assert pack_png(pdir, output, 1, 2)[0] == pack_png(pdir, "fine", 1, 2)[0]
+        assert pack_png(pdir, "plain_png", 1, 2)[0] == pack_png(pdir, "fine", 1, 2)[0]  # PNG, another colormap
     assert 0 < n_sharp < 24
     n_failed = n_sharp + 2 * 24 + 2 * 24  # boom, flat, nan, wrong_keys (2 outputs)
     assert f"{n_failed} failed" in r.stdout
@@ -380,12 +376,12 @@ def test_failing_figures_write_error_files_and_the_run_goes_on(fake_data_dir, tm
                    "--jobs", "1")
     assert f"{retried - n_sharp} images" in r.stdout and f"{48 - retried} already there" in r.stdout  # failed: retried
     indexed = [json.loads(line)["name"] for line in (fake_data_dir / "figures.jsonl").read_text().splitlines()]
-    assert sorted(indexed) == ["boom", "fine", "flat", "nan", "plain_png", "wrong_keys", "zipped"]
+    assert sorted(indexed) == ["boom", "fine", "flat", "nan", "plain_png", "wrong_keys"]
 
 
 def test_bad_input_is_one_clear_error(tmp_path, fake_data_dir):
     (tmp_path / "file").write_text("mine")
-    lens.write_json(lens.model_cfg_path(fake_data_dir, "empty-model"), {"n_layers": 1, "n_heads": 1})
+    lens.write_json(datadir.model_cfg_path(fake_data_dir, "empty-model"), {"n_layers": 1, "n_heads": 1})
     for args, message in [
         (["--save-path", tmp_path / "nowhere"], "no data dir"),
         (["--save-path", tmp_path / "file"], f"--save-path {tmp_path / 'file'}: a file, not a data dir"),
@@ -400,7 +396,7 @@ def test_bad_input_is_one_clear_error(tmp_path, fake_data_dir):
         assert r.returncode == 1 and r.stderr.startswith("error: ") and message in r.stderr, (args, r.stderr)
         assert len(r.stderr.strip().splitlines()) == 1, r.stderr
     assert (tmp_path / "file").read_text() == "mine"
-    assert not list(fake_data_dir.rglob("*.pack")) and not lens.models_path(fake_data_dir).exists()
+    assert not list(fake_data_dir.rglob("*.pack")) and not datadir.models_path(fake_data_dir).exists()
 
 
 def damage_patterns(path: Path) -> None:
@@ -441,12 +437,12 @@ def test_an_unreadable_prompt_is_a_warning_and_the_others_are_rendered(fake_data
     if file != "stats.json":
         assert not (bad / "stats.json").exists()  # no statistics from half a prompt
     assert not list(bad.glob("*.pack")) and not list(bad.glob(".*"))  # no pack, not even half of one
-    assert lens.models_path(fake_data_dir).is_file()  # the indexes are rebuilt all the same
+    assert datadir.models_path(fake_data_dir).is_file()  # the indexes are rebuilt all the same
 
 
 def test_nothing_readable_is_an_error(fake_data_dir):
     for pdir in prompt_dirs(fake_data_dir):
-        damage_patterns(pdir / lens.PATTERN_FILE)
+        damage_patterns(pdir / datadir.PATTERN_FILE)
     r = run_render("--save-path", fake_data_dir, "--jobs", "1", ok=False)
     assert r.stderr.count("warning: prompt") == 4
     assert r.stderr.strip().splitlines()[-1] == "error: none of the 4 prompt(s) could be read (see the warnings)"

@@ -9,6 +9,7 @@ from urllib.parse import parse_qs, urlsplit
 import pytest
 from browser import assert_only_local, browser_session, screenshot
 
+import datadir
 import kinds
 import lens
 
@@ -27,7 +28,7 @@ def demo_data(tmp_path_factory) -> Path:
 
 
 def heads_json(data: Path, model: str) -> dict:
-    return json.loads(kinds.heads_json_path(data, model).read_text())
+    return json.loads(datadir.heads_json_path(data, model).read_text())
 
 
 def labelled(info: dict) -> dict[str, list[str]]:
@@ -121,7 +122,7 @@ def test_grid_tiles_show_their_heads_kinds(demo_data):
 
 
 def test_no_heads_json_hides_the_summary(rendered_data_dir):
-    kinds.heads_json_path(rendered_data_dir, "fake-model").unlink()
+    datadir.heads_json_path(rendered_data_dir, "fake-model").unlink()
     with browser_session(rendered_data_dir) as s:
         s.page.goto(f"{s.url}heads.html?model=fake-model")
         s.page.wait_for_selector("body[data-ready='1'] .heatmap-grid")

@@ -17,7 +17,8 @@ def half_done(tmp_path_factory) -> Path:
     after `compute_activations.py --patterns 2`."""
     import compute_activations as ca
     data = tmp_path_factory.mktemp("half") / "data"
-    model = ca.load_model(str(ROOT / "demo" / "model"), "cpu", "float32")
+    import forward
+    model = forward.load_model(str(ROOT / "demo" / "model"), "cpu", "float32")
     ca.compute_activations(TEXTS, model, data, model_name="demo", patterns=2, progress=False)
     from build_index import build_index
     build_index(data)

@@ -13,6 +13,7 @@ from browser import assert_only_local, bos, browser_session, render, screenshot
 from conftest import FINAL, MODELS
 from fake_data import TEXTS, drop_images, index_rows, make_data
 
+import datadir
 import lens
 import storage
 
@@ -80,7 +81,7 @@ def test_hover_shows_stored_values(site):
             assert text == formatted(stored[q, k]), (q, k)
             exact = float(s.page.eval_on_selector("#cell-value", "e => e.dataset.value"))
             assert exact == float(stored[q, k])
-        tokens = json.loads((lens.prompt_dir(site, MODEL, h) / "prompt.json").read_text())["tokens"]
+        tokens = json.loads((datadir.prompt_dir(site, MODEL, h) / "prompt.json").read_text())["tokens"]
         hover_cell(s.page, 5, 3)
         assert s.page.text_content("#cell-q") == f"5 {json.dumps(tokens[5])}"
         assert s.page.text_content("#cell-k") == f"3 {json.dumps(tokens[3])}"
@@ -293,7 +294,7 @@ def format_1(patterns: np.ndarray) -> bytes:
 
 def test_format_1_files_still_read(site):
     h = lens.prompt_hash(TEXTS[1])
-    path = lens.prompt_dir(site, MODEL, h) / lens.PATTERN_FILE
+    path = datadir.prompt_dir(site, MODEL, h) / datadir.PATTERN_FILE
     lens.write_atomic(path, format_1(storage.Patterns(path).all()))
     stored = storage.Patterns(path).head(1, 1)  # the oracle reads format 1 too
     with browser_session(site) as s:
@@ -322,11 +323,11 @@ def test_one_head_is_read_by_byte_ranges(site):
 
 def prompts_of(data: Path, model: str) -> list[dict]:
     """The model's prompts in the index's order, each its prompt.json (the index rows hold no tokens)."""
-    return [lens.read_json(lens.prompt_json_path(data, model, r["hash"])) for r in index_rows(data, model)]
+    return [lens.read_json(datadir.prompt_json_path(data, model, r["hash"])) for r in index_rows(data, model)]
 
 
 def norms_of(data: Path, model: str, phash: str) -> np.ndarray:
-    cfg = json.loads(lens.model_cfg_path(data, model).read_text())
+    cfg = json.loads(datadir.model_cfg_path(data, model).read_text())
     n = storage.load_patterns(data, model, phash).n_tokens
     return storage.read_value_norms(data, model, phash, (cfg["n_layers"], cfg["n_heads"], n))
 
@@ -349,7 +350,7 @@ def test_value_weighted_hover_values(demo_site, dark):
         ranges = []
         s.page.on("request", lambda r: r.url.endswith("value_norms.f32") and ranges.append(r.headers.get("range")))
         open_single(s, model=FINAL, prompt=p["hash"], layer=1, head=2, vw="raw")
-        n_heads = json.loads(lens.model_cfg_path(demo_site, FINAL).read_text())["n_heads"]
+        n_heads = json.loads(datadir.model_cfg_path(demo_site, FINAL).read_text())["n_heads"]
         start = (1 * n_heads + 2) * n * 4
         assert ranges == [f"bytes={start}-{start + n * 4 - 1}"]
         for q, k in [(0, 0), (n - 1, 0), (n - 1, n - 1), (n // 2, 3), (7, 7)]:
@@ -377,7 +378,7 @@ def test_value_weighted_hover_values(demo_site, dark):
 def test_no_value_norms_stored(demo_site):
     """A data dir computed before value norms were stored says so instead of drawing nothing."""
     p = prompts_of(demo_site, FINAL)[0]
-    lens.value_norms_path(demo_site, FINAL, p["hash"]).unlink()
+    datadir.value_norms_path(demo_site, FINAL, p["hash"]).unlink()
     with browser_session(demo_site) as s:
         open_single(s, model=FINAL, prompt=p["hash"], layer=0, head=1, vw="raw")
         assert s.page.is_visible("#not-stored")
@@ -539,7 +540,7 @@ def test_export_long_prompt_thins_labels_and_exports_the_zoomed_region(tmp_path)
     text = " ".join(f"w{i}" for i in range(599))
     (h,) = make_data(data, n_layers=1, n_heads=1, texts=[text])
     render(data, "raw")
-    tokens = json.loads(lens.prompt_json_path(data, "fake-model", h).read_text())["tokens"]
+    tokens = json.loads(datadir.prompt_json_path(data, "fake-model", h).read_text())["tokens"]
     n = len(tokens)
     with browser_session(data) as s:
         open_single(s, model="fake-model", prompt=h)

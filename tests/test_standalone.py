@@ -1,4 +1,4 @@
-"""Self-contained views in a real chromium opened from disk with the network off: build_index.py --html's file and
+"""Self-contained views in a real chromium opened from disk with the network off: standalone.py's file and
 notebook.attention_view's cell output show exact hover values, compare and export, and make no request at all."""
 import json
 import re
@@ -12,7 +12,7 @@ from browser import browser_session, render, screenshot
 from fake_data import index_rows
 from test_site_single import formatted, hover_cell, read_svg, shown
 
-import build_index
+import datadir
 import lens
 import standalone
 import storage
@@ -34,8 +34,8 @@ def demo_data(tmp_path_factory) -> Path:
 
 
 def build_html(data: Path, out: Path, *flags: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, str(ROOT / "build_index.py"), "--save-path", str(data), "--html", str(out),
-                           *flags], capture_output=True, text=True, timeout=300)
+    return subprocess.run([sys.executable, str(ROOT / "standalone.py"), str(out), "--save-path", str(data), *flags],
+                          capture_output=True, text=True, timeout=300)
 
 
 class InFrame:
@@ -102,8 +102,13 @@ def test_html_file_opens_from_disk_with_no_request(demo_data, tmp_path):
     proc = build_html(demo_data, out, "--models", "demo", "--prompts", ",".join(h[:8] for h in chosen),
                       "--heads", "L1H*")
     assert proc.returncode == 0, proc.stderr
-    assert re.fullmatch(rf"build_index.py: {out}: {len(out.read_bytes()) / 1e6:.1f} MB \(1 model\(s\), 2 prompt\(s\), "
+    assert re.fullmatch(rf"standalone.py: {out}: {len(out.read_bytes()) / 1e6:.1f} MB \(1 model\(s\), 2 prompt\(s\), "
                         r"heads L1H\*\)\n", proc.stdout)
+    alias = tmp_path / "alias.html"  # build_index.py --html is an alias: the same file
+    assert subprocess.run([sys.executable, str(ROOT / "build_index.py"), "--save-path", str(demo_data), "--html",
+                           str(alias), "--models", "demo", "--prompts", ",".join(h[:8] for h in chosen),
+                           "--heads", "L1H*"], capture_output=True, timeout=300).returncode == 0
+    assert alias.read_bytes() == out.read_bytes()
     patterns = storage.load_patterns(demo_data, MODEL, chosen[1])
     stored = {(1, h): patterns.head(1, h) for h in range(4)}
     with browser_session(out) as s:
@@ -136,8 +141,8 @@ def test_html_file_opens_from_disk_with_no_request(demo_data, tmp_path):
 
 def test_html_embeds_only_the_chosen_heads_and_prompts(demo_data, tmp_path):
     rows = index_rows(demo_data, MODEL)
-    others = set().union(*(build_index.search_words(r) for r in rows if r is not rows[1]))
-    word = max((w for w in build_index.search_words(rows[1]) if not any(o.startswith(w) for o in others)),
+    others = set().union(*(lens.search_words(r) for r in rows if r is not rows[1]))
+    word = max((w for w in lens.search_words(rows[1]) if not any(o.startswith(w) for o in others)),
                key=len)  # no other prompt has a word starting so
     view = standalone.view_files(demo_data, ["demo"], word, "L0H1,L1H*")
     assert view.hashes == [rows[1]["hash"]]  # a search: every word starts a word of the text
@@ -161,8 +166,8 @@ def test_html_over_the_limit_is_refused(demo_data, tmp_path):
     out = tmp_path / "big.html"
     proc = build_html(demo_data, out, "--max-size", "0.1")
     assert proc.returncode == 1
-    assert proc.stdout.startswith(f"build_index.py: {out}: ")  # the size, printed first
-    assert proc.stderr.count("\n") == 1 and proc.stderr.startswith("error: --html")
+    assert proc.stdout.startswith(f"standalone.py: {out}: ")  # the size, printed first
+    assert proc.stderr.count("\n") == 1 and proc.stderr.startswith(f"error: {out}: ")
     assert "--models, --prompts or --heads" in proc.stderr and "--max-size 0.1" in proc.stderr
     assert not out.exists()
 
@@ -243,7 +248,7 @@ def test_notebook_md_runs(tmp_path, monkeypatch, capsys):
 
 def test_html_into_a_directory_is_refused(demo_data, tmp_path):
     proc = build_html(demo_data, tmp_path)
-    assert (proc.returncode, proc.stderr) == (1, f"error: --html {tmp_path}: a directory; name the file to write, "
+    assert (proc.returncode, proc.stderr) == (1, f"error: {tmp_path}: a directory; name the file to write, "
                                                  f"e.g. {tmp_path / 'view.html'}\n")
 
 
@@ -270,7 +275,7 @@ def test_in_memory_fetch_answers_byte_ranges_as_serve_py(demo_data, tmp_path, na
     out = tmp_path / "view.html"
     assert build_html(demo_data, out, "--prompts", phash).returncode == 0
     path = f"{MODEL}/prompts/{phash}/patterns.bin"
-    data = lens.patterns_path(demo_data, MODEL, phash).read_bytes()
+    data = datadir.patterns_path(demo_data, MODEL, phash).read_bytes()
     size = len(data)
     with browser_session(out) as s:
         if not native_base64:

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 from fake_data import index_rows
 
+import datadir
 import lens
 import storage
 
@@ -129,7 +130,7 @@ def assert_equal_to_detect_head(ckpt: Path, texts: list[str], tmp_path: Path) ->
     """Every prompt's stored TL scores equal detect_head's within 1e-4, and the stored means its mean."""
     from transformer_lens.head_detector import detect_head
 
-    from compute_activations import load_model
+    from forward import load_model
 
     model_dir = run_pipeline(ckpt, texts, tmp_path / "data", "--figures", ",".join(TL_SCORES))
     index = json.loads((model_dir / "stats.json").read_text())
@@ -174,7 +175,7 @@ def test_stats_tables_on_disk(fake_data_dir):
     assert list(index["stats"]) == ["bos", "previous_token_head", "induction_head"]
     table = np.fromfile(model / "stats" / "bos.f32", "<f4").reshape(len(hashes), 2, 3)
     for i, h in enumerate(hashes):
-        patterns = storage.Patterns(model / "prompts" / h / lens.PATTERN_FILE)
+        patterns = storage.Patterns(model / "prompts" / h / datadir.PATTERN_FILE)
         assert table[i, 1, 2] == pytest.approx(patterns.head(1, 2)[1:, 0].mean(), abs=1e-6)
         per_prompt = json.loads((model / "prompts" / h / "stats.json").read_text())
         assert per_prompt["bos"][1][2] == pytest.approx(float(table[i, 1, 2]), abs=1e-6)

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 from test_render import pack_png
 
+import datadir
 import lens
 import storage
 
@@ -41,7 +42,7 @@ def test_value_weighted_figure_is_attention_times_value_norms(data_dir):
         for layer, head in patterns.heads:
             product = patterns.head(layer, head) * norms[layer, head][None, :]
             expected = lens.colormap_table("viridis")[lens.quantize(product, normalize=True, normalize_min=0.0)]
-            size, pixels = pack_png(lens.prompt_dir(data_dir, model, phash), "value_weighted", layer, head)
+            size, pixels = pack_png(datadir.prompt_dir(data_dir, model, phash), "value_weighted", layer, head)
             assert size == (patterns.n_tokens, patterns.n_tokens)
             np.testing.assert_array_equal(pixels, expected)
 
@@ -63,14 +64,14 @@ def test_a_users_statistic_receives_value_norms_by_name(data_dir):
 def test_a_prompt_without_value_norms_makes_no_such_image_and_says_so(data_dir):
     model = lens.model_dirs(data_dir)[0]
     phash = lens.prompt_hash(TEXTS[1])
-    lens.value_norms_path(data_dir, model, phash).unlink()  # as data computed before value norms existed
-    lens.figure_pack_path(data_dir, model, phash, "value_weighted").unlink()
+    datadir.value_norms_path(data_dir, model, phash).unlink()  # as data computed before value norms existed
+    datadir.figure_pack_path(data_dir, model, phash, "value_weighted").unlink()
     r = run("render_figures.py", "--save-path", str(data_dir), "--figures", "value_weighted", "--force",
             "--jobs", "1", cwd=data_dir.parent)
     assert r.returncode == 0, r.stderr
     assert ", 0 failed" in r.stdout
     assert "8 not made: their prompts have no value norms or token ids" in r.stdout  # 2 layers x 4 heads
-    assert not lens.figure_pack_path(data_dir, model, phash, "value_weighted").exists()
-    assert not lens.figure_errors_path(data_dir, model, phash, "value_weighted").exists()
+    assert not datadir.figure_pack_path(data_dir, model, phash, "value_weighted").exists()
+    assert not datadir.figure_errors_path(data_dir, model, phash, "value_weighted").exists()
     assert storage.read_pack_image(
-        lens.figure_pack_path(data_dir, model, lens.prompt_hash(TEXTS[0]), "value_weighted"), 0, 0)
+        datadir.figure_pack_path(data_dir, model, lens.prompt_hash(TEXTS[0]), "value_weighted"), 0, 0)
