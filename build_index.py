@@ -14,8 +14,10 @@ data dir. The prompt index is prompt_index.py's, the statistics' tables aggregat
 compute_activations.py and render_figures.py run it when they finish; `--html` is an alias of standalone.py,
 `--import-pattern-lens` of import_pattern_lens.py.
 """
+import fcntl
 import inspect
 import sys
+from contextlib import contextmanager
 from pathlib import Path
 
 import aggregate
@@ -80,16 +82,44 @@ def index_model(save_path: Path, model: str, cfg: dict, figures: dict[str, lens.
     return update.rows, stored.n_finished
 
 
+@contextmanager
+def data_dir_lock(save_path: Path, who: str):
+    """Hold the data dir's lock (an advisory flock on datadir.lock_path) while writing what runs must not write at
+    once: one build_index.py at a time, a second one waits, saying so. No lock where there can be none (a
+    read-only data dir, a file system without flock): then the work goes on unlocked."""
+    path = datadir.lock_path(save_path)
+    try:
+        f = open(path, "a+b")
+    except OSError:
+        yield
+        return
+    with f:  # closing the file lets the lock go
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            print(f"{who}: waiting for another run writing {save_path} ({path})", file=sys.stderr)
+            fcntl.flock(f, fcntl.LOCK_EX)
+        except OSError:
+            pass
+        yield
+
+
 def build_index(save_path: Path, figures_dir: Path | None = None) -> None:
     """Rebuild models.jsonl, each model's prompt index, figures.jsonl and colormaps.json, and copy the site."""
     save_path = lens.require_data_dir(save_path)
-    names = lens.model_dirs(save_path)
-    if not names:
+    if not lens.model_dirs(save_path):  # not a data dir: nothing written, not even the lock
         raise lens.UserError(f"{save_path}: no models (no <model>/model_cfg.json); run compute_activations.py first")
+    with data_dir_lock(save_path, "build_index.py"):  # runs on one data dir index one after another
+        index_all(save_path, figures_dir)
+
+
+def index_all(save_path: Path, figures_dir: Path | None) -> None:
+    """build_index's work, under the data dir's lock."""
+    names = lens.model_dirs(save_path)
     figures = lens.load_figures_or_warn(figures_dir or rendered_figures_dir(save_path))
     models, n_prompts, n_unreadable, records_by_model = [], 0, 0, {}
     for name in names:
-        cfg = lens.read_json(datadir.model_cfg_path(save_path, name))
+        cfg = lens.read_model_cfg(save_path, name)
         rows, n_finished = index_model(save_path, name, cfg, figures)
         records_by_model[name] = rows.light_records()
         models.append({**cfg, "model_dir": name, "n_prompts": len(rows.hashes)})
@@ -109,7 +139,7 @@ def build_index(save_path: Path, figures_dir: Path | None = None) -> None:
 
 def main() -> None:
     parser = lens.script_parser(__doc__)
-    parser.add_argument("--save-path", type=Path, default=lens.DEFAULT_SAVE_PATH,
+    parser.add_argument("--save-path", type=lens.save_path_arg, default=lens.DEFAULT_SAVE_PATH,
                         help="data dir (default: %(default)s)")
     parser.add_argument("--figures-dir", type=Path,
                         help="figure plug-ins to index (default: the dir render_figures.py last rendered with, "

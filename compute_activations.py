@@ -18,6 +18,7 @@ From a notebook, with any model object that has the TransformerLens interface:
     compute_activations([{"text": "..."}], model, "attn_data", model_name="my-model")
 """
 import argparse
+import json
 import os
 import random
 import sys
@@ -57,7 +58,7 @@ def parse_args(argv=None) -> argparse.Namespace:
                    "its patterns stored, on which the heads' kinds are measured (docs/kinds.md); no PROMPTS needed")
     p.add_argument("--figures-dir", type=Path, default=lens.FIGURES_DIR,
                    help="where the @statistic plug-ins computed for every prompt live (default: figures/)")
-    p.add_argument("--save-path", type=Path, default=lens.DEFAULT_SAVE_PATH,
+    p.add_argument("--save-path", type=lens.save_path_arg, default=lens.DEFAULT_SAVE_PATH,
                    help="data directory (default: %(default)s)")
     p.add_argument("--batch-size", type=lens.positive_int, default=BATCH_SIZE,
                    help="prompts per forward pass (default: %(default)s); lower it for long prompts")
@@ -130,6 +131,10 @@ def load_prompts(path: Path, raw: bool = False, min_chars: int = 100, max_chars:
             raise lens.UserError(f'{path}:{lineno}: needs a non-empty string "text"')
         if not isinstance(meta, dict):
             raise lens.UserError(f'{path}:{lineno}: "meta" must be a JSON object')
+        try:
+            json.dumps(row, ensure_ascii=False).encode("utf-8")
+        except UnicodeEncodeError:
+            raise lens.UserError(f"{path}:{lineno}: holds a lone surrogate (\\ud800 to \\udfff), not text") from None
         texts = split_document(text, min_chars, max_chars) if raw else [text]
         for i, t in enumerate(texts):
             if t not in seen:
@@ -372,11 +377,21 @@ def check_flags(args) -> None:
         raise lens.UserError("--device-map and --device are exclusive: --device-map places the model itself")
 
 
+def is_data_dir(path: Path) -> bool:
+    """Whether a dir is one of ours: it has a models.jsonl or a <model>/model_cfg.json."""
+    return datadir.models_path(path).is_file() or bool(lens.model_dirs(path))
+
+
 def check_writable_dir(save_path: Path) -> None:
-    """Fail before any work when the data dir to write is a file or cannot be created."""
+    """Fail before any work when the data dir to write is a file, a dir holding other things (its index.html,
+    say, would be overwritten) or cannot be created."""
     save_path = Path(save_path)
     if save_path.exists() and not save_path.is_dir():
         raise lens.UserError(f"--save-path {save_path}: a file, not a directory")
+    if save_path.is_dir() and not is_data_dir(save_path) and any(not p.name.startswith(".")
+                                                                        for p in save_path.iterdir()):
+        raise lens.UserError(f"--save-path {save_path}: holds files and is not a data dir (no models.jsonl, no "
+                             "<model>/model_cfg.json); name a new or empty dir, or a data dir")
     existing = next(p for p in [save_path.absolute(), *save_path.absolute().parents] if p.exists())
     if not existing.is_dir():
         raise lens.UserError(f"--save-path {save_path}: cannot be created ({existing} is a file)")
@@ -406,7 +421,7 @@ def top_prompts(save_path: Path, model_name: str, k: int, stat_spec: str | None)
     if not parts:
         raise lens.UserError(f"--top {k}: no statistics of {model_name} in {save_path} yet; compute them first: "
                              f"python compute_activations.py {model_name} PROMPTS --patterns none")
-    cfg = lens.read_json(cfg_path)
+    cfg = lens.read_model_cfg(save_path, model)
     shape = (cfg["n_layers"], cfg["n_heads"])
     stored = prompt_index.StoredPrompts.read(save_path, model)
     update = prompt_index.plan_update(save_path, model, shape, stored, None, parts)

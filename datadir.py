@@ -22,6 +22,11 @@ def colormaps_path(save_path: Path) -> Path:
     return Path(save_path) / "colormaps.json"
 
 
+def lock_path(save_path: Path) -> Path:
+    """The lock runs on one data dir take around what they must not write at once (build_index.data_dir_lock)."""
+    return Path(save_path) / "build_index.lock"
+
+
 def render_record_path(save_path: Path) -> Path:
     """Which figures dir render_figures.py rendered with: build_index.py indexes that one (the site never reads it)."""
     return Path(save_path) / "render.json"

@@ -89,6 +89,10 @@ def load_model(name: str, device: str | None, dtype: str, revision: str | None =
 def pick_device(device: str | None, device_map: str | None) -> str | None:
     """--device, else cuda when there is one (None: --device-map places the model itself)."""
     device = device or (None if device_map else "cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        torch.device(device or "cpu")
+    except RuntimeError as e:
+        raise lens.UserError(f"--device {device}: {str(e).splitlines()[0]}") from None
     if device and device.startswith("cuda") and not torch.cuda.is_available():
         raise lens.UserError(f"--device {device}: this machine has no CUDA device (try --device cpu)")
     return device
@@ -319,7 +323,7 @@ class PatternStream:
 
     def _run_plugin(self, fig: lens.Figure, attn: np.ndarray, inputs: dict, job, layer: int, head: int) -> float:
         try:
-            return float(lens.call_plugin(fig, attn, inputs))
+            return lens.statistic_value(lens.call_plugin(fig, attn, inputs))
         except Exception as e:  # a user's statistic failing on one head must not stop the run
             with self.lock:
                 self.plugin_errors.setdefault(fig.name, [f"{fig.source}: {fig.name} failed on L{layer}H{head} of "

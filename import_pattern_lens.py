@@ -173,7 +173,7 @@ def import_pattern_lens(save_path: Path) -> int:
 
 def main() -> None:
     parser = lens.script_parser(__doc__)
-    parser.add_argument("--save-path", type=Path, default=lens.DEFAULT_SAVE_PATH,
+    parser.add_argument("--save-path", type=lens.save_path_arg, default=lens.DEFAULT_SAVE_PATH,
                         help="the pattern-lens data dir, converted in place (default: %(default)s)")
     parser.add_argument("--figures-dir", type=Path, help="figure plug-ins to index (default: figures/)")
     args = parser.parse_args()

@@ -167,12 +167,13 @@ def shape_features(save_path: Path, model: str, hashes: list[str], shape: tuple[
 
 def kind_rows(records: list[dict]) -> tuple[str, list[int], list[int]]:
     """Which prompts the kinds use: ("probe", its rows, its repeated rows) when the model has the probe set,
-    else ("prompts", every row, every row)."""
-    probe = [r for r, rec in enumerate(records) if rec.get("meta", {}).get("probe")]
+    else ("prompts", every row, every row); in hash order, so that the kinds do not depend on the order the
+    prompts were indexed in (which shard of a run started first)."""
+    by_hash = sorted(range(len(records)), key=lambda r: records[r]["hash"])
+    probe = [r for r in by_hash if records[r].get("meta", {}).get("probe")]
     if probe:
         return "probe", probe, [r for r in probe if records[r]["meta"]["probe"] == "repeat"] or probe
-    every = list(range(len(records)))
-    return "prompts", every, every
+    return "prompts", by_hash, by_hash
 
 
 def stat_means(save_path: Path, model: str, index: dict, rows: list[int]) -> dict[str, np.ndarray]:
@@ -186,7 +187,7 @@ def stat_means(save_path: Path, model: str, index: dict, rows: list[int]) -> dic
         table = np.memmap(path, "<f4", mode="r", shape=shape)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", RuntimeWarning)
-            means[name] = np.nanmean(table[rows].astype(np.float64), 0)
+            means[name] = np.nanmean(table[rows].astype(np.float64), 0)  # summed in the rows' (hash) order
     return means
 
 
@@ -201,7 +202,7 @@ def model_features(save_path: Path, model: str, records: list[dict]) -> tuple[np
         mean = (repeat_means if name in REPEAT_FEATURES else means).get(name)
         if mean is not None:
             features[..., FEATURES.index(name)] = mean
-    stored = [records[r]["hash"] for r in rows if records[r]["stored"]][:MAX_SHAPE_PROMPTS]
+    stored = [records[r]["hash"] for r in rows if records[r]["stored"]][:MAX_SHAPE_PROMPTS]  # the first by hash
     shapes = shape_features(save_path, model, stored, shape)
     features[..., len(STAT_FEATURES) + 1:] = shapes
     offsets = shapes[..., SHAPE_FEATURES.index("offset_2"):]

@@ -9,10 +9,13 @@ import hashlib
 import importlib.util
 import inspect
 import json
+import math
 import os
 import re
+import socket
 import struct
 import sys
+import time
 import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -63,6 +66,16 @@ def finished_prompts(save_path: Path, model: str) -> list[str]:
                   if is_finished(p.parent))
 
 
+def read_model_cfg(save_path: Path, model: str) -> dict:
+    """A model's model_cfg.json, with the shape every reader needs; a UserError naming the file otherwise."""
+    path = datadir.model_cfg_path(save_path, model)
+    cfg = read_json(path)
+    if not all(isinstance(cfg.get(k), int) and cfg[k] > 0 for k in ("n_layers", "n_heads")):
+        raise UserError(f"{path}: no n_layers and n_heads (compute_activations.py writes this file: run it again "
+                        "for this model, or remove the model's dir)")
+    return cfg
+
+
 def require_data_dir(save_path: Path) -> Path:
     """The data dir to read, or a UserError saying why there is none."""
     save_path = Path(save_path)
@@ -86,6 +99,13 @@ def script_parser(doc: str) -> ArgumentParser:
     """A script's parser: its docstring's first line as description, the whole docstring under --help."""
     return ArgumentParser(description=doc.split("\n\n")[0], epilog=doc,
                           formatter_class=argparse.RawDescriptionHelpFormatter)
+
+
+def save_path_arg(text: str) -> Path:
+    """argparse type of --save-path: a dir name (an empty one would mean the current directory unsaid)."""
+    if not text.strip():
+        raise argparse.ArgumentTypeError("empty; name the data dir, e.g. attn_data")
+    return Path(text)
 
 
 def positive_int(text: str) -> int:
@@ -170,17 +190,23 @@ def format_heads(heads: list[tuple[int, int]], n_layers: int, n_heads: int) -> s
     return ",".join(parts)
 
 
+TEMP_NAME = re.compile(r"\.tmp(\.(?P<host>[A-Za-z0-9-]+)\.(?P<pid>\d+)\.[0-9a-f]+|(?P<old_pid>\d+))$")  # old: .tmp<pid>
+STALE_SECONDS = 24 * 3600  # a temp file of another machine's writer this old is a killed run's
+HOST = re.sub(r"[^A-Za-z0-9-]", "-", socket.gethostname()) or "host"
+
+
 class AtomicFile:
     """A file written under a temp name beside it and renamed into place by commit(), so a killed run never leaves
-    a half file that looks finished; abort() drops it. The one temp-file scheme (write_atomic, storage's writers)."""
+    a half file that looks finished; abort() drops it. The temp name is this writer's own (host, pid, random):
+    two writers of one path, in two runs on one data dir, never touch each other's. The one temp-file scheme
+    (write_atomic, storage's writers)."""
 
     def __init__(self, path: Path, drop_stale: bool = False):
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        if drop_stale:  # temp files a killed run left of this path
-            for stale in self.path.parent.glob(f".{self.path.name}.tmp*"):
-                stale.unlink(missing_ok=True)
-        self.tmp = self.path.with_name(f".{self.path.name}.tmp{os.getpid()}")
+        if drop_stale:
+            drop_stale_temps(self.path)
+        self.tmp = self.path.with_name(f".{self.path.name}.tmp.{HOST}.{os.getpid()}.{os.urandom(4).hex()}")
         self.file = open(self.tmp, "wb")
 
     def commit(self) -> None:
@@ -191,6 +217,32 @@ class AtomicFile:
         """Drop the temp file (nothing once committed)."""
         self.file.close()
         self.tmp.unlink(missing_ok=True)
+
+
+def drop_stale_temps(path: Path) -> None:
+    """Delete the temp files of `path` that killed runs left: those of a process of this machine that is gone, and
+    any a day old (another machine's); a live writer's are left alone."""
+    for tmp in path.parent.glob(f".{path.name}.tmp*"):
+        m = TEMP_NAME.search(tmp.name)
+        here = m and (m["host"] == HOST or m["old_pid"])  # a writer of this machine, alive or not
+        try:
+            if here and process_alive(int(m["pid"] or m["old_pid"])):
+                continue
+            if not here and time.time() - tmp.stat().st_mtime < STALE_SECONDS:
+                continue
+            tmp.unlink()
+        except FileNotFoundError:  # its writer finished or dropped it meanwhile
+            pass
+
+
+def process_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process
+        return True
+    return True
 
 
 def write_atomic(path: Path, data: bytes | str) -> None:
@@ -251,10 +303,12 @@ def iter_jsonl(path: Path):
     for lineno, line in enumerate(read_text(path).split("\n"), 1):
         if not line.strip():
             continue
-        try:
-            row = json.loads(line)
+        try:  # NaN and Infinity (not JSON, but Python writes them) are kept as the strings they are
+            row = json.loads(line, parse_constant=str)
         except json.JSONDecodeError as e:
             raise UserError(f"{path}:{lineno}: not valid JSON ({e.msg})") from None
+        except RecursionError:
+            raise UserError(f"{path}:{lineno}: nested too deeply to read") from None
         if not isinstance(row, dict):
             raise UserError(f"{path}:{lineno}: expected a JSON object, got {type(row).__name__}")
         yield lineno, row
@@ -411,6 +465,7 @@ def figure(func: Callable | None = None, *, cmap: str | None = None, normalize: 
     options = {"cmap": cmap, "normalize": normalize, "diverging": diverging, "normalize_min": normalize_min}
 
     def register(f: Callable) -> Callable:
+        check_plugin_name(f)
         outs = [f.__name__] if outputs is None else [f"{f.__name__}.{o}" for o in outputs]
         _REGISTERING.append(Figure(f.__name__, f, "figure" if outputs is None else "multi", outs,
                                    {**options, "inputs": plugin_inputs(f)}))
@@ -420,8 +475,15 @@ def figure(func: Callable | None = None, *, cmap: str | None = None, normalize: 
 
 def statistic(func: Callable) -> Callable:
     """Register `func(attn) -> float` (or with `token_ids`, `value_norms` parameters) as a head statistic."""
+    check_plugin_name(func)
     _REGISTERING.append(Figure(func.__name__, func, "statistic", [], {"inputs": plugin_inputs(func)}))
     return func
+
+
+def check_plugin_name(func: Callable) -> None:
+    """A plug-in's name names its files (packs, errors): letters, digits, _ and - only, so it stays in its dir."""
+    if not isinstance(func.__name__, str) or not _NAME_RE.match(func.__name__):
+        raise UserError(f"plug-in name {func.__name__!r}: use letters, digits, _ and - only (it names files)")
 
 
 PLUGIN_INPUTS = ("token_ids", "value_norms")
@@ -442,11 +504,34 @@ def plugin_inputs(func: Callable) -> list[str]:
 
 
 def call_plugin(fig: "Figure", attn: np.ndarray, inputs: dict):
-    """Call a figure or statistic with the inputs it asks for (see plugin_inputs)."""
+    """Call a figure or statistic with the inputs it asks for (see plugin_inputs). It gets read-only views (one
+    that edited its input would change what the plug-ins after it see), and an exit it calls is its failure,
+    not the end of the run."""
     missing = [name for name in fig.options["inputs"] if inputs.get(name) is None]
     if missing:
         raise ValueError(f"this prompt has no {missing[0]} stored (recompute it with compute_activations.py --force)")
-    return fig.func(attn, *(inputs[name] for name in fig.options["inputs"]))
+    args = [read_only(attn), *(read_only(inputs[name]) for name in fig.options["inputs"])]
+    try:
+        return fig.func(*args)
+    except SystemExit as e:
+        raise RuntimeError(f"{fig.name} called sys.exit({e.code!r})") from None
+
+
+def statistic_value(value) -> float:
+    """A statistic's return value as stored: a float, NaN meaning "not defined here"; an infinite one fails."""
+    value = float(value)
+    if math.isinf(value):
+        raise ValueError(f"returned {value} (a statistic is a finite number, or NaN where it is not defined)")
+    return value
+
+
+def read_only(x):
+    """A view of an array that raises on write (other inputs as they are)."""
+    if not isinstance(x, np.ndarray):
+        return x
+    view = x.view()
+    view.flags.writeable = False
+    return view
 
 
 def load_figures(figures_dir: Path = FIGURES_DIR) -> tuple[dict[str, Figure], list[str]]:
@@ -464,7 +549,7 @@ def load_figures(figures_dir: Path = FIGURES_DIR) -> tuple[dict[str, Figure], li
         module = importlib.util.module_from_spec(spec)
         try:
             spec.loader.exec_module(module)
-        except Exception as e:  # a user's broken figure file must not stop the others
+        except (Exception, SystemExit) as e:  # a broken figure file (even one that exits) must not stop the others
             errors.append(f"{path}: {type(e).__name__}: {e}")
             continue
         for fig in _REGISTERING:

@@ -164,7 +164,10 @@ class StoredPrompts:
         finished = lens.finished_prompts(save_path, model) if finished is None else finished
         for h in finished:
             path = datadir.prompt_json_path(save_path, model, h)
-            stat = path.stat()
+            try:
+                stat = path.stat()
+            except FileNotFoundError:  # a run on this data dir is storing it again: not finished now
+                continue
             stamp = [stat.st_mtime_ns, stat.st_size, path.parent.stat().st_mtime_ns]  # the dir: files added
             if h in cached and cached[h]["stamp"] == stamp:
                 entries[h] = cached[h]
@@ -358,9 +361,12 @@ def state_holds(save_path: Path, model: str, rows: Rows, stored: StoredPrompts, 
     table_bytes = len(rows.hashes) * shape[0] * shape[1] * 4
     tables = [datadir.stat_table_path(save_path, model, name) for name in rows.stats]
     chunks = [datadir.index_rows_path(save_path, model, k) for k in range(-(-len(rows.hashes) // INDEX_CHUNK_ROWS))]
-    meta = datadir.prompt_index_path(save_path, model)
+    try:  # a meta.json damaged or of another build: not ours
+        count = json.loads(datadir.prompt_index_path(save_path, model).read_bytes()).get("count")
+    except (OSError, ValueError, AttributeError):
+        return False
     return (all(p.is_file() and p.stat().st_size >= table_bytes for p in tables) and all(p.is_file() for p in chunks)
-            and meta.is_file() and json.loads(meta.read_bytes()).get("count") == len(rows.hashes))  # else not ours
+            and count == len(rows.hashes))
 
 
 def read_rendered_stats(save_path: Path, model: str, phash: str, shape: tuple[int, int]) -> dict[str, np.ndarray]:

@@ -20,10 +20,12 @@ import fnmatch
 import math
 import os
 import re
+import signal
 import sys
+import threading
 import time
 import traceback
-from contextlib import nullcontext
+from contextlib import contextmanager, nullcontext
 from multiprocessing import Pool
 from pathlib import Path
 
@@ -34,12 +36,14 @@ import datadir
 import lens
 import storage
 
+TIME_LIMIT = 60.0  # seconds one figure or statistic may take on one head
 _FIGURES: list[lens.Figure] = []  # the selected figures and statistics, per process (see init_worker)
 
 
 def parse_args():
     p = lens.script_parser(__doc__)
-    p.add_argument("--save-path", type=Path, default=lens.DEFAULT_SAVE_PATH, help="data dir (default: %(default)s)")
+    p.add_argument("--save-path", type=lens.save_path_arg, default=lens.DEFAULT_SAVE_PATH,
+                   help="data dir (default: %(default)s)")
     p.add_argument("--model", action="append",
                    help="model to render (name as given to compute_activations.py, or its dir name); "
                    "repeatable; default: all")
@@ -48,11 +52,13 @@ def parse_args():
     p.add_argument("--n-samples", type=lens.positive_int,
                    help="render only the first N prompts of each model (in hash order)")
     p.add_argument("--force", action="store_true", help="redo images and statistics that already exist")
-    p.add_argument("--jobs", type=lens.positive_int, default=os.cpu_count() or 1,
-                   help="worker processes (default: all cores)")
+    p.add_argument("--jobs", type=lens.positive_int, default=len(os.sched_getaffinity(0)),
+                   help="worker processes (default: the cores this process may use, e.g. a SLURM task's allocation)")
     p.add_argument("--shard", metavar="K/N",
                    help="render only the prompts in shard K of N (by hash, as compute_activations.py --shard)")
     p.add_argument("--figures-dir", type=Path, default=lens.FIGURES_DIR, help="where figure plug-ins live")
+    p.add_argument("--time-limit", type=float, default=TIME_LIMIT, metavar="SECONDS",
+                   help="a figure or statistic running longer on one head fails there (default: %(default)s; 0: none)")
     p.add_argument("--export-svg", metavar="MODEL/HASH/L<l>H<h>/OUTPUT",
                    help="write one rendered head's image as a standalone SVG instead of rendering")
     p.add_argument("-o", "--output", type=Path, help="file for --export-svg (default: stdout)")
@@ -96,6 +102,25 @@ def image_bytes(fig: lens.Figure, matrix) -> bytes:
                                          for k in ("cmap", "normalize", "diverging", "normalize_min")})
 
 
+@contextmanager
+def time_limited(seconds: float | None, what: str):
+    """Raise TimeoutError in the code inside after `seconds` (a plug-in that hangs). Only in a process's main
+    thread, where a signal can reach it; elsewhere, and with None, no limit."""
+    if not seconds or threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def expire(signum, frame):
+        raise TimeoutError(f"{what} took more than {seconds:g} s (--time-limit)")
+    previous = signal.signal(signal.SIGALRM, expire)
+    signal.setitimer(signal.ITIMER_REAL, seconds)
+    try:
+        yield
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
+
+
 def run_figure(fig: lens.Figure, attn: np.ndarray, inputs: dict) -> dict[str, bytes]:
     """Call the figure on one head; {output name: image bytes}. Raises on any failure."""
     result = lens.call_plugin(fig, attn, inputs)
@@ -109,12 +134,13 @@ def run_figure(fig: lens.Figure, attn: np.ndarray, inputs: dict) -> dict[str, by
 
 
 def render_head(fig: lens.Figure, attn: np.ndarray, inputs: dict, head: tuple,
-                packs: dict[str, storage.PackWriter], errors: dict[str, dict]) -> int:
+                packs: dict[str, storage.PackWriter], errors: dict[str, dict], time_limit: float | None) -> int:
     """Add one figure's images of one head to their packs, or its traceback to errors; returns the number of failures.
 
     `head` is (save_path, model, hash, layer, head), as the lens path functions take it."""
     try:
-        images = run_figure(fig, attn, inputs)
+        with time_limited(time_limit, f"{fig.name} on {where(head)}"):
+            images = run_figure(fig, attn, inputs)
     except Exception:  # a user's figure failing on one head must not stop the run
         message = f"{fig.source}: {fig.name} failed on {where(head)}\n{traceback.format_exc()}"
         for out in fig.outputs:
@@ -135,10 +161,11 @@ def head_key(head: tuple) -> str:
 
 
 def run_statistic(stat: lens.Figure, attn: np.ndarray, inputs: dict, head: tuple,
-                  errors: dict[str, dict]) -> float | None:
+                  errors: dict[str, dict], time_limit: float | None) -> float | None:
     """One statistic of one head (NaN means "not defined here"); None, and its traceback in errors, when it fails."""
     try:
-        return float(lens.call_plugin(stat, attn, inputs))
+        with time_limited(time_limit, f"{stat.name} on {where(head)}"):
+            return lens.statistic_value(lens.call_plugin(stat, attn, inputs))
     except Exception:  # same isolation as render_head: a statistic is a user's figure function too
         errors[stat.name][head_key(head)] = (f"{stat.source}: {stat.name} failed on {where(head)}\n"
                                              f"{traceback.format_exc()}")
@@ -157,20 +184,21 @@ def new_counts() -> dict:
     return {"images": 0, "skipped": 0, "failed": 0, "stat_failed": 0, "unreadable": 0, "no_input": 0, "warnings": []}
 
 
-def render_prompt(task: tuple[Path, str, str, bool]) -> dict:
+def render_prompt(task: tuple[Path, str, str, bool, float | None]) -> dict:
     """Render one prompt, or return a warning naming it when its files cannot be read; returns counts for the
     summary."""
-    save_path, model, phash, force = task
+    save_path, model, phash, force, time_limit = task
     counts = new_counts()
     try:
-        render_prompt_heads(save_path, model, phash, force, counts)
+        render_prompt_heads(save_path, model, phash, force, counts, time_limit)
     except lens.UserError as e:  # one unreadable prompt must not stop the others
         counts["unreadable"] = 1
         counts["warnings"].append(f"warning: prompt {phash} of {model} not rendered: {e}")
     return counts
 
 
-def render_prompt_heads(save_path: Path, model: str, phash: str, force: bool, counts: dict) -> None:
+def render_prompt_heads(save_path: Path, model: str, phash: str, force: bool, counts: dict,
+                        time_limit: float | None = None) -> None:
     """Render all selected figures and statistics of one prompt's stored heads, adding to counts."""
     info = lens.read_json(datadir.prompt_json_path(save_path, model, phash))
     patterns = storage.load_patterns(save_path, model, phash)
@@ -201,11 +229,11 @@ def render_prompt_heads(save_path: Path, model: str, phash: str, force: bool, co
             attn = patterns.head(layer, h)
             inputs = {"token_ids": info.get("token_ids"), "value_norms": None if norms is None else norms[layer, h]}
             for fig in todo:
-                failed = render_head(fig, attn, inputs, head, packs, errors)
+                failed = render_head(fig, attn, inputs, head, packs, errors, time_limit)
                 counts["failed"] += failed * len(fig.outputs)
                 counts["images"] += (1 - failed) * len(fig.outputs)
             for stat in stats:
-                value = run_statistic(stat, attn, inputs, head, errors)
+                value = run_statistic(stat, attn, inputs, head, errors, time_limit)
                 counts["stat_failed"] += value is None
                 values[stat.name][layer, h] = math.nan if value is None else value
         for name, failures in errors.items():  # before the packs: a finished pack's errors file is its own
@@ -226,11 +254,11 @@ def done(prompt: tuple, output: str) -> bool:
 
 
 def render_model(save_path: Path, model: str, hashes: list[str], names: list[str], *, force: bool, jobs: int,
-                 figures_dir: Path, progress: bool) -> dict:
+                 figures_dir: Path, progress: bool, time_limit: float | None) -> dict:
     """Render one model's prompts in parallel, with a progress bar in head-images/s; returns summed counts."""
-    cfg = lens.read_json(datadir.model_cfg_path(save_path, model))
+    cfg = lens.read_model_cfg(save_path, model)
     per_prompt = cfg["n_layers"] * cfg["n_heads"] * sum(len(f.outputs) for f in _FIGURES)
-    tasks = [(save_path, model, h, force) for h in hashes]
+    tasks = [(save_path, model, h, force, time_limit) for h in hashes]
     totals = new_counts()
     bar = tqdm(total=len(tasks) * per_prompt, desc=model, unit="img", smoothing=0.1,
                disable=None if progress else True)
@@ -302,7 +330,7 @@ def write_prompt_stats(save_path: Path, model: str, phash: str, stats: dict[str,
 def render_figures(save_path: Path | str = lens.DEFAULT_SAVE_PATH, models: list[str] | None = None,
                    figures: str = "*", *, n_samples: int | None = None, force: bool = False, jobs: int = 1,
                    shard: tuple[int, int] | None = None, figures_dir: Path = lens.FIGURES_DIR,
-                   progress: bool = True) -> dict:
+                   progress: bool = True, time_limit: float | None = TIME_LIMIT) -> dict:
     """Render the chosen figures (names or globs, comma separated) and statistics for every finished prompt of
     `models` (default: all), then record the figures dir for build_index.py; returns the summed counts (printed
     as one line when `progress`)."""
@@ -322,7 +350,7 @@ def render_figures(save_path: Path | str = lens.DEFAULT_SAVE_PATH, models: list[
         n_tasks += len(hashes)
         if hashes:
             add_counts(totals, render_model(save_path, model, hashes, names, force=force, jobs=jobs,
-                                            figures_dir=figures_dir, progress=progress))
+                                            figures_dir=figures_dir, progress=progress, time_limit=time_limit))
     if progress:
         print(summary_line(totals, time.perf_counter() - start))
     if n_tasks and totals["unreadable"] == n_tasks:
@@ -338,8 +366,11 @@ def main() -> None:
         return
     if args.output:
         raise lens.UserError("-o/--output is the file of --export-svg; rendering writes into --save-path")
+    if not args.time_limit >= 0:
+        raise lens.UserError(f"--time-limit {args.time_limit:g}: expected seconds, 0 or more (0: no limit)")
     render_figures(args.save_path, args.model, args.figures, n_samples=args.n_samples, force=args.force,
-                   jobs=args.jobs, shard=lens.parse_shard(args.shard), figures_dir=args.figures_dir)
+                   jobs=args.jobs, shard=lens.parse_shard(args.shard), figures_dir=args.figures_dir,
+                   time_limit=args.time_limit or None)
     from build_index import build_index
     build_index(args.save_path)
 

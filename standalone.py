@@ -50,7 +50,7 @@ def view_files(save_path: Path, models: list[str] | None = None, prompts: str | 
     chosen = {name: hashes for name, hashes in chosen.items() if hashes}
     if not chosen:
         raise lens.UserError(f"--prompts {prompt_spec(prompts)}: no prompt of {', '.join(names)} matches")
-    rows = [{**lens.read_json(datadir.model_cfg_path(save_path, name)), "model_dir": name, "n_prompts": len(hashes)}
+    rows = [{**lens.read_model_cfg(save_path, name), "model_dir": name, "n_prompts": len(hashes)}
             for name, hashes in chosen.items()]
     files[datadir.models_path(Path()).as_posix()] = lens.jsonl_bytes(rows)
     files[datadir.figures_path(Path()).as_posix()] = lens.jsonl_bytes(build_index.figure_records(figures))
@@ -64,7 +64,7 @@ def write_model(src: Path, dst: Path, name: str, prompts: str | list[str] | None
                 figures: dict[str, lens.Figure]) -> list[str]:
     """A model's chosen prompts into the view's data dir `dst`, with their prompt index and statistics tables
     (build_index.py's writers); returns their hashes (none: nothing written)."""
-    cfg = lens.read_json(datadir.model_cfg_path(src, name))
+    cfg = lens.read_model_cfg(src, name)
     parts = storage.read_parts(src, name)
     chosen = chosen_records(prompt_index.prompt_index_records(src, name, parts), prompts)
     if not chosen:
@@ -235,7 +235,7 @@ def model_list(spec: str | None) -> list[str] | None:
 def main() -> None:
     parser = lens.script_parser(__doc__)
     parser.add_argument("out", type=Path, metavar="OUT.html", help="the file to write")
-    parser.add_argument("--save-path", type=Path, default=lens.DEFAULT_SAVE_PATH,
+    parser.add_argument("--save-path", type=lens.save_path_arg, default=lens.DEFAULT_SAVE_PATH,
                         help="data dir (default: %(default)s)")
     parser.add_argument("--models", help="model dirs, comma separated (default: all)")
     parser.add_argument("--prompts", help="prompt hashes, comma separated, or a search as the grid's (default: all)")

@@ -175,6 +175,24 @@ def test_cli_corrupt_model_cfg_is_one_error_line(fake_data_dir):
     assert not datadir.models_path(fake_data_dir).exists()
 
 
+def test_cli_model_cfg_without_its_shape_is_one_error_line(fake_data_dir):
+    cfg = datadir.model_cfg_path(fake_data_dir, "fake-model")
+    cfg.write_text("{}")
+    proc = run_cli("--save-path", str(fake_data_dir))
+    assert proc.returncode == 1 and proc.stderr.startswith(f"error: {cfg}: no n_layers and n_heads")
+    assert proc.stderr.count("\n") == 1 and not datadir.models_path(fake_data_dir).exists()
+
+
+def test_a_damaged_index_is_rebuilt_by_the_next_run(fake_data_dir):
+    build_index(fake_data_dir)
+    want = index_rows(fake_data_dir, "fake-model")
+    meta = datadir.prompt_index_path(fake_data_dir, "fake-model")
+    meta.write_text('{"count": ')  # a disk that filled up under another tool, a hand edit
+    proc = run_cli("--save-path", str(fake_data_dir))
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads(meta.read_text())["count"] == len(want) and index_rows(fake_data_dir, "fake-model") == want
+
+
 def test_cli_usage_mistakes_are_one_line(fake_data_dir):
     proc = run_cli("--save-path", str(fake_data_dir), "--no-such-flag")
     assert proc.returncode == 1

@@ -202,6 +202,8 @@ def test_raw_documents_split_at_whitespace():
     ('{"text": "ok"}\n\n{"meta": {}}\n', 'p.jsonl:3: needs a non-empty string "text"'),
     ('["a list"]\n', "p.jsonl:1: expected a JSON object"),
     ('{"text": "ok"}\n{"text": "caf\xe9"}\n'.encode("latin-1"), "p.jsonl:2: not UTF-8 text (byte 0xe9)"),
+    ('{"text": "ok"}\n{"text": "\\ud800"}\n', "p.jsonl:2: holds a lone surrogate"),
+    ('{"text": "ok", "meta": ' + "[" * 5000 + "]" * 5000 + "}\n", "p.jsonl:1: nested too deeply to read"),
 ])
 def test_bad_prompt_files_fail_with_one_line(tmp_path, content, message):
     if content is not None:
@@ -230,6 +232,9 @@ def test_bad_prompt_files_fail_with_one_line(tmp_path, content, message):
     ("CKPT", ["--batch-size", "0"], "error: argument --batch-size: expected a positive integer, got '0'"),
     ("CKPT", ["--n-samples", "-1"], "error: argument --n-samples: expected a positive integer, got '-1'"),
     ("CKPT", ["--no-such-flag"], "error: unrecognized arguments: --no-such-flag (see compute_activations.py --help)"),
+    ("CKPT", ["--device", "tpu"], "error: --device tpu: "),
+    ("CKPT", ["--save-path", ""], "error: argument --save-path: empty; name the data dir"),
+    ("CKPT", ["--save-path", "."], "error: --save-path .: holds files and is not a data dir"),
 ])
 def test_bad_model_or_flags_fail_with_one_line(tiny_checkpoint, tmp_path, model_arg, extra, message):
     write_prompts(tmp_path / "p.jsonl", TEXTS[:2])
@@ -239,6 +244,30 @@ def test_bad_model_or_flags_fail_with_one_line(tiny_checkpoint, tmp_path, model_
     assert r.returncode != 0
     assert message in r.stderr and r.stderr.strip().splitlines()[-1].startswith("error:"), r.stderr
     assert prompt_dirs(tmp_path / "data") == []
+
+
+def test_nan_and_infinity_in_meta_are_kept_as_strings_and_the_index_stays_json(tiny_checkpoint, tmp_path):
+    (tmp_path / "p.jsonl").write_text('{"text": "one two three", "meta": {"score": NaN, "hi": Infinity}}\n'
+                                      '{"text": "four five", "meta": {"lo": -Infinity}}\n')
+    r = run_script(str(tiny_checkpoint), "p.jsonl", "--save-path", "data", cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    model = lens.model_dir_name(str(tiny_checkpoint))
+    strict = lambda text: json.loads(text, parse_constant=lambda c: pytest.fail(f"{c} in a file the site reads"))
+    rows = [strict(line) for path in (tmp_path / "data" / model / "index" / "rows").iterdir()
+            for line in path.read_text().splitlines()]
+    assert sorted(json.dumps(r["meta"], sort_keys=True) for r in rows) == [
+        '{"hi": "Infinity", "score": "NaN"}', '{"lo": "-Infinity"}']
+
+
+def test_a_dir_holding_other_files_is_not_written_into(tiny_checkpoint, tmp_path):
+    """--save-path naming a folder that is not a data dir (a site, a home dir) is refused before any write."""
+    write_prompts(tmp_path / "p.jsonl", TEXTS[:2])
+    (tmp_path / "www").mkdir()
+    (tmp_path / "www" / "index.html").write_text("mine")
+    r = run_script(str(tiny_checkpoint), "p.jsonl", "--save-path", "www", cwd=tmp_path)
+    assert r.returncode == 1 and r.stderr.startswith("error: --save-path www: holds files and is not a data dir")
+    assert sorted(p.name for p in (tmp_path / "www").iterdir()) == ["index.html"]
+    assert (tmp_path / "www" / "index.html").read_text() == "mine"
 
 
 def test_a_prompts_file_with_a_byte_order_mark_is_read(tmp_path):

@@ -199,23 +199,27 @@ def test_a_plugin_statistic_that_fails_at_compute_time_is_missing_there_and_coun
     figs = tmp_path / "figs"
     figs.mkdir()
     (figs / "picky.py").write_text("from lens import statistic\n\n@statistic\ndef picky(attn):\n"
-                                   "    if len(attn) > 8:\n        raise ValueError('too long')\n    return 1.0\n")
+                                   "    if len(attn) > 8:\n        raise ValueError('too long')\n    return 1.0\n\n"
+                                   "@statistic\ndef endless(attn):\n    return float('inf')\n")
     texts = TEXTS[:6]
     lengths = [len(ca.tokenize(demo_model.to_tokens, t)) for t in texts]
     s = ca.compute_activations(texts, demo_model, tmp_path / "data", model_name="model", patterns="none",
                                figures_dir=figs, progress=False)
     n_heads = demo_model.cfg.n_layers * demo_model.cfg.n_heads
     long = sum(n > 8 for n in lengths)
-    assert 0 < long < len(texts) and s["failed"] == long * n_heads  # every head of every long prompt
+    failed = long * n_heads + len(texts) * n_heads  # picky on every head of a long prompt, endless everywhere
+    assert 0 < long < len(texts) and s["failed"] == failed
     warning = capsys.readouterr().err
     assert "picky failed on L" in warning and f"{long * n_heads} value(s) of it failed in all" in warning
-    assert f"; {long * n_heads} statistic value(s) failed" in ca.summary_line(s, tmp_path / "data")
+    assert "endless failed on L" in warning and "returned inf" in warning
+    assert f"; {failed} statistic value(s) failed" in ca.summary_line(s, tmp_path / "data")
     build_index(tmp_path / "data")
     _, tables = stat_tables(tmp_path / "data")
     hashes = [r["hash"] for r in index_rows(tmp_path / "data", "model")]
     for text, n in zip(texts, lengths):
         row = tables["picky"][hashes.index(lens.prompt_hash(text))]
         assert np.isnan(row).all() if n > 8 else (row == 1).all()
+        assert np.isnan(tables["endless"][hashes.index(lens.prompt_hash(text))]).all()
 
 
 @pytest.mark.parametrize("extra, message", [

@@ -283,7 +283,9 @@ def test_a_killed_run_resumes(fake_data_dir):
     first, second, *_ = prompt_dirs(fake_data_dir)
     run_render("--save-path", fake_data_dir, "--figures", "raw", "--jobs", "1")
     (second / "raw.pack").unlink()
-    (second / ".raw.pack.tmp99999").write_bytes(storage.PACK_MAGIC + b"half a pack")
+    gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    for name in (f".raw.pack.tmp.{lens.HOST}.{gone.stdout.strip()}.0a1b", f".raw.pack.tmp{gone.stdout.strip()}"):
+        (second / name).write_bytes(storage.PACK_MAGIC + b"half a pack")  # this scheme's and the former one's
     kept = (first / "raw.pack").stat().st_mtime_ns
     r = run_render("--save-path", fake_data_dir, "--figures", "raw", "--jobs", "1")
     assert "6 images" in r.stdout and "18 already there" in r.stdout
@@ -473,3 +475,59 @@ def test_model_dir_names_do_not_depend_on_the_working_directory(tmp_path, monkey
         assert [lens.model_dir_name(m) for m in ["./ckpt", "./ckpt/", "../x/ckpt", str(tmp_path / "ckpt"),
                                                  "gpt2", "EleutherAI/pythia-70m", "demo@step100"]] == \
             ["ckpt", "ckpt", "ckpt", "ckpt", "gpt2", "EleutherAI__pythia-70m", "demo_step100"]
+
+
+UNRULY = '''
+import sys
+import time
+
+import numpy as np
+
+from lens import figure, statistic
+
+@figure
+def a_exits(attn):
+    sys.exit(3)
+
+@figure
+def b_edits(attn):
+    attn[:] = 0
+    return attn
+
+@figure(cmap="Greys")
+def c_after(attn):
+    return attn
+
+@figure
+def d_sleeps(attn):
+    time.sleep(30)
+    return attn
+
+@statistic
+def e_exits(attn):
+    raise SystemExit("no")
+'''
+
+
+@pytest.mark.parametrize("jobs", ["1", "2"])
+def test_plugins_that_exit_edit_their_input_or_hang_fail_on_their_heads_only(fake_data_dir, tmp_path, jobs):
+    figs = tmp_path / "figs"
+    write_figure_file(figs, "unruly.py", UNRULY)
+    write_figure_file(figs, "exits_at_import.py", "import sys\nsys.exit(2)\n")
+    write_figure_file(figs, "escapes.py", "from lens import figure\ndef f(attn):\n    return attn\n"
+                                          "f.__name__ = '../../../escaped'\nfigure(f)\n")
+    r = run_render("--save-path", fake_data_dir, "--figures-dir", figs, "--jobs", jobs, "--time-limit", "0.2")
+    assert "exits_at_import.py: SystemExit: 2" in r.stderr and "escapes.py" in r.stderr  # skipped, named
+    assert "plug-in name '../../../escaped'" in r.stderr
+    assert not list(tmp_path.rglob("escaped*")) and not list(fake_data_dir.parent.rglob("escaped*"))
+    for pdir in sorted((fake_data_dir / "fake-model" / "prompts").iterdir()):
+        every = pack_heads(pdir, "c_after") | set(errors(pdir, "c_after"))
+        assert len(every) == 6 and not errors(pdir, "c_after")  # the figure after the one that edited its input
+        patterns = storage.load_patterns(fake_data_dir, "fake-model", pdir.name)
+        size, pixels = pack_png(pdir, "c_after", 1, 2)
+        expect = np.array(Image.open(io.BytesIO(lens.matrix_as_png(patterns.head(1, 2), cmap="Greys"))).convert("RGB"))
+        np.testing.assert_array_equal(pixels, expect)  # drawn from the pattern as stored, not zeros
+        for name, message in [("a_exits", "called sys.exit(3)"), ("b_edits", "read-only"),
+                              ("e_exits", "sys.exit('no')"), ("d_sleeps", "took more than 0.2 s (--time-limit)")]:
+            failures = errors(pdir, name)
+            assert len(failures) == 6 and all(message in e for e in failures.values()), (name, failures)
