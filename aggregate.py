@@ -109,8 +109,8 @@ def histogram(values: np.ndarray, bins: int) -> dict | None:
 
 
 def fill_tables(tables: dict[str, np.ndarray], update: Update) -> None:
-    """The changed rows' values: a new row's from its first part, then a stored prompt's stats.json
-    (render_figures.py) for the statistics its first part does not have."""
+    """The changed rows' values: from the row's latest part, then a stored prompt's stats.json
+    (render_figures.py) for the statistics that part does not have."""
     rows, groups = update.rows, {}
     for r, change in update.changes.items():
         if change.values:
@@ -122,9 +122,9 @@ def fill_tables(tables: dict[str, np.ndarray], update: Update) -> None:
         for s, name in enumerate(part.stats):
             tables[name][np.array(at)] = finite(part.values[np.array(source), s])
     for r, values in update.rendered.items():
-        first = update.part_stats.get(rows.part_names[rows.part[r]], []) if rows.part[r] >= 0 else []
+        latest = update.part_stats.get(rows.part_names[rows.part[r]], []) if rows.part[r] >= 0 else []
         for name, v in values.items():
-            if name not in first:
+            if name not in latest:
                 tables[name][r] = finite(v)
 
 
@@ -170,8 +170,13 @@ def write_model_stats(save_path: Path, model: str, shape: tuple[int, int], figur
         lens.write_if_changed(datadir.stats_path(save_path, model), lens.json_bytes(
             {"n_prompts": len(rows.hashes), "n_layers": shape[0], "n_heads": shape[1], "stats": {}}))
         return
-    tables = {n: open_table(datadir.stat_table_path(save_path, model, n), update.n_old, len(rows.hashes), shape)
-              for n in rows.stats}
+    count = len(rows.hashes)
+    if update.changes or update.n_old < count or not count:
+        tables = {n: open_table(datadir.stat_table_path(save_path, model, n), update.n_old, count, shape)
+                  for n in rows.stats}
+    else:  # no row to write: read them only (a read-only data dir indexes as long as nothing changed)
+        tables = {n: np.memmap(datadir.stat_table_path(save_path, model, n), "<f4", "r", shape=(count, *shape))
+                  for n in rows.stats}
     fill_tables(tables, update)
     former = {}
     for name in rows.stats:

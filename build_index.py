@@ -69,10 +69,21 @@ def index_model(save_path: Path, model: str, cfg: dict, figures: dict[str, lens.
     shape = (cfg["n_layers"], cfg["n_heads"])
     stored = prompt_index.StoredPrompts.read(save_path, model)
     old = prompt_index.read_index_state(save_path, model) if parts is None else None
-    update = (prompt_index.plan_update(save_path, model, shape, stored, old)
-              if old is not None and prompt_index.state_holds(save_path, model, old, stored, shape) else None)
-    if update is None:
-        update = prompt_index.plan_update(save_path, model, shape, stored, None, parts)
+    if old is not None and prompt_index.state_holds(save_path, model, old, stored, shape):
+        update = prompt_index.plan_update(save_path, model, shape, stored, old)  # None: a statistic is new
+        try:
+            if update is not None:
+                return write_update(save_path, model, shape, figures, update, stored, remember)
+        except (lens.UserError, ValueError) as e:  # the rows written before are damaged: index anew
+            print(f"build_index.py: warning: {e}; indexing {model} anew", file=sys.stderr)
+    update = prompt_index.plan_update(save_path, model, shape, stored, None, parts)
+    return write_update(save_path, model, shape, figures, update, stored, remember)
+
+
+def write_update(save_path: Path, model: str, shape: tuple[int, int], figures: dict[str, lens.Figure],
+                 update: prompt_index.Update, stored: prompt_index.StoredPrompts,
+                 remember: bool) -> tuple[prompt_index.Rows, int]:
+    """Write one model's update: its statistics, then its index, then (`remember`) the state for the next run."""
     records = prompt_index.resolve_records(save_path, model, update.changes, update.n_old)
     aggregate.write_model_stats(save_path, model, shape, figures, update, records)
     prompt_index.write_index(save_path, model, update.rows, update.n_old, records)

@@ -124,7 +124,7 @@ def load_prompts(path: Path, raw: bool = False, min_chars: int = 100, max_chars:
     rows = list(lens.iter_jsonl(path))
     if not rows:
         raise lens.UserError(f"{path}: no prompts in file")
-    prompts, seen = [], set()
+    prompts, seen = [], {}  # text -> (line, meta) of its first line
     for lineno, row in rows:
         text, meta = row.get("text"), row.get("meta", {})
         if not isinstance(text, str) or not text.strip():
@@ -137,9 +137,14 @@ def load_prompts(path: Path, raw: bool = False, min_chars: int = 100, max_chars:
             raise lens.UserError(f"{path}:{lineno}: holds a lone surrogate (\\ud800 to \\udfff), not text") from None
         texts = split_document(text, min_chars, max_chars) if raw else [text]
         for i, t in enumerate(texts):
-            if t not in seen:
-                seen.add(t)
-                prompts.append({"text": t, "meta": {**meta, "chunk": i} if raw else meta})
+            if t in seen:
+                first, first_meta = seen[t]
+                if first_meta != meta:  # said, not dropped silently
+                    print(f"warning: {path}:{lineno}: the same text as line {first}: computed once, with line "
+                          f"{first}'s meta", file=sys.stderr)
+                continue
+            seen[t] = (lineno, meta)
+            prompts.append({"text": t, "meta": {**meta, "chunk": i} if raw else meta})
     if not prompts:
         raise lens.UserError(f"{path}: no prompt of at least --min-chars {min_chars} characters")
     return prompts
@@ -238,25 +243,28 @@ def plan_run(prompts: list[dict], model, *, save_path: Path, model_name: str, fo
     plugins = [f for f in statistics if f.name not in forward.DEVICE_STATISTICS]
     store = (set() if patterns == "none" else None if patterns == "all"
              else sample_hashes(prompts, patterns, 0) if isinstance(patterns, int) else set(patterns))
-    have_stats = set() if force else part_hashes(save_path, model_dir)
+    have_stats = {} if force else computed_rows(save_path, model_dir)
     to_tokens, _ = forward.tokenizer_functions(model)
     limit = min(cfg.n_ctx, max_tokens or cfg.n_ctx)
     jobs = []
     for p in prompts:
         phash = lens.prompt_hash(p["text"])
+        stale = phash in have_stats and is_stale(have_stats[phash], p, limit)
+        wants = store is None or phash in store
+        have = None if force or not (wants or stale) else stored_heads(datadir.prompt_dir(save_path, model_dir, phash))
         job_heads = []
-        if store is None or phash in store:
-            have = None if force else stored_heads(datadir.prompt_dir(save_path, model_dir, phash))
-            if have is None or not have.issuperset(wanted):  # asking for heads a prompt lacks recomputes it,
-                job_heads = sorted(set(wanted) | (have or set()))  # keeping the heads it had
-        if not job_heads and phash in have_stats:
+        # asking for heads a prompt lacks recomputes it, keeping the heads it had; a stale one is stored anew
+        if (wants and (have is None or not have.issuperset(wanted))) or (stale and have is not None):
+            job_heads = sorted((set(wanted) if wants else set()) | (have or set()))
+        if not job_heads and phash in have_stats and not stale:
             continue
         ids = tokenize(to_tokens, p["text"])
         if len(ids) > limit:
             print(f"warning: prompt {phash} ({p['text'][:40]!r}...) has {len(ids)} tokens, "
                   f"more than {'--max-tokens' if limit < cfg.n_ctx else 'n_ctx'}={limit}: truncated",
                   file=sys.stderr)
-        jobs.append(forward.PromptJob(p, phash, ids[:limit], len(ids) > limit, job_heads, phash not in have_stats))
+        jobs.append(forward.PromptJob(p, phash, ids[:limit], len(ids) > limit, job_heads,
+                                      phash not in have_stats or stale))
     part = storage.StatsPart(save_path, model_dir, [registry[n] for n in device_names] + plugins, n_layers, n_heads)
     needs_norms = any(j.heads for j in jobs) or any("value_norms" in f.options["inputs"] for f in plugins)
     return RunPlan(save_path, model_name, model_dir, n_layers, n_heads, forward.is_causal(model), jobs,
@@ -280,7 +288,13 @@ def compute_activations(prompts: list[dict | str], model, save_path: Path | str 
 
     save_path = Path(save_path)
     model_name = model_name or getattr(model.cfg, "model_name", None) or "model"
-    prompts = [{"text": p} if isinstance(p, str) else p for p in prompts]
+    prompts = checked_prompts(prompts)
+    for name, value in [("batch_size", batch_size), ("max_tokens", max_tokens), ("n_workers", n_workers)]:
+        if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < 1):
+            raise lens.UserError(f"{name}={value!r}: expected a positive integer")
+    if not (patterns in ("all", "none") or isinstance(patterns, (set, frozenset, list, tuple))
+            or (isinstance(patterns, int) and not isinstance(patterns, bool) and patterns >= 0)):
+        raise lens.UserError(f"patterns={patterns!r}: expected 'all', 'none', a number of prompts or prompt hashes")
     plan = plan_run(prompts, model, save_path=save_path, model_name=model_name, force=force, heads=heads,
                     max_tokens=max_tokens, patterns=patterns, figures_dir=Path(figures_dir))
     lens.write_json(datadir.model_cfg_path(save_path, plan.model_dir), forward.model_config(model, model_name))
@@ -313,6 +327,22 @@ def compute_activations(prompts: list[dict | str], model, save_path: Path | str 
             "stored": len(stored), "tokens": sum(j.n_tokens for j in plan.jobs),
             "seconds": time.perf_counter() - start, "bytes": n_bytes,
             "failed": sum(count for _, count in stream.plugin_errors.values())}
+
+
+def checked_prompts(prompts) -> list[dict]:
+    """compute_activations()'s prompts as dicts, each with a non-empty text; a UserError naming the first bad one."""
+    if isinstance(prompts, (str, dict)):
+        prompts = [prompts]
+    out = []
+    for i, p in enumerate(prompts):
+        p = {"text": p} if isinstance(p, str) else p
+        if not isinstance(p, dict) or not isinstance(p.get("text"), str) or not p["text"].strip():
+            raise lens.UserError(f'prompts[{i}]: expected a non-empty string or a dict with a non-empty "text", '
+                                 f"got {p!r:.60}")
+        if not isinstance(p.get("meta", {}), dict):
+            raise lens.UserError(f'prompts[{i}]: "meta" must be a dict')
+        out.append(p)
+    return out
 
 
 def run_batch(model, batch: list[forward.PromptJob], plan: RunPlan, stream: forward.PatternStream) -> list:
@@ -407,9 +437,16 @@ def check_writable_dir(save_path: Path) -> None:
                 p.rmdir()
 
 
-def part_hashes(save_path: Path, model: str) -> set[str]:
-    """The prompts whose statistics some part holds."""
-    return {row["hash"] for part in storage.read_parts(save_path, model) for row in part.rows}
+def computed_rows(save_path: Path, model: str) -> dict[str, dict]:
+    """{hash: its row in the latest part that holds it} of the prompts whose statistics are computed."""
+    return {row["hash"]: row for part in storage.read_parts(save_path, model) for row in part.rows}
+
+
+def is_stale(row: dict, prompt: dict, limit: int) -> bool:
+    """Whether a prompt computed before is to be computed again: its meta changed, or the token limit would cut
+    it elsewhere (shorter than it was stored, or longer where it was cut)."""
+    n, cut = row["n_tokens"], row.get("truncated", False)
+    return row.get("meta", {}) != prompt.get("meta", {}) or n > limit or (cut and n < limit)
 
 
 def top_prompts(save_path: Path, model_name: str, k: int, stat_spec: str | None) -> tuple[list[dict], str]:

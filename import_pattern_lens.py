@@ -7,6 +7,7 @@ Each prompt's activations (activations.npz or a stacked .npy) become patterns.bi
 (L<l>/H<h>/<name>.png|svg|svgz) one pack per figure name, `pattern-lens.<name>`, its prompt.json ours (our
 hash, BOS in the tokens); a prompt that fails is a warning and the others go on. docs/pattern-lens.md.
 """
+import base64
 import contextlib
 import gzip
 import re
@@ -111,15 +112,36 @@ def pattern_lens_figures(old_dir: Path, n_layers: int, n_heads: int) -> dict[str
     return found
 
 
+EMBEDDED_PNG = re.compile(rb"data:image/png;base64,([A-Za-z0-9+/=\s]+)")
+
+
+def figure_png(src: Path) -> bytes:
+    """A pattern-lens figure file as the PNG our packs hold: a .png as it is; an .svg or .svgz, the one PNG it
+    embeds (pattern-lens draws its figures so), and nothing else of it: a script an SVG carries never reaches
+    the site."""
+    data = src.read_bytes()
+    if src.suffix != ".png":
+        try:
+            svg = gzip.decompress(data) if src.suffix == ".svgz" else data
+        except (OSError, EOFError) as e:
+            raise lens.UserError(f"{src}: unreadable ({e})") from None
+        found = EMBEDDED_PNG.findall(svg)
+        if len(found) != 1:
+            raise lens.UserError(f"{src}: an SVG without one embedded PNG; packs hold PNG only")
+        data = base64.b64decode(b"".join(found[0].split()))
+    if not data.startswith(storage.PNG_SIGNATURE):
+        raise lens.UserError(f"{src}: not a PNG image; packs hold PNG only")
+    return data
+
+
 def write_imported_packs(save_path: Path, model: str, phash: str, figures: dict, cfg: dict) -> None:
-    """One pack per pattern-lens figure name, pattern-lens.<name>.pack; svgz is stored as the SVG it holds."""
+    """One pack per pattern-lens figure name, pattern-lens.<name>.pack, of each head's PNG (figure_png)."""
     for name, files in figures.items():
         pack = storage.PackWriter(datadir.figure_pack_path(save_path, model, phash, IMPORTED_PACK.format(name)),
-                               cfg["n_layers"], cfg["n_heads"])
+                                  cfg["n_layers"], cfg["n_heads"])
         try:
             for (layer, head), src in sorted(files.items()):
-                data = src.read_bytes()
-                pack.add(layer, head, gzip.decompress(data) if src.suffix == ".svgz" else data)
+                pack.add(layer, head, figure_png(src))
             pack.close()
         finally:
             pack.abort()

@@ -5,6 +5,7 @@ prompt's stats.json) are in storage.py.
 """
 import argparse
 import base64
+import errno
 import hashlib
 import importlib.util
 import inspect
@@ -129,6 +130,14 @@ def run_main(main: Callable[[], None], interrupted: str) -> None:
     except KeyboardInterrupt:
         print(f"interrupted: {interrupted}", file=sys.stderr)
         sys.exit(130)
+    except OSError as e:
+        if e.errno not in WRITE_ERRORS:
+            raise
+        sys.exit(f"error: {e.filename or 'a file'}: {e.strerror} ({interrupted})")
+
+
+# what the machine, not the code, makes of a write: a full disk or quota, a read-only or forbidden dir
+WRITE_ERRORS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM}
 
 
 def parse_shard(spec: str | None) -> tuple[int, int] | None:

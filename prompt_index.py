@@ -25,7 +25,7 @@ INDEX_STATE_VERSION = 1
 @dataclass
 class Rows:
     """The index's rows as build_index.py keeps them between runs (index/state.json): per row its hash, token
-    count, whether its patterns are stored, its first part (-1: none) and probe kind; how far each part was read
+    count, whether its patterns are stored, its latest part (-1: none) and probe kind; how far each part was read
     ({name: [rows, bytes]}); the statistics' names."""
     hashes: list[str] = field(default_factory=list)
     n_tokens: list[int] = field(default_factory=list)
@@ -89,16 +89,26 @@ class Change:
 
 def add_rows(rows: Rows, parts: list[storage.Part], stored: dict[str, dict], changed: set[str]) -> dict[int, Change]:
     """Append the prompts `rows` has not seen (the parts' rows in name order, then stored prompts by hash) and
-    return the rows to write: the new ones, and those whose prompt.json (in `changed`) is new or changed."""
+    return the rows to write: the new ones, those a later run computed again (its values and meta win: --force,
+    another --max-tokens, new meta), and those whose prompt.json (in `changed`) is new or changed."""
     out = {}
     for part in parts:
         if part.name not in rows.part_names:
             rows.part_names.append(part.name)
         p = rows.part_names.index(part.name)
         for i, row in enumerate(part.rows):
-            if row["hash"] not in rows.position:  # a prompt recomputed later keeps its first part's values
-                out[rows.add(row["hash"], row["n_tokens"], p, row.get("meta", {}).get("probe"))] = Change(row, None,
-                                                                                                         (part, i))
+            h, probe = row["hash"], row.get("meta", {}).get("probe")
+            if h not in rows.position:
+                out[rows.add(h, row["n_tokens"], p, probe)] = Change(row, None, (part, i))
+                continue
+            r = rows.position[h]  # the row keeps its place
+            rows.part[r], rows.n_tokens[r] = p, row["n_tokens"]
+            if probe:
+                rows.probe[r] = probe
+            else:
+                rows.probe.pop(r, None)
+            change = out.setdefault(r, Change())
+            change.base, change.values = row, (part, i)
         rows.read[part.name] = [part.first_row + len(part.rows), part.end_byte]
     for h in sorted(changed):
         record = stored[h]
@@ -216,13 +226,12 @@ def chunk_lines(save_path: Path, model: str, k: int, n_rows: int) -> list[bytes]
     path = datadir.index_rows_path(save_path, model, k)
     lines = path.read_bytes().splitlines(keepends=True) if n_rows > 0 and path.is_file() else []
     if len(lines) < n_rows:
-        raise lens.UserError(f"{path}: {len(lines)} rows, {n_rows} expected; delete "
-                             f"{datadir.index_state_path(save_path, model)} and run build_index.py again")
+        raise lens.UserError(f"{path}: {len(lines)} rows, {n_rows} expected")  # build_index indexes anew
     return lines[:n_rows]
 
 
 def resolve_records(save_path: Path, model: str, changes: dict[int, Change], n_old: int) -> dict[int, dict]:
-    """The changed rows' records; a row written before keeps its first record's meta, read from its chunk."""
+    """The changed rows' records; a row written before keeps its meta, read from its chunk."""
     size, records, old = INDEX_CHUNK_ROWS, {}, {}
     for r, change in sorted(changes.items()):
         base = change.base
@@ -326,7 +335,7 @@ class Update:
 def plan_update(save_path: Path, model: str, shape: tuple[int, int], stored: StoredPrompts, old: Rows | None,
                 parts: list[storage.Part] | None = None) -> Update | None:
     """The update from the last run's rows (`old`; None: from nothing); None when a statistic is new, which
-    rows indexed before may have, so that everything is indexed anew."""
+    rows indexed before may have, or a row indexed before was computed again: then everything is indexed anew."""
     rows = old or Rows()
     n_old = len(rows.hashes)
     if parts is None:
@@ -338,6 +347,8 @@ def plan_update(save_path: Path, model: str, shape: tuple[int, int], stored: Sto
     changed = stored.changed | {h for h in stored.records
                                 if h not in rows.position or not rows.stored[rows.position[h]]}
     changes = add_rows(rows, parts, stored.records, changed)
+    if any(r < n_old and c.base is not None for r, c in changes.items()):
+        return None  # a row written before has new meta, so new words: the word shards are written anew
     rendered = {}
     for r, change in changes.items():
         if change.stored and (values := read_rendered_stats(save_path, model, rows.hashes[r], shape)):

@@ -313,11 +313,19 @@ def export_svg(save_path: Path, spec: str, out: Path | None) -> None:
         failed = errors.is_file() and f"L{layer}H{head}" in lens.read_json(errors)
         raise lens.UserError(f"{path}: no image of L{layer}H{head} "
                              + (f"({output} failed on it: see {errors})" if failed else "(the head is not stored)"))
-    svg = image.decode("utf-8") if image.startswith(b"<") else lens.png_as_svg(image)  # imported SVGs stay as they are
+    if not image.startswith(storage.PNG_SIGNATURE):
+        raise lens.UserError(f"{path}: the image of L{layer}H{head} is not a PNG; packs hold PNG only (render it "
+                             "again with --force)")
+    svg = lens.png_as_svg(image)
     if out is None:
         sys.stdout.write(svg)
-    else:
+        return
+    if Path(out).is_dir():
+        raise lens.UserError(f"-o {out}: a directory; name the file to write, e.g. {Path(out) / 'head.svg'}")
+    try:
         lens.write_atomic(out, svg)
+    except OSError as e:
+        raise lens.UserError(f"-o {out}: cannot write it ({e.strerror})") from None
 
 
 def write_prompt_stats(save_path: Path, model: str, phash: str, stats: dict[str, np.ndarray]) -> None:

@@ -51,6 +51,7 @@ class Handler(http.server.SimpleHTTPRequestHandler):
     # these two, each response on a kept-alive connection stalls ~40 ms on the client's delayed ACK.
     wbufsize = 65536
     disable_nagle_algorithm = True
+    timeout = 60  # seconds a kept-alive connection may sit idle (or a client stall) before it is closed
     remaining = 0  # bytes of the open file still to send
 
     def resolve(self, url_path: str) -> Path | None:
@@ -59,8 +60,11 @@ class Handler(http.server.SimpleHTTPRequestHandler):
         rel = unquote(url_path)
         if "\x00" in rel:
             return None
-        path = (root / rel.lstrip("/")).resolve()
-        return path if path.is_relative_to(root) and path.exists() else None
+        try:
+            path = (root / rel.lstrip("/")).resolve()
+            return path if path.is_relative_to(root) and path.exists() else None
+        except OSError:  # a name too long for the file system, say: nothing is there
+            return None
 
     def send_head(self):
         url_path = urlsplit(self.path).path
@@ -148,14 +152,17 @@ class Handler(http.server.SimpleHTTPRequestHandler):
         pass
 
     def log_error(self, format, *args):
-        if args and args[0] == 404:  # missing images are normal (the site shows a placeholder)
+        if args and args[0] == 404 or format.startswith("Request timed out"):  # missing images, idle clients
             return
         sys.stderr.write(f"{self.address_string()} {format % args}\n")
 
 
 class Server(http.server.HTTPServer):
     """One worker thread per open connection, reused (a new thread per connection cost about a third of
-    the CPU under load); daemons, so Ctrl-C does not wait for browsers' idle keep-alive connections."""
+    the CPU under load), at most MAX_WORKERS of them: past that, a connection waits for a worker, which an
+    idle one frees within Handler.timeout. Daemons, so Ctrl-C does not wait for idle keep-alive connections."""
+
+    MAX_WORKERS = 128
 
     # The default backlog of 5 drops the SYNs of a burst of connections (a grid page opening, 200
     # clients): each dropped one waits 1 s, 3 s, ... for its retry. The kernel caps it at somaxconn.
@@ -169,8 +176,8 @@ class Server(http.server.HTTPServer):
 
     def process_request(self, request, client_address):
         self.connections.put((request, client_address))
-        if not self.idle_workers.acquire(blocking=False):  # all busy (each kept-alive connection holds one)
-            self.n_workers += 1
+        if not self.idle_workers.acquire(blocking=False) and self.n_workers < self.MAX_WORKERS:  # all busy
+            self.n_workers += 1  # (each kept-alive connection holds one)
             threading.Thread(target=self.work, daemon=True).start()
 
     def work(self) -> None:
@@ -181,6 +188,8 @@ class Server(http.server.HTTPServer):
                 self.finish_request(request, client_address)
             except ConnectionError:
                 pass  # the browser dropped the connection (page left, image scrolled away): not an error
+            except Exception as e:  # one bad request must not take its worker with it
+                sys.stderr.write(f"{client_address[0]} request failed: {type(e).__name__}: {e}\n")
             finally:
                 self.shutdown_request(request)
             self.idle_workers.release()

@@ -50,7 +50,7 @@ def view_files(save_path: Path, models: list[str] | None = None, prompts: str | 
     chosen = {name: hashes for name, hashes in chosen.items() if hashes}
     if not chosen:
         raise lens.UserError(f"--prompts {prompt_spec(prompts)}: no prompt of {', '.join(names)} matches")
-    rows = [{**lens.read_model_cfg(save_path, name), "model_dir": name, "n_prompts": len(hashes)}
+    rows = [{**shareable_cfg(lens.read_model_cfg(save_path, name)), "model_dir": name, "n_prompts": len(hashes)}
             for name, hashes in chosen.items()]
     files[datadir.models_path(Path()).as_posix()] = lens.jsonl_bytes(rows)
     files[datadir.figures_path(Path()).as_posix()] = lens.jsonl_bytes(build_index.figure_records(figures))
@@ -75,8 +75,23 @@ def write_model(src: Path, dst: Path, name: str, prompts: str | list[str] | None
             copy_prompt(src, dst, name, record["hash"], cfg, kept)
     hashes = [r["hash"] for r in chosen]
     build_index.index_model(dst, name, cfg, figures, [part_of(p, set(hashes)) for p in parts], remember=False)
-    lens.write_json(datadir.model_cfg_path(dst, name), cfg)
+    lens.write_json(datadir.model_cfg_path(dst, name), shareable_cfg(cfg))
     return hashes
+
+
+LOCAL_PATH = re.compile(r"(?<![\w.~])(?:~|/[^/\s\"']+)(?:/[^/\s\"']+)*/([^/\s\"']+)")
+
+
+def shareable_cfg(cfg: dict) -> dict:
+    """model_cfg.json as a shared file should hold it: a model named by a local checkpoint path is named by its
+    dir instead (the path says where the checkpoint lies on this machine)."""
+    name = cfg.get("model_name") or ""
+    return {**cfg, "model_name": cfg["model_dir"]} if name.startswith(("/", "~", ".")) and "model_dir" in cfg else cfg
+
+
+def without_local_paths(errors: bytes) -> bytes:
+    """An errors.json with every absolute path in its tracebacks cut to the file's name."""
+    return lens.json_bytes({k: LOCAL_PATH.sub(r"\1", v) for k, v in json.loads(errors).items()})
 
 
 def grid_address(view: View, max_prompts: int = 100, **more: str) -> str:
@@ -159,7 +174,9 @@ def copy_prompt(src: Path, dst: Path, model: str, phash: str, cfg: dict, heads: 
     pdir = datadir.prompt_dir(src, model, phash)
     for path in sorted(pdir.iterdir()):
         if path.is_file() and not path.name.startswith("."):
-            lens.write_atomic(datadir.prompt_dir(dst, model, phash) / path.name, path.read_bytes())
+            data = path.read_bytes()
+            lens.write_atomic(datadir.prompt_dir(dst, model, phash) / path.name,
+                              without_local_paths(data) if path.name.endswith(".errors.json") else data)
     if heads is None:
         return
     patterns = storage.load_patterns(src, model, phash)

@@ -209,6 +209,7 @@ def load_patterns(save_path: Path, model: str, phash: str) -> Patterns:
 # at 16 + 8 i, then the image: two HTTP range requests for the site (data.js loadFigureImage).
 
 PACK_MAGIC = b"ATTNFIG1"
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"  # every image a pack holds starts so (site/data.js loadFigureImage checks it)
 PACK_HEADER = 16
 
 

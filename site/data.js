@@ -315,7 +315,9 @@ export async function fetchRange(path, start, size) {
 // little-endian uint64 offsets; head i = layer * n_heads + head is bytes [offset[i], offset[i + 1]).
 const PACK_HEADER = 16;
 
-/** One head's image from its figure pack, as a Blob (PNG; SVG for some imported ones), by two range requests:
+const PNG_SIGNATURE = [0x89, 0x50, 0x4e, 0x47, 0x0d, 0x0a, 0x1a, 0x0a];  // storage.PNG_SIGNATURE
+
+/** One head's image from its figure pack, as a PNG Blob, by two range requests:
  * its two offsets, then its bytes. Null when it has none: the output is not rendered for this prompt, or the
  * figure failed on this head (loadFigureError says why). */
 export async function loadFigureImage(model, hash, layer, head, nHeads, output) {
@@ -328,7 +330,12 @@ export async function loadFigureImage(model, hash, layer, head, nHeads, output) 
   if (end === start) return null;
   const bytes = await fetchRange(url, start, end - start);
   if (bytes.byteLength !== end - start) throw new Error(`${url}: truncated at ${headKey(layer, head)}; re-run render_figures.py --force`);
-  return new Blob([bytes], { type: new Uint8Array(bytes)[0] === 0x89 ? "image/png" : "image/svg+xml" });
+  // Packs hold PNG only: anything else (an SVG could carry a script into this origin) is refused, not shown.
+  const head8 = new Uint8Array(bytes, 0, Math.min(8, bytes.byteLength));
+  if (!PNG_SIGNATURE.every((b, i) => head8[i] === b)) {
+    throw new Error(`${url}: ${headKey(layer, head)} is not a PNG image; packs hold PNG only (re-run render_figures.py --force)`);
+  }
+  return new Blob([bytes], { type: "image/png" });
 }
 
 /** The traceback of a head a figure output failed on; null when it did not fail there. */

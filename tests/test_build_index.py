@@ -191,6 +191,16 @@ def test_a_damaged_index_is_rebuilt_by_the_next_run(fake_data_dir):
     proc = run_cli("--save-path", str(fake_data_dir))
     assert proc.returncode == 0, proc.stderr
     assert json.loads(meta.read_text())["count"] == len(want) and index_rows(fake_data_dir, "fake-model") == want
+    chunk = datadir.index_rows_path(fake_data_dir, "fake-model", 0)
+    chunk.write_text("garbage\n")  # a chunk cut short, read by the next rerun (it keeps the rows' meta)
+    make_data(fake_data_dir, texts=["one more prompt after the damage"])
+    proc = run_cli("--save-path", str(fake_data_dir))
+    assert proc.returncode == 0 and "indexing fake-model anew" in proc.stderr, proc.stderr
+    fresh = fake_data_dir.parent / "fresh"
+    shutil.copytree(fake_data_dir, fresh, ignore=shutil.ignore_patterns("index"))
+    build_index(fresh)
+    assert index_rows(fake_data_dir, "fake-model") == index_rows(fresh, "fake-model")
+    assert len(index_rows(fresh, "fake-model")) == len(want) + 1
 
 
 def test_cli_usage_mistakes_are_one_line(fake_data_dir):

@@ -1,5 +1,8 @@
 """compute_activations.py: batched patterns equal single-prompt ones, storage, resume, sharding, bad input."""
+import errno
 import json
+import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -270,6 +273,15 @@ def test_a_dir_holding_other_files_is_not_written_into(tiny_checkpoint, tmp_path
     assert (tmp_path / "www" / "index.html").read_text() == "mine"
 
 
+def test_a_repeated_text_with_other_meta_is_computed_once_and_said(tmp_path, capsys):
+    (tmp_path / "p.jsonl").write_text('{"text": "same", "meta": {"a": 1}}\n{"text": "other"}\n'
+                                      '{"text": "same", "meta": {"a": 2}}\n{"text": "same", "meta": {"a": 1}}\n')
+    prompts = ca.load_prompts(tmp_path / "p.jsonl")
+    assert prompts == [{"text": "same", "meta": {"a": 1}}, {"text": "other", "meta": {}}]
+    err = capsys.readouterr().err
+    assert err == f"warning: {tmp_path / 'p.jsonl'}:3: the same text as line 1: computed once, with line 1's meta\n"
+
+
 def test_a_prompts_file_with_a_byte_order_mark_is_read(tmp_path):
     """Windows tools write UTF-8 with a BOM: the first line is read like the others."""
     (tmp_path / "p.jsonl").write_text("\ufeff" + json.dumps({"text": "caf\u00e9"}) + "\n", encoding="utf-8")
@@ -372,3 +384,27 @@ def test_auto_circuit_style_wrapper_works(model, tmp_path):
     for text in TEXTS[:3]:
         stored = storage.load_patterns(tmp_path, "patchable", lens.prompt_hash(text)).all()
         assert np.abs(stored - single_patterns(model, text)).max() <= 3.1e-5
+
+
+@pytest.mark.parametrize("prompts, kwargs, message", [
+    ([{"text": ""}], {}, 'prompts[0]: expected a non-empty string or a dict with a non-empty "text"'),
+    (["fine", {"meta": {}}], {}, "prompts[1]: expected a non-empty string"),
+    ([{"text": "fine", "meta": ["x"]}], {}, 'prompts[0]: "meta" must be a dict'),
+    (["fine"], {"batch_size": 0}, "batch_size=0: expected a positive integer"),
+    (["fine"], {"max_tokens": 1.5}, "max_tokens=1.5: expected a positive integer"),
+    (["fine"], {"patterns": "some"}, "patterns='some': expected 'all', 'none', a number of prompts"),
+])
+def test_the_python_api_names_a_bad_argument_before_any_work(model, tmp_path, prompts, kwargs, message):
+    with pytest.raises(lens.UserError, match=re.escape(message)):
+        ca.compute_activations(prompts, model, tmp_path / "data", progress=False, **kwargs)
+    assert not (tmp_path / "data").exists()
+
+
+@pytest.mark.parametrize("code", [errno.ENOSPC, errno.EROFS, errno.EACCES])
+def test_a_full_disk_or_a_read_only_dir_is_one_error_line(code, capsys):
+    def main():
+        raise OSError(code, os.strerror(code), "data/demo/prompts/0123/patterns.bin")
+    with pytest.raises(SystemExit) as exit_:
+        lens.run_main(main, "finished prompts are saved")
+    path = "data/demo/prompts/0123/patterns.bin"
+    assert exit_.value.code == f"error: {path}: {os.strerror(code)} (finished prompts are saved)"

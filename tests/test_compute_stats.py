@@ -327,3 +327,32 @@ def test_device_statistics_of_a_padded_batch_with_one_token_prompts(lengths):
             for s, name in enumerate(forward.DEVICE_STATISTICS):
                 expected = [lens.call_plugin(registry[name], a, {"token_ids": ids[b]}) for a in exact]
                 np.testing.assert_allclose(values[b, s, layer], expected, atol=1e-5, rtol=0, err_msg=f"{name} {n}")
+
+
+def test_a_rerun_with_another_max_tokens_or_new_meta_computes_those_prompts_again(tmp_path, capsys):
+    """A rerun without --max-tokens computes again the prompts an earlier run cut; one with a prompt's meta
+    changed computes that prompt again; the index shows the latest run's lengths, meta and values."""
+    data, prompts = tmp_path / "data", tmp_path / "p.jsonl"
+    write = lambda metas: prompts.write_text("".join(json.dumps({"text": t, "meta": m}) + "\n"
+                                                     for t, m in zip(TEXTS, metas)))
+    write([{"v": 1}] * len(TEXTS))
+    run_main(DEMO, prompts, "--patterns", "4", "--save-path", data, "--max-tokens", "6")
+    rows = {r["hash"]: r for r in index_rows(data, "model")}
+    cut = {h for h, r in rows.items() if r["truncated"]}
+    assert len(cut) > len(TEXTS) // 2 and all(r["n_tokens"] <= 6 for r in rows.values())
+    capsys.readouterr()
+    run_main(DEMO, prompts, "--patterns", "4", "--save-path", data)
+    assert f"model: {len(cut)} prompts computed" in capsys.readouterr().out
+    full = {r["hash"]: r for r in index_rows(data, "model")}
+    assert not any(r["truncated"] for r in full.values())
+    assert all(full[h]["n_tokens"] > 6 for h in cut) and all(full[h] == rows[h] for h in set(rows) - cut)
+    for h in stored(data):  # the stored patterns follow
+        assert storage.load_patterns(data, "model", h).n_tokens == full[h]["n_tokens"]
+    write([{"v": 2}] + [{"v": 1}] * (len(TEXTS) - 1))
+    run_main(DEMO, prompts, "--patterns", "4", "--save-path", data)
+    assert "model: 1 prompts computed" in capsys.readouterr().out
+    latest = {r["hash"]: r for r in index_rows(data, "model")}
+    assert latest[lens.prompt_hash(TEXTS[0])]["meta"] == {"v": 2}
+    assert {h: r for h, r in latest.items() if h != lens.prompt_hash(TEXTS[0])} == {
+        h: r for h, r in full.items() if h != lens.prompt_hash(TEXTS[0])}
+    assert [r["hash"] for r in index_rows(data, "model")] == list(full)  # the rows keep their places

@@ -37,6 +37,11 @@ def pattern_lens_hash(text: str) -> str:
     return base64.urlsafe_b64encode(hashlib.md5(text.encode()).digest()).decode().rstrip("=")
 
 
+def figure_image(kind: str) -> bytes:
+    """A PNG as pattern-lens writes one per head, different for each prompt."""
+    return lens.matrix_as_png(np.full((2, 2), len(kind) / 10, np.float32))
+
+
 def write_pattern_lens_dir(root: Path, tokenizer) -> dict[str, np.ndarray]:
     """A data dir as pattern-lens 0.6.0 writes it; returns each prompt's patterns [layers, heads, n, n]."""
     model_dir = root / MODEL
@@ -63,7 +68,7 @@ def write_pattern_lens_dir(root: Path, tokenizer) -> dict[str, np.ndarray]:
             np.savez_compressed(pdir / "activations.npz",
                                 **{f"blocks.{l}.attn.hook_pattern": p[l][None] for l in range(N_LAYERS)})
         (pdir / "L0" / "H1").mkdir(parents=True)
-        (pdir / "L0" / "H1" / "raw.png").write_bytes(b"\x89PNG pattern-lens figure " + kind.encode())
+        (pdir / "L0" / "H1" / "raw.png").write_bytes(figure_image(kind))
         patterns[kind] = p
     corrupt = model_dir / "prompts" / pattern_lens_hash(TEXTS["corrupt"]) / "activations.npz"
     corrupt.write_bytes(corrupt.read_bytes()[:300])  # a copy cut short
@@ -102,7 +107,7 @@ def test_import_keeps_values_fields_and_figures(tmp_path, tokenizer):
         assert (info["text"], info["hash"], info["meta"]) == (text, lens.prompt_hash(text), {"kind": kind})
         assert (info["source_fname"], info["pattern_lens_hash"]) == ("data/pile_1k.jsonl", pattern_lens_hash(text))
         pack = datadir.figure_pack_path(data, MODEL, lens.prompt_hash(text), "pattern-lens.raw")
-        assert storage.read_pack_image(pack, 0, 1) == b"\x89PNG pattern-lens figure " + kind.encode()
+        assert storage.read_pack_image(pack, 0, 1) == figure_image(kind)
         assert storage.read_pack_image(pack, 0, 0) is None  # pattern-lens had no figure for that head
         assert not (data / MODEL / "prompts" / pattern_lens_hash(text)).exists()
     assert corrupt.exists()  # left as it was, for the user to look at
@@ -148,3 +153,28 @@ def test_nothing_importable_is_an_error(tmp_path, tokenizer):
 def test_a_dir_without_pattern_lens_data_is_an_error(fake_data_dir):
     r = run("import_pattern_lens.py", "--save-path", fake_data_dir)
     assert r.returncode != 0 and r.stderr.startswith("error: ") and "no pattern-lens prompts" in r.stderr
+
+
+def test_an_imported_svg_becomes_the_png_it_embeds_and_its_script_is_dropped(tmp_path, tokenizer):
+    """pattern-lens draws a figure as an SVG around a PNG; packs hold only that PNG, so a script an SVG carries
+    never reaches the site's origin, and an SVG without a PNG is not imported (its prompt stays as it was)."""
+    data = tmp_path / "attn_data"
+    write_pattern_lens_dir(data, tokenizer)
+    png = lens.matrix_as_png(np.eye(3, dtype=np.float32))
+    script = b"<script>fetch('/models.jsonl').then(r => r.text()).then(alert)</script>"
+    npz_dir = data / MODEL / "prompts" / pattern_lens_hash(TEXTS["npz"])
+    (npz_dir / "L1" / "H0").mkdir(parents=True)
+    (npz_dir / "L1" / "H0" / "raw.svg").write_bytes(
+        b'<svg xmlns="http://www.w3.org/2000/svg">' + script + b'<image href="data:image/png;base64,'
+        + base64.b64encode(png) + b'"/></svg>')
+    npy_dir = data / MODEL / "prompts" / pattern_lens_hash(TEXTS["npy"])
+    (npy_dir / "L1" / "H0").mkdir(parents=True)
+    (npy_dir / "L1" / "H0" / "raw.svg").write_bytes(b'<svg xmlns="http://www.w3.org/2000/svg">' + script + b"</svg>")
+    r = run("import_pattern_lens.py", "--save-path", data)
+    assert r.returncode == 0, r.stderr
+    assert "imported 1 pattern-lens prompt(s)" in r.stdout and "2 failed" in r.stdout
+    assert f"{npy_dir / 'L1' / 'H0' / 'raw.svg'}: an SVG without one embedded PNG" in r.stderr
+    pack = datadir.figure_pack_path(data, MODEL, lens.prompt_hash(TEXTS["npz"]), "pattern-lens.raw")
+    assert storage.read_pack_image(pack, 1, 0) == png
+    assert not any(b"<script" in p.read_bytes() for p in data.rglob("*.pack"))
+    assert (npy_dir / "L1" / "H0" / "raw.svg").exists()  # not imported: left for the user

@@ -244,6 +244,11 @@ def test_one_head_exports_as_a_standalone_svg(fake_data_dir, tmp_path):
         r = run_render("--save-path", fake_data_dir, "--export-svg", bad, "-o", tmp_path / "bad.svg", ok=False)
         assert r.stderr.strip().startswith("error:") and message in r.stderr and len(r.stderr.strip().splitlines()) == 1
     assert not (tmp_path / "bad.svg").exists()
+    r = run_render("--save-path", fake_data_dir, "--export-svg", spec, "-o", tmp_path, ok=False)  # a dir
+    assert r.stderr == f"error: -o {tmp_path}: a directory; name the file to write, e.g. {tmp_path / 'head.svg'}\n"
+    (tmp_path / "file").write_text("")
+    r = run_render("--save-path", fake_data_dir, "--export-svg", spec, "-o", tmp_path / "file" / "x.svg", ok=False)
+    assert r.stderr.startswith(f"error: -o {tmp_path / 'file' / 'x.svg'}: cannot write it (")  # under a file
 
 
 def test_statistics_tables_hold_each_prompts_values(fake_data_dir, tmp_path):

@@ -269,3 +269,32 @@ def test_starts_without_numpy_or_torch():
     """serve.py is standard library only (fast start, nothing to install on a login node)."""
     code = "import sys, serve; assert not {'numpy', 'torch'} & set(sys.modules), sorted(sys.modules)"
     subprocess.run([sys.executable, "-c", code], cwd=ROOT, check=True, env={**os.environ, "PYTHONPATH": str(ROOT)})
+
+
+def test_an_over_long_path_is_an_error_status_and_the_server_goes_on(root):
+    with served(root) as url:
+        status, _, _ = get(url, "/" + "a" * 300 + "/index.html")
+        assert status == 404
+        status, _, _ = get(url, "/" + "b" * 5000)
+        assert status in (404, 414)
+        assert get(url, "/index.html")[0] == 200
+
+
+def test_idle_connections_are_closed_and_workers_are_bounded(root, monkeypatch):
+    """A client that opens a connection and sends nothing is dropped after Handler.timeout; at most MAX_WORKERS
+    threads serve, and a connection past them is served once a worker is free."""
+    monkeypatch.setattr(serve.Handler, "timeout", 0.3)
+    monkeypatch.setattr(serve.Server, "MAX_WORKERS", 3)
+    server, url = serve.serve_in_thread(root)
+    try:
+        host, port = url.split("//")[1].rstrip("/").split(":")
+        idle = [socket.create_connection((host, int(port)), timeout=10) for _ in range(5)]
+        for s in idle:  # each is closed by the server (recv returns b"", well before the client's 10 s)
+            assert s.recv(1) == b""
+            s.close()
+        assert server.n_workers == 3
+        assert get(url, "/index.html")[0] == 200  # served by a worker the idle ones freed
+        assert server.n_workers == 3
+    finally:
+        server.shutdown()
+        server.server_close()

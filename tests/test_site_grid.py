@@ -71,6 +71,20 @@ def test_default_view_shows_every_head_of_the_first_prompt(site):
         assert_only_local(s)
 
 
+def test_a_pack_image_that_is_not_a_png_is_refused_not_shown(site):
+    """Packs hold PNG only: an SVG in one (a script inside would run in the site's origin once opened) is an error
+    on the page, and no image of it is made."""
+    pack = datadir.figure_pack_path(site, MODEL, HASHES[1], "raw")
+    writer = storage.PackWriter(pack, 2, 3)
+    writer.add(0, 0, b'<svg xmlns="http://www.w3.org/2000/svg"><script>alert(document.domain)</script></svg>')
+    writer.close()
+    with browser_session(site) as s:
+        s.page.goto(s.url + f"index.html?prompts={HASHES[1]}&heads=L0H0")
+        s.page.wait_for_function("document.querySelector('#errors')?.textContent.includes('not a PNG image')")
+        assert "raw.pack: L0H0 is not a PNG image; packs hold PNG only" in s.page.inner_text("#errors")
+        assert s.page.eval_on_selector_all(".tile img", "imgs => imgs.length") == 0
+
+
 def test_select_heads_prompts_figures_and_restore_from_the_url(site):
     with browser_session(site) as s:
         page = s.page

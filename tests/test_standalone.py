@@ -297,3 +297,25 @@ def test_in_memory_fetch_answers_byte_ranges_as_serve_py(demo_data, tmp_path, na
     assert answers[5][0] == 416
     assert answers[6] == [200, None, list(data)]  # malformed (backwards): the whole file, as serve.py
     assert missing == 404
+
+
+def test_a_shared_file_names_no_local_path(tiny_checkpoint, tmp_path):
+    """A model computed from a local checkpoint dir and a figure's traceback both hold paths of this machine; the
+    one-file view, made to be mailed, holds neither."""
+    data, figs = tmp_path / "data", tmp_path / "figs"
+    (tmp_path / "p.jsonl").write_text('{"text": "one two three four five"}\n')
+    figs.mkdir()
+    (figs / "boom.py").write_text("from lens import figure\n\n@figure\ndef boom(attn):\n    raise ValueError('no')\n")
+    for script, *args in [("compute_activations.py", tiny_checkpoint, tmp_path / "p.jsonl"),
+                          ("render_figures.py", "--figures-dir", figs, "--jobs", "1")]:
+        r = subprocess.run([sys.executable, str(ROOT / script), *map(str, args), "--save-path", str(data)],
+                           capture_output=True, text=True, timeout=300)
+        assert r.returncode == 0, r.stderr
+    model = lens.model_dir_name(str(tiny_checkpoint))
+    traceback = next(data.rglob("boom.errors.json")).read_text()
+    assert str(ROOT) in traceback and str(tiny_checkpoint) in (data / model / "model_cfg.json").read_text()
+    out = tmp_path / "view.html"
+    assert build_html(data, out).returncode == 0
+    html = out.read_text()
+    assert "ValueError: no" in html and f'\\"model_name\\": \\"{model}\\"' in html  # the error and the model are there
+    assert str(ROOT) not in html and str(tiny_checkpoint.parent) not in html and str(tmp_path) not in html
