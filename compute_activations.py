@@ -18,6 +18,7 @@ From a notebook, with any model object that has the TransformerLens interface:
     compute_activations([{"text": "..."}], model, "attn_data", model_name="my-model")
 """
 import argparse
+import contextlib
 import json
 import os
 import random
@@ -418,7 +419,8 @@ def check_writable_dir(save_path: Path) -> None:
     save_path = Path(save_path)
     if save_path.exists() and not save_path.is_dir():
         raise lens.UserError(f"--save-path {save_path}: a file, not a directory")
-    if save_path.is_dir() and not is_data_dir(save_path) and any(not p.name.startswith(".")
+    # files of its own at its top, and no sign of ours (dirs alone may be another task's data dir, half made)
+    if save_path.is_dir() and not is_data_dir(save_path) and any(p.is_file() and not p.name.startswith(".")
                                                                         for p in save_path.iterdir()):
         raise lens.UserError(f"--save-path {save_path}: holds files and is not a data dir (no models.jsonl, no "
                              "<model>/model_cfg.json); name a new or empty dir, or a data dir")
@@ -430,11 +432,10 @@ def check_writable_dir(save_path: Path) -> None:
         save_path.mkdir(parents=True, exist_ok=True)
         tempfile.TemporaryFile(dir=save_path).close()
     except OSError as e:
-        raise lens.UserError(f"--save-path {save_path}: cannot be created or written ({e.strerror})") from None
-    finally:
-        for p in created:  # nothing is left behind by the check itself
-            if p.is_dir():
+        for p in created:  # a failed check leaves nothing behind (a dir the run would write into stays: another
+            with contextlib.suppress(OSError):  # task of an array may be writing there already)
                 p.rmdir()
+        raise lens.UserError(f"--save-path {save_path}: cannot be created or written ({e.strerror})") from None
 
 
 def computed_rows(save_path: Path, model: str) -> dict[str, dict]:

@@ -258,3 +258,31 @@ def test_figures_dir_flag_and_a_vanished_figures_dir(fake_data_dir, tmp_path):
     proc = run_cli("--save-path", str(fake_data_dir))
     assert proc.returncode == 0 and f"{tmp_path / 'gone'} (rendered with" in proc.stderr
     assert figure_names(fake_data_dir) == list(lens.load_figures()[0])
+
+
+@pytest.fixture
+def read_only(rendered_data_dir, tmp_path):
+    """rendered_data_dir seen through a read-only bind mount (skipped where this user cannot mount)."""
+    view = tmp_path / "read-only"
+    view.mkdir()
+    mounted = subprocess.run(["mount", "--bind", str(rendered_data_dir), str(view)], capture_output=True)
+    if mounted.returncode or subprocess.run(["mount", "-o", "remount,bind,ro", str(view)],
+                                            capture_output=True).returncode:
+        subprocess.run(["umount", str(view)], capture_output=True)
+        pytest.skip("no bind mounts here")
+    try:
+        yield view
+    finally:
+        subprocess.run(["umount", str(view)], check=True)
+
+
+def test_a_read_only_data_dir_indexes_when_nothing_changed_and_is_one_error_line_otherwise(read_only):
+    before = sorted((p.relative_to(read_only), p.stat().st_mtime_ns) for p in read_only.rglob("*") if p.is_file())
+    proc = run_cli("--save-path", str(read_only))
+    assert proc.returncode == 0, proc.stderr
+    r = subprocess.run([sys.executable, str(ROOT / "render_figures.py"), "--save-path", str(read_only), "--force",
+                        "--figures", "raw", "--jobs", "1"], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 1 and r.stderr.count("\n") == 1, r.stderr
+    assert r.stderr.startswith("error: ") and "Read-only file system" in r.stderr
+    after = sorted((p.relative_to(read_only), p.stat().st_mtime_ns) for p in read_only.rglob("*") if p.is_file())
+    assert after == before

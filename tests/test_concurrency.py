@@ -131,3 +131,16 @@ def test_a_writer_drops_only_the_temp_files_of_writers_that_are_gone(tmp_path):
     mine.file.write(b"mine")
     mine.commit()
     assert path.read_bytes() == b"mine" and sorted(tmp_path.iterdir()) == sorted([path, elsewhere])
+
+
+def test_the_save_path_check_keeps_what_another_task_may_be_writing(tmp_path):
+    """Array tasks start at once: the first one's check must not remove the dir the others write into, and a dir
+    holding only another task's half-made model dir is a data dir in the making, not someone else's folder."""
+    data = tmp_path / "shared" / "data"
+    ca.check_writable_dir(data)
+    assert data.is_dir()  # kept: another task may have found it there already
+    (data / "model" / "prompts").mkdir(parents=True)  # what another task has written so far
+    ca.check_writable_dir(data)
+    (data / "notes.txt").write_text("mine")
+    with pytest.raises(lens.UserError, match="holds files and is not a data dir"):
+        ca.check_writable_dir(data)
