@@ -110,7 +110,8 @@ def histogram(values: np.ndarray, bins: int) -> dict | None:
 
 def fill_tables(tables: dict[str, np.ndarray], update: Update) -> None:
     """The changed rows' values: from the row's latest part, then a stored prompt's stats.json
-    (render_figures.py) for the statistics that part does not have."""
+    (render_figures.py) for the statistics that part does not have; of each, only values its current code
+    computed (Update.follows): the others stay missing."""
     rows, groups = update.rows, {}
     for r, change in update.changes.items():
         if change.values:
@@ -120,11 +121,14 @@ def fill_tables(tables: dict[str, np.ndarray], update: Update) -> None:
             group[2].append(i)
     for part, at, source in groups.values():
         for s, name in enumerate(part.stats):
-            tables[name][np.array(at)] = finite(part.values[np.array(source), s])
-    for r, values in update.rendered.items():
-        latest = update.part_stats.get(rows.part_names[rows.part[r]], []) if rows.part[r] >= 0 else []
+            if update.follows(name, part.code.get(name)):
+                tables[name][np.array(at)] = finite(part.values[np.array(source), s])
+    for r, (values, code) in update.rendered.items():
+        part = rows.part_names[rows.part[r]] if rows.part[r] >= 0 else None
+        code_of_part = update.part_code.get(part, {})
+        latest = [n for n in update.part_stats.get(part, []) if update.follows(n, code_of_part.get(n))]
         for name, v in values.items():
-            if name not in latest:
+            if name not in latest and update.follows(name, code.get(name)):
                 tables[name][r] = finite(v)
 
 

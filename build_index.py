@@ -67,16 +67,17 @@ def index_model(save_path: Path, model: str, cfg: dict, figures: dict[str, lens.
     appended or rewritten, or all of them the first time. `parts`: only these (a view's data dir), from nothing;
     `remember`: keep the state for the next run. Returns the rows and the number of finished prompt dirs."""
     shape = (cfg["n_layers"], cfg["n_heads"])
+    current = {name: lens.code_of(f) for name, f in figures.items() if f.kind == "statistic"}
     stored = prompt_index.StoredPrompts.read(save_path, model)
     old = prompt_index.read_index_state(save_path, model) if parts is None else None
     if old is not None and prompt_index.state_holds(save_path, model, old, stored, shape):
-        update = prompt_index.plan_update(save_path, model, shape, stored, old)  # None: a statistic is new
+        update = prompt_index.plan_update(save_path, model, shape, stored, old, current=current)  # None: index anew
         try:
             if update is not None:
                 return write_update(save_path, model, shape, figures, update, stored, remember)
         except (lens.UserError, ValueError) as e:  # the rows written before are damaged: index anew
             print(f"build_index.py: warning: {e}; indexing {model} anew", file=sys.stderr)
-    update = prompt_index.plan_update(save_path, model, shape, stored, None, parts)
+    update = prompt_index.plan_update(save_path, model, shape, stored, None, parts, current)
     return write_update(save_path, model, shape, figures, update, stored, remember)
 
 

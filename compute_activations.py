@@ -19,6 +19,7 @@ From a notebook, with any model object that has the TransformerLens interface:
 """
 import argparse
 import contextlib
+import functools
 import json
 import os
 import random
@@ -39,6 +40,7 @@ import prompt_index
 import storage
 
 BATCH_SIZE = 8
+TIME_LIMIT = 60.0  # seconds a plug-in statistic may take on one head
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -59,6 +61,9 @@ def parse_args(argv=None) -> argparse.Namespace:
                    "its patterns stored, on which the heads' kinds are measured (docs/kinds.md); no PROMPTS needed")
     p.add_argument("--figures-dir", type=Path, default=lens.FIGURES_DIR,
                    help="where the @statistic plug-ins computed for every prompt live (default: figures/)")
+    p.add_argument("--time-limit", type=float, default=TIME_LIMIT, metavar="SECONDS",
+                   help="a plug-in statistic taking longer on one head fails there and is skipped for the rest of "
+                   "the run (default: %(default)s; 0: no limit)")
     p.add_argument("--save-path", type=lens.save_path_arg, default=lens.DEFAULT_SAVE_PATH,
                    help="data directory (default: %(default)s)")
     p.add_argument("--batch-size", type=lens.positive_int, default=BATCH_SIZE,
@@ -240,8 +245,12 @@ def plan_run(prompts: list[dict], model, *, save_path: Path, model_name: str, fo
     model_dir = lens.model_dir_name(model_name)
     registry = lens.load_figures_or_warn(figures_dir)
     statistics = [f for f in registry.values() if f.kind == "statistic"]
-    device_names = [name for name in forward.DEVICE_STATISTICS if name in registry]
-    plugins = [f for f in statistics if f.name not in forward.DEVICE_STATISTICS]
+    # the device computes a built-in statistic only where the figures dir defines it as figures/ does: a plug-in of
+    # the same name with other code is the user's definition, run on the host like any other
+    builtin = builtin_statistics()
+    device_names = [name for name in forward.DEVICE_STATISTICS
+                    if name in registry and lens.code_of(registry[name]) == builtin.get(name)]
+    plugins = [f for f in statistics if f.name not in device_names]
     store = (set() if patterns == "none" else None if patterns == "all"
              else sample_hashes(prompts, patterns, 0) if isinstance(patterns, int) else set(patterns))
     have_stats = {} if force else computed_rows(save_path, model_dir)
@@ -277,13 +286,14 @@ def compute_activations(prompts: list[dict | str], model, save_path: Path | str 
                         model_name: str | None = None, batch_size: int = BATCH_SIZE, force: bool = False,
                         progress: bool = True, heads: str | None = None, max_tokens: int | None = None,
                         n_workers: int | None = None, patterns: str | int | set = "all",
-                        figures_dir: Path = lens.FIGURES_DIR) -> dict:
+                        figures_dir: Path = lens.FIGURES_DIR, time_limit: float | None = TIME_LIMIT) -> dict:
     """Compute the head statistics of `prompts` for `model`, and save the attention patterns of those
     `patterns` names ("all", "none", a number of prompts to sample, or a set of prompt hashes); return a summary.
 
     `model` is anything with the TransformerLens interface (HookedTransformer, TransformerBridge,
     a wrapper passing calls through). Prompts already saved are skipped unless `force`; `heads`
-    (a spec such as `L0-3H*,L5H1`) stores only those heads; `max_tokens` truncates below n_ctx.
+    (a spec such as `L0-3H*,L5H1`) stores only those heads; `max_tokens` truncates below n_ctx; a plug-in
+    statistic taking over `time_limit` seconds on a head fails there and is skipped from then on.
     """
     from tqdm import tqdm
 
@@ -293,6 +303,8 @@ def compute_activations(prompts: list[dict | str], model, save_path: Path | str 
     for name, value in [("batch_size", batch_size), ("max_tokens", max_tokens), ("n_workers", n_workers)]:
         if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < 1):
             raise lens.UserError(f"{name}={value!r}: expected a positive integer")
+    if time_limit is not None and not (isinstance(time_limit, (int, float)) and time_limit >= 0):
+        raise lens.UserError(f"time_limit={time_limit!r}: expected seconds, 0 or more (None: no limit)")
     if not (patterns in ("all", "none") or isinstance(patterns, (set, frozenset, list, tuple))
             or (isinstance(patterns, int) and not isinstance(patterns, bool) and patterns >= 0)):
         raise lens.UserError(f"patterns={patterns!r}: expected 'all', 'none', a number of prompts or prompt hashes")
@@ -308,7 +320,7 @@ def compute_activations(prompts: list[dict | str], model, save_path: Path | str 
     bar = tqdm(total=len(plan.jobs), unit="prompt", desc=plan.model_dir, disable=not progress)
     stream = forward.PatternStream(n_workers or os.cpu_count() or 1, plan.plugins, save_path=save_path,
                                    model_dir=plan.model_dir, shape=(plan.n_layers, plan.n_heads), causal=plan.causal,
-                                   device=plan.device, with_norms=plan.grams is not None)
+                                   device=plan.device, with_norms=plan.grams is not None, time_limit=time_limit)
     try:
         results = []
         for batch in make_batches(plan.jobs, [j.n_tokens for j in plan.jobs], batch_size):
@@ -349,8 +361,8 @@ def checked_prompts(prompts) -> list[dict]:
 def run_batch(model, batch: list[forward.PromptJob], plan: RunPlan, stream: forward.PatternStream) -> list:
     """One forward pass, then this batch's part rows and prompt.json files, written on the writer thread in order."""
     opened, values = forward.forward_batch(model, batch, stream, plan.grams)
-    names = forward.DEVICE_STATISTICS
-    values = values[:, [names.index(n) for n in plan.part.meta["stats"] if n in names]]
+    names, stats = forward.DEVICE_STATISTICS, plan.part.meta["stats"]  # the device's statistics, then the plug-ins
+    values = values[:, [names.index(n) for n in stats[:len(stats) - len(plan.plugins)]]]
     to_str_tokens = forward.token_strings(model) if any(o.job.heads for o in opened) else None
     results = [stream.finish(finish_prompt, o, plan, to_str_tokens(o.job.ids)) for o in opened if o.job.heads]
     fresh = [i for i, job in enumerate(batch) if job.needs_stats]
@@ -406,6 +418,8 @@ def check_flags(args) -> None:
     """What argparse's types cannot check alone (counts are checked by lens.positive_int)."""
     if args.device_map and args.device:
         raise lens.UserError("--device-map and --device are exclusive: --device-map places the model itself")
+    if not args.time_limit >= 0:
+        raise lens.UserError(f"--time-limit {args.time_limit:g}: expected seconds, 0 or more (0: no limit)")
 
 
 def is_data_dir(path: Path) -> bool:
@@ -436,6 +450,13 @@ def check_writable_dir(save_path: Path) -> None:
             with contextlib.suppress(OSError):  # task of an array may be writing there already)
                 p.rmdir()
         raise lens.UserError(f"--save-path {save_path}: cannot be created or written ({e.strerror})") from None
+
+
+@functools.cache
+def builtin_statistics() -> dict[str, str]:
+    """{name: lens.code_of} of the statistics figures/ defines (those DeviceStats computes follow their code)."""
+    return {name: lens.code_of(f) for name, f in lens.load_figures(lens.FIGURES_DIR)[0].items()
+            if f.kind == "statistic"}
 
 
 def computed_rows(save_path: Path, model: str) -> dict[str, dict]:
@@ -516,7 +537,7 @@ def main(argv=None) -> None:
         model = forward.load_model(name, device, args.dtype, args.revision, step, args.device_map, args.n_devices)
         s = compute_activations(prompts, model, args.save_path, model_name=model_name, batch_size=args.batch_size,
                                 force=args.force, heads=args.heads, max_tokens=args.max_tokens, patterns=store,
-                                figures_dir=args.figures_dir)
+                                figures_dir=args.figures_dir, time_limit=args.time_limit or None)
         print(summary_line(s, args.save_path))
         del model
     from build_index import build_index

@@ -5,6 +5,7 @@ imports torch; compute_activations.py plans a run and drives it through here."""
 import inspect
 import math
 import threading
+import time
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -252,8 +253,9 @@ class PatternStream:
     GROUP_BYTES = 64 * 2**20  # float32 bytes of heads quantised at once on the device
 
     def __init__(self, n_workers: int, plugins: list[lens.Figure], *, save_path: Path, model_dir: str,
-                 shape: tuple[int, int], causal: bool, device, with_norms: bool):
+                 shape: tuple[int, int], causal: bool, device, with_norms: bool, time_limit: float | None = None):
         self.save_path, self.model_dir, self.shape = save_path, model_dir, shape
+        self.time_limit, self.timed_out = time_limit, set()  # seconds a plug-in may take on a head; those over it
         self.causal, self.device, self.with_norms = causal, device, with_norms
         self.compress = ThreadPoolExecutor(n_workers, thread_name_prefix="compress")
         self.write = ThreadPoolExecutor(1, thread_name_prefix="write")
@@ -322,13 +324,28 @@ class PatternStream:
         return storage.head_streams(stored[[k for k, h in enumerate(idx) if h in keep]]) if keep else []
 
     def _run_plugin(self, fig: lens.Figure, attn: np.ndarray, inputs: dict, job, layer: int, head: int) -> float:
+        """A user's statistic on one head; NaN, counted, when it fails. It runs in a worker thread, which nothing
+        can interrupt: a call over the time limit fails once it returns, and the statistic is skipped from then on
+        (render_figures.py's limit interrupts the call itself)."""
+        where = f"L{layer}H{head} of prompt {job.hash}"
+        if fig.name in self.timed_out:
+            return self._failed(fig, where, f"skipped after taking more than {self.time_limit:g} s on a head")
+        start = time.perf_counter()
         try:
-            return lens.statistic_value(lens.call_plugin(fig, attn, inputs))
+            value = lens.statistic_value(lens.call_plugin(fig, attn, inputs))
         except Exception as e:  # a user's statistic failing on one head must not stop the run
-            with self.lock:
-                self.plugin_errors.setdefault(fig.name, [f"{fig.source}: {fig.name} failed on L{layer}H{head} of "
-                                                         f"prompt {job.hash}: {type(e).__name__}: {e}", 0])[1] += 1
-            return math.nan
+            return self._failed(fig, where, f"{type(e).__name__}: {e}")
+        took = time.perf_counter() - start
+        if self.time_limit and took > self.time_limit:
+            self.timed_out.add(fig.name)
+            return self._failed(fig, where, f"took {took:.1f} s, more than --time-limit {self.time_limit:g} s; "
+                                "skipped for the rest of the run")
+        return value
+
+    def _failed(self, fig: lens.Figure, where: str, why: str) -> float:
+        with self.lock:
+            self.plugin_errors.setdefault(fig.name, [f"{fig.source}: {fig.name} failed on {where}: {why}", 0])[1] += 1
+        return math.nan
 
     def _append(self, writer: storage.PatternWriter | None, streams, nbytes: int) -> None:
         try:

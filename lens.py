@@ -489,6 +489,11 @@ def statistic(func: Callable) -> Callable:
     return func
 
 
+def code_of(fig: "Figure") -> str:
+    """The identity of a plug-in's code (a hash of its source): values computed by other code are not its values."""
+    return hashlib.sha256(inspect.getsource(fig.func).encode("utf-8")).hexdigest()[:16]
+
+
 def check_plugin_name(func: Callable) -> None:
     """A plug-in's name names its files (packs, errors): letters, digits, _ and - only, so it stays in its dir."""
     if not isinstance(func.__name__, str) or not _NAME_RE.match(func.__name__):

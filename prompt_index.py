@@ -19,14 +19,15 @@ INDEX_CHUNK_ROWS = 200  # rows per index/rows/<k>.jsonl: a page of search result
 
 INDEX_TEXT_CHARS = 300  # a row holds the text up to this length; prompt.json holds it whole
 
-INDEX_STATE_VERSION = 1
+INDEX_STATE_VERSION = 2
 
 
 @dataclass
 class Rows:
     """The index's rows as build_index.py keeps them between runs (index/state.json): per row its hash, token
     count, whether its patterns are stored, its latest part (-1: none) and probe kind; how far each part was read
-    ({name: [rows, bytes]}); the statistics' names."""
+    ({name: [rows, bytes]}); the statistics' names, and the code of those the figures dir defined ({name:
+    lens.code_of}): values of other code were left out."""
     hashes: list[str] = field(default_factory=list)
     n_tokens: list[int] = field(default_factory=list)
     stored: list[bool] = field(default_factory=list)
@@ -35,6 +36,7 @@ class Rows:
     part_names: list[str] = field(default_factory=list)
     read: dict[str, list[int]] = field(default_factory=dict)
     stats: list[str] = field(default_factory=list)
+    code: dict[str, str] = field(default_factory=dict)
 
     def __post_init__(self):
         self.position = {h: r for r, h in enumerate(self.hashes)}
@@ -65,7 +67,8 @@ def read_index_state(save_path: Path, model: str) -> Rows | None:
                 INDEX_STATE_VERSION, INDEX_CHUNK_ROWS, INDEX_TEXT_CHARS]:
             return None
         return Rows(state["hashes"], state["n_tokens"], [bool(s) for s in state["stored"]], state["part"],
-                    {int(r): p for r, p in state["probe"].items()}, state["part_names"], state["read"], state["stats"])
+                    {int(r): p for r, p in state["probe"].items()}, state["part_names"], state["read"], state["stats"],
+                    state["code"])
     except (OSError, ValueError, KeyError, TypeError):  # none yet, or our own file damaged: index anew
         return None
 
@@ -75,7 +78,8 @@ def write_index_state(save_path: Path, model: str, rows: Rows) -> None:
         {"version": INDEX_STATE_VERSION, "chunk_size": INDEX_CHUNK_ROWS, "text_chars": INDEX_TEXT_CHARS,
          "count": len(rows.hashes), "stats": rows.stats, "part_names": rows.part_names, "read": rows.read,
          "hashes": rows.hashes, "n_tokens": rows.n_tokens, "stored": [int(s) for s in rows.stored],
-         "part": rows.part, "probe": {str(r): p for r, p in rows.probe.items()}}, separators=(",", ":")).encode())
+         "part": rows.part, "probe": {str(r): p for r, p in rows.probe.items()}, "code": rows.code},
+        separators=(",", ":")).encode())
 
 
 @dataclass
@@ -323,20 +327,32 @@ def write_index(save_path: Path, model: str, rows: Rows, n_old: int, records: di
 @dataclass
 class Update:
     """What a run writes: the rows (those before n_old as written before), the rows to write, the stored prompts'
-    statistics of render_figures.py (by row), and each part's statistics and docs."""
+    statistics of render_figures.py (by row: values and the code that computed them), each part's statistics,
+    their code and docs, and the code of the statistics the figures dir defines."""
     rows: Rows
     n_old: int
     changes: dict[int, Change]
-    rendered: dict[int, dict[str, np.ndarray]]
+    rendered: dict[int, tuple[dict[str, np.ndarray], dict[str, str]]]
     part_stats: dict[str, list[str]]
+    part_code: dict[str, dict[str, str]]
     docs: dict[str, str]
+    current: dict[str, str]
+
+    def follows(self, name: str, code: str | None) -> bool:
+        """Whether values of `name` computed by `code` are its values now: the figures dir's statistic of that name
+        has that code. Values of a statistic it does not define, or of code not recorded, are kept."""
+        return name not in self.current or code is None or code == self.current[name]
 
 
 def plan_update(save_path: Path, model: str, shape: tuple[int, int], stored: StoredPrompts, old: Rows | None,
-                parts: list[storage.Part] | None = None) -> Update | None:
-    """The update from the last run's rows (`old`; None: from nothing); None when a statistic is new, which
-    rows indexed before may have, or a row indexed before was computed again: then everything is indexed anew."""
-    rows = old or Rows()
+                parts: list[storage.Part] | None = None, current: dict[str, str] | None = None) -> Update | None:
+    """The update from the last run's rows (`old`; None: from nothing), with `current` the code of the statistics
+    the figures dir defines. None when a statistic is new or its code changed, which rows indexed before may
+    have, or a row indexed before was computed again: then everything is indexed anew."""
+    current = current or {}
+    if old is not None and old.code != current:
+        return None
+    rows = old or Rows(code=current)
     n_old = len(rows.hashes)
     if parts is None:
         parts = storage.read_parts(save_path, model, {n: tuple(v) for n, v in rows.read.items()})
@@ -351,14 +367,14 @@ def plan_update(save_path: Path, model: str, shape: tuple[int, int], stored: Sto
         return None  # a row written before has new meta, so new words: the word shards are written anew
     rendered = {}
     for r, change in changes.items():
-        if change.stored and (values := read_rendered_stats(save_path, model, rows.hashes[r], shape)):
-            rendered[r] = values
-    names = set().union(*(p.stats for p in parts), *rendered.values())
+        if change.stored and (found := read_rendered_stats(save_path, model, rows.hashes[r], shape))[0]:
+            rendered[r] = found
+    names = set().union(*(p.stats for p in parts), *(values for values, _ in rendered.values()))
     if old is not None and names - set(old.stats):
         return None
     rows.stats = sorted(names | set(rows.stats))
-    return Update(rows, n_old, changes, rendered, {p.name: p.stats for p in parts},
-                  {name: doc for part in parts for name, doc in part.docs.items()})
+    return Update(rows, n_old, changes, rendered, {p.name: p.stats for p in parts}, {p.name: p.code for p in parts},
+                  {name: doc for part in parts for name, doc in part.docs.items()}, current)
 
 
 def state_holds(save_path: Path, model: str, rows: Rows, stored: StoredPrompts, shape: tuple[int, int]) -> bool:
@@ -380,10 +396,12 @@ def state_holds(save_path: Path, model: str, rows: Rows, stored: StoredPrompts, 
             and count == len(rows.hashes))
 
 
-def read_rendered_stats(save_path: Path, model: str, phash: str, shape: tuple[int, int]) -> dict[str, np.ndarray]:
-    """A stored prompt's stats.json (render_figures.py); {} when it has none, a warning when it is unreadable."""
+def read_rendered_stats(save_path: Path, model: str, phash: str,
+                        shape: tuple[int, int]) -> tuple[dict[str, np.ndarray], dict[str, str]]:
+    """A stored prompt's stats.json (render_figures.py) and its code; empty when it has none, a warning when it is
+    unreadable."""
     try:
         return storage.read_prompt_stats(save_path, model, phash, shape)
     except lens.UserError as e:
         print(f"build_index.py: warning: {e}; left out of the statistics", file=sys.stderr)
-        return {}
+        return {}, {}

@@ -204,8 +204,10 @@ def render_prompt_heads(save_path: Path, model: str, phash: str, force: bool, co
     patterns = storage.load_patterns(save_path, model, phash)
     shape = (patterns.n_layers, patterns.n_heads)
     figs = [f for f in _FIGURES if f.kind != "statistic"]
-    old_stats = storage.read_prompt_stats(save_path, model, phash, shape)
-    stats = [s for s in _FIGURES if s.kind == "statistic" and (force or s.name not in old_stats)]
+    old_stats, old_code = storage.read_prompt_stats(save_path, model, phash, shape)
+    # a statistic whose code changed since it was computed here is computed again
+    stats = [s for s in _FIGURES if s.kind == "statistic"
+             and (force or s.name not in old_stats or old_code.get(s.name, lens.code_of(s)) != lens.code_of(s))]
     norms = None
     if any("value_norms" in f.options["inputs"] for f in figs + stats):
         norms = storage.read_value_norms(save_path, model, phash, shape + (patterns.n_tokens,))
@@ -244,7 +246,8 @@ def render_prompt_heads(save_path: Path, model: str, phash: str, force: bool, co
         for pack in packs.values():
             pack.abort()
     if stats:
-        write_prompt_stats(save_path, model, phash, {**old_stats, **values})
+        write_prompt_stats(save_path, model, phash, {**old_stats, **values},
+                           {**old_code, **{s.name: lens.code_of(s) for s in stats}})
 
 
 def done(prompt: tuple, output: str) -> bool:
@@ -328,9 +331,10 @@ def export_svg(save_path: Path, spec: str, out: Path | None) -> None:
         raise lens.UserError(f"-o {out}: cannot write it ({e.strerror})") from None
 
 
-def write_prompt_stats(save_path: Path, model: str, phash: str, stats: dict[str, np.ndarray]) -> None:
+def write_prompt_stats(save_path: Path, model: str, phash: str, stats: dict[str, np.ndarray],
+                       code: dict[str, str]) -> None:
     lens.write_json(datadir.prompt_stats_path(save_path, model, phash),
-                    {name: storage.nan_as_null(v) for name, v in stats.items()})
+                    {**{name: storage.nan_as_null(v) for name, v in stats.items()}, storage.CODE_KEY: code})
 
 
 

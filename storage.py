@@ -23,7 +23,7 @@ import struct
 import tempfile
 import time
 import zlib
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
 
@@ -284,6 +284,7 @@ class Part:
     values: np.ndarray
     first_row: int = 0
     end_byte: int = 0
+    code: dict[str, str] = field(default_factory=dict)  # {name: lens.code_of} of its statistics ({}: not recorded)
 
     @property
     def name(self) -> str:
@@ -300,7 +301,7 @@ class StatsPart:
         self.header = datadir.parts_dir(save_path, model_dir) / f"{run}.json"
         # the docs travel with the values: the site shows them whichever figures dir build_index.py reads
         self.meta = {"stats": [f.name for f in stats], "docs": {f.name: inspect.getdoc(f.func) or "" for f in stats},
-                     "n_layers": n_layers, "n_heads": n_heads}
+                     "code": {f.name: lens.code_of(f) for f in stats}, "n_layers": n_layers, "n_heads": n_heads}
         self.rows = 0
 
     def append(self, rows: list[dict], values: np.ndarray) -> None:
@@ -344,7 +345,7 @@ def read_parts(save_path: Path, model: str, start: dict[str, tuple[int, int]] | 
                             f"in {lines}")
         parts.append(Part(header, meta["stats"], meta.get("docs", {}), rows,
                           values[first_row * per_row:end_row * per_row].reshape(len(rows), *shape),
-                          first_row, first_byte + len(complete)))
+                          first_row, first_byte + len(complete), meta.get("code", {})))
     return parts
 
 
@@ -357,13 +358,21 @@ def nan_as_null(values) -> list:
             for row in np.array(values, np.float64).tolist()]
 
 
-def read_prompt_stats(save_path: Path, model: str, phash: str, shape: tuple[int, int]) -> dict[str, np.ndarray]:
-    """A prompt's statistics as {name: float64 [n_layers, n_heads]}, NaN where undefined; {} before any."""
+CODE_KEY = "#code"  # stats.json's {name: lens.code_of} of the code that computed each (no statistic is so named)
+
+
+def read_prompt_stats(save_path: Path, model: str, phash: str,
+                      shape: tuple[int, int]) -> tuple[dict[str, np.ndarray], dict[str, str]]:
+    """A prompt's statistics as {name: float64 [n_layers, n_heads]}, NaN where undefined, and the code that
+    computed them ({name: lens.code_of}, where recorded); ({}, {}) before any."""
     path = datadir.prompt_stats_path(save_path, model, phash)
     if not path.exists():
-        return {}
-    stats = {}
-    for name, values in lens.read_json(path).items():
+        return {}, {}
+    stats, found = {}, lens.read_json(path)
+    code = found.pop(CODE_KEY, {})
+    if not isinstance(code, dict):
+        raise lens.UserError(f"{path}: {CODE_KEY} is not an object; delete the file and re-run render_figures.py")
+    for name, values in found.items():
         try:
             stats[name] = np.array(values, np.float64)
             ok = stats[name].shape == shape
@@ -372,7 +381,7 @@ def read_prompt_stats(save_path: Path, model: str, phash: str, shape: tuple[int,
         if not ok:
             raise lens.UserError(f"{path}: {name} is not a {shape[0]} x {shape[1]} table of numbers; "
                             "delete the file and re-run render_figures.py")
-    return stats
+    return stats, code
 
 
 def read_value_norms(save_path: Path, model: str, phash: str, shape: tuple[int, int, int]) -> np.ndarray | None:

@@ -382,7 +382,8 @@ function renderStats() {
   const { stats } = data, { promptStats } = view, layer = Number(state.layer), head = Number(state.head);
   renderKinds(state.model, layer, head);
   $("stats-panel").classList.toggle("hidden", !stats && !promptStats);
-  const rows = Object.keys(stats?.stats || promptStats || {}).map((name) => {
+  // stats.json's "#code" names the code that computed its values: not a statistic
+  const rows = Object.keys(stats?.stats || promptStats || {}).filter((name) => !name.startsWith("#")).map((name) => {
     const ranked = stats?.stats[name] ? rankHeads(statMeans(stats, name)) : [];
     const mine = ranked.find((h) => h.layer === layer && h.head === head);
     return el("tr", { title: stats?.stats[name]?.doc || "" },

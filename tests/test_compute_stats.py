@@ -356,3 +356,42 @@ def test_a_rerun_with_another_max_tokens_or_new_meta_computes_those_prompts_agai
     assert {h: r for h, r in latest.items() if h != lens.prompt_hash(TEXTS[0])} == {
         h: r for h, r in full.items() if h != lens.prompt_hash(TEXTS[0])}
     assert [r["hash"] for r in index_rows(data, "model")] == list(full)  # the rows keep their places
+
+
+def test_a_statistics_values_follow_its_current_code(prompts_file, tmp_path):
+    """A plug-in that redefines a statistic of the compute run (or a statistic whose code changed) takes effect
+    with render_figures.py --force on the stored prompts; the prompts only a run of the old code computed have no
+    value until compute_activations.py --force; the site's docstring is always the code's whose values it shows."""
+    data, mine = tmp_path / "data", tmp_path / "mine"
+    run_main(DEMO, prompts_file, "--patterns", "4", "--save-path", data)
+    mine.mkdir()
+    (mine / "bos.py").write_text("from lens import statistic\n\n@statistic\ndef bos(attn):\n"
+                                 "    '''A half, everywhere.'''\n    return 0.5\n")
+    r = subprocess.run([sys.executable, str(ROOT / "render_figures.py"), "--save-path", str(data), "--force",
+                        "--figures-dir", str(mine), "--jobs", "1"], capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr
+    index, tables = stat_tables(data)
+    rows = index_rows(data, "model")
+    kept = np.array([r["stored"] for r in rows])
+    assert kept.sum() == 4 and (tables["bos"][kept] == 0.5).all() and np.isnan(tables["bos"][~kept]).all()
+    assert index["stats"]["bos"]["doc"] == "A half, everywhere."
+    assert np.isfinite(tables["entropy"]).all()  # a statistic mine does not redefine keeps its values
+    run_main(DEMO, prompts_file, "--patterns", "4", "--save-path", data, "--force", "--figures-dir", mine)
+    _, tables = stat_tables(data)
+    assert (tables["bos"] == 0.5).all()
+
+
+def test_a_plugin_statistic_over_the_time_limit_fails_and_is_skipped_from_then_on(demo_model, tmp_path, capsys):
+    figs = tmp_path / "figs"
+    figs.mkdir()
+    (figs / "slow.py").write_text("import time\n\nfrom lens import statistic\n\n@statistic\ndef slow(attn):\n"
+                                  "    time.sleep(0.3)\n    return 1.0\n")
+    s = ca.compute_activations(TEXTS[:3], demo_model, tmp_path / "data", model_name="model", patterns="none",
+                               figures_dir=figs, progress=False, time_limit=0.1)
+    n_heads = demo_model.cfg.n_layers * demo_model.cfg.n_heads
+    assert s["failed"] == 3 * n_heads  # each head: over the limit, or skipped after one was
+    err = capsys.readouterr().err
+    assert "more than --time-limit 0.1 s; skipped for the rest of the run" in err or "skipped after taking" in err
+    build_index(tmp_path / "data")
+    _, tables = stat_tables(tmp_path / "data")
+    assert s["done"] == 3 and tables["slow"].shape[0] == 3 and np.isnan(tables["slow"]).all()  # the run went on
