@@ -200,18 +200,20 @@ def test_a_plugin_statistic_that_fails_at_compute_time_is_missing_there_and_coun
     figs.mkdir()
     (figs / "picky.py").write_text("from lens import statistic\n\n@statistic\ndef picky(attn):\n"
                                    "    if len(attn) > 8:\n        raise ValueError('too long')\n    return 1.0\n\n"
-                                   "@statistic\ndef endless(attn):\n    return float('inf')\n")
+                                   "@statistic\ndef endless(attn):\n    return float('inf')\n\n"
+                                   "@statistic\ndef quits(attn):\n    raise SystemExit(5)\n")
     texts = TEXTS[:6]
     lengths = [len(ca.tokenize(demo_model.to_tokens, t)) for t in texts]
     s = ca.compute_activations(texts, demo_model, tmp_path / "data", model_name="model", patterns="none",
                                figures_dir=figs, progress=False)
     n_heads = demo_model.cfg.n_layers * demo_model.cfg.n_heads
     long = sum(n > 8 for n in lengths)
-    failed = long * n_heads + len(texts) * n_heads  # picky on every head of a long prompt, endless everywhere
+    failed = long * n_heads + 2 * len(texts) * n_heads  # picky on every head of a long prompt, the others on all
     assert 0 < long < len(texts) and s["failed"] == failed
     warning = capsys.readouterr().err
     assert "picky failed on L" in warning and f"{long * n_heads} value(s) of it failed in all" in warning
     assert "endless failed on L" in warning and "returned inf" in warning
+    assert "quits failed on L" in warning and "quits called sys.exit(5)" in warning  # the run went on
     assert f"; {failed} statistic value(s) failed" in ca.summary_line(s, tmp_path / "data")
     build_index(tmp_path / "data")
     _, tables = stat_tables(tmp_path / "data")

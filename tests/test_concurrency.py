@@ -15,6 +15,7 @@ from fake_data import index_rows, read_stats
 import compute_activations as ca
 import datadir
 import forward
+import kinds
 import lens
 import storage
 from build_index import build_index
@@ -144,3 +145,23 @@ def test_the_save_path_check_keeps_what_another_task_may_be_writing(tmp_path):
     (data / "notes.txt").write_text("mine")
     with pytest.raises(lens.UserError, match="holds files and is not a data dir"):
         ca.check_writable_dir(data)
+
+
+def test_the_kinds_do_not_depend_on_how_the_prompts_were_sharded(tmp_path):
+    """More stored prompts than the kinds' shape features read (kinds.MAX_SHAPE_PROMPTS): one run, and two shards
+    run in either order, index their rows in three orders and give one heads.json."""
+    model = forward.load_model(str(DEMO), "cpu", "float32")
+    texts = [f"{t} and then {WORDS[i % len(WORDS)]} again" for i, t in enumerate(TEXTS + TEXTS[::-1])]
+    assert len(set(texts)) > kinds.MAX_SHAPE_PROMPTS
+    heads, orders = [], []
+    for name, shards in [("one", [None]), ("first-second", [(1, 2), (2, 2)]), ("second-first", [(2, 2), (1, 2)])]:
+        data = tmp_path / name
+        for shard in shards:
+            chosen = [t for t in texts if lens.in_shard(lens.prompt_hash(t), shard)]
+            ca.compute_activations(chosen, model, data, model_name="model", progress=False)
+        build_index(data)
+        orders.append([r["hash"] for r in index_rows(data, "model")])
+        record = lens.read_json(datadir.heads_json_path(data, "model"))
+        heads.append([[(sorted(k["name"] for k in h["kinds"]), h["features"]) for h in row] for row in record["heads"]])
+    assert orders[1] != orders[2]  # the rows were indexed in another order
+    assert heads[1] == heads[0] and heads[2] == heads[0]

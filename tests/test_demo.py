@@ -134,6 +134,7 @@ def test_stored_statistics_rank_the_known_heads_first(demo_data, final_scores):
     ranking."""
     stats = [json.loads(datadir.prompt_stats_path(demo_data, MODEL, lens.prompt_hash(t)).read_text())
              for t in repeated_texts()]
+    assert all(s.pop(storage.CODE_KEY).keys() == s.keys() for s in stats)  # which code computed each statistic
     mean = {name: np.mean([s[name] for s in stats], axis=0) for name in stats[0]}
     assert top_heads(mean["previous_token_head"], 1) == [PREVIOUS_TOKEN_HEAD]
     assert sorted(top_heads(mean["induction_head"], len(INDUCTION_HEADS))) == INDUCTION_HEADS
