@@ -153,14 +153,16 @@ def forward_patterns(model, tokens, on_layer, last_layer: int, attention_mask=No
     kwargs = {"attention_mask": attention_mask} if attention_mask is not None else {}
 
     def pattern_hook(pattern, hook):
-        if hook.layer() <= last_layer:
-            on_layer(hook.layer(), pattern.detach())
-        if hook.layer() >= last_layer:
+        layer = hook.layer()
+        if layer <= last_layer:
+            on_layer(layer, pattern.detach())
+        if layer >= last_layer:
             raise StopForward
 
     def value_hook(v, hook):
-        if hook.layer() <= last_layer:
-            on_values(hook.layer(), v.detach())
+        layer = hook.layer()
+        if layer <= last_layer:
+            on_values(layer, v.detach())
 
     hooks = [(is_pattern_hook, pattern_hook)] + ([(is_value_hook, value_hook)] if on_values else [])
     with torch.inference_mode():

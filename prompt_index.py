@@ -84,7 +84,8 @@ def write_index_state(save_path: Path, model: str, rows: Rows) -> None:
 
 @dataclass
 class Change:
-    """A row to (re)write: `base`, the prompt's first record (a part's row; None: the row as written before),
+    """A row to (re)write: `base`, the prompt's record its meta comes from (its latest part's row, or its
+    prompt.json when no part has it; None: the row as written before),
     `stored`, its prompt.json's record when new or changed, `values`, (part, row) its statistics come from."""
     base: dict | None = None
     stored: dict | None = None
@@ -131,7 +132,7 @@ def index_record(info: dict) -> dict:
 
 
 def row_record(base: dict, stored: dict | None) -> dict:
-    """A prompt's row: the meta of its first record (`base`), the rest of its prompt.json when stored (with the
+    """A prompt's row: the meta of `base` (Change.base), the rest of its prompt.json when stored (with the
     files of its dir the site may ask for), else of `base`."""
     source = stored or base
     return {**index_record({**source, "meta": base.get("meta", {})}), "stored": stored is not None,
