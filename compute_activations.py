@@ -33,6 +33,7 @@ import numpy as np
 
 import aggregate
 import datadir
+import examples
 import forward
 import kinds
 import lens
@@ -41,6 +42,7 @@ import storage
 
 BATCH_SIZE = 8
 TIME_LIMIT = 60.0  # seconds a plug-in statistic may take on one head
+SUMS_SECONDS = 60.0  # how often a run saves its look-back and token totals (a killed run keeps those)
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -59,6 +61,22 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--probe", action="store_true",
                    help="also compute the shipped probe set (probe.jsonl: repeated random words and a little prose), "
                    "its patterns stored, on which the heads' kinds are measured (docs/kinds.md); no PROMPTS needed")
+    p.add_argument("--examples", action="store_true",
+                   help="only choose each head's examples from the statistics already computed (every part in the "
+                   "data dir: run it once shards are together) and fetch their attention; no PROMPTS needed")
+    p.add_argument("--no-examples", action="store_true", help="do not choose examples at the end of the run")
+    d = examples.Sampling()
+    p.add_argument("--examples-intervals", type=lens.positive_int, default=d.intervals, metavar="Q",
+                   help="quantile intervals of each head's activation, sampled apart (default: %(default)s)")
+    p.add_argument("--examples-per-interval", type=lens.positive_int, default=d.per_interval, metavar="K",
+                   help="seeded examples kept from each interval but the highest (default: %(default)s)")
+    p.add_argument("--examples-top", type=lens.positive_int, default=d.top, metavar="K",
+                   help="the highest interval keeps its K highest prompts (default: %(default)s)")
+    p.add_argument("--examples-keys", type=lens.positive_int, default=d.keys_per_row, metavar="K",
+                   help="an example keeps the K largest weights of each query row (default: %(default)s)")
+    p.add_argument("--examples-threshold", type=float, default=d.threshold, metavar="W",
+                   help="... of those, the ones at least W (default: %(default)s)")
+    p.add_argument("--examples-seed", type=int, default=d.seed, help="the examples' sampling seed (default: 0)")
     p.add_argument("--figures-dir", type=Path, default=lens.FIGURES_DIR,
                    help="where the @statistic plug-ins computed for every prompt live (default: figures/)")
     p.add_argument("--time-limit", type=float, default=TIME_LIMIT, metavar="SECONDS",
@@ -233,6 +251,7 @@ class RunPlan:
     limit: int
     device: object  # where the model's first parameters live: batches go there
     grams: list | None  # see output_grams
+    sums: forward.HeadSums | None = None  # this run's look-back and token totals (None: no prompt is fresh)
 
 
 def plan_run(prompts: list[dict], model, *, save_path: Path, model_name: str, force: bool, heads: str | None,
@@ -277,9 +296,11 @@ def plan_run(prompts: list[dict], model, *, save_path: Path, model_name: str, fo
                                       phash not in have_stats or stale))
     part = storage.StatsPart(save_path, model_dir, [registry[n] for n in device_names] + plugins, n_layers, n_heads)
     needs_norms = any(j.heads for j in jobs) or any("value_norms" in f.options["inputs"] for f in plugins)
+    sums = (forward.HeadSums(n_layers, n_heads, cfg.d_vocab, forward.model_device(model))
+            if any(j.needs_stats for j in jobs) else None)
     return RunPlan(save_path, model_name, model_dir, n_layers, n_heads, forward.is_causal(model), jobs,
                    len(prompts) - len(jobs), wanted, plugins, part, limit, forward.model_device(model),
-                   forward.output_grams(model, needs_norms))
+                   forward.output_grams(model, needs_norms), sums)
 
 
 def compute_activations(prompts: list[dict | str], model, save_path: Path | str = lens.DEFAULT_SAVE_PATH,
@@ -322,10 +343,15 @@ def compute_activations(prompts: list[dict | str], model, save_path: Path | str 
                                    model_dir=plan.model_dir, shape=(plan.n_layers, plan.n_heads), causal=plan.causal,
                                    device=plan.device, with_norms=plan.grams is not None, time_limit=time_limit)
     try:
-        results = []
+        results, flushed = [], time.monotonic()
         for batch in make_batches(plan.jobs, [j.n_tokens for j in plan.jobs], batch_size):
             results += run_batch(model, batch, plan, stream)
             bar.update(len(batch))
+            if plan.sums is not None and time.monotonic() - flushed > SUMS_SECONDS:
+                stream.finish(plan.part.write_sums, plan.sums.snapshot())  # after the rows it covers
+                flushed = time.monotonic()
+        if plan.sums is not None:
+            stream.finish(plan.part.write_sums, plan.sums.snapshot())
         stream.drain()
         n_bytes = sum(f.result() for f in results)
     except BaseException:
@@ -360,7 +386,7 @@ def checked_prompts(prompts) -> list[dict]:
 
 def run_batch(model, batch: list[forward.PromptJob], plan: RunPlan, stream: forward.PatternStream) -> list:
     """One forward pass, then this batch's part rows and prompt.json files, written on the writer thread in order."""
-    opened, values = forward.forward_batch(model, batch, stream, plan.grams)
+    opened, values = forward.forward_batch(model, batch, stream, plan.grams, plan.sums)
     names, stats = forward.DEVICE_STATISTICS, plan.part.meta["stats"]  # the device's statistics, then the plug-ins
     values = values[:, [names.index(n) for n in stats[:len(stats) - len(plan.plugins)]]]
     to_str_tokens = forward.token_strings(model) if any(o.job.heads for o in opened) else None
@@ -418,6 +444,10 @@ def check_flags(args) -> None:
     """What argparse's types cannot check alone (counts are checked by lens.positive_int)."""
     if args.device_map and args.device:
         raise lens.UserError("--device-map and --device are exclusive: --device-map places the model itself")
+    if args.examples and (args.top or args.probe or args.prompts):
+        raise lens.UserError("--examples chooses from what is computed: no PROMPTS, --top or --probe with it")
+    if args.examples and args.no_examples:
+        raise lens.UserError("--examples and --no-examples contradict each other")
     if not args.time_limit >= 0:
         raise lens.UserError(f"--time-limit {args.time_limit:g}: expected seconds, 0 or more (0: no limit)")
 
@@ -512,7 +542,16 @@ def main(argv=None) -> None:
     steps = parse_steps(args.checkpoint)
     names = [m.strip() for m in args.models.split(",") if m.strip()]
     runs = [(name, step, name if step is None else f"{name}@step{step}") for name in names for step in steps]
-    if args.top:
+    sampling = examples.Sampling(args.examples_intervals, args.examples_per_interval, args.examples_top,
+                                 args.examples_keys, args.examples_threshold, args.examples_seed)
+    sampling.check()
+    if args.examples:
+        for *_, model_name in runs:
+            if not datadir.parts_dir(args.save_path, lens.model_dir_name(model_name)).is_dir():
+                raise lens.UserError(f"--examples: {model_name} has no statistics in {args.save_path}; "
+                                     "compute its prompts first")
+        work = {model_name: ([], "none") for _, _, model_name in runs}
+    elif args.top:
         work = {model_name: top_prompts(args.save_path, model_name, args.top, args.stat) for _, _, model_name in runs}
     else:
         if args.prompts is None and not args.probe:
@@ -535,10 +574,17 @@ def main(argv=None) -> None:
     for name, step, model_name in runs:
         prompts, store = work[model_name]
         model = forward.load_model(name, device, args.dtype, args.revision, step, args.device_map, args.n_devices)
-        s = compute_activations(prompts, model, args.save_path, model_name=model_name, batch_size=args.batch_size,
-                                force=args.force, heads=args.heads, max_tokens=args.max_tokens, patterns=store,
-                                figures_dir=args.figures_dir, time_limit=args.time_limit or None)
-        print(summary_line(s, args.save_path))
+        if not args.examples:
+            s = compute_activations(prompts, model, args.save_path, model_name=model_name, batch_size=args.batch_size,
+                                    force=args.force, heads=args.heads, max_tokens=args.max_tokens, patterns=store,
+                                    figures_dir=args.figures_dir, time_limit=args.time_limit or None)
+            print(summary_line(s, args.save_path))
+        if args.examples or not (shard or args.no_examples):
+            examples.compute_examples(model, args.save_path, lens.model_dir_name(model_name), sampling,
+                                      args.batch_size)
+        elif shard:
+            print(f"{model_name}: examples are chosen over every prompt: once the shards are together, run "
+                  f"`python compute_activations.py {name} --examples --save-path {args.save_path}`", file=sys.stderr)
         del model
     from build_index import build_index
     build_index(args.save_path)

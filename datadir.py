@@ -109,6 +109,27 @@ def heads_json_path(save_path: Path, model: str) -> Path:
     return Path(save_path) / model / "heads.json"
 
 
+def examples_index_path(save_path: Path, model: str) -> Path:
+    """Where each head's examples and each example prompt's tokens sit in examples.bin, and the sampling's settings
+    (compute_activations.py writes both; see examples.py)."""
+    return Path(save_path) / model / "examples.json"
+
+
+def examples_path(save_path: Path, model: str) -> Path:
+    """One JSON block per head (its examples with their sparse attention) and per example prompt (its tokens)."""
+    return Path(save_path) / model / "examples.bin"
+
+
+def head_pages_index_path(save_path: Path, model: str) -> Path:
+    """Where each head's block sits in head_pages.bin (build_index.py writes both; see head_pages.py)."""
+    return Path(save_path) / model / "head_pages.json"
+
+
+def head_pages_path(save_path: Path, model: str) -> Path:
+    """One JSON block per head: every statistic's value, rank and histogram, its look-back and top tokens."""
+    return Path(save_path) / model / "head_pages.bin"
+
+
 def parts_dir(save_path: Path, model: str) -> Path:
     """Each compute run's statistics part (storage.StatsPart writes them, storage.read_parts reads them)."""
     return Path(save_path) / model / "parts"

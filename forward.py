@@ -398,7 +398,9 @@ def quantize_on_device(attn, keep) -> torch.Tensor:
     return q.view(torch.uint8).view(len(q), -1, 2).transpose(1, 2).contiguous()  # little-endian: low byte first
 
 
-DEVICE_STATISTICS = ("bos", "diagonal", "entropy", "previous_token_head", "duplicate_token_head", "induction_head")
+DEVICE_STATISTICS = ("bos", "diagonal", "entropy", "previous_token_head", "duplicate_token_head", "induction_head",
+                     "max_attention", "qk_distance", "qk_distance_variance")
+LOOKBACK_EDGES = (0, 1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 2048, 4096)  # bin i: [edge i, edge i+1); last: 4096+
 
 
 class DeviceStats:
@@ -407,12 +409,17 @@ class DeviceStats:
 
     Each layer costs a gather, two reductions and three small matmuls; their sums are kept per layer and
     turned into the statistics once per batch (`values`). What depends only on the tokens (padding, the
-    (query, key) pairs where a token repeats) is found on the host with numpy and sent over once."""
+    (query, key) pairs where a token repeats) is found on the host with numpy and sent over once.
+    The look-back statistics come from the attention mass at each exact distance q - k, summed over the real
+    queries (one gather that skews each row so that its distances line up, then one matmul); `sums`, when
+    given, also takes that mass and each token's query- and key-side mass for the model-wide totals."""
 
     GROUP_BYTES = 64 * 2**20  # float32 bytes of one entropy pass
 
-    def __init__(self, n: np.ndarray, tokens: np.ndarray, device, n_layers: int, n_heads: int):
-        """`tokens`: the batch [batch, width], right-padded, on the host; `n`: each prompt's length."""
+    def __init__(self, n: np.ndarray, tokens: np.ndarray, device, n_layers: int, n_heads: int,
+                 causal: bool = True, sums: "HeadSums | None" = None, fresh: np.ndarray | None = None):
+        """`tokens`: the batch [batch, width], right-padded, on the host; `n`: each prompt's length; `fresh`: the
+        prompts whose statistics are new (only those go into `sums`)."""
         b, width = tokens.shape
         q = np.arange(width)
         valid = (q[None] < n[:, None]).astype(np.float32)  # [batch, pos]: a real query
@@ -436,24 +443,66 @@ class DeviceStats:
             return torch.from_numpy(np.ascontiguousarray(a)).to(device=device, dtype=dtype)
         self.idx = put(idx, torch.long)[:, None].expand(-1, n_heads, -1)
         self.weights, self.rows = put(weights, torch.float32), put(rows, torch.float32)
+        self.valid, self.after_first = put(valid, torch.float32), put(after_first, torch.float32)
+        self.n, self.causal, self.sums = n, causal, sums
         self.defined = n >= 2  # detect_head refuses one-token prompts; the means need two
         # per layer: the five linear sums; sum(A) over the real queries (detect_head's denominator) and the
         # mean entropy of those after the first, each read from a product with both row weights
         self.linear = torch.empty((n_layers, b, n_heads, 5), device=device)
         self.total = torch.empty((n_layers, b, n_heads, 2), device=device)
         self.entropy = torch.empty((n_layers, b, n_heads, 2), device=device)
+        self.peak = torch.zeros((n_layers, b, n_heads), device=device)
+        self.by_distance = torch.empty((n_layers, b, n_heads, width), device=device)  # mass at q - k = d
+        # where a skewed row's slot d reads key q - d (and q + d for an encoder); the slots past the row's start
+        # are zeroed by `behind`
+        d = np.arange(width)
+        self.back = put(np.maximum(q[:, None] - d[None], 0), torch.long)
+        self.behind = put(q[:, None] >= d[None], torch.bool)
+        if not causal:
+            self.ahead_idx = put(np.minimum(q[:, None] + d[None], width - 1), torch.long)
+            self.ahead = put((q[:, None] + d[None] < width) & (d[None] >= 1), torch.bool)
+        if sums is not None:
+            use = after_first * (np.ones(b) if fresh is None else fresh)[:, None]
+            self.token_ids = put(tokens, torch.long).flatten()
+            self.token_use = put(use, torch.float32)
+            sums.count_tokens(tokens, use)
 
     def add_layer(self, layer: int, pattern) -> None:
         """One layer's sums from its pattern [batch, heads, pos, pos]."""
         here = pattern.device == self.linear.device  # else a model split over devices: the small sums come back
         idx, weights, rows = (x if here else x.to(pattern.device) for x in (self.idx, self.weights, self.rows))
         picked = torch.gather(pattern.reshape(*pattern.shape[:2], -1), 2, idx).float()
-        for out, x, w in [(self.linear, picked, weights), (self.total, pattern.sum(-1, dtype=torch.float32), rows),
+        row_sums = pattern.sum(-1, dtype=torch.float32)
+        for out, x, w in [(self.linear, picked, weights), (self.total, row_sums, rows),
                           (self.entropy, self.bits(pattern), rows)]:
             if here:
                 torch.bmm(x, w, out=out[layer])
             else:
                 out[layer].copy_(torch.bmm(x, w))
+        after_first = self.after_first if here else self.after_first.to(pattern.device)
+        if pattern.shape[-1] > 1:  # the largest weight of the rows after the first, keys after the first
+            self.peak[layer].copy_((pattern[..., 1:].amax(-1).float() * after_first[:, None]).amax(-1))
+        self.by_distance[layer].copy_(self.distance_mass(pattern))
+        if self.sums is not None:
+            use = self.token_use if here else self.token_use.to(pattern.device)
+            query_mass = (row_sums - pattern[..., 0].float()) * use[:, None]  # to the keys after the first
+            key_mass = torch.matmul(use[:, None, None, :], pattern.float()).squeeze(2)  # from the queries after it
+            self.sums.add_tokens(layer, self.token_ids, query_mass, key_mass * use[:, None])
+
+    def distance_mass(self, pattern) -> torch.Tensor:
+        """[batch, heads, d]: the attention mass at distance |q - k| = d over each prompt's real queries."""
+        b, h, p, _ = pattern.shape
+        group = max(1, self.GROUP_BYTES // (4 * b * p * p))
+        valid = self.valid if self.valid.device == pattern.device else self.valid.to(pattern.device)
+        parts = [(self.back, self.behind)] + ([(self.ahead_idx, self.ahead)] if not self.causal else [])
+        parts = [(i.to(pattern.device), m.to(pattern.device)) for i, m in parts]
+        out = torch.zeros((b, h, p), device=pattern.device)
+        for g in range(0, h, group):
+            x = pattern[:, g:g + group]
+            for index, keep in parts:
+                skewed = torch.gather(x, 3, index.expand(*x.shape[:2], p, p)).float().masked_fill_(~keep, 0)
+                out[:, g:g + group] += torch.matmul(valid[:, None, None, :], skewed).squeeze(2)
+        return out
 
     def bits(self, pattern) -> torch.Tensor:
         """sum_k x log x of every query row [batch, heads, pos], a group of heads at a time (bounded memory)."""
@@ -468,15 +517,72 @@ class DeviceStats:
             torch.sum(y.log_().mul_(x), -1, out=out[:, g:g + group])
         return out
 
-    def values(self) -> np.ndarray:
-        """[batch, statistics (DEVICE_STATISTICS' order), layers, heads]: NaN for one-token prompts."""
+    def values(self, fresh: np.ndarray | None = None) -> np.ndarray:
+        """[batch, statistics (DEVICE_STATISTICS' order), layers, heads]: NaN for one-token prompts. The look-back
+        statistics are taken from the mass by distance in float64 (the variance about the mean, which keeps a
+        constant look-back's variance at 0); the fresh prompts' mass goes into `sums`."""
         linear, total, entropy = (x.cpu().numpy().transpose(1, 0, 2, 3) for x in (self.linear, self.total,
                                                                                  self.entropy))
+        mass = self.by_distance.cpu().numpy().astype(np.float64).transpose(1, 0, 2, 3)  # [batch, layer, head, d]
+        d = np.arange(mass.shape[-1], dtype=np.float64)
+        n = np.maximum(self.n, 1).astype(np.float64)[:, None, None]
+        mean = mass @ d / n
+        variance = np.einsum("blhd,blhd->blh", mass, (d - mean[..., None]) ** 2) / n
         with np.errstate(invalid="ignore", divide="ignore"):
             v = np.stack([linear[..., 0], linear[..., 1], entropy[..., 1],
-                          *(linear[..., k] / total[..., 0] for k in (2, 3, 4))], 1)
+                          *(linear[..., k] / total[..., 0] for k in (2, 3, 4)),
+                          self.peak.cpu().numpy().transpose(1, 0, 2), mean, variance], 1)
         v[~self.defined] = np.nan
+        if self.sums is not None:
+            keep = self.defined if fresh is None else self.defined & fresh
+            self.sums.add_lookback(mass[keep].sum(0))
         return v
+
+
+class HeadSums:
+    """Model-wide totals of a run, over its fresh prompts: each head's attention mass by look-back distance
+    (binned by LOOKBACK_EDGES) and by token, query side (the weight a query after the first gives the keys after
+    the first) and key side (the weight a key after the first receives from the queries after the first), with
+    each token's count at those positions. The token sums build up on the device in float32 and are moved to
+    float64 on the host at each `snapshot`."""
+
+    def __init__(self, n_layers: int, n_heads: int, n_vocab: int, device):
+        self.shape, self.n_vocab, self.device = (n_layers, n_heads), n_vocab, device
+        self.lookback = np.zeros((n_layers, n_heads, len(LOOKBACK_EDGES)))
+        self.counts = np.zeros(n_vocab, np.int64)
+        self.query = np.zeros((n_layers, n_heads, n_vocab))
+        self.key = np.zeros((n_layers, n_heads, n_vocab))
+        self._query = torch.zeros((n_layers, n_heads, n_vocab), device=device)
+        self._key = torch.zeros((n_layers, n_heads, n_vocab), device=device)
+        self.bins = np.searchsorted(LOOKBACK_EDGES, np.arange(8192), side="right") - 1
+
+    def count_tokens(self, tokens: np.ndarray, use: np.ndarray) -> None:
+        self.counts += np.bincount(tokens.ravel(), use.ravel() > 0, self.n_vocab).astype(np.int64)
+
+    def add_tokens(self, layer: int, ids, query_mass, key_mass) -> None:
+        """One layer's [batch, heads, pos] masses into the token sums (`ids`: the batch's tokens, flat)."""
+        b, h, p = query_mass.shape
+        for out, mass in ((self._query, query_mass), (self._key, key_mass)):
+            target = out[layer]
+            mass = mass.transpose(0, 1).reshape(h, b * p).to(target.device)
+            target.index_add_(1, ids.to(target.device), mass)
+
+    def add_lookback(self, mass: np.ndarray) -> None:
+        """[layers, heads, d] mass by exact distance, binned."""
+        d = mass.shape[-1]
+        bins = self.bins[:d] if d <= len(self.bins) else np.searchsorted(LOOKBACK_EDGES, np.arange(d), "right") - 1
+        for b in range(len(LOOKBACK_EDGES)):
+            self.lookback[..., b] += mass[..., bins == b].sum(-1)
+
+    def snapshot(self) -> dict:
+        """The totals so far as host arrays (token sums only for the tokens seen)."""
+        for host, dev in ((self.query, self._query), (self.key, self._key)):
+            host += dev.cpu().numpy()
+            dev.zero_()
+        seen = np.flatnonzero(self.counts)
+        return {"edges": np.array(LOOKBACK_EDGES), "lookback": self.lookback.copy(), "ids": seen,
+                "counts": self.counts[seen], "query": self.query[..., seen].astype("<f4"),
+                "key": self.key[..., seen].astype("<f4")}
 
 
 def repeat_pairs(tokens: np.ndarray, n: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -497,10 +603,52 @@ def repeat_pairs(tokens: np.ndarray, n: np.ndarray) -> tuple[np.ndarray, np.ndar
     return idx, weight
 
 
-def forward_batch(model, batch: list[PromptJob], stream: PatternStream,
-                  grams: list | None) -> tuple[list[OpenPrompt], np.ndarray]:
+def sparse_attention(model, prompts: list[list[int]], heads: list[list[tuple[int, int]]], keys_per_row: int,
+                     threshold: float, batch_size: int, progress: bool = True) -> list[dict]:
+    """For each prompt (token ids) and each of its `heads`, that head's attention kept sparsely: the
+    `keys_per_row` largest weights of every query row that are at least `threshold`, as {(layer, head): (q, k, w)}
+    arrays in (q, k) order. The top-k is taken on the device; only the kept entries reach the host."""
+    from tqdm import tqdm
+
+    causal, device = is_causal(model), model_device(model)
+    pad_id = getattr(model.tokenizer, "pad_token_id", None) or 0
+    out = [{} for _ in prompts]
+    order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))  # like lengths together: little padding
+    last = max((l for hs in heads for l, _ in hs), default=-1)
+    bar = tqdm(total=len(prompts), unit="prompt", desc="examples", disable=not progress)
+    for start in range(0, len(order), batch_size):
+        batch = order[start:start + batch_size]
+        n = np.array([len(prompts[i]) for i in batch])
+        width = int(n.max())
+        tokens = np.array([prompts[i] + [pad_id] * (width - len(prompts[i])) for i in batch], np.int64)
+        mask = None if causal else torch.from_numpy(np.arange(width)[None] < n[:, None]).long().to(device)
+
+        def on_layer(layer, pattern, batch=batch, n=n):
+            for j, i in enumerate(batch):
+                mine = [h for l, h in heads[i] if l == layer]
+                if not mine:
+                    continue
+                m = int(n[j])
+                x = pattern[j, mine, :m, :m].float()
+                w, k = torch.topk(x, min(keys_per_row, m), dim=-1)
+                w, k = w.cpu().numpy(), k.cpu().numpy()
+                for c, h in enumerate(mine):
+                    keep = w[c] >= threshold
+                    q = np.broadcast_to(np.arange(m)[:, None], keep.shape)[keep]
+                    order_qk = np.lexsort((k[c][keep], q))
+                    out[i][(layer, h)] = (q[order_qk], k[c][keep][order_qk], w[c][keep][order_qk])
+        if last >= 0:
+            forward_patterns(model, torch.from_numpy(tokens).to(device), on_layer, last, mask)
+        bar.update(len(batch))
+    bar.close()
+    return out
+
+
+def forward_batch(model, batch: list[PromptJob], stream: PatternStream, grams: list | None,
+                  sums: HeadSums | None = None) -> tuple[list[OpenPrompt], np.ndarray]:
     """One forward pass over a batch: every head's built-in statistics [batch, DEVICE_STATISTICS, layers, heads]
-    computed on the device, and the patterns of the prompts that store them streamed to disk by `stream`."""
+    computed on the device, and the patterns of the prompts that store them streamed to disk by `stream`;
+    the prompts whose statistics are new add to `sums`."""
     n = np.array([job.n_tokens for job in batch])
     width, device = int(n.max()), stream.device
     pad_id = getattr(model.tokenizer, "pad_token_id", None) or 0
@@ -508,7 +656,8 @@ def forward_batch(model, batch: list[PromptJob], stream: PatternStream,
     opened = [stream.open(job) for job in batch]
     # Right padding is harmless under a causal mask; an encoder must be told which keys are padding.
     mask = None if stream.causal else torch.from_numpy(np.arange(width)[None] < n[:, None]).long().to(device)
-    stats = DeviceStats(n, tokens, device, *stream.shape)
+    fresh = np.array([job.needs_stats for job in batch])
+    stats = DeviceStats(n, tokens, device, *stream.shape, causal=stream.causal, sums=sums, fresh=fresh)
 
     def on_layer(layer, pattern):
         stats.add_layer(layer, pattern)
@@ -516,4 +665,4 @@ def forward_batch(model, batch: list[PromptJob], stream: PatternStream,
 
     forward_patterns(model, torch.from_numpy(tokens).to(device), on_layer, stream.shape[0] - 1, mask,
                      (lambda layer, v: stream.submit_values(opened, layer, v, grams[layer])) if grams else None)
-    return opened, stats.values()
+    return opened, stats.values(fresh)

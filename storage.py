@@ -16,6 +16,7 @@ One head is read without touching the others. Format 1 (b"ATTNPAT1", a header wi
 every head stored) is still read.
 """
 import inspect
+import io
 import json
 import math
 import os
@@ -313,6 +314,55 @@ class StatsPart:
         with open(self.header.with_suffix(".jsonl"), "ab") as f:
             f.write(lens.jsonl_bytes(rows))
         self.rows += len(rows)
+
+    def write_sums(self, sums: dict) -> None:
+        """The run's model-wide totals over its rows so far (forward.HeadSums.snapshot), as <run>.sums.npz with
+        those rows' count: written after the rows they cover, so a killed run's file never covers a missing row."""
+        if not self.rows:
+            return
+        buf = io.BytesIO()
+        np.savez(buf, rows=np.int64(self.rows), **sums)
+        lens.write_atomic(self.header.with_suffix(".sums.npz"), buf.getvalue())
+
+
+def read_sums(save_path: Path, model: str, superseded: set[str] = frozenset()) -> dict | None:
+    """The model-wide totals of every part (each part's <run>.sums.npz) added up: {"edges", "lookback" [layers,
+    heads, bins], "counts" [vocab ids seen], "ids", "query", "key" [layers, heads, ids], "prompts"}; None when no
+    part has any. A part in `superseded` (a later run computed some of its prompts again) is left out, lest
+    those prompts count twice."""
+    total, prompts, tokens = None, 0, {}
+    for header in sorted(datadir.parts_dir(save_path, model).glob("*.json")):
+        path = header.with_suffix(".sums.npz")
+        if header.stem in superseded or not path.is_file():
+            continue
+        try:
+            with np.load(path) as z:
+                got = {k: z[k] for k in z.files}
+        except (OSError, ValueError, KeyError) as e:
+            raise lens.UserError(f"{path}: unreadable ({e}); delete it (its part's prompts then have no look-back "
+                                 "or token totals)") from None
+        prompts += int(got["rows"])
+        if total is None:
+            total = {"edges": got["edges"], "lookback": got["lookback"].copy()}
+        else:
+            total["lookback"] += got["lookback"]
+        for i, c, q, k in zip(got["ids"], got["counts"], np.moveaxis(got["query"], -1, 0),
+                              np.moveaxis(got["key"], -1, 0)):
+            if int(i) in tokens:
+                t = tokens[int(i)]
+                t[0] += int(c)
+                t[1] += q
+                t[2] += k
+            else:
+                tokens[int(i)] = [int(c), q.astype(np.float64), k.astype(np.float64)]
+    if total is None:
+        return None
+    ids = sorted(tokens)
+    shape = total["lookback"].shape[:2]
+    total.update(prompts=prompts, ids=np.array(ids, np.int64), counts=np.array([tokens[i][0] for i in ids], np.int64),
+                 query=np.stack([tokens[i][1] for i in ids], -1) if ids else np.zeros((*shape, 0)),
+                 key=np.stack([tokens[i][2] for i in ids], -1) if ids else np.zeros((*shape, 0)))
+    return total
 
 
 def read_parts(save_path: Path, model: str, start: dict[str, tuple[int, int]] | None = None) -> list[Part]:

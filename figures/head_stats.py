@@ -35,6 +35,35 @@ def entropy(attn):
 
 
 @statistic
+def max_attention(attn):
+    """The head's largest attention weight, the first query and first key left out: how strongly it fires
+    (its examples are sampled by it)."""
+    return float(attn[1:, 1:].max()) if len(attn) > 1 else float("nan")
+
+
+@statistic
+def qk_distance(attn):
+    """Look-back: the attention-weighted mean distance |q - k| from a query to its keys, over all queries
+    (Neuronpedia's qk_distance, per prompt)."""
+    n = len(attn)
+    if n < 2:
+        return float("nan")
+    return float((attn * distances(n)).sum() / n)
+
+
+@statistic
+def qk_distance_variance(attn):
+    """The attention-weighted variance of the distance |q - k|, over all queries and keys together (pooled, as
+    Neuronpedia's qk_distance_variance)."""
+    n = len(attn)
+    if n < 2:
+        return float("nan")
+    d = distances(n)
+    mean = float((attn * d).sum()) / n
+    return float((attn * d * d).sum()) / n - mean * mean
+
+
+@statistic
 def previous_token_head(attn):
     "TransformerLens detect_head score: share of all attention on the previous token (a perfect head: (n-1)/n)."
     if len(attn) < 2:
@@ -59,6 +88,13 @@ def detection_score(attn: np.ndarray, pairs: np.ndarray) -> float:
     if len(attn) < 2:  # detect_head refuses one-token prompts
         return float("nan")
     return float(np.take(attn, pairs).sum() / attn.sum())
+
+
+@lru_cache(maxsize=4)
+def distances(n: int) -> np.ndarray:
+    """|q - k| for every (query, key) of an n-token prompt, float64."""
+    q = np.arange(n, dtype=np.float64)
+    return np.abs(q[:, None] - q[None, :])
 
 
 @lru_cache(maxsize=8)

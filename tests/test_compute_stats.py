@@ -331,6 +331,63 @@ def test_device_statistics_of_a_padded_batch_with_one_token_prompts(lengths):
                 np.testing.assert_allclose(values[b, s, layer], expected, atol=1e-5, rtol=0, err_msg=f"{name} {n}")
 
 
+@pytest.mark.parametrize("causal", [True, False], ids=["causal", "encoder"])
+def test_look_back_and_token_sums_equal_a_brute_force_count(causal):
+    """HeadSums' look-back histogram and per-token masses over a padded batch equal sums taken entry by entry
+    over each fresh prompt's own pattern (the stale prompt adds nothing); the distance statistics equal the
+    figures' definitions for an encoder too (its keys ahead of the query count as distance k - q)."""
+    rng = np.random.default_rng(1)
+    lengths, n_layers, n_heads, vocab = [5, 9, 1, 7], 2, 3, 6
+    width = max(lengths)
+    ids = [list(rng.integers(0, vocab, n)) for n in lengths]
+    tokens = np.array([x + [0] * (width - len(x)) for x in ids])
+    fresh = np.array([True, True, True, False])
+    masked = ~(np.arange(width)[None] < np.array(lengths)[:, None])  # padding keys (an encoder is told)
+    future = np.triu(np.ones((width, width), bool), 1)
+    patterns = []
+    for _ in range(n_layers):
+        scores = rng.normal(size=(len(lengths), n_heads, width, width)) * 3
+        scores = np.where(future if causal else masked[:, None, None, :], -np.inf, scores)
+        patterns.append(torch.from_numpy(scores).float().softmax(-1))
+    sums = forward.HeadSums(n_layers, n_heads, vocab, "cpu")
+    stats = forward.DeviceStats(np.array(lengths), tokens, "cpu", n_layers, n_heads, causal=causal, sums=sums,
+                                fresh=fresh)
+    for layer, pattern in enumerate(patterns):
+        stats.add_layer(layer, pattern)
+    values = stats.values(fresh)
+    got = sums.snapshot()
+    edges = list(forward.LOOKBACK_EDGES)
+    lookback = np.zeros((n_layers, n_heads, len(edges)))
+    query, key = np.zeros((n_layers, n_heads, vocab)), np.zeros((n_layers, n_heads, vocab))
+    counts = np.zeros(vocab, int)
+    registry, _ = lens.load_figures()
+    for b, n in enumerate(lengths):
+        if n < 2:
+            continue
+        for layer, pattern in enumerate(patterns):
+            a = pattern[b, :, :n, :n].numpy().astype(np.float64)
+            for s, name in enumerate(["qk_distance", "qk_distance_variance", "max_attention"]):
+                expected = [lens.call_plugin(registry[name], x, {}) for x in a]
+                s = forward.DEVICE_STATISTICS.index(name)
+                np.testing.assert_allclose(values[b, s, layer], expected, atol=2e-5, rtol=1e-5, err_msg=name)
+            if not fresh[b]:
+                continue
+            for q in range(n):
+                for k in range(n):
+                    d = abs(q - k)
+                    lookback[layer, :, max(i for i, e in enumerate(edges) if e <= d)] += a[:, q, k]
+                    if q >= 1 and k >= 1:
+                        query[layer, :, ids[b][q]] += a[:, q, k]
+                        key[layer, :, ids[b][k]] += a[:, q, k]
+        if fresh[b]:
+            counts += np.bincount(ids[b][1:], minlength=vocab)
+    np.testing.assert_allclose(got["lookback"], lookback, atol=1e-5)
+    assert list(got["ids"]) == list(np.flatnonzero(counts)) and list(got["counts"]) == list(counts[counts > 0])
+    np.testing.assert_allclose(got["query"], query[..., got["ids"]], atol=1e-5)
+    np.testing.assert_allclose(got["key"], key[..., got["ids"]], atol=1e-5)
+    assert got["lookback"][..., 0].sum() > 0 and got["lookback"][..., 2].sum() > 0  # the test sees several bins
+
+
 def test_a_rerun_with_another_max_tokens_or_new_meta_computes_those_prompts_again(tmp_path, capsys):
     """A rerun without --max-tokens computes again the prompts an earlier run cut; one with a prompt's meta
     changed computes that prompt again; the index shows the latest run's lengths, meta and values."""

@@ -1,0 +1,199 @@
+"""Examples across each head's range: which prompts show what a head does, chosen over every prompt computed.
+
+Each head has one activation per prompt: the built-in statistic max_attention (its largest attention weight, the
+first query and first key left out, as Neuronpedia's head pages sample by). Its values over all the model's
+prompts are cut into `intervals` quantile intervals (Neuronpedia's boundaries: the values at ranks round(i N / Q)
+of the N sorted values, an interval holding the values from its lower boundary up to the next); the highest
+interval keeps its `top` highest prompts (ties: the lower key first), each other interval the `per_interval`
+prompts of smallest key, key = sha256("<seed>:<prompt hash>"). The key is the prompt's, not the head's: heads
+share example prompts, so the pass that fetches their attention runs few forwards. The choice depends only on the
+stored values, so shards copied together choose what one run over all their prompts would, and a killed run
+chooses again on its rerun.
+
+A second pass (forward.sparse_attention) runs the chosen prompts again and keeps, for each chosen head, its
+`keys_per_row` largest weights of each query row at or above `threshold`. Written under the data dir's lock:
+
+<model>/examples.json: {"version", "statistic", "seed", "intervals", "per_interval", "top", "keys_per_row",
+    "threshold", "basis" (what the choice was made from), "n_prompts", "n_layers", "n_heads", "heads": [[offset,
+    length] or null per head, layer-major], "prompts": {hash: [offset, length]}}
+<model>/examples.bin: UTF-8 JSON blocks. A head's: {"layer", "head", "count", "boundaries", "interval_counts",
+    "examples": [{"hash", "interval" (1 = lowest), "value", "n_tokens", "q", "k", "w"}]}, the highest interval
+    first; a prompt's: {"hash", "text", "n_tokens", "tokens"}.
+"""
+import hashlib
+import json
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+import datadir
+import lens
+import storage
+
+STATISTIC = "max_attention"
+VERSION = 1
+
+
+@dataclass(frozen=True)
+class Sampling:
+    intervals: int = 5
+    per_interval: int = 3
+    top: int = 10
+    keys_per_row: int = 8
+    threshold: float = 0.005
+    seed: int = 0
+
+    def check(self) -> None:
+        for name in ("intervals", "per_interval", "top", "keys_per_row"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise lens.UserError(f"--examples-{name.replace('_', '-')}={value!r}: expected a positive integer")
+        if not 0 <= self.threshold < 1:
+            raise lens.UserError(f"--examples-threshold={self.threshold!r}: expected a weight in [0, 1)")
+
+
+def prompt_keys(hashes: list[str], seed: int) -> np.ndarray:
+    """Each prompt's sampling key: the first 8 bytes of sha256("<seed>:<hash>"), as an unsigned integer."""
+    return np.array([int.from_bytes(hashlib.sha256(f"{seed}:{h}".encode()).digest()[:8], "big") for h in hashes],
+                    np.uint64)
+
+
+def activations(save_path: Path, model: str) -> tuple[list[dict], np.ndarray]:
+    """Every computed prompt's part row (the latest part's, as the index keeps) and its activations
+    [prompts, layers, heads] (NaN where undefined), in hash order."""
+    latest = {}
+    for part in storage.read_parts(save_path, model):
+        if STATISTIC not in part.stats:
+            continue
+        s = part.stats.index(STATISTIC)
+        for i, row in enumerate(part.rows):
+            latest[row["hash"]] = (row, part, i, s)
+    hashes = sorted(latest)
+    if not hashes:
+        return [], np.zeros((0, 0, 0), np.float32)
+    shape = latest[hashes[0]][1].values.shape[2:]
+    values = np.empty((len(hashes), *shape), np.float32)
+    for r, h in enumerate(hashes):
+        _, part, i, s = latest[h]
+        values[r] = part.values[i, s]
+    return [latest[h][0] for h in hashes], values
+
+
+def choose(column: np.ndarray, keys: np.ndarray, sampling: Sampling) -> dict:
+    """One head's intervals and examples from its activations over the prompts (NaN: none): {"count",
+    "boundaries", "interval_counts", "chosen": [(row, interval, value)]}, the highest interval first."""
+    rows = np.flatnonzero(np.isfinite(column))
+    values = column[rows].astype(np.float64)
+    q = sampling.intervals
+    if not len(rows):
+        return {"count": 0, "boundaries": [], "interval_counts": [0] * q, "chosen": []}
+    ordered = np.sort(values)
+    n = len(ordered)
+    boundaries = [float(ordered[min(int(round(i * n / q)), n - 1)]) for i in range(1, q)]
+    interval = np.searchsorted(np.array(boundaries), values, side="right") + 1  # 1 .. q
+    chosen = []
+    for i in range(q, 0, -1):
+        inside = np.flatnonzero(interval == i)
+        if i == q:  # the highest values, ties by key
+            order = np.lexsort((keys[rows[inside]], -values[inside]))[:sampling.top]
+        else:
+            order = np.argsort(keys[rows[inside]], kind="stable")[:sampling.per_interval]
+        chosen += [(int(rows[inside[j]]), i, float(values[inside[j]])) for j in order]
+    counts = np.bincount(interval, minlength=q + 1)[1:].tolist()
+    return {"count": n, "boundaries": boundaries, "interval_counts": counts, "chosen": chosen}
+
+
+def basis(rows: list[dict], values: np.ndarray, sampling: Sampling) -> str:
+    """What a choice depends on: the prompts, their activations and the settings."""
+    h = hashlib.sha256(json.dumps([VERSION, sampling.__dict__, [r["hash"] for r in rows]]).encode())
+    h.update(np.ascontiguousarray(values).tobytes())
+    return h.hexdigest()[:32]
+
+
+def compute_examples(model, save_path: Path, model_dir: str, sampling: Sampling = Sampling(),
+                     batch_size: int = 8, progress: bool = True) -> dict | None:
+    """Choose every head's examples from the stored activations and fetch their sparse attention with `model`;
+    write examples.json and examples.bin. Nothing is run when the stored choice was made from the same data.
+    Returns a summary (None when there is nothing to choose from)."""
+    import forward  # torch: only here
+    from build_index import data_dir_lock
+
+    sampling.check()
+    rows, values = activations(save_path, model_dir)
+    if not rows:
+        return None
+    made_from = basis(rows, values, sampling)
+    index_path = datadir.examples_index_path(save_path, model_dir)
+    try:
+        if (lens.read_json(index_path).get("basis") == made_from
+                and datadir.examples_path(save_path, model_dir).is_file()):
+            return {"prompts": 0, "heads": 0, "skipped": True}
+    except (lens.UserError, OSError, AttributeError):
+        pass
+    n_layers, n_heads = values.shape[1:]
+    keys = prompt_keys([r["hash"] for r in rows], sampling.seed)
+    heads = [choose(values[:, l, h], keys, sampling) for l in range(n_layers) for h in range(n_heads)]
+    wanted: dict[int, list[tuple[int, int]]] = {}
+    for flat, head in enumerate(heads):
+        for r, _, _ in head["chosen"]:
+            wanted.setdefault(r, []).append(divmod(flat, n_heads))
+    order = sorted(wanted)
+    to_tokens, _ = forward.tokenizer_functions(model)
+    ids = {}
+    for r in order:
+        ids[r] = to_tokens(rows[r]["text"], truncate=False)[0].tolist()[:rows[r]["n_tokens"]]
+    attention = forward.sparse_attention(model, [ids[r] for r in order], [wanted[r] for r in order],
+                                         sampling.keys_per_row, sampling.threshold, batch_size, progress)
+    by_row = dict(zip(order, attention))
+    to_str = forward.token_strings(model)
+    blocks, index = bytearray(), {"heads": [], "prompts": {}}
+
+    def put(obj) -> list[int]:
+        data = json.dumps(obj, ensure_ascii=False, separators=(",", ":")).encode()
+        at = len(blocks)
+        blocks.extend(data)
+        return [at, len(data)]
+    for flat, head in enumerate(heads):
+        layer, h = divmod(flat, n_heads)
+        examples = []
+        for r, interval, value in head["chosen"]:
+            q, k, w = by_row[r][(layer, h)]
+            examples.append({"hash": rows[r]["hash"], "interval": interval, "value": round(value, 6),
+                             "n_tokens": len(ids[r]), "q": q.tolist(), "k": k.tolist(),
+                             "w": [round(float(x), 4) for x in w]})
+        index["heads"].append(put({"layer": layer, "head": h, "count": head["count"],
+                                   "boundaries": head["boundaries"], "interval_counts": head["interval_counts"],
+                                   "examples": examples}) if head["count"] else None)
+    for r in order:
+        index["prompts"][rows[r]["hash"]] = put({"hash": rows[r]["hash"], "text": rows[r]["text"],
+                                                 "n_tokens": len(ids[r]), "tokens": to_str(ids[r])})
+    meta = {"version": VERSION, "statistic": STATISTIC, **sampling.__dict__, "basis": made_from,
+            "n_prompts": len(rows), "n_layers": n_layers, "n_heads": n_heads, **index}
+    with data_dir_lock(save_path, "compute_activations.py"):  # the pair is written whole, one run at a time
+        lens.write_atomic(datadir.examples_path(save_path, model_dir), bytes(blocks))
+        lens.write_json(index_path, meta)
+    if progress:
+        print(f"{model_dir}: examples of {n_layers * n_heads} heads from {len(rows)} prompts "
+              f"({len(order)} prompts run again for their attention)", file=sys.stderr)
+    return {"prompts": len(order), "heads": n_layers * n_heads, "skipped": False}
+
+
+def read_head_examples(save_path: Path, model: str, layer: int, head: int) -> dict | None:
+    """A head's block of examples.bin, each example with its prompt's tokens added (None: not computed)."""
+    try:
+        index = lens.read_json(datadir.examples_index_path(save_path, model))
+    except (lens.UserError, OSError):
+        return None
+    at = index["heads"][layer * index["n_heads"] + head]
+    if at is None:
+        return None
+    with open(datadir.examples_path(save_path, model), "rb") as f:
+        def block(where):
+            f.seek(where[0])
+            return json.loads(f.read(where[1]))
+        out = block(at)
+        for e in out["examples"]:
+            e["tokens"] = block(index["prompts"][e["hash"]])["tokens"]
+    return out
