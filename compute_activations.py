@@ -77,6 +77,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--examples-threshold", type=float, default=d.threshold, metavar="W",
                    help="... of those, the ones at least W (default: %(default)s)")
     p.add_argument("--examples-seed", type=int, default=d.seed, help="the examples' sampling seed (default: 0)")
+    p.add_argument("--examples-by", default=d.statistic, metavar="STAT",
+                   help="the per-prompt statistic whose range the examples cover (default: %(default)s, "
+                   "Neuronpedia's activation; e.g. induction_head)")
     p.add_argument("--figures-dir", type=Path, default=lens.FIGURES_DIR,
                    help="where the @statistic plug-ins computed for every prompt live (default: figures/)")
     p.add_argument("--time-limit", type=float, default=TIME_LIMIT, metavar="SECONDS",
@@ -360,12 +363,31 @@ def compute_activations(prompts: list[dict | str], model, save_path: Path | str 
     finally:
         stream.close()  # drops the pattern files left unfinished
         bar.close()
+    if plan.sums is not None:
+        save_token_strings(save_path, plan.model_dir, plan.sums.counts, forward.token_strings(model))
     for message, count in stream.plugin_errors.values():
         print(f"warning: {message} (its value is missing there; {count} value(s) of it failed in all)", file=sys.stderr)
     return {"model": model_name, "model_dir": plan.model_dir, "done": len(plan.jobs), "skipped": plan.n_skipped,
             "stored": len(stored), "tokens": sum(j.n_tokens for j in plan.jobs),
             "seconds": time.perf_counter() - start, "bytes": n_bytes,
             "failed": sum(count for _, count in stream.plugin_errors.values())}
+
+
+def save_token_strings(save_path: Path, model_dir: str, counts: np.ndarray, to_str) -> None:
+    """Add the strings of the tokens a run saw to the model's tokens.json (the head pages name tokens by them)."""
+    from build_index import data_dir_lock
+
+    path = datadir.token_strings_path(save_path, model_dir)
+    ids = np.flatnonzero(counts).tolist()
+    with data_dir_lock(save_path, "compute_activations.py"):
+        try:
+            known = lens.read_json(path)
+        except (lens.UserError, OSError):
+            known = {}
+        new = [i for i in ids if str(i) not in known]
+        if new:
+            known.update(zip(map(str, new), to_str(new)))
+            lens.write_json(path, known)
 
 
 def checked_prompts(prompts) -> list[dict]:
@@ -543,7 +565,7 @@ def main(argv=None) -> None:
     names = [m.strip() for m in args.models.split(",") if m.strip()]
     runs = [(name, step, name if step is None else f"{name}@step{step}") for name in names for step in steps]
     sampling = examples.Sampling(args.examples_intervals, args.examples_per_interval, args.examples_top,
-                                 args.examples_keys, args.examples_threshold, args.examples_seed)
+                                 args.examples_keys, args.examples_threshold, args.examples_seed, args.examples_by)
     sampling.check()
     if args.examples:
         for *_, model_name in runs:

@@ -130,6 +130,11 @@ def head_pages_path(save_path: Path, model: str) -> Path:
     return Path(save_path) / model / "head_pages.bin"
 
 
+def token_strings_path(save_path: Path, model: str) -> Path:
+    """{token id: its string} of the tokens the runs' totals name (compute_activations.py adds to it)."""
+    return Path(save_path) / model / "tokens.json"
+
+
 def parts_dir(save_path: Path, model: str) -> Path:
     """Each compute run's statistics part (storage.StatsPart writes them, storage.read_parts reads them)."""
     return Path(save_path) / model / "parts"

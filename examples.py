@@ -1,7 +1,10 @@
 """Examples across each head's range: which prompts show what a head does, chosen over every prompt computed.
 
-Each head has one activation per prompt: the built-in statistic max_attention (its largest attention weight, the
-first query and first key left out, as Neuronpedia's head pages sample by). Its values over all the model's
+Each head has one activation per prompt: by default the built-in statistic max_attention (its largest attention
+weight, the first query and first key left out, as Neuronpedia's head pages sample by), or any statistic every
+prompt has (--examples-by). Max attention is reached on a prompt's first few queries, where few keys compete,
+by most heads of small models on most prompts: a statistic of the behaviour studied (induction_head for
+induction heads) shows that behaviour's range better. Its values over all the model's
 prompts are cut into `intervals` quantile intervals (Neuronpedia's boundaries: the values at ranks round(i N / Q)
 of the N sorted values, an interval holding the values from its lower boundary up to the next); the highest
 interval keeps its `top` highest prompts (ties: the lower key first), each other interval the `per_interval`
@@ -44,6 +47,7 @@ class Sampling:
     keys_per_row: int = 8
     threshold: float = 0.005
     seed: int = 0
+    statistic: str = STATISTIC  # the activation examples are chosen by: any statistic every prompt has
 
     def check(self) -> None:
         for name in ("intervals", "per_interval", "top", "keys_per_row"):
@@ -60,16 +64,20 @@ def prompt_keys(hashes: list[str], seed: int) -> np.ndarray:
                     np.uint64)
 
 
-def activations(save_path: Path, model: str) -> tuple[list[dict], np.ndarray]:
+def activations(save_path: Path, model: str, statistic: str = STATISTIC) -> tuple[list[dict], np.ndarray]:
     """Every computed prompt's part row (the latest part's, as the index keeps) and its activations
-    [prompts, layers, heads] (NaN where undefined), in hash order."""
-    latest = {}
+    [prompts, layers, heads] (NaN where undefined), in hash order; a prompt whose latest part lacks the
+    statistic has none."""
+    latest, known = {}, set()
     for part in storage.read_parts(save_path, model):
-        if STATISTIC not in part.stats:
-            continue
-        s = part.stats.index(STATISTIC)
+        known.update(part.stats)
+        s = part.stats.index(statistic) if statistic in part.stats else None
         for i, row in enumerate(part.rows):
             latest[row["hash"]] = (row, part, i, s)
+    latest = {h: x for h, x in latest.items() if x[3] is not None}
+    if known and not latest:
+        raise lens.UserError(f"--examples-by {statistic}: no prompt of {model} has that statistic (it has: "
+                             f"{', '.join(sorted(known))})")
     hashes = sorted(latest)
     if not hashes:
         return [], np.zeros((0, 0, 0), np.float32)
@@ -121,7 +129,7 @@ def compute_examples(model, save_path: Path, model_dir: str, sampling: Sampling 
     from build_index import data_dir_lock
 
     sampling.check()
-    rows, values = activations(save_path, model_dir)
+    rows, values = activations(save_path, model_dir, sampling.statistic)
     if not rows:
         return None
     made_from = basis(rows, values, sampling)
@@ -169,7 +177,7 @@ def compute_examples(model, save_path: Path, model_dir: str, sampling: Sampling 
     for r in order:
         index["prompts"][rows[r]["hash"]] = put({"hash": rows[r]["hash"], "text": rows[r]["text"],
                                                  "n_tokens": len(ids[r]), "tokens": to_str(ids[r])})
-    meta = {"version": VERSION, "statistic": STATISTIC, **sampling.__dict__, "basis": made_from,
+    meta = {"version": VERSION, **sampling.__dict__, "basis": made_from,
             "n_prompts": len(rows), "n_layers": n_layers, "n_heads": n_heads, **index}
     with data_dir_lock(save_path, "compute_activations.py"):  # the pair is written whole, one run at a time
         lens.write_atomic(datadir.examples_path(save_path, model_dir), bytes(blocks))

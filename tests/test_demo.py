@@ -1,5 +1,6 @@
 """The bundled demo model: the README's offline first run end to end, and the heads it is known to have."""
 import json
+import shutil
 import subprocess
 import sys
 from collections import Counter
@@ -176,3 +177,36 @@ def test_training_is_deterministic(tmp_path):
         run("demo/train.py", "--steps", "3", "--out", str(tmp_path / out), cwd=tmp_path)
     for name in ["checkpoints/step0/model.safetensors", "model/model.safetensors", "model/tokenizer.json"]:
         assert (tmp_path / "a" / name).read_bytes() == (tmp_path / "b" / name).read_bytes()
+
+
+def test_head_pages_show_what_the_known_heads_do(demo_data):
+    """The first run chooses examples by max_attention and writes head pages; chosen by induction_head, each
+    induction head's top examples are the repeated sequences, its strongest kept weights one past an earlier copy
+    of the query's token; the previous-token head's look-back histogram peaks at distance 1, its top query tokens
+    counted over every prompt."""
+    import examples
+    import head_pages
+
+    assert lens.read_json(datadir.examples_index_path(demo_data, MODEL))["statistic"] == "max_attention"
+    data = demo_data.parent / "by_induction"
+    shutil.copytree(demo_data, data)
+    run("compute_activations.py", "demo", "--examples", "--examples-by", "induction_head", "--save-path", str(data),
+        cwd=ROOT)
+    repeated = {lens.prompt_hash(t) for t in repeated_texts()}
+    for layer, head in INDUCTION_HEADS:
+        block = examples.read_head_examples(data, MODEL, layer, head)
+        top = [e for e in block["examples"] if e["interval"] == 5]
+        # the repeated random words, and the counting prompts (", " again and again; the weekdays twice)
+        assert len(top) == 6 and len({e["hash"] for e in top} & repeated) >= 4, (layer, head)
+        for e in (e for e in top if e["hash"] in repeated):  # on the second copy
+            ids = lens.read_json(datadir.prompt_json_path(data, MODEL, e["hash"]))["token_ids"]
+            strong = [(q, k) for q, k, w in zip(e["q"], e["k"], e["w"]) if w > 0.5 and q > len(ids) // 2 + 2]
+            matched = sum(ids[k - 1] == ids[q] for q, k in strong)
+            assert strong and matched / len(strong) > 0.8, (layer, head, matched, len(strong))
+    page = head_pages.read_head_page(demo_data, MODEL, *PREVIOUS_TOKEN_HEAD)
+    share = page["lookback"]["share"]
+    assert page["lookback"]["edges"][:3] == [0, 1, 2] and int(np.argmax(share)) == 1 and share[1] > 0.5
+    assert page["lookback"]["prompts"] == page["n_prompts"]
+    tokens = Counter(t for p in stored_prompts(demo_data) for t in p["tokens"][1:])
+    for token, count, mass in page["tokens"]["query"][:5]:
+        assert count == tokens[token] and 0 < mass <= count
