@@ -18,10 +18,11 @@ A second pass (forward.sparse_attention) runs the chosen prompts again and keeps
 
 <model>/examples.json: {"version", "statistic", "seed", "intervals", "per_interval", "top", "keys_per_row",
     "threshold", "basis" (what the choice was made from), "n_prompts", "n_layers", "n_heads", "heads": [[offset,
-    length] or null per head, layer-major], "prompts": {hash: [offset, length]}}
-<model>/examples.bin: UTF-8 JSON blocks. A head's: {"layer", "head", "count", "boundaries", "interval_counts",
-    "examples": [{"hash", "interval" (1 = lowest), "value", "n_tokens", "q", "k", "w"}]}, the highest interval
-    first; a prompt's: {"hash", "text", "n_tokens", "tokens"}.
+    length, data offset, data length] or null per head, layer-major], "prompts": {hash: [offset, length]}}
+<model>/examples.bin: a head's JSON block {"layer", "head", "count", "boundaries", "interval_counts",
+    "examples": [{"hash", "interval" (1 = lowest), "value", "n_tokens", "entries", "at"}]} (the highest interval
+    first) and its data: each example's sparse attention at "at" in pack_attention's form (6 bytes an entry);
+    a prompt's JSON block {"hash", "text", "n_tokens", "tokens"}.
 """
 import hashlib
 import json
@@ -165,15 +166,19 @@ def compute_examples(model, save_path: Path, model_dir: str, sampling: Sampling 
         return [at, len(data)]
     for flat, head in enumerate(heads):
         layer, h = divmod(flat, n_heads)
-        examples = []
+        examples, data = [], bytearray()
         for r, interval, value in head["chosen"]:
             q, k, w = by_row[r][(layer, h)]
             examples.append({"hash": rows[r]["hash"], "interval": interval, "value": round(value, 6),
-                             "n_tokens": len(ids[r]), "q": q.tolist(), "k": k.tolist(),
-                             "w": [round(float(x), 4) for x in w]})
-        index["heads"].append(put({"layer": layer, "head": h, "count": head["count"],
-                                   "boundaries": head["boundaries"], "interval_counts": head["interval_counts"],
-                                   "examples": examples}) if head["count"] else None)
+                             "n_tokens": len(ids[r]), "entries": len(q), "at": len(data)})
+            data.extend(pack_attention(q, k, w, len(ids[r])))
+        if not head["count"]:
+            index["heads"].append(None)
+            continue
+        where = put({"layer": layer, "head": h, "count": head["count"], "boundaries": head["boundaries"],
+                     "interval_counts": head["interval_counts"], "examples": examples})
+        index["heads"].append(where + [len(blocks), len(data)])
+        blocks.extend(data)
     for r in order:
         index["prompts"][rows[r]["hash"]] = put({"hash": rows[r]["hash"], "text": rows[r]["text"],
                                                  "n_tokens": len(ids[r]), "tokens": to_str(ids[r])})
@@ -188,6 +193,26 @@ def compute_examples(model, save_path: Path, model_dir: str, sampling: Sampling 
     return {"prompts": len(order), "heads": n_layers * n_heads, "skipped": False}
 
 
+W_SCALE = 65535  # a kept weight is stored as round(w * W_SCALE) in a uint16
+
+
+def pack_attention(q: np.ndarray, k: np.ndarray, w: np.ndarray, n: int) -> bytes:
+    """One example's sparse attention, entries in (q, k) order: the number kept in each query row (uint8 x n),
+    zero bytes up to a multiple of 4, each entry's key (uint32) and weight (uint16, w * W_SCALE), little-endian."""
+    rows = np.bincount(q, minlength=n).astype(np.uint8).tobytes()
+    rows += bytes(-len(rows) % 4)
+    return rows + k.astype("<u4").tobytes() + np.round(np.asarray(w, np.float64) * W_SCALE).astype("<u2").tobytes()
+
+
+def unpack_attention(data: bytes, n: int, m: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """pack_attention's (q, k, w) back, w to the nearest 1 / W_SCALE."""
+    rows = np.frombuffer(data, np.uint8, n)
+    at = n + (-n % 4)
+    k = np.frombuffer(data, "<u4", m, at).astype(np.int64)
+    w = np.frombuffer(data, "<u2", m, at + 4 * m) / W_SCALE
+    return np.repeat(np.arange(n), rows), k, w
+
+
 def read_head_examples(save_path: Path, model: str, layer: int, head: int) -> dict | None:
     """A head's block of examples.bin, each example with its prompt's tokens added (None: not computed)."""
     try:
@@ -198,10 +223,13 @@ def read_head_examples(save_path: Path, model: str, layer: int, head: int) -> di
     if at is None:
         return None
     with open(datadir.examples_path(save_path, model), "rb") as f:
-        def block(where):
-            f.seek(where[0])
-            return json.loads(f.read(where[1]))
-        out = block(at)
+        def read(offset, length):
+            f.seek(offset)
+            return f.read(length)
+        out = json.loads(read(*at[:2]))
+        data = read(*at[2:])
         for e in out["examples"]:
-            e["tokens"] = block(index["prompts"][e["hash"]])["tokens"]
+            e["tokens"] = json.loads(read(*index["prompts"][e["hash"]]))["tokens"]
+            q, k, w = unpack_attention(data[e.pop("at"):], e["n_tokens"], e.pop("entries"))
+            e.update(q=q.tolist(), k=k.tolist(), w=w.tolist())
     return out

@@ -3,9 +3,10 @@
     python bench/bench_scale.py                          # 100,000 prompts through the demo model, CPU
     python bench/bench_scale.py --prompts 10000 --device cuda --batch-size 64
 
-1. compute_activations with --patterns none (every built-in statistic on the device, no pattern stored),
-   timed whole (tokenizing, forward, statistics, writing the part), against the same tokenizing and
-   TransformerLens forward stopped at the last pattern with hooks that keep nothing. Target: >= 0.85x.
+1. compute_activations with --patterns none (every built-in statistic on the device, the look-back and token
+   totals, no pattern stored), timed whole (tokenizing, forward, statistics, writing the part), against the same
+   tokenizing and TransformerLens forward stopped at the last pattern with hooks that keep nothing; then the
+   examples pass (examples.py: the choice, and the chosen prompts run again). Target: >= 0.85x.
 2. Bytes and files on disk per prompt.
 3. build_index.py over them: the merged statistics tables, per-head summaries and top lists, the prompt index.
 4. The site (headless chromium, served by serve.py): the grid's first page and a text search, the heads
@@ -33,6 +34,7 @@ import torch  # noqa: E402
 from bench_activations import forward_seconds, padded_batches  # noqa: E402
 
 import compute_activations as ca  # noqa: E402
+import examples  # noqa: E402
 import forward  # noqa: E402
 from build_index import build_index  # noqa: E402
 from compute_activations import top_prompts  # noqa: E402
@@ -90,11 +92,17 @@ def bench_compute(model, texts: list[str], data: Path, args) -> None:
           f"medians of {args.repeats} alternating runs")
     print(f"  tokenize + forward stopped at the last pattern, nothing kept (reference): {ref:.1f} s, "
           f"{n / ref:,.0f} prompts/s (runs: {', '.join(f'{x:.1f}' for x in refs)})")
-    print(f"  compute_activations, 6 statistics of every head on the device, part written: {mine:.1f} s, "
+    print(f"  compute_activations, {len(forward.DEVICE_STATISTICS)} statistics of every head on the device, look-back "
+          f"and token totals, part written: {mine:.1f} s, "
           f"{n / mine:,.0f} prompts/s (runs: {', '.join(f'{x:.1f}' for x in ours)}) = {ref / mine:.2f}x the "
           f"reference's throughput (target >= 0.85x)")
     pairs = sorted(r / o for r, o in zip(refs, ours))
     print(f"  run by run (each reference next to the run after it): {', '.join(f'{x:.2f}x' for x in pairs)}")
+    start = time.perf_counter()
+    e = examples.compute_examples(model, data, "demo", examples.Sampling(), args.batch_size, progress=False)
+    seconds = time.perf_counter() - start
+    print(f"  examples (every head's 5 intervals, 22 examples each, sparse attention): {seconds:.1f} s, "
+          f"{e['prompts']} prompts run again; with them, {ref / (mine + seconds):.2f}x the reference's throughput")
 
 
 def bench_build_index(data: Path, n: int) -> None:
