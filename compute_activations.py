@@ -65,6 +65,9 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help="only choose each head's examples from the statistics already computed (every part in the "
                    "data dir: run it once shards are together) and fetch their attention; no PROMPTS needed")
     p.add_argument("--no-examples", action="store_true", help="do not choose examples at the end of the run")
+    p.add_argument("--examples-patterns", action="store_true",
+                   help="also store every example prompt's full patterns (each example then opens in the single "
+                   "view); with --examples, or at the end of a run")
     d = examples.Sampling()
     p.add_argument("--examples-intervals", type=lens.positive_int, default=d.intervals, metavar="Q",
                    help="quantile intervals of each head's activation, sampled apart (default: %(default)s)")
@@ -468,6 +471,8 @@ def check_flags(args) -> None:
         raise lens.UserError("--device-map and --device are exclusive: --device-map places the model itself")
     if args.examples and (args.top or args.probe or args.prompts):
         raise lens.UserError("--examples chooses from what is computed: no PROMPTS, --top or --probe with it")
+    if args.examples_patterns and (args.no_examples or args.shard):
+        raise lens.UserError("--examples-patterns stores the examples' patterns: not with --no-examples or --shard")
     if args.examples and args.no_examples:
         raise lens.UserError("--examples and --no-examples contradict each other")
     if not args.time_limit >= 0:
@@ -604,6 +609,12 @@ def main(argv=None) -> None:
         if args.examples or not (shard or args.no_examples):
             examples.compute_examples(model, args.save_path, lens.model_dir_name(model_name), sampling,
                                       args.batch_size)
+            if args.examples_patterns:
+                chosen = examples.example_prompts(args.save_path, lens.model_dir_name(model_name))
+                s = compute_activations(chosen, model, args.save_path, model_name=model_name,
+                                        batch_size=args.batch_size, heads=args.heads, patterns="all",
+                                        figures_dir=args.figures_dir, time_limit=args.time_limit or None)
+                print(f"{model_name}: the patterns of {len(chosen)} example prompts stored ({s['done']} computed)")
         elif shard:
             print(f"{model_name}: examples are chosen over every prompt: once the shards are together, run "
                   f"`python compute_activations.py {name} --examples --save-path {args.save_path}`", file=sys.stderr)

@@ -193,6 +193,18 @@ def compute_examples(model, save_path: Path, model_dir: str, sampling: Sampling 
     return {"prompts": len(order), "heads": n_layers * n_heads, "skipped": False}
 
 
+def example_prompts(save_path: Path, model: str) -> list[dict]:
+    """The prompts some head shows as an example, as {"text", "meta"} (compute_activations --examples-patterns)."""
+    try:
+        chosen = set(lens.read_json(datadir.examples_index_path(save_path, model))["prompts"])
+    except (lens.UserError, OSError, KeyError):
+        return []
+    latest = {}
+    for part in storage.read_parts(save_path, model):
+        latest.update((row["hash"], row) for row in part.rows if row["hash"] in chosen)
+    return [{"text": row["text"], "meta": row.get("meta", {})} for _, row in sorted(latest.items())]
+
+
 W_SCALE = 65535  # a kept weight is stored as round(w * W_SCALE) in a uint16
 
 

@@ -153,3 +153,19 @@ def test_a_recomputed_run_is_left_out_of_the_totals(computed, tmp_path):
     assert len(head_pages.superseded_parts(data, MODEL)) == 1
     page = head_pages.read_head_page(data, MODEL, 0, 1)
     assert page["lookback"]["prompts"] == 5
+
+
+def test_examples_patterns_stores_each_example_prompt(computed, tmp_path):
+    """--examples-patterns after a statistics-only run: every example prompt's patterns are stored, nothing
+    else; no new part (their statistics are not computed again)."""
+    data = tmp_path / "data"
+    prompts = tmp_path / "p.jsonl"
+    prompts.write_text("".join(json.dumps({"text": t}) + "\n" for t in TEXTS))
+    run_main(DEMO, prompts, "--save-path", data, "--patterns", "none", "--examples-top", "2",
+             "--examples-per-interval", "1")
+    parts = sorted(datadir.parts_dir(data, MODEL).glob("*.json"))
+    run_main(DEMO, "--examples", "--examples-patterns", "--save-path", data, "--examples-top", "2",
+             "--examples-per-interval", "1")
+    chosen = set(lens.read_json(datadir.examples_index_path(data, MODEL))["prompts"])
+    assert chosen and set(lens.finished_prompts(data, MODEL)) == chosen
+    assert sorted(datadir.parts_dir(data, MODEL).glob("*.json")) == parts
