@@ -35,6 +35,26 @@ def entropy(attn):
 
 
 @statistic
+def previous_token_head(attn):
+    "TransformerLens detect_head score: share of all attention on the previous token (a perfect head: (n-1)/n)."
+    if len(attn) < 2:
+        return float("nan")
+    return float(np.trace(attn, -1) / attn.sum())
+
+
+@statistic
+def duplicate_token_head(attn, token_ids):
+    "TransformerLens detect_head score: share of all attention on earlier copies of the query's own token (0 if none)."
+    return detection_score(attn, repeat_pairs(tuple(token_ids))[0])
+
+
+@statistic
+def induction_head(attn, token_ids):
+    "TransformerLens detect_head score: share of all attention on the token after an earlier copy of the query's token."
+    return detection_score(attn, repeat_pairs(tuple(token_ids))[1])
+
+
+@statistic
 def max_attention(attn):
     """The head's largest attention weight, the first query and first key left out: how strongly it fires
     (its examples are sampled by it)."""
@@ -61,26 +81,6 @@ def qk_distance_variance(attn):
     d = distances(n)
     mean = float((attn * d).sum()) / n
     return float((attn * d * d).sum()) / n - mean * mean
-
-
-@statistic
-def previous_token_head(attn):
-    "TransformerLens detect_head score: share of all attention on the previous token (a perfect head: (n-1)/n)."
-    if len(attn) < 2:
-        return float("nan")
-    return float(np.trace(attn, -1) / attn.sum())
-
-
-@statistic
-def duplicate_token_head(attn, token_ids):
-    "TransformerLens detect_head score: share of all attention on earlier copies of the query's own token (0 if none)."
-    return detection_score(attn, repeat_pairs(tuple(token_ids))[0])
-
-
-@statistic
-def induction_head(attn, token_ids):
-    "TransformerLens detect_head score: share of all attention on the token after an earlier copy of the query's token."
-    return detection_score(attn, repeat_pairs(tuple(token_ids))[1])
 
 
 def detection_score(attn: np.ndarray, pairs: np.ndarray) -> float:
