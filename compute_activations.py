@@ -608,7 +608,7 @@ def main(argv=None) -> None:
             print(summary_line(s, args.save_path))
         if args.examples or not (shard or args.no_examples):
             examples.compute_examples(model, args.save_path, lens.model_dir_name(model_name), sampling,
-                                      args.batch_size)
+                                      args.batch_size, required=args.examples)
             if args.examples_patterns:
                 chosen = examples.example_prompts(args.save_path, lens.model_dir_name(model_name))
                 s = compute_activations(chosen, model, args.save_path, model_name=model_name,

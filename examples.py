@@ -122,15 +122,22 @@ def basis(rows: list[dict], values: np.ndarray, sampling: Sampling) -> str:
 
 
 def compute_examples(model, save_path: Path, model_dir: str, sampling: Sampling = Sampling(),
-                     batch_size: int = 8, progress: bool = True) -> dict | None:
+                     batch_size: int = 8, progress: bool = True, required: bool = True) -> dict | None:
     """Choose every head's examples from the stored activations and fetch their sparse attention with `model`;
     write examples.json and examples.bin. Nothing is run when the stored choice was made from the same data.
-    Returns a summary (None when there is nothing to choose from)."""
+    Returns a summary (None when there is nothing to choose from). Not `required` (the end of a run), a figures
+    dir without the statistic is a warning, not an error."""
     import forward  # torch: only here
     from build_index import data_dir_lock
 
     sampling.check()
-    rows, values = activations(save_path, model_dir, sampling.statistic)
+    try:
+        rows, values = activations(save_path, model_dir, sampling.statistic)
+    except lens.UserError as e:
+        if required:
+            raise
+        print(f"warning: {e}: no examples chosen", file=sys.stderr)
+        return None
     if not rows:
         return None
     made_from = basis(rows, values, sampling)

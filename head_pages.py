@@ -26,13 +26,11 @@ TOP_TOKENS = 50
 MIN_COUNT = 5  # a token's mean weight is ranked once it was seen this often
 
 
-def superseded_parts(save_path: Path, model: str) -> set[str]:
-    """The parts some of whose prompts a later part holds again."""
-    latest, owners = {}, {}
-    for part in storage.read_parts(save_path, model):
-        owners[part.name] = [row["hash"] for row in part.rows]
-        latest.update((h, part.name) for h in owners[part.name])
-    return {name for name, hashes in owners.items() if any(latest[h] != name for h in hashes)}
+def superseded_parts(rows) -> set[str]:
+    """The parts some of whose prompts a later part holds again: from the index's rows (prompt_index.Rows, each
+    with its latest part), those with fewer rows latest in them than were read from them."""
+    latest = np.bincount([p for p in rows.part if p >= 0], minlength=len(rows.part_names))
+    return {name for i, name in enumerate(rows.part_names) if rows.read.get(name, [0])[0] > latest[i]}
 
 
 def token_table(ids: np.ndarray, counts: np.ndarray, mass: np.ndarray, strings: dict[int, str]) -> tuple:
@@ -54,8 +52,9 @@ def read_token_strings(save_path: Path, model: str) -> dict[int, str]:
         return {}
 
 
-def write_head_pages(save_path: Path, model: str, shape: tuple[int, int]) -> None:
-    """Write head_pages.bin and head_pages.json from stats.json, each statistic's heads.json and the runs' totals."""
+def write_head_pages(save_path: Path, model: str, shape: tuple[int, int], rows) -> None:
+    """Write head_pages.bin and head_pages.json from stats.json, each statistic's heads.json and the runs' totals
+    (`rows`: the index's prompt_index.Rows, which say the parts to leave out of the totals)."""
     n_layers, n_heads = shape
     try:
         summary = lens.read_json(datadir.stats_path(save_path, model))
@@ -75,7 +74,7 @@ def write_head_pages(save_path: Path, model: str, shape: tuple[int, int]) -> Non
         rank = np.empty(mean.size, int)
         rank[order] = np.arange(1, mean.size + 1)
         ranks[name] = (mean, rank.reshape(mean.shape), int(np.isfinite(mean).sum()))
-    sums = storage.read_sums(save_path, model, superseded_parts(save_path, model))
+    sums = storage.read_sums(save_path, model, superseded_parts(rows))
     strings = read_token_strings(save_path, model) if sums is not None else {}
     blocks, index = bytearray(), []
     for layer in range(n_layers):

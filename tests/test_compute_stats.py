@@ -114,9 +114,10 @@ def test_shards_copied_together_give_the_aggregates_of_one_run(prompts_file, tmp
     rows1, rows2 = ([r["hash"] for r in index_rows(d, "model")] for d in (one, merged))
     order = [rows2.index(h) for h in rows1]  # the merged rows: shard 1's prompts, then shard 2's
     for name, table in tables1.items():
-        np.testing.assert_allclose(tables2[name][order], table, atol=1e-6, rtol=0, err_msg=name)
+        np.testing.assert_allclose(tables2[name][order], table, atol=1e-6, rtol=1e-5, err_msg=name)
         for key in ("mean", "std", "min", "max"):
-            np.testing.assert_allclose(index2["stats"][name][key], index1["stats"][name][key], atol=1e-6, err_msg=name)
+            np.testing.assert_allclose(index2["stats"][name][key], index1["stats"][name][key], atol=1e-6, rtol=1e-5,
+                                       err_msg=name)
         heads1, heads2 = (json.loads(datadir.stat_heads_path(d, "model", name).read_text()) for d in (one, merged))
         tops = [[[[h for h, _ in head[side]] for head in layer] for layer in heads["heads"]]
                 for heads in (heads1, heads2) for side in ("top", "bottom")]
@@ -154,7 +155,7 @@ def test_a_killed_run_resumes_and_loses_at_most_the_batches_in_flight(demo_model
     rows1, rows2 = ([r["hash"] for r in index_rows(d, "m")] for d in (full, data))
     order = [rows2.index(h) for h in rows1]  # the resumed run's rows: the first part's 12, then the second's
     for name in tables1:
-        np.testing.assert_allclose(tables2[name][order], tables1[name], atol=1e-6, rtol=0, err_msg=name)
+        np.testing.assert_allclose(tables2[name][order], tables1[name], atol=1e-6, rtol=1e-5, err_msg=name)
 
 
 def test_top_k_stores_each_heads_extremes_and_is_idempotent(prompts_file, tmp_path, capsys):

@@ -24,7 +24,8 @@ ROOT = Path(__file__).resolve().parent.parent
 DEMO = ROOT / "demo" / "model"
 WORDS = "the of and to in is for that with as on by it be from this are cat sat mat dog ran".split()
 TEXTS = [" ".join(WORDS[(i * 7 + j * 3) % len(WORDS)] for j in range(6 + i % 9)) + f" number {i}." for i in range(20)]
-TABLE_TOLERANCE = 1e-6  # docs/data.md: the statistics of one prompt in different batches
+TABLE_TOLERANCE = 1e-6  # docs/data.md: the statistics of one prompt in different batches, absolute ...
+TABLE_RTOL = 1e-5  # ... or relative (the look-back's variance grows with the distances)
 
 
 def start(script: str, *args) -> subprocess.Popen:
@@ -65,7 +66,8 @@ def assert_same(got: dict, want: dict) -> None:
     assert got["stats"].keys() == want["stats"].keys()
     for name, rows in want["stats"].items():
         for h, values in rows.items():
-            np.testing.assert_allclose(got["stats"][name][h], values, atol=TABLE_TOLERANCE, err_msg=name)
+            np.testing.assert_allclose(got["stats"][name][h], values, atol=TABLE_TOLERANCE, rtol=TABLE_RTOL,
+                                       err_msg=name)
 
 
 @pytest.fixture(scope="module")
@@ -110,9 +112,10 @@ def test_the_tables_of_two_batch_compositions_agree_within_the_stated_tolerance(
         _, t = read_stats(data, "model")
         tables.append({name: table[np.argsort(rows)] for name, table in t.items()})
     for name in tables[0]:
-        np.testing.assert_allclose(tables[1][name], tables[0][name], atol=TABLE_TOLERANCE, err_msg=name)
+        np.testing.assert_allclose(tables[1][name], tables[0][name], atol=TABLE_TOLERANCE, rtol=TABLE_RTOL,
+                                   err_msg=name)
     stated = (ROOT / "docs" / "data.md").read_text()
-    assert f"within {TABLE_TOLERANCE:g}" in stated
+    assert f"within {TABLE_TOLERANCE:g} or {TABLE_RTOL:g} of it relative" in stated
 
 
 def test_a_writer_drops_only_the_temp_files_of_writers_that_are_gone(tmp_path):

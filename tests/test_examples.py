@@ -15,6 +15,7 @@ import datadir
 import examples
 import head_pages
 import lens
+import prompt_index
 import storage
 
 MODEL = "model"
@@ -150,7 +151,7 @@ def test_a_recomputed_run_is_left_out_of_the_totals(computed, tmp_path):
     prompts = tmp_path / "p.jsonl"
     prompts.write_text("".join(json.dumps({"text": t}) + "\n" for t in TEXTS[:5]))
     run_main(DEMO, prompts, "--save-path", data, "--force", "--patterns", "none", "--no-examples")
-    assert len(head_pages.superseded_parts(data, MODEL)) == 1
+    assert len(head_pages.superseded_parts(prompt_index.read_index_state(data, MODEL))) == 1
     page = head_pages.read_head_page(data, MODEL, 0, 1)
     assert page["lookback"]["prompts"] == 5
 
