@@ -70,9 +70,8 @@ def write_head_pages(save_path: Path, model: str, shape: tuple[int, int], rows) 
     ranks = {}
     for name in names:
         mean = np.array([[np.nan if v is None else v for v in row] for row in summary["stats"][name]["mean"]], float)
-        order = np.argsort(np.where(np.isfinite(mean), -mean, np.inf), axis=None, kind="stable")
-        rank = np.empty(mean.size, int)
-        rank[order] = np.arange(1, mean.size + 1)
+        finite = mean[np.isfinite(mean)]
+        rank = np.array([1 + int((finite > v).sum()) for v in mean.ravel()])  # tied heads share a rank, as the site's
         ranks[name] = (mean, rank.reshape(mean.shape), int(np.isfinite(mean).sum()))
     sums = storage.read_sums(save_path, model, superseded_parts(rows))
     strings = read_token_strings(save_path, model) if sums is not None else {}

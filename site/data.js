@@ -21,6 +21,12 @@ export const statTableUrl = (model, stat) => `${model}/stats/${stat}.f32`;
 export const statHeadsUrl = (model, stat) => `${model}/stats/${stat}.heads.json`;
 /** Every head's kinds, fingerprint, map position and nearest heads (kinds.py; see site/kinds.js). */
 export const headKindsUrl = (model) => `${model}/heads.json`;
+/** Where each head's examples and each example prompt's tokens sit in examples.bin (examples.py; see site/head.js). */
+export const examplesIndexUrl = (model) => `${model}/examples.json`;
+export const examplesUrl = (model) => `${model}/examples.bin`;
+/** Where each head's block (every statistic's summary, look-back, top tokens) sits in head_pages.bin (head_pages.py). */
+export const headPagesIndexUrl = (model) => `${model}/head_pages.json`;
+export const headPagesUrl = (model) => `${model}/head_pages.bin`;
 export const promptDir = (model, hash) => `${model}/prompts/${hash}/`;
 export const promptJsonUrl = (model, hash) => `${promptDir(model, hash)}prompt.json`;
 export const patternsUrl = (model, hash) => `${promptDir(model, hash)}patterns.bin`;
@@ -48,6 +54,9 @@ const FILES = [
   { path: /^[^/]+\/stats\/[^/]+\.f32$/, writer: "build_index.py" },
   { path: /^[^/]+\/stats\/[^/]+\.heads\.json$/, writer: "build_index.py" },
   { path: /^[^/]+\/heads\.json$/, writer: "build_index.py", optional: true },  // none before any statistics
+  // none in a data dir, or of a model, computed before head pages existed
+  { path: /^[^/]+\/examples\.(json|bin)$/, writer: "compute_activations.py", optional: true },
+  { path: /^[^/]+\/head_pages\.(json|bin)$/, writer: "build_index.py", optional: true },
   { path: /\/prompt\.json$/, writer: "compute_activations.py" },
   { path: /\/patterns\.bin$/, writer: "compute_activations.py" },
   { path: /\/value_norms\.f32$/, writer: "compute_activations.py", optional: true },  // older data dirs lack it
@@ -307,6 +316,73 @@ export async function fetchRange(path, start, size) {
   if (!response) return null;
   const bytes = await response.arrayBuffer();
   return response.status === 206 ? bytes : bytes.slice(start, start + size);
+}
+
+const BLOCK_GAP = 16384;  // blocks at most this many bytes apart come in one request
+
+/** JSON blocks of a file at [offset, length] byte ranges (examples.bin and head_pages.bin: one block per head and
+ * per prompt), in the order asked; blocks close together come in one range request. Null when the file is missing. */
+export async function fetchJsonBlocks(path, ranges) {
+  const order = ranges.map((_, i) => i).sort((a, b) => ranges[a][0] - ranges[b][0]), runs = [];
+  for (const i of order) {
+    const [offset, length] = ranges[i], run = runs.at(-1);
+    if (run && offset - run.end <= BLOCK_GAP) {
+      run.end = Math.max(run.end, offset + length);
+      run.items.push(i);
+    } else runs.push({ start: offset, end: offset + length, items: [i] });
+  }
+  const out = new Array(ranges.length), decoder = new TextDecoder();
+  for (const run of await Promise.all(runs.map(async (r) => ({ ...r, bytes: await fetchRange(path, r.start, r.end - r.start) })))) {
+    if (!run.bytes) return null;
+    for (const i of run.items) {
+      const [offset, length] = ranges[i], at = offset - run.start;
+      if (at + length > run.bytes.byteLength) {
+        throw new Error(`${path}: too short for the block at ${offset}; re-run ${fileInfo(path).writer ?? "the script that wrote it"}`);
+      }
+      out[i] = parseJson(decoder.decode(new Uint8Array(run.bytes, at, length)), `${path} at ${offset}`);
+    }
+  }
+  return out;
+}
+
+// ---- a head's examples (examples.py): examples.json {statistic, intervals, per_interval, top, keys_per_row, threshold,
+// seed, n_prompts, n_layers, n_heads, heads: [[offset, length, data offset, data length] or null per head, layer-major],
+// prompts: {hash: [offset, length]}}; examples.bin: a head's JSON block {count, boundaries, interval_counts, examples:
+// [{hash, interval, value, n_tokens, entries, at}]}, the highest interval first, then its examples' sparse attention
+// packed one after another; an example prompt's JSON block {hash, text, n_tokens, tokens} ----
+
+const W_SCALE = 65535;  // examples.W_SCALE: a kept weight is stored as round(w * W_SCALE), a uint16
+
+/** One example's sparse attention from its packed bytes at `at` (examples.pack_attention): n uint8 counts of the
+ * entries in each query row, zero bytes up to a multiple of 4, m uint32 keys, m uint16 weights, little-endian.
+ * {q, k, w} in (query, key) order; w to the nearest 1 / 65535, as examples.unpack_attention. */
+export function unpackAttention(bytes, at, n, m) {
+  const keysAt = at + n + ((4 - (n % 4)) % 4), weightsAt = keysAt + 4 * m;
+  if (weightsAt + 2 * m > bytes.byteLength) throw new Error(`examples: ${m} entries past the end of their data`);
+  const view = new DataView(bytes), q = [], k = [], w = [];
+  for (let row = 0; row < n; row++) for (let j = view.getUint8(at + row); j > 0; j--) q.push(row);
+  for (let i = 0; i < m; i++) {
+    k.push(view.getUint32(keysAt + 4 * i, true));
+    w.push(view.getUint16(weightsAt + 2 * i, true) / W_SCALE);
+  }
+  return { q, k, w };
+}
+
+/** A head's examples: {index: examples.json, block: its block with each example's q, k, w (null: no prompt gave the
+ * head a value), prompts: Map(hash -> prompt block)}; null when the model has no examples.json. */
+export async function loadHeadExamples(model, layer, head) {
+  const index = await fetchData(examplesIndexUrl(model)), url = examplesUrl(model);
+  if (!index) return null;
+  const at = index.heads[layer * index.n_heads + head];
+  if (!at) return { index, block: null, prompts: new Map() };
+  const [blocks, packed] = await Promise.all([fetchJsonBlocks(url, [at.slice(0, 2)]), fetchRange(url, at[2], at[3])]);
+  if (!blocks || !packed) throw new Error(`${url}: missing, but ${examplesIndexUrl(model)} is there; re-run compute_activations.py`);
+  if (packed.byteLength !== at[3]) throw new Error(`${url}: too short for ${headKey(layer, head)}; re-run compute_activations.py`);
+  const [block] = blocks;
+  for (const e of block.examples) Object.assign(e, unpackAttention(packed, e.at, e.n_tokens, e.entries));
+  const hashes = [...new Set(block.examples.map((e) => e.hash))].filter((h) => index.prompts[h]);
+  const prompts = hashes.length ? await fetchJsonBlocks(url, hashes.map((h) => index.prompts[h])) : [];
+  return { index, block, prompts: new Map(hashes.map((h, i) => [h, prompts[i]])) };
 }
 
 // ---- figures and colormaps ----

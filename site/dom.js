@@ -1,5 +1,6 @@
 // The small DOM helpers the pages share: building elements, the one number format, the one error
-// policy, the theme toggle and the pages' common shape (load, render, wire).
+// policy, the theme toggle, a head's histogram and top prompts (heads page, head page) and the pages' common shape
+// (load, render, wire).
 
 export const $ = (id) => document.getElementById(id);
 
@@ -56,6 +57,61 @@ export function renderLegend(box, lo, hi, colormap, { digits = 3, suffix = "", e
   box.replaceChildren(el("span", { class: "mono" }, formatNumber(lo, digits)),
     el("span", { class: "legend-bar", style: { background: `linear-gradient(to right, ${stops.join(",")})` } }),
     el("span", { class: "mono" }, `${formatNumber(hi, digits)}${suffix}`));
+}
+
+/** A head's highest or lowest prompts ([[hash, value]]) as a list: value, snippet (`snippets`: {hash: {text,
+ * n_tokens, stored}}), a link to `link(hash)` where the prompt's patterns are stored, else a "not stored" tag. */
+export function promptList(title, entries, snippets, link) {
+  return el("section", { class: "head-prompts", dataset: { list: title } },
+    el("h3", {}, title),
+    entries.length ? el("ol", {}, entries.map(([hash, value]) => {
+      const p = snippets[hash], text = p ? oneLine(p.text) : hash, kept = p?.stored !== false;
+      const tip = `${text}${p ? ` (${p.n_tokens} tokens)` : ""}\n${hash}: ${value}`;
+      return el("li", { class: kept ? "" : "unstored", dataset: { hash, value: String(value) }, title: tip },
+        el("span", { class: "num mono" }, formatNumber(value)),
+        kept ? el("a", { class: "snippet", href: link(hash) }, text) : el("span", { class: "snippet" }, text),
+        !kept && el("span", { class: "tag-not-stored" }, "not stored"));
+    })) : el("p", { class: "muted" }, "no prompt has a value"));
+}
+
+// ---- charts: SVG built by hand (no library) ----
+
+const SVG_NS = "http://www.w3.org/2000/svg";
+
+/** Build an SVG element: svgEl("rect", {x, y, class}, child...). */
+export function svgEl(tag, attrs, ...children) {
+  const node = document.createElementNS(SVG_NS, tag);
+  for (const [k, v] of Object.entries(attrs)) node.setAttribute(k, v);
+  node.append(...children);
+  return node;
+}
+
+/** The head's histogram over prompts as SVG bars, with its range, the largest count, the mean and this prompt. */
+export function histogramSvg(hist, mean, value) {
+  if (!hist) return el("p", { class: "notice" }, "no prompt has a value for this head");
+  const W = 400, H = 120, L = 34, R = 6, T = 6, B = 18;
+  const counts = hist.hi > hist.lo ? hist.counts : [hist.counts.reduce((a, b) => a + b, 0)];
+  const top = Math.max(...counts), bw = (W - L - R) / counts.length, span = hist.hi - hist.lo;
+  const x = (v) => L + ((v - hist.lo) / (span || 1)) * (W - L - R), y = (c) => T + (1 - c / top) * (H - T - B);
+  const chart = svgEl("svg", { class: "head-hist", viewBox: `0 0 ${W} ${H}`, role: "img",
+    "aria-label": `histogram of ${counts.length} bins from ${formatNumber(hist.lo)} to ${formatNumber(hist.hi)}` });
+  counts.forEach((c, i) => {
+    const a = hist.lo + (i * span) / counts.length, b = hist.lo + ((i + 1) * span) / counts.length;
+    chart.append(svgEl("rect", { class: "bar", x: L + i * bw + 0.5, y: y(c), width: Math.max(bw - 1, 0.5), height: H - B - y(c),
+      "data-count": c }, svgEl("title", {}, `${formatNumber(a)} to ${formatNumber(b)}: ${c} prompt${c === 1 ? "" : "s"}`)));
+  });
+  chart.append(svgEl("line", { class: "axis", x1: L, y1: H - B, x2: W - R, y2: H - B }),
+    svgEl("text", { x: L, y: H - 4, "text-anchor": "start" }, formatNumber(hist.lo)),
+    svgEl("text", { x: W - R, y: H - 4, "text-anchor": "end" }, formatNumber(hist.hi)),
+    svgEl("text", { x: L - 4, y: T + 8, "text-anchor": "end" }, String(top)),
+    svgEl("text", { x: L - 4, y: H - B, "text-anchor": "end" }, "0"));
+  for (const [v, cls, label] of [[mean, "mark-mean", "mean"], [value, "mark-prompt", "this prompt"]]) {
+    if (Number.isFinite(v) && span > 0) {
+      chart.append(svgEl("line", { class: cls, x1: x(v), y1: T, x2: x(v), y2: H - B },
+        svgEl("title", {}, `${label}: ${formatNumber(v)}`)));
+    }
+  }
+  return chart;
 }
 
 export function debounce(fn, ms) {

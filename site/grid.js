@@ -6,7 +6,7 @@ import {
 } from "./data.js";
 import { $, debounce, el, formatNumber, notForPage, oneLine, showError, startPage } from "./dom.js";
 import { kindBadges, loadHeadKinds } from "./kinds.js";
-import { changeState, headsUrl, latest, readState, singleUrl, writeState } from "./url.js";
+import { changeState, go, headPageUrl, headsUrl, latest, readState, singleUrl, writeState } from "./url.js";
 
 const KEYS = ["model", "prompt", "layer", "head", "figure"];
 const PAGE_SIZE = 100;
@@ -438,11 +438,23 @@ function tileElement(t, showModel) {
   el("div", { class: "caption" },
     el("div", {},
       t.value !== undefined ? el("span", { class: "stat" }, formatNumber(t.value)) : null,
-      el("span", { class: "where" }, where), tileKinds(t), ` \u00b7 ${t.figure}`,
+      el("span", {
+        class: "where head-page-link", role: "link", title: `${where}'s head page: what it does across all prompts`,
+        dataset: { href: headPageUrl(t) }, onclick: openHeadPage,
+      }, where), tileKinds(t), ` \u00b7 ${t.figure}`,
       showModel ? el("span", { class: "muted" }, ` \u00b7 ${t.model}`) : null),
     el("div", { class: "caption-text" }, oneLine(prompt.text))));
   tileData.set(node, t);
   return node;
+}
+
+/** A tile's head label opens the head's page (a link inside the tile's link would be invalid HTML); with Ctrl or
+ * Cmd, in a new tab. */
+function openHeadPage(e) {
+  e.preventDefault();
+  e.stopPropagation();
+  if (e.ctrlKey || e.metaKey) window.open(e.currentTarget.dataset.href);
+  else go(e.currentTarget.dataset.href);
 }
 
 /** A tile's head's kinds (heads.json, fetched once per model), filled in when they arrive. */

@@ -7,10 +7,13 @@ import {
   MODELS_URL, checkpointOf, fetchData, fetchEach, headKey, isStored, loadColormap, loadStatRow, openPromptIndex, range,
   rankHeads, statHeadsUrl, statMeans, statsUrl,
 } from "./data.js";
-import { $, debounce, el, fillSelect, formatNumber, notForPage, oneLine, promptLabel, renderLegend, showError, startPage } from "./dom.js";
+import {
+  $, debounce, el, fillSelect, formatNumber, histogramSvg, notForPage, oneLine, promptLabel, promptList, renderLegend, showError,
+  startPage, svgEl,
+} from "./dom.js";
 import { drawMap, kindsSummary, loadHeadKinds, mapLegend, mapModels, mapPoints, pointLabel } from "./kinds.js";
 import { colourScale } from "./matrix.js";
-import { changeState, go, gridUrl, latest, pageUrl, readState, singleUrl, writeState } from "./url.js";
+import { changeState, go, gridUrl, headPageUrl, latest, pageUrl, readState, singleUrl, writeState } from "./url.js";
 
 const state = readState("heads");
 const data = {
@@ -140,8 +143,9 @@ function bestPrompts(layer, head, n) {
   return listed.map(([hash]) => hash).filter(isKept).slice(0, n);
 }
 
-/** The single view on a head's best prompt, or the grid on its 12 best. */
+/** The head's own page, the single view on its best prompt, or the grid on its 12 best. */
 function openUrl(layer, head, click = state.click) {
+  if (click === "page") return headPageUrl({ model: state.model, layer, head });
   if (click === "grid") return topGridUrl([[layer, head]], bestPrompts(layer, head, 12));
   const prompt = bestPrompts(layer, head, 1)[0] ?? state.prompt;
   return singleUrl({ model: state.model, prompt, layer, head, figure: "raw" });
@@ -254,8 +258,9 @@ function wireMap() {
   });
   $("map-canvas").addEventListener("click", (e) => {
     const p = at(e);
+    if (p && state.click === "page") go(headPageUrl({ model: p.model, layer: p.layer, head: p.head }));
     // the probe's prompts have the same hash in every model; another model's single view picks its own otherwise
-    if (p) location.href = singleUrl({ model: p.model, prompt: state.prompt, layer: p.layer, head: p.head, figure: "raw" });
+    else if (p) location.href = singleUrl({ model: p.model, prompt: state.prompt, layer: p.layer, head: p.head, figure: "raw" });
   });
 }
 
@@ -357,10 +362,11 @@ function renderPanel(own) {
     el("p", { class: "hist-caption muted" }, `${at(stat.count)} of ${data.stats.n_prompts} prompts have a value`,
       Number.isNaN(value) ? "" : ` \u00b7 this prompt: ${formatNumber(value)}`),
     headNumbers(stat, at),
-    el("p", { class: "head-links" }, el("a", { href: openUrl(l, h, "single") }, "single view"), " \u00b7 ",
+    el("p", { class: "head-links" }, el("a", { class: "head-page-link", href: openUrl(l, h, "page") }, "head page"), " \u00b7 ",
+      el("a", { href: openUrl(l, h, "single") }, "single view"), " \u00b7 ",
       el("a", { href: openUrl(l, h, "grid") }, "grid of its top prompts")),
-    promptList("highest", info.top, l, h),
-    promptList("lowest", info.bottom, l, h),
+    headPrompts("highest", info.top, l, h),
+    headPrompts("lowest", info.bottom, l, h),
     notStoredNote([...info.top, ...info.bottom]),
   ].filter(Boolean));
 }
@@ -376,19 +382,9 @@ function headNumbers(stat, at) {
 }
 
 /** One list of prompts with their values; a stored prompt links to the single view on this head. */
-function promptList(title, entries, layer, head) {
-  const snippets = data.heads.prompts;
-  return el("section", { class: "head-prompts", dataset: { list: title } },
-    el("h3", {}, title),
-    entries.length ? el("ol", {}, entries.map(([hash, value]) => {
-      const p = snippets[hash], text = p ? oneLine(p.text) : hash, kept = isKept(hash);
-      const tip = `${text}${p ? ` (${p.n_tokens} tokens)` : ""}\n${hash}: ${value}`;
-      return el("li", { class: kept ? "" : "unstored", dataset: { hash, value: String(value) }, title: tip },
-        el("span", { class: "num mono" }, formatNumber(value)),
-        kept ? el("a", { class: "snippet", href: singleUrl({ model: state.model, prompt: hash, layer, head, figure: "raw" }) }, text)
-          : el("span", { class: "snippet" }, text),
-        !kept && el("span", { class: "tag-not-stored" }, "not stored"));
-    })) : el("p", { class: "muted" }, "no prompt has a value"));
+function headPrompts(title, entries, layer, head) {
+  const link = (hash) => singleUrl({ model: state.model, prompt: hash, layer, head, figure: "raw" });
+  return promptList(title, entries, data.heads.prompts, link);
 }
 
 /** What to run when some listed prompts have statistics but no stored patterns. */
@@ -399,42 +395,6 @@ function notStoredNote(entries) {
     `stored patterns. To store the patterns of every head's top ${k} prompts, run`,
     el("code", { class: "command" }, `python compute_activations.py ${name} PROMPTS --top ${k}`),
     "with the same prompts file (PROMPTS) and the same --save-path.");
-}
-
-const SVG_NS = "http://www.w3.org/2000/svg";
-function svgEl(tag, attrs, ...children) {
-  const node = document.createElementNS(SVG_NS, tag);
-  for (const [k, v] of Object.entries(attrs)) node.setAttribute(k, v);
-  node.append(...children);
-  return node;
-}
-
-/** The head's histogram over prompts as SVG bars, with its range, the largest count, the mean and this prompt. */
-function histogramSvg(hist, mean, value) {
-  if (!hist) return el("p", { class: "notice" }, "no prompt has a value for this head");
-  const W = 400, H = 120, L = 34, R = 6, T = 6, B = 18;
-  const counts = hist.hi > hist.lo ? hist.counts : [hist.counts.reduce((a, b) => a + b, 0)];
-  const top = Math.max(...counts), bw = (W - L - R) / counts.length, span = hist.hi - hist.lo;
-  const x = (v) => L + ((v - hist.lo) / (span || 1)) * (W - L - R), y = (c) => T + (1 - c / top) * (H - T - B);
-  const chart = svgEl("svg", { class: "head-hist", viewBox: `0 0 ${W} ${H}`, role: "img",
-    "aria-label": `histogram of ${counts.length} bins from ${formatNumber(hist.lo)} to ${formatNumber(hist.hi)}` });
-  counts.forEach((c, i) => {
-    const a = hist.lo + (i * span) / counts.length, b = hist.lo + ((i + 1) * span) / counts.length;
-    chart.append(svgEl("rect", { class: "bar", x: L + i * bw + 0.5, y: y(c), width: Math.max(bw - 1, 0.5), height: H - B - y(c),
-      "data-count": c }, svgEl("title", {}, `${formatNumber(a)} to ${formatNumber(b)}: ${c} prompt${c === 1 ? "" : "s"}`)));
-  });
-  chart.append(svgEl("line", { class: "axis", x1: L, y1: H - B, x2: W - R, y2: H - B }),
-    svgEl("text", { x: L, y: H - 4, "text-anchor": "start" }, formatNumber(hist.lo)),
-    svgEl("text", { x: W - R, y: H - 4, "text-anchor": "end" }, formatNumber(hist.hi)),
-    svgEl("text", { x: L - 4, y: T + 8, "text-anchor": "end" }, String(top)),
-    svgEl("text", { x: L - 4, y: H - B, "text-anchor": "end" }, "0"));
-  for (const [v, cls, label] of [[mean, "mark-mean", "mean"], [value, "mark-prompt", "this prompt"]]) {
-    if (Number.isFinite(v) && span > 0) {
-      chart.append(svgEl("line", { class: cls, x1: x(v), y1: T, x2: x(v), y2: H - B },
-        svgEl("title", {}, `${label}: ${formatNumber(v)}`)));
-    }
-  }
-  return chart;
 }
 
 // ---- wire ----

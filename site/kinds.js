@@ -3,7 +3,7 @@
 // Every definition, threshold and source shown comes from heads.json itself: kinds.py's KINDS, written once.
 import { checkpointOf, fetchData, headKey, headKindsUrl, range } from "./data.js";
 import { cssColor, el, formatNumber } from "./dom.js";
-import { singleUrl } from "./url.js";
+import { headPageUrl, singleUrl } from "./url.js";
 
 const loaded = new Map();  // model dir -> promise of its heads.json (null when it has none)
 
@@ -31,7 +31,7 @@ export function kindBadges(info, layer, head) {
 }
 
 /** Which prompts the kinds were measured on, in words. */
-function promptsLine(info) {
+export function promptsLine(info) {
   const p = info.prompts;
   return p.source === "probe"
     ? `Measured on the probe set (${p.n_prompts} prompts, ${p.n_repeat_prompts} of them repeated random words; `
@@ -65,18 +65,55 @@ export function kindsSummary(model, info, headLink) {
     definitions);
 }
 
-/** The single view's panel: this head's kinds with their scores, and its most similar heads, each a link. */
+/** The single view's panel: this head's kinds with their scores, and its most similar heads, each a link to the
+ * single view (and to its head page). */
 export function headKindsPanel(model, info, layer, head, prompt) {
   if (!info) return el("p", { class: "muted" }, `${model} has no heads.json yet (build_index.py writes it)`);
   const mine = info.heads[layer][head];
   const link = ([m, l, h]) => singleUrl({ model: m, prompt, layer: l, head: h, figure: "raw" });
   return el("div", {},
     mine.kinds.length ? kindBadges(info, layer, head) : el("p", { class: "muted" }, "no kind: no score passes its threshold"),
+    el("p", { class: "head-page-link" }, el("a", { href: headPageUrl({ model, layer, head }) },
+      `${headKey(layer, head)}'s head page`), el("span", { class: "muted" }, ": what it does across all prompts")),
     el("h3", {}, "similar heads"),
-    el("ol", { class: "similar-heads" }, mine.nearest.map((n) => el("li", { dataset: { model: n[0], head: headKey(n[1], n[2]) } },
-      el("a", { href: link(n) }, `${n[0]} ${headKey(n[1], n[2])}`), el("span", { class: "num mono" }, ` ${formatNumber(n[3])}`)))),
+    similarList(mine.nearest, link, ([m, l, h]) => headPageUrl({ model: m, layer: l, head: h })),
     el("p", { class: "muted" }, "cosine similarity of standardised fingerprints (", info.features.length,
       " features: the kinds' scores and attention by offset); the prompt is this one, where that model has it"));
+}
+
+/** Nearest heads ([model, layer, head, similarity]) as a list of links; `page`, when given, adds a head page link. */
+function similarList(nearest, link, page) {
+  return el("ol", { class: "similar-heads" }, nearest.map((n) => el("li", { dataset: { model: n[0], head: headKey(n[1], n[2]) } },
+    el("a", { href: link(n) }, `${n[0]} ${headKey(n[1], n[2])}`), el("span", { class: "num mono" }, ` ${formatNumber(n[3])}`),
+    page && el("a", { class: "page-link", href: page(n), title: "its head page" }, " head page"))));
+}
+
+/** The head page's kinds: every kind's score against its threshold (those it passes first), with its source. */
+export function kindsTable(info, layer, head) {
+  const mine = info.heads[layer][head], passed = new Map(mine.kinds.map((k) => [k.name, k]));
+  const score = (kind) => mine.features?.[info.features.indexOf(kind.feature)] ?? null;
+  const rows = [...info.kinds].sort((a, b) => passed.has(b.name) - passed.has(a.name));
+  return el("div", {},
+    mine.kinds.length ? kindBadges(info, layer, head) : el("p", { class: "muted" }, "no kind: no score passes its threshold"),
+    el("table", { class: "data kinds-scores" },
+      el("thead", {}, el("tr", {}, el("th", {}, "kind"), el("th", { class: "num" }, "score"), el("th", {}, "threshold"))),
+      el("tbody", {}, rows.map((kind) => {
+        const found = passed.get(kind.name);
+        return el("tr", { class: found ? "passes" : "", title: `${kind.doc}\nsource: ${kind.source}`,
+          dataset: { kind: kind.name, score: String(score(kind)), passes: found ? "1" : "" } },
+        el("td", {}, found?.offset ? `${kind.name} (offset ${found.offset})` : kind.name),
+        el("td", { class: "num mono" }, formatNumber(score(kind))),
+        el("td", { class: "mono" }, `${kind.op} ${kind.threshold}`));
+      }))),
+    el("p", { class: "muted kinds-source" }, promptsLine(info), " Hover a row for its definition and source."));
+}
+
+/** The head page's similar heads anywhere in the data dir, each a link to its head page. */
+export function similarHeads(info, layer, head) {
+  const page = ([m, l, h]) => headPageUrl({ model: m, layer: l, head: h });
+  return el("div", {}, similarList(info.heads[layer][head].nearest, page),
+    el("p", { class: "muted" }, "cosine similarity of standardised fingerprints (", info.features.length,
+      " features: the kinds' scores and attention by offset)"));
 }
 
 // ---- the map: every head of the chosen models at its fingerprint's first two principal components ----

@@ -10,7 +10,7 @@ import { download, figureScene, pngAsSvg, scenePng, sceneSvg } from "./export.js
 import { headKindsPanel, loadHeadKinds } from "./kinds.js";
 import * as matrix from "./matrix.js";
 import { NotStoredError, loadHead } from "./patterns.js";
-import { changeState, go, gridUrl, headsUrl, latest, pageUrl, readState, singleUrl, writeState } from "./url.js";
+import { changeState, go, gridUrl, headPageUrl, headsUrl, latest, pageUrl, readState, singleUrl, writeState } from "./url.js";
 
 const state = readState("single");
 const data = {
@@ -175,6 +175,7 @@ function renderControls() {
   // the grid shows every head of this prompt, the view one usually comes from
   $("grid-link").href = gridUrl({ model: state.model, prompts: [state.prompt], figures: state.figure });
   $("heads-link").href = headsUrl({ model: state.model });
+  $("head-link").href = headPageUrl({ model: state.model, layer: state.layer, head: state.head });
   renderBControls();
 }
 

@@ -42,13 +42,23 @@ export const PAGES = {
       model: "", stat: "",
       over: "mean",        // mean over prompts | prompt (one prompt's values)
       prompt: "",
-      click: "panel",      // what clicking a head opens: panel (its distribution and top prompts) | single | grid
+      click: "panel",      // what clicking a head opens: panel (its distribution and top prompts) | page | single | grid
       top: "10", order: "desc",
       vs: "",              // a model of the same shape: show this model's values minus its values
       series: "",          // "1": the statistic across the models of the same shape (training checkpoints)
       panel: "",           // the head whose panel is open, as L<layer>H<head>; "" none
       map: "checkpoints",  // the map of heads shows: model (this one) | checkpoints (its checkpoints) | all
       colour: "kind",      // the map's points are coloured by: kind | layer | model
+    },
+  },
+  head: {
+    file: "head.html",
+    defaults: {
+      model: "", head: "",  // head: L<layer>H<head>; "" the first
+      stat: "",            // the statistic whose histogram and top prompts are open; "" the examples' statistic
+      shade: "q",          // a token of an example shows: q what it attends to (its row) | k what attends to it
+      pin: "",             // the token pinned by a click, as <prompt hash>:<position>; "" none
+      sort: "mass",        // the top tokens by: mass (total attention) | mean (mass per occurrence)
     },
   },
 };
@@ -122,6 +132,9 @@ export function gridUrl({ model, heads, prompts, figures, stat, desc }) {
     figures, stat, sort: stat && heads ? "stat" : "", desc: desc ? "1" : "",
   });
 }
+
+/** A head's own page: what it does across the whole dataset. */
+export const headPageUrl = ({ model, layer, head }) => pageUrl("head", { model, head: headKey(layer, head) });
 
 /** The heads page of a model and statistic. */
 export const headsUrl = ({ model, stat }) => pageUrl("heads", { model, stat });
