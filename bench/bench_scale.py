@@ -10,7 +10,8 @@
 2. Bytes and files on disk per prompt.
 3. build_index.py over them: the merged statistics tables, per-head summaries and top lists, the prompt index.
 4. The site (headless chromium, served by serve.py): the grid's first page and a text search, the heads
-   page with a head's panel; the same over a synthetic 1,000,000-prompt index (bench_site.py's).
+   page with a head's panel, the head page of L1H2 (target: shown in < 1 s, < 1 MB fetched); the grid and heads
+   page over a synthetic 1,000,000-prompt index (bench_site.py's).
 5. compute_activations --top 5 for one statistic: how many prompts it stored, how long it took.
 6. build_index.py again: a rerun with nothing new; one after 1,000 more prompts are computed (bytes read,
    files written); and the same data dir indexed from nothing, whose files must be the same bytes.
