@@ -2,7 +2,8 @@
 // a top-N list, a head's panel (its distribution over prompts, its highest and lowest prompts) and links that
 // open a head in the single view or the grid. Nothing it fetches grows with the number of prompts: per-head
 // summaries from stats.json, the panels from the statistic's heads.json, one prompt's values by one byte
-// range of its table, prompts through the prompt index.
+// range of its table, prompts through the prompt index. Above it, the heads' kinds, and the map of heads (PCA of
+// their fingerprints) or the scatter of heads (any two statistics), or both.
 import {
   MODELS_URL, checkpointOf, fetchData, fetchEach, headKey, isStored, loadColormap, loadStatRow, openPromptIndex, range,
   rankHeads, statHeadsUrl, statMeans, statsUrl,
@@ -11,8 +12,11 @@ import {
   $, debounce, el, fillSelect, formatNumber, histogramSvg, notForPage, oneLine, promptLabel, promptList, renderLegend, showError,
   startPage, svgEl,
 } from "./dom.js";
-import { drawMap, kindsSummary, loadHeadKinds, mapLegend, mapModels, mapPoints, pointLabel } from "./kinds.js";
+import { drawMap, kindsSummary, loadHeadKinds, mapModels, mapPoints, pointColours, pointLabel } from "./kinds.js";
 import { colourScale } from "./matrix.js";
+import {
+  SUMMARIES, axisShort, axisTitle, defaultAxes, drawScatter, scatterLabel, scatterPoints, summaryValue, valueText,
+} from "./scatter.js";
 import { changeState, go, gridUrl, headPageUrl, latest, pageUrl, readState, singleUrl, writeState } from "./url.js";
 
 const state = readState("heads");
@@ -34,6 +38,8 @@ async function load() {
   if (!models.length) throw new Error(`${MODELS_URL}: no models yet (run compute_activations.py)`);
   Object.assign(data, { models, colormap, diverging });
   if (!models.some((m) => m.model_dir === state.model)) state.model = models[0].model_dir;
+  if (!["map", "scatter", "both"].includes(state.plot)) state.plot = "map";
+  for (const key of ["xsum", "ysum", "csum"]) if (!(state[key] in SUMMARIES)) state[key] = "mean";
   await loadModel();
 }
 
@@ -42,6 +48,7 @@ async function loadModel() {
   Object.assign(data, { model: data.models.find((m) => m.model_dir === state.model), stats, index, heads: null });
   const names = Object.keys(stats?.stats || {});
   if (!names.includes(state.stat)) state.stat = names[0] || "";
+  for (const key of ["x", "y", "cstat"]) if (!names.includes(state[key])) state[key] = "";  // "": the default
   data.prompt = (state.prompt && await index.find(state.prompt)) || await promptAt(index, 0);
   state.prompt = data.prompt?.record.hash ?? "";
 }
@@ -201,7 +208,7 @@ async function render() {
     return;
   }
   await loadHeads();
-  await renderKinds();  // after loadHeads: its head links open what a click on the heatmap opens
+  await renderKinds(current);  // after loadHeads: its head links open what a click on the heatmap opens
   const shown = await shownValues();
   if (!current()) return;
   $("vs-problem").textContent = shown.problem ?? "";
@@ -232,36 +239,93 @@ function showHovered() {
   $("hover-info").textContent = cell?.title ?? "";
 }
 
-// ---- the heads' kinds: the summary and the map (site/kinds.js) ----
+// ---- the heads' kinds: the summary; the map and the scatter of heads (site/kinds.js, site/scatter.js) ----
 
-let map = null;  // the drawn map: {keys, pick(x, y)}
+let plots = {};  // the plots drawn: {map, scatter}, each {pick(x, y), label(point)} or null when hidden
 
-async function renderKinds() {
+/** The scatter's axes, {x, xsum, xlog, y, ysum, ylog}: the URL's choice, else scatter.defaultAxes. */
+function scatterAxes() {
+  const [x, y] = defaultAxes(Object.keys(data.stats?.stats || {}));
+  return {
+    x: state.x || x, xsum: state.xsum, xlog: state.xlog === "1", y: state.y || y, ysum: state.ysum, ylog: state.ylog === "1",
+  };
+}
+
+/** The statistic colour=stat shows: the URL's choice, else the heatmap's. */
+const colourStat = () => state.cstat || state.stat;
+
+const PLOT_TITLES = { map: "map of heads", scatter: "scatter of heads", both: "map and scatter of heads" };
+
+async function renderKinds(current) {
   const info = await loadHeadKinds(state.model);
   $("kinds-view").classList.toggle("hidden", !info);
   if (!info) return;
   $("kinds-summary").replaceChildren(el("h2", {}, "kinds of heads"), kindsSummary(state.model, info, headUrl));
   const models = mapModels(data.models.map((m) => m.model_dir), state.model, state.map);
-  const infos = await fetchEach(models.map(loadHeadKinds));
-  const entries = models.map((model, i) => ({ model, info: infos[i] })).filter((e) => e.info);
-  map = drawMap($("map-canvas"), mapPoints(entries), state.colour);
-  $("map-legend").replaceChildren(mapLegend(map.keys));
+  const needStats = state.plot !== "map" || state.colour === "stat";  // the map alone needs only heads.json
+  const [infos, stats] = await Promise.all([
+    fetchEach(models.map(loadHeadKinds)), fetchEach(needStats ? models.map(otherStats) : []),
+  ]);
+  if (!current()) return;
+  const statsOf = new Map(stats.map((st, i) => [models[i], st]));
+  const heads = mapPoints(models.map((model, i) => ({ model, info: infos[i] })).filter((e) => e.info));
+  if (state.colour === "stat") {
+    for (const p of heads) p.c = summaryValue(statsOf.get(p.model), colourStat(), state.csum, p.layer, p.head);
+  }
+  // one set of colours for both plots, made from every head shown, so a head has the same colour in each
+  const colours = pointColours(heads, state.colour, { colormap: data.colormap, title: axisTitle(colourStat(), state.csum) });
+  $("plot-title").textContent = PLOT_TITLES[state.plot];
+  $("map-box").classList.toggle("hidden", state.plot === "scatter");
+  $("scatter-box").classList.toggle("hidden", state.plot === "map");
+  plots = {
+    map: state.plot === "scatter" ? null : { ...drawMap($("map-canvas"), heads, colours), label: pointLabel },
+    scatter: state.plot === "map" ? null : renderScatter(heads, statsOf, colours),
+  };
+  $("map-legend").replaceChildren(colours.legend);
+  showPoint(null);
 }
 
-/** The map's point under the mouse: hovering names it, clicking opens it in the single view. */
-function wireMap() {
-  const at = (e) => map?.pick(e.offsetX, e.offsetY);
-  $("map-canvas").addEventListener("mousemove", (e) => {
-    const p = at(e);
-    $("map-hover").textContent = p ? pointLabel(p) : "\u00a0";
-    $("map-canvas").style.cursor = p ? "pointer" : "";
+/** The scatter of `heads` at the chosen statistics, and the line saying how many it leaves out and why. */
+function renderScatter(heads, statsOf, colours) {
+  const axes = scatterAxes(), { points, missing, nonPositive } = scatterPoints(heads, statsOf, axes);
+  const drawn = drawScatter($("scatter-canvas"), points, {
+    x: { title: axisTitle(axes.x, axes.xsum), log: axes.xlog }, y: { title: axisTitle(axes.y, axes.ysum), log: axes.ylog },
+    colours,
   });
-  $("map-canvas").addEventListener("click", (e) => {
-    const p = at(e);
-    if (p && state.click === "page") go(headPageUrl({ model: p.model, layer: p.layer, head: p.head }));
-    // the probe's prompts have the same hash in every model; another model's single view picks its own otherwise
-    else if (p) location.href = singleUrl({ model: p.model, prompt: state.prompt, layer: p.layer, head: p.head, figure: "raw" });
-  });
+  $("scatter-note").textContent = [`${points.length} of ${heads.length} heads`,
+    missing && `${missing} without a value of x or y, left out`,
+    nonPositive && `${nonPositive} with a value \u2264 0 on a log axis, left out`].filter(Boolean).join("; ");
+  return { ...drawn, label: (p) => scatterLabel(p, axes) };
+}
+
+/** The line under the plots names the point hovered (its data-* the head and its plot coordinates), or nothing. */
+function showPoint(p, plot) {
+  const box = $("map-hover");
+  const colour = state.colour === "stat" && p ? ` \u00b7 colour: ${axisShort(colourStat(), state.csum)} ${valueText(p.c)}` : "";
+  box.textContent = p ? `${plots[plot].label(p)}${colour}` : "\u00a0";
+  Object.assign(box.dataset, p ? { plot, model: p.model, head: headKey(p.layer, p.head), x: String(p.x), y: String(p.y) }
+    : { plot: "", model: "", head: "", x: "", y: "" });
+}
+
+/** A point under the mouse: hovering names it; clicking a map point opens it as "click opens" says (the head page
+ * or the single view), a scatter point its head page. */
+function wirePlots() {
+  for (const plot of ["map", "scatter"]) {
+    const canvas = $(`${plot}-canvas`), at = (e) => plots[plot]?.pick(e.offsetX, e.offsetY);
+    canvas.addEventListener("mousemove", (e) => {
+      const p = at(e);
+      showPoint(p, plot);
+      canvas.style.cursor = p ? "pointer" : "";
+    });
+    canvas.addEventListener("mouseleave", () => showPoint(null));
+    canvas.addEventListener("click", (e) => {
+      const p = at(e);
+      const page = plot === "scatter" || state.click === "page";
+      if (p && page) go(headPageUrl({ model: p.model, layer: p.layer, head: p.head }));
+      // the probe's prompts have the same hash in every model; another model's single view picks its own otherwise
+      else if (p) location.href = singleUrl({ model: p.model, prompt: state.prompt, layer: p.layer, head: p.head, figure: "raw" });
+    });
+  }
 }
 
 function renderHeatmap({ values, a, b }, ranked) {
@@ -325,7 +389,14 @@ function renderTop(ranked) {
 function renderControls() {
   fillSelect($("model"), data.models.map((m) => m.model_dir), state.model);
   fillSelect($("stat"), Object.keys(data.stats?.stats || {}), state.stat);
-  for (const id of ["over", "click", "top", "order", "map", "colour"]) $(id).value = state[id];
+  for (const id of ["over", "click", "top", "order", "map", "colour", "plot", "xsum", "ysum", "csum"]) $(id).value = state[id];
+  const names = Object.keys(data.stats?.stats || {}), axes = scatterAxes();
+  fillSelect($("x"), names, axes.x);
+  fillSelect($("y"), names, axes.y);
+  fillSelect($("cstat"), names, colourStat());
+  $("xlog").checked = axes.xlog;
+  $("ylog").checked = axes.ylog;
+  $("colour-stat").classList.toggle("hidden", state.colour !== "stat");
   const others = sameShape().map((m) => m.model_dir).filter((m) => m !== state.model);
   fillSelect($("vs"), ["", ...(state.vs && !others.includes(state.vs) ? [state.vs] : []), ...others], state.vs,
     (m) => m || "nothing");
@@ -448,9 +519,14 @@ async function searchPrompts(query) {
 function wire() {
   $("model").addEventListener("change", (e) => setState({ model: e.target.value }, loadModel, render));
   $("series").addEventListener("change", (e) => setState({ series: e.target.checked ? "1" : "" }, render));
-  wireMap();
-  for (const id of ["stat", "over", "click", "top", "order", "vs", "map", "colour"]) {
+  wirePlots();
+  for (const id of ["xsum", "ysum", "csum"]) fillSelect($(id), Object.keys(SUMMARIES), state[id], (k) => SUMMARIES[k]);
+  const selects = ["stat", "over", "click", "top", "order", "vs", "map", "colour", "plot", "x", "y", "xsum", "ysum", "cstat", "csum"];
+  for (const id of selects) {
     $(id).addEventListener("change", (e) => setState({ [id]: e.target.value }, render));
+  }
+  for (const id of ["xlog", "ylog"]) {
+    $(id).addEventListener("change", (e) => setState({ [id]: e.target.checked ? "1" : "" }, render));
   }
   $("prev-prompt").addEventListener("click", () => stepPrompt(-1));
   $("next-prompt").addEventListener("click", () => stepPrompt(1));
@@ -474,6 +550,7 @@ function wire() {
     if (actions[e.key] && actions[e.key]() !== false) e.preventDefault();
   });
   window.addEventListener("resize", () => data.heads && render());
+  document.addEventListener("themechange", () => data.heads && render());  // the plots' canvas colours follow the theme
 }
 
 // ---- across checkpoints: one small heatmap per model of this shape, and the top heads against the step ----

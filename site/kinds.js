@@ -1,8 +1,10 @@
 // Head kinds (build_index.py writes <model>/heads.json with kinds.py): a head's kinds as badges, the heads page's
-// summary (kinds per layer, the labelled heads) and map (PCA of the fingerprints), and a head's similar heads.
+// summary (kinds per layer, the labelled heads) and map (PCA of the fingerprints), and a head's similar heads;
+// the colours, dots and picking the map shares with the scatter (scatter.js).
 // Every definition, threshold and source shown comes from heads.json itself: kinds.py's KINDS, written once.
 import { checkpointOf, fetchData, headKey, headKindsUrl, range } from "./data.js";
-import { cssColor, el, formatNumber } from "./dom.js";
+import { cssColor, el, formatNumber, renderLegend } from "./dom.js";
+import { colourScale } from "./matrix.js";
 import { headPageUrl, singleUrl } from "./url.js";
 
 const loaded = new Map();  // model dir -> promise of its heads.json (null when it has none)
@@ -134,20 +136,77 @@ function colourKey(p, by) {
   return p.kinds[0] ?? "no kind";
 }
 
-/** Draw the map on a canvas: training paths (same head, checkpoints by step), then the points; returns
- * {pick(x, y)}: the point under a canvas position, for hover and click. */
-export function drawMap(canvas, points, by) {
-  const dpr = window.devicePixelRatio || 1, W = canvas.clientWidth, H = canvas.clientHeight, pad = 14;
+/** How the map and the scatter colour their points, {of(p), faint(p), legend}: one colour per kind, layer or model
+ * (by = "kind" | "layer" | "model"), or (by = "stat") the value `p.c` on `colormap` from the lowest to the highest,
+ * titled `title`. Made once from every head shown, so a head has the same colour in both plots. */
+export function pointColours(points, by, { colormap, title } = {}) {
+  if (by === "stat") return valueColours(points, colormap, title);
+  const keys = [...new Set(points.map((p) => colourKey(p, by)))].sort((a, b) => (a === "no kind") - (b === "no kind") || a.localeCompare(b));
+  const colours = new Map(keys.map((k, i) => [k, k === "no kind" ? cssColor("--muted") : cssColor(`--series-${(i % KIND_COLOURS) + 1}`)]));
+  return {
+    of: (p) => colours.get(colourKey(p, by)),
+    faint: (p) => colourKey(p, by) === "no kind",
+    legend: mapLegend(keys.map((k) => [k, colours.get(k)])),
+  };
+}
+
+/** Colours on a colormap (the heatmap's scale, lowest to highest value); a point without a value is muted. */
+function valueColours(points, colormap, title) {
+  const scale = colourScale([points.map((p) => p.c)], "range"), none = cssColor("--muted");
+  const missing = points.filter((p) => Number.isNaN(p.c)).length, bar = el("span", { class: "legend" });
+  renderLegend(bar, scale.lo, scale.hi, colormap, { empty: "no values" });
+  return {
+    of: (p) => (Number.isNaN(p.c) ? none : `rgb(${colormap[scale.index(p.c)].join(", ")})`),
+    faint: (p) => Number.isNaN(p.c),
+    outline: cssColor("--muted"),  // a colormap's darkest colours vanish on a dark background otherwise
+    legend: el("div", { class: "map-legend value-legend", dataset: { lo: String(scale.lo), hi: String(scale.hi) } },
+      el("span", {}, `colour: ${title}`), bar, missing > 0 && el("span", { class: "map-key", dataset: { key: "no value" } },
+        el("span", { class: "swatch", style: { background: none } }), `${missing} without a value`)),
+  };
+}
+
+/** A canvas sized to its box for the screen's pixel ratio: {ctx, W, H} in CSS pixels. */
+export function canvasContext(canvas) {
+  const dpr = window.devicePixelRatio || 1, W = canvas.clientWidth, H = canvas.clientHeight;
   canvas.width = W * dpr;
   canvas.height = H * dpr;
   const ctx = canvas.getContext("2d");
   ctx.scale(dpr, dpr);
   ctx.clearRect(0, 0, W, H);
+  return { ctx, W, H };
+}
+
+/** Draw points (each given px, py) as dots in `colours`, the faint ones first so the coloured stay on top. */
+export function drawPoints(ctx, points, colours) {
+  const order = [...points.filter((p) => colours.faint(p)), ...points.filter((p) => !colours.faint(p))];
+  ctx.lineWidth = 1;
+  ctx.strokeStyle = colours.outline;
+  for (const p of order) {
+    ctx.fillStyle = colours.of(p);
+    ctx.beginPath();
+    ctx.arc(p.px, p.py, 4, 0, 2 * Math.PI);
+    ctx.fill();
+    if (colours.outline) ctx.stroke();
+  }
+}
+
+/** The point drawn nearest a canvas position (px, py), within 8 px; null when none is. */
+export function pickPoint(points, x, y) {
+  let best = null, bestD = 8 * 8;
+  for (const p of points) {
+    const d = (p.px - x) ** 2 + (p.py - y) ** 2;
+    if (d < bestD) [best, bestD] = [p, d];
+  }
+  return best;
+}
+
+/** Draw the map on a canvas: training paths (same head, checkpoints by step), then the points in `colours`
+ * (pointColours); returns {pick(x, y)}: the point under a canvas position, for hover and click. */
+export function drawMap(canvas, points, colours) {
+  const { ctx, W, H } = canvasContext(canvas), pad = 14;
   const xs = points.map((p) => p.x), ys = points.map((p) => p.y);
   const [x0, x1, y0, y1] = [Math.min(...xs), Math.max(...xs), Math.min(...ys), Math.max(...ys)];
   const sx = (x) => pad + ((x - x0) / (x1 - x0 || 1)) * (W - 2 * pad), sy = (y) => H - pad - ((y - y0) / (y1 - y0 || 1)) * (H - 2 * pad);
-  const keys = [...new Set(points.map((p) => colourKey(p, by)))].sort((a, b) => (a === "no kind") - (b === "no kind") || a.localeCompare(b));
-  const colours = new Map(keys.map((k, i) => [k, k === "no kind" ? cssColor("--muted") : cssColor(`--series-${(i % KIND_COLOURS) + 1}`)]));
   ctx.strokeStyle = cssColor("--border");
   ctx.lineWidth = 1;
   for (const path of trainingPaths(points)) {
@@ -155,25 +214,10 @@ export function drawMap(canvas, points, by) {
     path.forEach((p, i) => (i ? ctx.lineTo(sx(p.x), sy(p.y)) : ctx.moveTo(sx(p.x), sy(p.y))));
     ctx.stroke();
   }
-  for (const p of points) {
-    Object.assign(p, { px: sx(p.x), py: sy(p.y) });
-    ctx.fillStyle = colours.get(colourKey(p, by));
-    ctx.beginPath();
-    ctx.arc(p.px, p.py, 4, 0, 2 * Math.PI);
-    ctx.fill();
-  }
+  for (const p of points) Object.assign(p, { px: sx(p.x), py: sy(p.y) });
+  drawPoints(ctx, points, colours);
   canvas.dataset.points = String(points.length);
-  return {
-    keys: keys.map((k) => [k, colours.get(k)]),
-    pick(x, y) {
-      let best = null, bestD = 8 * 8;
-      for (const p of points) {
-        const d = (p.px - x) ** 2 + (p.py - y) ** 2;
-        if (d < bestD) [best, bestD] = [p, d];
-      }
-      return best;
-    },
-  };
+  return { pick: (x, y) => pickPoint(points, x, y) };
 }
 
 /** Each head's points across the checkpoints of one model, ordered by step (only where there are two or more). */
@@ -196,8 +240,8 @@ export function mapModels(models, model, which) {
   return same.length ? same : [model];
 }
 
-/** A legend of the map's colours. */
-export function mapLegend(keys) {
+/** A legend of the map's colours, [[key, colour]]. */
+function mapLegend(keys) {
   return el("div", { class: "map-legend" }, keys.map(([k, c]) => el("span", { class: "map-key", dataset: { key: k } },
     el("span", { class: "swatch", style: { background: c } }), k)));
 }

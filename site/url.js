@@ -47,8 +47,14 @@ export const PAGES = {
       vs: "",              // a model of the same shape: show this model's values minus its values
       series: "",          // "1": the statistic across the models of the same shape (training checkpoints)
       panel: "",           // the head whose panel is open, as L<layer>H<head>; "" none
-      map: "checkpoints",  // the map of heads shows: model (this one) | checkpoints (its checkpoints) | all
-      colour: "kind",      // the map's points are coloured by: kind | layer | model
+      map: "checkpoints",  // the map and the scatter of heads show: model (this one) | checkpoints (its checkpoints) | all
+      colour: "kind",      // the map's and the scatter's points are coloured by: kind | layer | model | stat
+      cstat: "",           // colour=stat: the statistic; "" the heatmap's
+      csum: "mean",        // its summary over prompts: mean | std | min | max | a quantile 0.05 0.25 0.5 0.75 0.95
+      plot: "map",         // the panel shows: map (PCA of the fingerprints) | scatter (two statistics) | both
+      x: "", y: "",        // the scatter's statistics; "": induction_head and previous_token_head, else the first two
+      xsum: "mean", ysum: "mean",  // their summaries over prompts, as csum
+      xlog: "", ylog: "",  // "1": a log axis
     },
   },
   head: {
