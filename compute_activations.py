@@ -54,6 +54,15 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--patterns", type=patterns_arg, default="all", metavar="all|none|N",
                    help="whose attention patterns to store: every prompt's (default), none, or a seeded sample of "
                    "N prompts (--seed); head statistics are computed and stored for every prompt either way")
+    p.add_argument("--dataset", metavar="NAME_OR_PATH",
+                   help="prompts from a dataset instead of PROMPTS: a Hugging Face dataset by name (streamed: only "
+                   "--n-samples rows are read), a local save_to_disk dir, or parquet, JSONL or CSV files (a file or "
+                   "a folder of them)")
+    p.add_argument("--split", default="train", help="with --dataset: the split (default: %(default)s)")
+    p.add_argument("--dataset-config", metavar="NAME", help="with --dataset: the dataset's configuration")
+    p.add_argument("--text-field", default="text", metavar="FIELD",
+                   help="with --dataset: the column holding the text (default: %(default)s); other short columns "
+                   "become the prompt's meta")
     p.add_argument("--top", type=lens.positive_int, metavar="K",
                    help="store the patterns of each head's K highest and K lowest prompts by the statistics "
                    "already computed (see --stat), and nothing else; the prompts come from the data dir")
@@ -154,30 +163,105 @@ def load_prompts(path: Path, raw: bool = False, min_chars: int = 100, max_chars:
     rows = list(lens.iter_jsonl(path))
     if not rows:
         raise lens.UserError(f"{path}: no prompts in file")
-    prompts, seen = [], {}  # text -> (line, meta) of its first line
-    for lineno, row in rows:
-        text, meta = row.get("text"), row.get("meta", {})
+    return prompts_from_rows(((f"{path}:{lineno}", row, f"line {lineno}") for lineno, row in rows), str(path), raw,
+                             min_chars, max_chars)
+
+
+def prompts_from_rows(rows, source: str, raw: bool, min_chars: int, max_chars: int,
+                      text_field: str = "text") -> list[dict]:
+    """Prompts from (where, row, short name) triples: the row's `text_field` (cut into pieces with `raw`) and its
+    "meta"; identical texts once, with the first one's meta (said when another's differs)."""
+    prompts, seen = [], {}  # text -> (short name, meta) of its first row
+    for where, row, name in rows:
+        text, meta = row.get(text_field), row.get("meta", {})
         if not isinstance(text, str) or not text.strip():
-            raise lens.UserError(f'{path}:{lineno}: needs a non-empty string "text"')
+            raise lens.UserError(f'{where}: needs a non-empty string "{text_field}"')
         if not isinstance(meta, dict):
-            raise lens.UserError(f'{path}:{lineno}: "meta" must be a JSON object')
+            raise lens.UserError(f'{where}: "meta" must be a JSON object')
         try:
             json.dumps(row, ensure_ascii=False).encode("utf-8")
         except UnicodeEncodeError:
-            raise lens.UserError(f"{path}:{lineno}: holds a lone surrogate (\\ud800 to \\udfff), not text") from None
+            raise lens.UserError(f"{where}: holds a lone surrogate (\\ud800 to \\udfff), not text") from None
         texts = split_document(text, min_chars, max_chars) if raw else [text]
         for i, t in enumerate(texts):
             if t in seen:
                 first, first_meta = seen[t]
                 if first_meta != meta:  # said, not dropped silently
-                    print(f"warning: {path}:{lineno}: the same text as line {first}: computed once, with line "
-                          f"{first}'s meta", file=sys.stderr)
+                    print(f"warning: {where}: the same text as {first}: computed once, with {first}'s meta",
+                          file=sys.stderr)
                 continue
-            seen[t] = (lineno, meta)
+            seen[t] = (name, meta)
             prompts.append({"text": t, "meta": {**meta, "chunk": i} if raw else meta})
     if not prompts:
-        raise lens.UserError(f"{path}: no prompt of at least --min-chars {min_chars} characters")
+        raise lens.UserError(f"{source}: no prompt of at least --min-chars {min_chars} characters")
     return prompts
+
+
+def dataset_rows(spec: str, split: str, text_field: str, config: str | None, n_rows: int | None, shuffle: bool,
+                 seed: int):
+    """(where, row) of a dataset's rows, row = {text_field: text, "meta": {...}}: a local save_to_disk dir, a
+    folder or file(s) of parquet, JSONL or CSV, or a Hugging Face dataset by name, streamed (--n-samples
+    rows are read, not the whole set; --shuffle draws them from a 10,000-row buffer). The meta is the row's
+    "meta" object, if any, and its other short scalar columns, plus the row's number."""
+    import datasets
+
+    path = Path(spec).expanduser()
+    files = (sorted(f for f in path.rglob("*") if f.suffix in DATA_SUFFIXES) if path.is_dir()
+             else [path] if path.is_file() else [])
+    try:
+        if path.is_dir() and (path / "dataset_info.json").exists() or (path / "dataset_dict.json").exists():
+            ds = datasets.load_from_disk(str(path))
+            if isinstance(ds, datasets.DatasetDict):
+                if split not in ds:
+                    raise lens.UserError(f"--split {split}: {spec} has splits {', '.join(ds)}")
+                ds = ds[split]
+            if shuffle:
+                ds = ds.shuffle(seed=seed)
+        elif files:
+            kinds = {DATA_SUFFIXES[f.suffix] for f in files}
+            if len(kinds) > 1:
+                raise lens.UserError(f"--dataset {spec}: mixes {' and '.join(sorted(kinds))} files; name one kind")
+            ds = datasets.load_dataset(kinds.pop(), data_files=[str(f) for f in files], split="train", streaming=True)
+            if shuffle:
+                ds = ds.shuffle(seed=seed, buffer_size=10_000)
+        elif path.exists() or spec.startswith((".", "/", "~")):
+            raise lens.UserError(f"--dataset {spec}: no parquet, JSONL, JSON or CSV file there, and not a "
+                                 "save_to_disk dir")
+        else:
+            ds = datasets.load_dataset(spec, config, split=split, streaming=True)
+            if shuffle:
+                ds = ds.shuffle(seed=seed, buffer_size=10_000)
+    except lens.UserError:
+        raise
+    except (FileNotFoundError, ConnectionError, ValueError, OSError) as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise lens.UserError(f"--dataset {spec}: cannot load it ({first})") from None
+    columns = getattr(ds, "column_names", None) or (list(ds.features) if getattr(ds, "features", None) else None)
+    if columns is not None and text_field not in columns:
+        raise lens.UserError(f"--text-field {text_field}: {spec} has no such column (it has: {', '.join(columns)})")
+    empty = 0
+    for i, row in enumerate(ds):
+        if n_rows is not None and i - empty >= n_rows:
+            break
+        if text_field not in row:
+            raise lens.UserError(f"--text-field {text_field}: {spec} row {i} has no such column (it has: "
+                                 f"{', '.join(row)})")
+        text = row[text_field]
+        if not isinstance(text, str):
+            raise lens.UserError(f"--text-field {text_field}: {spec} row {i} holds {type(text).__name__}, not text")
+        if not text.strip():
+            empty += 1
+            continue
+        meta = dict(row["meta"]) if isinstance(row.get("meta"), dict) else {}
+        meta.update({k: v for k, v in row.items() if k not in (text_field, "meta")
+                     and (isinstance(v, (bool, int, float)) or isinstance(v, str) and len(v) <= 200)})
+        meta["row"] = i
+        yield f"{spec} row {i}", {text_field: text, "meta": meta}, f"row {i}"
+    if empty:
+        print(f"warning: --dataset {spec}: {empty} row(s) with an empty {text_field!r} skipped", file=sys.stderr)
+
+
+DATA_SUFFIXES = {".parquet": "parquet", ".jsonl": "json", ".json": "json", ".csv": "csv"}
 
 
 def select_prompts(prompts: list[dict], n_samples: int | None, shuffle: bool, seed: int,
@@ -469,6 +553,8 @@ def check_flags(args) -> None:
     """What argparse's types cannot check alone (counts are checked by lens.positive_int)."""
     if args.device_map and args.device:
         raise lens.UserError("--device-map and --device are exclusive: --device-map places the model itself")
+    if args.dataset and (args.prompts or args.top or args.examples):
+        raise lens.UserError("--dataset is where the prompts come from: not with PROMPTS, --top or --examples")
     if args.examples and (args.top or args.probe or args.prompts):
         raise lens.UserError("--examples chooses from what is computed: no PROMPTS, --top or --probe with it")
     if args.examples_patterns and (args.no_examples or args.shard):
@@ -581,10 +667,15 @@ def main(argv=None) -> None:
     elif args.top:
         work = {model_name: top_prompts(args.save_path, model_name, args.top, args.stat) for _, _, model_name in runs}
     else:
-        if args.prompts is None and not args.probe:
-            raise lens.UserError("PROMPTS: a prompts file is needed (or --top K, to store the top prompts "
-                                 "of statistics already computed, or --probe, the probe set alone)")
-        prompts = load_prompts(args.prompts, args.raw, args.min_chars, args.max_chars) if args.prompts else []
+        if args.prompts is None and not args.probe and not args.dataset:
+            raise lens.UserError("PROMPTS: a prompts file is needed (or --dataset, or --top K, to store the top "
+                                 "prompts of statistics already computed, or --probe, the probe set alone)")
+        if args.dataset:
+            rows = dataset_rows(args.dataset, args.split, args.text_field, args.dataset_config, args.n_samples,
+                                args.shuffle, args.seed)
+            prompts = prompts_from_rows(rows, args.dataset, args.raw, args.min_chars, args.max_chars, args.text_field)
+        else:
+            prompts = load_prompts(args.prompts, args.raw, args.min_chars, args.max_chars) if args.prompts else []
         prompts = select_prompts(prompts, args.n_samples, args.shuffle, args.seed, None)
         # the sample is drawn from every prompt, so shards together store the same N as one run
         store = sample_hashes(prompts, args.patterns, args.seed) if isinstance(args.patterns, int) else args.patterns
