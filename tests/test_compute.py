@@ -15,6 +15,7 @@ import compute_activations as ca
 import datadir
 import forward
 import lens
+import prompt_sources
 import storage
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -140,7 +141,7 @@ def test_script_runs_skips_and_forces(tiny_checkpoint, tmp_path):
 def test_shards_partition_the_prompts(model, tmp_path):
     texts = [f"Prompt number {i} about something." for i in range(20)]
     prompts = [{"text": t} for t in texts]
-    shards = [ca.select_prompts(prompts, None, False, 0, (k, 3)) for k in (1, 2, 3)]
+    shards = [prompt_sources.select_prompts(prompts, None, False, 0, (k, 3)) for k in (1, 2, 3)]
     assert sorted(p["text"] for s in shards for p in s) == sorted(texts)
     assert all(len(s) > 0 for s in shards)
     for shard in shards:  # three jobs, one data dir
@@ -193,7 +194,7 @@ def test_pattern_storage_round_trip_and_size(tmp_path):
 
 def test_raw_documents_split_at_whitespace():
     doc = " ".join(f"word{i}" for i in range(400))
-    pieces = ca.split_document(doc, 50, 200)
+    pieces = prompt_sources.split_document(doc, 50, 200)
     assert all(50 <= len(p) <= 200 for p in pieces)
     assert " ".join(pieces) == doc
 
@@ -276,7 +277,7 @@ def test_a_dir_holding_other_files_is_not_written_into(tiny_checkpoint, tmp_path
 def test_a_repeated_text_with_other_meta_is_computed_once_and_said(tmp_path, capsys):
     (tmp_path / "p.jsonl").write_text('{"text": "same", "meta": {"a": 1}}\n{"text": "other"}\n'
                                       '{"text": "same", "meta": {"a": 2}}\n{"text": "same", "meta": {"a": 1}}\n')
-    prompts = ca.load_prompts(tmp_path / "p.jsonl")
+    prompts = prompt_sources.load_prompts(tmp_path / "p.jsonl")
     assert prompts == [{"text": "same", "meta": {"a": 1}}, {"text": "other", "meta": {}}]
     err = capsys.readouterr().err
     assert err == f"warning: {tmp_path / 'p.jsonl'}:3: the same text as line 1: computed once, with line 1's meta\n"
@@ -285,7 +286,7 @@ def test_a_repeated_text_with_other_meta_is_computed_once_and_said(tmp_path, cap
 def test_a_prompts_file_with_a_byte_order_mark_is_read(tmp_path):
     """Windows tools write UTF-8 with a BOM: the first line is read like the others."""
     (tmp_path / "p.jsonl").write_text("\ufeff" + json.dumps({"text": "caf\u00e9"}) + "\n", encoding="utf-8")
-    assert ca.load_prompts(tmp_path / "p.jsonl") == [{"text": "caf\u00e9", "meta": {}}]
+    assert prompt_sources.load_prompts(tmp_path / "p.jsonl") == [{"text": "caf\u00e9", "meta": {}}]
 
 
 @pytest.mark.parametrize("save_path, message", [
