@@ -37,10 +37,12 @@ def figure_records(figures: dict[str, lens.Figure]) -> list[dict]:
 
 
 def copy_site(save_path: Path) -> None:
-    """Copy site/ (pages, scripts, styles) into the data dir, which serve.py serves as is."""
+    """Copy site/ (pages, scripts, styles) into the data dir, which serve.py serves as is; and .nojekyll, which
+    tells a Jekyll host (GitHub Pages) to serve the files whose names start with "_" (word shards such as _3c.json)."""
     for src in sorted(lens.SITE_DIR.rglob("*")):
         if src.is_file() and not src.name.startswith("."):
             lens.write_if_changed(Path(save_path) / src.relative_to(lens.SITE_DIR), src.read_bytes())
+    lens.write_if_changed(Path(save_path) / ".nojekyll", b"")
 
 
 def rendered_figures_dir(save_path: Path) -> Path:

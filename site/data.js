@@ -70,8 +70,10 @@ const fileInfo = (path) => FILES.find((f) => f.path.test(path)) ?? {};
 export async function fetchOk(path, init) {
   let response;
   try {
-    // inside a self-contained file (embed.js) the files are in memory and attnFetch serves them
-    response = await (globalThis.attnFetch ?? fetch)(path, init);
+    // inside a self-contained file (embed.js) the files are in memory and attnFetch serves them; elsewhere every
+    // request is checked with the server (a static host that sends no Cache-Control would otherwise let the browser
+    // reuse a changed index: a returning visitor saw 32 prompts of 34)
+    response = await (globalThis.attnFetch ?? fetch)(path, { cache: "no-cache", ...init });
   } catch (e) {
     throw new Error(`${path}: ${e.message}`);
   }
@@ -112,6 +114,19 @@ export async function fetchData(path, as = "json") {
   const text = await response.text();
   if (as === "text") return text;
   return as === "jsonl" ? parseJsonl(text, path) : parseJson(text, path);
+}
+
+/** A file an index lists (a word shard named in shards.json): missing, it is an error, not "nothing found". */
+async function fetchListed(path) {
+  try {
+    return parseJson(await (await fetchOk(path)).text(), path);
+  } catch (e) {
+    const name = path.split("/").pop();
+    const hint = name.startsWith("_") && e.message.includes("HTTP 404")
+      ? "; this host drops files whose names start with '_' (GitHub Pages does without a .nojekyll file, which "
+        + "build_index.py writes: copy it too)" : "";
+    throw new Error(`${e.message}: the index lists it${hint}`);
+  }
 }
 
 /** Wait for every fetch; if any failed, one error listing every failure (not just the first to arrive). */
@@ -230,8 +245,8 @@ export async function openPromptIndex(model) {
     const shard = shardName(term);
     const names = await fetchOnce(indexShardsUrl(model));
     if (!names.includes(shard)) return HASH_TERM.test(term) ? hashRows(term) : [];  // no word starts so
-    if (!shards.has(shard)) shards.set(shard, fetchData(indexWordsUrl(model, shard)));
-    const words = (await shards.get(shard)) ?? {};
+    if (!shards.has(shard)) shards.set(shard, fetchListed(indexWordsUrl(model, shard)));
+    const words = await shards.get(shard);
     const lists = Object.entries(words).filter(([word]) => wordFinds(word, term)).map(([, deltas]) => {
       let r = 0;
       return deltas.map((d) => (r += d));
