@@ -230,7 +230,7 @@ def test_a_plugin_statistic_that_fails_at_compute_time_is_missing_there_and_coun
     (["--patterns", "some"], "error: argument --patterns: expected all, none or a number of prompts, got 'some'"),
     (["--top", "0"], "error: argument --top: expected a positive integer, got '0'"),
     (["--top", "3", "--no-prompts"], "error: --top 3: no statistics of MODEL in data yet; compute them first"),
-    (["--no-prompts"], "error: PROMPTS: a prompts file is needed (or --top K"),
+    (["--no-prompts"], "error: PROMPTS: a prompts file is needed (or --dataset, or --top K"),
 ])
 def test_bad_scale_flags_fail_with_one_line_and_write_nothing(tmp_path, prompts_file, extra, message):
     args = [a for a in extra if a != "--no-prompts"]

@@ -70,8 +70,8 @@ def test_probe_patterns_are_stored_whatever_patterns_says(tmp_path, tiny_checkpo
 def test_no_prompts_file_and_no_probe_is_one_error_line(tiny_checkpoint, tmp_path):
     done = run(str(tiny_checkpoint), "--save-path", str(tmp_path / "d"), check=False)
     assert done.returncode == 1 and done.stderr.strip().splitlines() == [
-        "error: PROMPTS: a prompts file is needed (or --top K, to store the top prompts of statistics already "
-        "computed, or --probe, the probe set alone)"]
+        "error: PROMPTS: a prompts file is needed (or --dataset, or --top K, to store the top prompts of "
+        "statistics already computed, or --probe, the probe set alone)"]
 
 
 def test_demo_model_has_its_known_kinds(demo_data):
