@@ -90,7 +90,7 @@ def write_update(save_path: Path, model: str, shape: tuple[int, int], figures: d
     """Write one model's update: its statistics, then its index, then (`remember`) the state for the next run."""
     records = prompt_index.resolve_records(save_path, model, update.changes, update.n_old)
     aggregate.write_model_stats(save_path, model, shape, figures, update, records)
-    head_pages.write_head_pages(save_path, model, shape, update.rows)
+    head_pages.write_head_pages(save_path, model, shape, update.rows, stored.records)
     prompt_index.write_index(save_path, model, update.rows, update.n_old, records)
     if remember:  # after everything it describes: a killed run redoes this update
         prompt_index.write_index_state(save_path, model, update.rows)

@@ -65,29 +65,38 @@ def prompt_keys(hashes: list[str], seed: int) -> np.ndarray:
                     np.uint64)
 
 
-def activations(save_path: Path, model: str, statistic: str = STATISTIC) -> tuple[list[dict], np.ndarray]:
-    """Every computed prompt's part row (the latest part's, as the index keeps) and its activations
-    [prompts, layers, heads] (NaN where undefined), in hash order; a prompt whose latest part lacks the
-    statistic has none."""
-    latest, known = {}, set()
-    for part in storage.read_parts(save_path, model):
-        known.update(part.stats)
-        s = part.stats.index(statistic) if statistic in part.stats else None
-        for i, row in enumerate(part.rows):
-            latest[row["hash"]] = (row, part, i, s)
-    latest = {h: x for h, x in latest.items() if x[3] is not None}
-    if known and not latest:
-        raise lens.UserError(f"--examples-by {statistic}: no prompt of {model} has that statistic (it has: "
-                             f"{', '.join(sorted(known))})")
-    hashes = sorted(latest)
-    if not hashes:
-        return [], np.zeros((0, 0, 0), np.float32)
-    shape = latest[hashes[0]][1].values.shape[2:]
-    values = np.empty((len(hashes), *shape), np.float32)
-    for r, h in enumerate(hashes):
-        _, part, i, s = latest[h]
-        values[r] = part.values[i, s]
-    return [latest[h][0] for h in hashes], values
+class Activations:
+    """Every computed prompt's part row (the latest part's, as the index keeps), in hash order, and its activations
+    read one layer at a time (memory: prompts x heads, whatever the layers), NaN where undefined; a prompt whose
+    latest part lacks the statistic has none."""
+
+    def __init__(self, save_path: Path, model: str, statistic: str = STATISTIC):
+        latest, known = {}, set()
+        for part in storage.read_parts(save_path, model):
+            known.update(part.stats)
+            s = part.stats.index(statistic) if statistic in part.stats else None
+            for i, row in enumerate(part.rows):
+                latest[row["hash"]] = (row, part, i, s)
+        latest = {h: x for h, x in latest.items() if x[3] is not None}
+        if known and not latest:
+            raise lens.UserError(f"--examples-by {statistic}: no prompt of {model} has that statistic (it has: "
+                                 f"{', '.join(sorted(known))})")
+        hashes = sorted(latest)
+        self.rows = [latest[h][0] for h in hashes]
+        self.shape = latest[hashes[0]][1].values.shape[2:] if hashes else (0, 0)
+        self.groups = {}  # part name -> (part, statistic index, [row in part], [row here])
+        for r, h in enumerate(hashes):
+            _, part, i, s = latest[h]
+            group = self.groups.setdefault(part.name, (part, s, [], []))
+            group[2].append(i)
+            group[3].append(r)
+
+    def layer(self, layer: int) -> np.ndarray:
+        """[prompts, heads] of one layer."""
+        out = np.empty((len(self.rows), self.shape[1]), np.float32)
+        for part, s, inside, here in self.groups.values():
+            out[here] = part.values[np.array(inside), s, layer]
+        return out
 
 
 def choose(column: np.ndarray, keys: np.ndarray, sampling: Sampling) -> dict:
@@ -114,10 +123,11 @@ def choose(column: np.ndarray, keys: np.ndarray, sampling: Sampling) -> dict:
     return {"count": n, "boundaries": boundaries, "interval_counts": counts, "chosen": chosen}
 
 
-def basis(rows: list[dict], values: np.ndarray, sampling: Sampling) -> str:
-    """What a choice depends on: the prompts, their activations and the settings."""
+def basis(rows: list[dict], layers, sampling: Sampling) -> str:
+    """What a choice depends on: the prompts, their activations (each layer's) and the settings."""
     h = hashlib.sha256(json.dumps([VERSION, sampling.__dict__, [r["hash"] for r in rows]]).encode())
-    h.update(np.ascontiguousarray(values).tobytes())
+    for values in layers:
+        h.update(np.ascontiguousarray(values).tobytes())
     return h.hexdigest()[:32]
 
 
@@ -132,15 +142,17 @@ def compute_examples(model, save_path: Path, model_dir: str, sampling: Sampling 
 
     sampling.check()
     try:
-        rows, values = activations(save_path, model_dir, sampling.statistic)
+        acts = Activations(save_path, model_dir, sampling.statistic)
     except lens.UserError as e:
         if required:
             raise
         print(f"warning: {e}: no examples chosen", file=sys.stderr)
         return None
+    rows = acts.rows
     if not rows:
         return None
-    made_from = basis(rows, values, sampling)
+    n_layers, n_heads = acts.shape
+    made_from = basis(rows, (acts.layer(l) for l in range(n_layers)), sampling)
     index_path = datadir.examples_index_path(save_path, model_dir)
     try:
         if (lens.read_json(index_path).get("basis") == made_from
@@ -148,9 +160,11 @@ def compute_examples(model, save_path: Path, model_dir: str, sampling: Sampling 
             return {"prompts": 0, "heads": 0, "skipped": True}
     except (lens.UserError, OSError, AttributeError):
         pass
-    n_layers, n_heads = values.shape[1:]
     keys = prompt_keys([r["hash"] for r in rows], sampling.seed)
-    heads = [choose(values[:, l, h], keys, sampling) for l in range(n_layers) for h in range(n_heads)]
+    heads = []
+    for layer in range(n_layers):
+        values = acts.layer(layer)
+        heads += [choose(values[:, h], keys, sampling) for h in range(n_heads)]
     wanted: dict[int, list[tuple[int, int]]] = {}
     for flat, head in enumerate(heads):
         for r, _, _ in head["chosen"]:

@@ -9,6 +9,7 @@ import time
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from functools import lru_cache
 from pathlib import Path
 
 import numpy as np
@@ -411,7 +412,7 @@ class DeviceStats:
     turned into the statistics once per batch (`values`). What depends only on the tokens (padding, the
     (query, key) pairs where a token repeats) is found on the host with numpy and sent over once.
     The look-back statistics come from the attention mass at each exact distance q - k, summed over the real
-    queries (one gather that skews each row so that its distances line up, then one matmul); `sums`, when
+    queries (a copy that skews each row so that its distances line up, then one matmul); `sums`, when
     given, also takes that mass and each token's query- and key-side mass for the model-wide totals."""
 
     GROUP_BYTES = 64 * 2**20  # float32 bytes of one entropy pass
@@ -453,18 +454,12 @@ class DeviceStats:
         self.entropy = torch.empty((n_layers, b, n_heads, 2), device=device)
         self.peak = torch.zeros((n_layers, b, n_heads), device=device)
         self.by_distance = torch.empty((n_layers, b, n_heads, width), device=device)  # mass at q - k = d
-        # where a skewed row's slot d reads key q - d (and q + d for an encoder); the slots past the row's start
-        # are zeroed by `behind`
-        d = np.arange(width)
-        self.back = put(np.maximum(q[:, None] - d[None], 0), torch.long)
-        self.behind = put(q[:, None] >= d[None], torch.bool)
-        if not causal:
-            self.ahead_idx = put(np.minimum(q[:, None] + d[None], width - 1), torch.long)
-            self.ahead = put((q[:, None] + d[None] < width) & (d[None] >= 1), torch.bool)
-        if sums is not None:
+        if sums is not None:  # each layer's token masses, added to the totals once per batch (values)
             use = after_first * (np.ones(b) if fresh is None else fresh)[:, None]
             self.token_ids = put(tokens, torch.long).flatten()
             self.token_use = put(use, torch.float32)
+            self.query_mass = torch.empty((n_layers, n_heads, b, width), device=device)
+            self.key_mass = torch.empty((n_layers, n_heads, b, width), device=device)
             sums.count_tokens(tokens, use)
 
     def add_layer(self, layer: int, pattern) -> None:
@@ -481,27 +476,38 @@ class DeviceStats:
                 out[layer].copy_(torch.bmm(x, w))
         after_first = self.after_first if here else self.after_first.to(pattern.device)
         if pattern.shape[-1] > 1:  # the largest weight of the rows after the first, keys after the first
-            self.peak[layer].copy_((pattern[..., 1:].amax(-1).float() * after_first[:, None]).amax(-1))
+            rows_peak = pattern[..., 1:].amax(-1).float().mul_(after_first[:, None])
+            self.peak[layer].copy_(rows_peak.amax(-1))
         self.by_distance[layer].copy_(self.distance_mass(pattern))
         if self.sums is not None:
-            use = self.token_use if here else self.token_use.to(pattern.device)
-            query_mass = (row_sums - pattern[..., 0].float()) * use[:, None]  # to the keys after the first
-            key_mass = torch.matmul(use[:, None, None, :], pattern.float()).squeeze(2)  # from the queries after it
-            self.sums.add_tokens(layer, self.token_ids, query_mass, key_mass * use[:, None])
+            use = (self.token_use if here else self.token_use.to(pattern.device))[:, None]
+            # to the keys after the first, from the queries after the first
+            self.query_mass[layer].copy_((row_sums - pattern[..., 0]).mul_(use).transpose(0, 1))
+            key_mass = torch.matmul(use[:, :, None], pattern if pattern.dtype == torch.float32 else pattern.float())
+            self.key_mass[layer].copy_(key_mass.squeeze(2).mul_(use).transpose(0, 1))
 
     def distance_mass(self, pattern) -> torch.Tensor:
-        """[batch, heads, d]: the attention mass at distance |q - k| = d over each prompt's real queries."""
+        """[batch, heads, d]: the attention mass at distance |q - k| = d over each prompt's real queries.
+
+        Each row is skewed so that its distances line up: padded with p zeros on the left, the rows of a
+        [p, 2p] matrix read with a stride of 2p + 1 put key q - d at column p - 1 - d (the padding where there is
+        no such key); an encoder's keys after the query come the same way from zeros on the right. One copy and
+        one matmul with the real queries per group of heads."""
         b, h, p, _ = pattern.shape
-        group = max(1, self.GROUP_BYTES // (4 * b * p * p))
-        valid = self.valid if self.valid.device == pattern.device else self.valid.to(pattern.device)
-        parts = [(self.back, self.behind)] + ([(self.ahead_idx, self.ahead)] if not self.causal else [])
-        parts = [(i.to(pattern.device), m.to(pattern.device)) for i, m in parts]
-        out = torch.zeros((b, h, p), device=pattern.device)
+        group = max(1, self.GROUP_BYTES // (8 * b * p * p))
+        valid = (self.valid if self.valid.device == pattern.device else self.valid.to(pattern.device))[:, None, None]
+        out = torch.empty((b, h, p), device=pattern.device)
         for g in range(0, h, group):
             x = pattern[:, g:g + group]
-            for index, keep in parts:
-                skewed = torch.gather(x, 3, index.expand(*x.shape[:2], p, p)).float().masked_fill_(~keep, 0)
-                out[:, g:g + group] += torch.matmul(valid[:, None, None, :], skewed).squeeze(2)
+            x = x if x.dtype == torch.float32 else x.float()
+            n = x.shape[1]
+            strides = (n * 2 * p * p, 2 * p * p, 2 * p + 1, 1)
+            back = torch.nn.functional.pad(x, (p, 0)).as_strided((b, n, p, p), strides, 1)
+            out[:, g:g + group] = torch.matmul(valid, back).squeeze(2).flip(-1)
+            if not self.causal:
+                ahead = torch.nn.functional.pad(x, (0, p)).as_strided((b, n, p, p), strides)
+                mass = torch.matmul(valid, ahead).squeeze(2)
+                out[:, g:g + group, 1:] += mass[..., 1:]
         return out
 
     def bits(self, pattern) -> torch.Tensor:
@@ -536,7 +542,14 @@ class DeviceStats:
         if self.sums is not None:
             keep = self.defined if fresh is None else self.defined & fresh
             self.sums.add_lookback(mass[keep].sum(0))
+            self.sums.add_tokens(self.token_ids, self.query_mass, self.key_mass)
         return v
+
+
+@lru_cache(maxsize=64)
+def lookback_bins(width: int) -> np.ndarray:
+    """[width, bins] 0/1: which LOOKBACK_EDGES bin each distance 0 .. width - 1 falls in."""
+    return np.eye(len(LOOKBACK_EDGES))[np.searchsorted(LOOKBACK_EDGES, np.arange(width), side="right") - 1]
 
 
 class HeadSums:
@@ -554,25 +567,19 @@ class HeadSums:
         self.key = np.zeros((n_layers, n_heads, n_vocab))
         self._query = torch.zeros((n_layers, n_heads, n_vocab), device=device)
         self._key = torch.zeros((n_layers, n_heads, n_vocab), device=device)
-        self.bins = np.searchsorted(LOOKBACK_EDGES, np.arange(8192), side="right") - 1
 
     def count_tokens(self, tokens: np.ndarray, use: np.ndarray) -> None:
         self.counts += np.bincount(tokens.ravel(), use.ravel() > 0, self.n_vocab).astype(np.int64)
 
-    def add_tokens(self, layer: int, ids, query_mass, key_mass) -> None:
-        """One layer's [batch, heads, pos] masses into the token sums (`ids`: the batch's tokens, flat)."""
-        b, h, p = query_mass.shape
+    def add_tokens(self, ids, query_mass, key_mass) -> None:
+        """A batch's [layers, heads, batch, pos] masses into the token sums (`ids`: the batch's tokens, flat)."""
         for out, mass in ((self._query, query_mass), (self._key, key_mass)):
-            target = out[layer]
-            mass = mass.transpose(0, 1).reshape(h, b * p).to(target.device)
-            target.index_add_(1, ids.to(target.device), mass)
+            mass = mass.reshape(*mass.shape[:2], -1).to(out.device)
+            out.index_add_(2, ids.to(out.device), mass)
 
     def add_lookback(self, mass: np.ndarray) -> None:
         """[layers, heads, d] mass by exact distance, binned."""
-        d = mass.shape[-1]
-        bins = self.bins[:d] if d <= len(self.bins) else np.searchsorted(LOOKBACK_EDGES, np.arange(d), "right") - 1
-        for b in range(len(LOOKBACK_EDGES)):
-            self.lookback[..., b] += mass[..., bins == b].sum(-1)
+        self.lookback += mass @ lookback_bins(mass.shape[-1])
 
     def snapshot(self) -> dict:
         """The totals so far as host arrays (token sums only for the tokens seen)."""

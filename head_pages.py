@@ -8,7 +8,8 @@ head page reads one small block whatever the number of prompts or heads:
     (1 = the highest mean of the model's heads), "of", "quantiles", "hist", "top", "bottom"}}, "prompts": {hash:
     {"text", "n_tokens", "stored"}}, "lookback": {"edges", "share", "prompts"} | null, "tokens": {"query", "key"
     ([token, count, mass] by mass), "query_by_mean", "key_by_mean" (by mass / count, tokens seen MIN_COUNT times
-    or more), "min_count", "prompts"} | null}.
+    or more), "min_count", "prompts"} | null, "example_patterns": {hash: the heads it stores ("*": all) for each
+    of the head's examples whose patterns are stored}}.
 
 The look-back and token totals are each run's (storage.read_sums); a run some of whose prompts a later run
 computed again is left out of them, and "prompts" says how many prompts they cover.
@@ -52,9 +53,25 @@ def read_token_strings(save_path: Path, model: str) -> dict[int, str]:
         return {}
 
 
-def write_head_pages(save_path: Path, model: str, shape: tuple[int, int], rows) -> None:
+def example_hashes(save_path: Path, model: str, n_heads: int) -> dict[int, list[str]]:
+    """{flat head: the hashes of its examples} from examples.json and examples.bin ({} when there are none)."""
+    try:
+        index = lens.read_json(datadir.examples_index_path(save_path, model))
+        out = {}
+        with open(datadir.examples_path(save_path, model), "rb") as f:
+            for flat, at in enumerate(index["heads"]):
+                if at and index["n_heads"] == n_heads:
+                    f.seek(at[0])
+                    out[flat] = [e["hash"] for e in json.loads(f.read(at[1]))["examples"]]
+        return out
+    except (lens.UserError, OSError, KeyError, ValueError):
+        return {}
+
+
+def write_head_pages(save_path: Path, model: str, shape: tuple[int, int], rows, stored: dict[str, dict]) -> None:
     """Write head_pages.bin and head_pages.json from stats.json, each statistic's heads.json and the runs' totals
-    (`rows`: the index's prompt_index.Rows, which say the parts to leave out of the totals)."""
+    (`rows`: the index's prompt_index.Rows, which say the parts to leave out of the totals; `stored`: the records
+    of the prompts whose patterns are stored, which say which examples open in the single view)."""
     n_layers, n_heads = shape
     try:
         summary = lens.read_json(datadir.stats_path(save_path, model))
@@ -74,6 +91,7 @@ def write_head_pages(save_path: Path, model: str, shape: tuple[int, int], rows) 
         rank = np.array([1 + int((finite > v).sum()) for v in mean.ravel()])  # tied heads share a rank, as the site's
         ranks[name] = (mean, rank.reshape(mean.shape), int(np.isfinite(mean).sum()))
     sums = storage.read_sums(save_path, model, superseded_parts(rows))
+    shown = example_hashes(save_path, model, n_heads)
     strings = read_token_strings(save_path, model) if sums is not None else {}
     blocks, index = bytearray(), []
     for layer in range(n_layers):
@@ -91,7 +109,9 @@ def write_head_pages(save_path: Path, model: str, shape: tuple[int, int], rows) 
                     if heads and h in heads["prompts"]:
                         prompts[h] = heads["prompts"][h]
             block = {"layer": layer, "head": head, "n_prompts": summary.get("n_prompts", 0), "stats": stats,
-                     "prompts": prompts, "lookback": None, "tokens": None}
+                     "prompts": prompts, "lookback": None, "tokens": None,
+                     "example_patterns": {h: stored[h].get("heads", "*") for h in shown.get(layer * n_heads + head, [])
+                                          if h in stored}}
             if sums is not None:
                 lookback = sums["lookback"][layer, head]
                 total = lookback.sum()

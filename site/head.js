@@ -42,16 +42,20 @@ async function load() {
 const loaded = latest();  // a load that a newer one (another head or model) overtook keeps nothing
 
 /** This head's files: kinds, head page block, statistics, examples with their prompts, and whether each example's
- * patterns are stored (the prompt index). */
+ * patterns are stored (the head page block says; an older one without it, the prompt index). */
 async function loadHead() {
   const current = loaded(), model = data.models.find((m) => m.model_dir === state.model);
   const [layer, head] = chosenHead(model), i = layer * model.n_heads + head;
-  const [kinds, pages, stats, examples, index] = await fetchEach([
+  const [kinds, pages, stats, examples] = await fetchEach([
     loadHeadKinds(state.model), loadHeadPage(state.model, model, i), modelStats(state.model),
-    loadExamples(state.model, model, layer, head), promptIndex(state.model),
+    loadExamples(state.model, model, layer, head),
   ]);
   const hashes = [...new Set(examples?.block?.examples.map((e) => e.hash) ?? [])];
-  const found = await Promise.all(hashes.map((h) => index.find(h)));
+  const patterns = pages?.block?.example_patterns;
+  const found = patterns  // {record}: what isStored reads, without a prompt index chunk per example
+    ? hashes.map((h) => ({ record: h in patterns ? { stored: true, heads: patterns[h] === "*" ? undefined : patterns[h] }
+      : { stored: false } }))
+    : await promptIndex(state.model).then((index) => Promise.all(hashes.map((h) => index.find(h))));
   if (!current()) return;
   Object.assign(data, { model, layer, head, kinds, pages, stats, examples, ranks: headRanks(stats, layer, head) });
   data.records = new Map(hashes.map((h, j) => [h, found[j]?.record ?? null]));

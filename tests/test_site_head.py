@@ -187,6 +187,10 @@ def test_examples_by_interval_link_to_the_single_view_or_say_how_to_store(s, dat
             assert (q["model"], q["prompt"], q["layer"], q["head"]) == (MODEL, phash, str(l), str(h))
         else:
             assert "not stored" in s.page.text_content(f".example[data-hash='{phash}'] header")
+    # which are stored comes with the head's block: no prompt index chunk is read per example
+    assert not [u for u in s.requests if "/index/rows/" in u or "/index/by_hash/" in u], s.requests
+    page = head_pages.read_head_page(data, MODEL, l, h)
+    assert set(page["example_patterns"]) == {p for p, _ in shown} & stored
     note = s.page.text_content("#examples .not-stored-note")
     assert f"python compute_activations.py {MODEL} --examples --examples-patterns" in note
     assert_real_commands(s.page, "#examples .not-stored-note")
