@@ -569,7 +569,8 @@ class HeadSums:
         self._key = torch.zeros((n_layers, n_heads, n_vocab), device=device)
 
     def count_tokens(self, tokens: np.ndarray, use: np.ndarray) -> None:
-        self.counts += np.bincount(tokens.ravel(), use.ravel() > 0, self.n_vocab).astype(np.int64)
+        seen = np.bincount(tokens[use > 0])
+        self.counts[:len(seen)] += seen
 
     def add_tokens(self, ids, query_mass, key_mass) -> None:
         """A batch's [layers, heads, batch, pos] masses into the token sums (`ids`: the batch's tokens, flat)."""
