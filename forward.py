@@ -637,14 +637,13 @@ def sparse_attention(model, prompts: list[list[int]], heads: list[list[tuple[int
                 if not mine:
                     continue
                 m = int(n[j])
-                x = pattern[j, mine, :m, :m].float()
-                w, k = torch.topk(x, min(keys_per_row, m), dim=-1)
-                w, k = w.cpu().numpy(), k.cpu().numpy()
+                w, k = torch.topk(pattern[j, mine, :m, :m].float(), min(keys_per_row, m), dim=-1)
+                k, by_key = torch.sort(k, dim=-1)  # each row's kept keys in key order
+                w, k = torch.gather(w, -1, by_key).cpu().numpy(), k.cpu().numpy()
+                keep = w >= threshold
                 for c, h in enumerate(mine):
-                    keep = w[c] >= threshold
-                    q = np.broadcast_to(np.arange(m)[:, None], keep.shape)[keep]
-                    order_qk = np.lexsort((k[c][keep], q))
-                    out[i][(layer, h)] = (q[order_qk], k[c][keep][order_qk], w[c][keep][order_qk])
+                    q, slot = np.nonzero(keep[c])  # row-major: by query, then key
+                    out[i][(layer, h)] = (q, k[c][q, slot], w[c][q, slot])
         if last >= 0:
             forward_patterns(model, torch.from_numpy(tokens).to(device), on_layer, last, mask)
         bar.update(len(batch))
