@@ -52,12 +52,28 @@ def view_files(save_path: Path, models: list[str] | None = None, prompts: str | 
         raise lens.UserError(f"--prompts {prompt_spec(prompts)}: no prompt of {', '.join(names)} matches")
     rows = [{**shareable_cfg(lens.read_model_cfg(save_path, name)), "model_dir": name, "n_prompts": len(hashes)}
             for name, hashes in chosen.items()]
+    for name in chosen:  # the kinds, as measured in the data dir, with only the view's models' heads as neighbours
+        kinds_of = datadir.heads_json_path(save_path, name)
+        if kinds_of.is_file():
+            path = datadir.heads_json_path(Path(), name).as_posix()
+            files[path] = view_heads_json(kinds_of.read_bytes(), set(chosen))
     files[datadir.models_path(Path()).as_posix()] = lens.jsonl_bytes(rows)
     files[datadir.figures_path(Path()).as_posix()] = lens.jsonl_bytes(build_index.figure_records(figures))
     files[datadir.colormaps_path(Path()).as_posix()] = build_index.colormaps_json()
     files.update({p.name: p.read_bytes() for p in sorted(lens.SITE_DIR.iterdir())
                   if p.is_file() and not p.name.startswith(".")})
     return View(files, list(chosen), sorted(set().union(*chosen.values())), heads)
+
+
+def view_heads_json(data: bytes, models: set[str]) -> bytes:
+    """A model's heads.json for a view of `models`: each head's nearest heads and best matches only among them
+    (the others are not in the file)."""
+    info = json.loads(data)
+    for row in info["heads"]:
+        for head in row:
+            head["nearest"] = [n for n in head.get("nearest", []) if n[0] in models]
+            head["best"] = {m: b for m, b in head.get("best", {}).items() if m in models}
+    return json.dumps(info, ensure_ascii=False, separators=(",", ":")).encode()
 
 
 def write_model(src: Path, dst: Path, name: str, prompts: str | list[str] | None, heads: str | None,

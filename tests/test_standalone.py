@@ -139,6 +139,27 @@ def test_html_file_opens_from_disk_with_no_request(demo_data, tmp_path):
         assert s.requests and all(u == s.url for u in s.requests), s.requests
 
 
+def test_html_view_shows_the_heads_kinds(demo_data, tmp_path):
+    """heads.json comes with the file, as the data dir measured it: each tile shows its head's kinds, and a head's
+    nearest heads are only those of the view's models."""
+    kinds = json.loads(datadir.heads_json_path(demo_data, MODEL).read_text())
+    labelled = [h for h in range(4) if kinds["heads"][0][h]["kinds"]]
+    assert labelled  # the demo's previous-token head at least
+    out = tmp_path / "view.html"
+    assert build_html(demo_data, out, "--models", "demo", "--heads", "L0H*").returncode == 0
+    with browser_session(out) as s:
+        s.page.goto(s.url)
+        grid = pane(s.page, "index.html")
+        grid.wait_for_selector(".tile .tile-kinds .kind")
+        n_prompts = len(index_rows(demo_data, MODEL))
+        for h in range(4):
+            names = [k["name"] for k in kinds["heads"][0][h]["kinds"]]
+            shown = grid.eval_on_selector_all(f".tile[data-layer='0'][data-head='{h}'] .tile-kinds .kind",
+                                              "ks => ks.map(k => k.dataset.kind)")
+            assert shown == names * n_prompts, (h, shown, names)
+        assert not s.errors
+
+
 def test_html_embeds_only_the_chosen_heads_and_prompts(demo_data, tmp_path):
     rows = index_rows(demo_data, MODEL)
     others = set().union(*(lens.search_words(r) for r in rows if r is not rows[1]))
