@@ -3,7 +3,7 @@ no network (the site's own pages and the data in one document, standalone.py, sh
 
     from notebook import attention_view
     attention_view(model, "When Mary and John went to the store, John gave a drink to")   # compute, render, show
-    attention_view("demo", save_path="attn_data", prompts="induction", heads="L1H*")     # a data dir's prompts
+    attention_view("demo", save_path="attn_data", prompts="repeated", heads="L1H*")     # a data dir's prompts
 """
 import html
 import json

@@ -2,7 +2,7 @@
 that needs no server and no network (site/embed.js serves every file from memory).
 
     python standalone.py view.html                                   # every model, prompt and head
-    python standalone.py view.html --models demo --prompts induction --heads 'L1H*'
+    python standalone.py view.html --models demo --prompts repeated --heads 'L1H*'
     from notebook import attention_view      # the same document, shown in a notebook cell
 
 `build_index.py --html OUT.html` is an alias of this script.
