@@ -255,6 +255,10 @@ def plan_run(prompts: list[dict], model, *, save_path: Path, model_name: str, fo
     needs_norms = any(j.heads for j in jobs) or any("value_norms" in f.options["inputs"] for f in plugins)
     sums = (forward.HeadSums(n_layers, n_heads, cfg.d_vocab, forward.model_device(model))
             if any(j.needs_stats for j in jobs) else None)
+    if sums is not None and not sums.tokens:
+        print(f"note: {model_dir}: {n_layers * n_heads} heads x {cfg.d_vocab} tokens is past the token totals' "
+              f"limit ({forward.HeadSums.MAX_TOKEN_ENTRIES:,} entries): the head pages get no top tokens, only "
+              "the look-back", file=sys.stderr)
     return RunPlan(save_path, model_name, model_dir, n_layers, n_heads, forward.is_causal(model), jobs,
                    len(prompts) - len(jobs), wanted, plugins, part, limit, forward.model_device(model),
                    forward.output_grams(model, needs_norms), sums)

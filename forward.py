@@ -454,7 +454,8 @@ class DeviceStats:
         self.entropy = torch.empty((n_layers, b, n_heads, 2), device=device)
         self.peak = torch.zeros((n_layers, b, n_heads), device=device)
         self.by_distance = torch.empty((n_layers, b, n_heads, width), device=device)  # mass at q - k = d
-        if sums is not None:  # each layer's token masses, added to the totals once per batch (values)
+        self.tokens = sums is not None and sums.tokens
+        if self.tokens:  # each layer's token masses, added to the totals once per batch (values)
             use = after_first * (np.ones(b) if fresh is None else fresh)[:, None]
             self.token_ids = put(tokens, torch.long).flatten()
             self.token_use = put(use, torch.float32)
@@ -479,7 +480,7 @@ class DeviceStats:
             rows_peak = pattern[..., 1:].amax(-1).float().mul_(after_first[:, None])
             self.peak[layer].copy_(rows_peak.amax(-1))
         self.by_distance[layer].copy_(self.distance_mass(pattern))
-        if self.sums is not None:
+        if self.tokens:
             use = (self.token_use if here else self.token_use.to(pattern.device))[:, None]
             # to the keys after the first, from the queries after the first
             self.query_mass[layer].copy_((row_sums - pattern[..., 0]).mul_(use).transpose(0, 1))
@@ -542,7 +543,8 @@ class DeviceStats:
         if self.sums is not None:
             keep = self.defined if fresh is None else self.defined & fresh
             self.sums.add_lookback(mass[keep].sum(0))
-            self.sums.add_tokens(self.token_ids, self.query_mass, self.key_mass)
+            if self.tokens:
+                self.sums.add_tokens(self.token_ids, self.query_mass, self.key_mass)
         return v
 
 
@@ -557,16 +559,21 @@ class HeadSums:
     (binned by LOOKBACK_EDGES) and by token, query side (the weight a query after the first gives the keys after
     the first) and key side (the weight a key after the first receives from the queries after the first), with
     each token's count at those positions. The token sums build up on the device in float32 and are moved to
-    float64 on the host at each `snapshot`."""
+    float64 on the host at each `snapshot`: heads x vocabulary x 8 bytes on the device, 16 on the host, so
+    past MAX_TOKEN_ENTRIES (Llama-3-8B's 1,024 heads x 128,256 tokens fit) only the look-back is kept."""
+
+    MAX_TOKEN_ENTRIES = 2**27
 
     def __init__(self, n_layers: int, n_heads: int, n_vocab: int, device):
         self.shape, self.n_vocab, self.device = (n_layers, n_heads), n_vocab, device
+        self.tokens = n_layers * n_heads * n_vocab <= self.MAX_TOKEN_ENTRIES
+        width = n_vocab if self.tokens else 0
         self.lookback = np.zeros((n_layers, n_heads, len(LOOKBACK_EDGES)))
-        self.counts = np.zeros(n_vocab, np.int64)
-        self.query = np.zeros((n_layers, n_heads, n_vocab))
-        self.key = np.zeros((n_layers, n_heads, n_vocab))
-        self._query = torch.zeros((n_layers, n_heads, n_vocab), device=device)
-        self._key = torch.zeros((n_layers, n_heads, n_vocab), device=device)
+        self.counts = np.zeros(width, np.int64)
+        self.query = np.zeros((n_layers, n_heads, width))
+        self.key = np.zeros((n_layers, n_heads, width))
+        self._query = torch.zeros((n_layers, n_heads, width), device=device)
+        self._key = torch.zeros((n_layers, n_heads, width), device=device)
 
     def count_tokens(self, tokens: np.ndarray, use: np.ndarray) -> None:
         seen = np.bincount(tokens[use > 0])

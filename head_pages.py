@@ -117,6 +117,7 @@ def write_head_pages(save_path: Path, model: str, shape: tuple[int, int], rows, 
                 total = lookback.sum()
                 block["lookback"] = {"edges": sums["edges"].tolist(), "prompts": sums["prompts"],
                                      "share": [round(float(x / total), 6) if total else 0 for x in lookback]}
+            if sums is not None and len(sums["ids"]):  # a model past HeadSums.MAX_TOKEN_ENTRIES has none
                 tables = [token_table(sums["ids"], sums["counts"], sums[side][layer, head], strings)
                           for side in ("query", "key")]
                 block["tokens"] = {"query": tables[0][0], "key": tables[1][0], "query_by_mean": tables[0][1],

@@ -170,3 +170,15 @@ def test_examples_patterns_stores_each_example_prompt(computed, tmp_path):
     chosen = set(lens.read_json(datadir.examples_index_path(data, MODEL))["prompts"])
     assert chosen and set(lens.finished_prompts(data, MODEL)) == chosen
     assert sorted(datadir.parts_dir(data, MODEL).glob("*.json")) == parts
+
+
+def test_a_model_past_the_token_totals_limit_keeps_the_look_back(tmp_path, monkeypatch, capsys):
+    """Heads x vocabulary past HeadSums.MAX_TOKEN_ENTRIES: no token totals (said once), the look-back still."""
+    import forward
+    monkeypatch.setattr(forward.HeadSums, "MAX_TOKEN_ENTRIES", 100)
+    prompts = tmp_path / "p.jsonl"
+    prompts.write_text("".join(json.dumps({"text": t}) + "\n" for t in TEXTS[:6]))
+    run_main(DEMO, prompts, "--save-path", tmp_path / "data", "--patterns", "none", "--no-examples")
+    assert "past the token totals' limit" in capsys.readouterr().err
+    page = head_pages.read_head_page(tmp_path / "data", MODEL, 0, 1)
+    assert page["tokens"] is None and page["lookback"]["prompts"] == 6
