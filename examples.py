@@ -266,3 +266,21 @@ def read_head_examples(save_path: Path, model: str, layer: int, head: int) -> di
             q, k, w = unpack_attention(data[e.pop("at"):], e["n_tokens"], e.pop("entries"))
             e.update(q=q.tolist(), k=k.tolist(), w=w.tolist())
     return out
+
+
+def example_hashes(save_path: Path, model: str, n_heads: int) -> dict[int, list[str]]:
+    """{flat head: the hashes of its examples}, from each head's JSON block alone ({} when there are none, or they
+    were chosen for another shape)."""
+    try:
+        index = lens.read_json(datadir.examples_index_path(save_path, model))
+        if index["n_heads"] != n_heads:
+            return {}
+        out = {}
+        with open(datadir.examples_path(save_path, model), "rb") as f:
+            for flat, at in enumerate(index["heads"]):
+                if at:
+                    f.seek(at[0])
+                    out[flat] = [e["hash"] for e in json.loads(f.read(at[1]))["examples"]]
+        return out
+    except (lens.UserError, OSError, KeyError, ValueError):
+        return {}

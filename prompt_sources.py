@@ -77,7 +77,7 @@ def dataset_rows(spec: str, split: str, text_field: str, config: str | None, n_r
     files = (sorted(f for f in path.rglob("*") if f.suffix in DATA_SUFFIXES) if path.is_dir()
              else [path] if path.is_file() else [])
     try:
-        if path.is_dir() and (path / "dataset_info.json").exists() or (path / "dataset_dict.json").exists():
+        if path.is_dir() and ((path / "dataset_info.json").exists() or (path / "dataset_dict.json").exists()):
             ds = datasets.load_from_disk(str(path))
             if isinstance(ds, datasets.DatasetDict):
                 if split not in ds:
