@@ -8,7 +8,8 @@ head page reads one small block whatever the number of prompts or heads:
     (1 = the highest mean of the model's heads), "of", "quantiles", "hist", "top", "bottom"}}, "prompts": {hash:
     {"text", "n_tokens", "stored"}}, "lookback": {"edges", "share", "prompts"} | null, "tokens": {"query", "key"
     ([token, count, mass] by mass), "query_by_mean", "key_by_mean" (by mass / count, tokens seen MIN_COUNT times
-    or more), "min_count", "prompts"} | null, "example_patterns": {hash: the heads it stores ("*": all) for each
+    or more), "min_count", "prompts"} | null, "tokens_skipped" (only when a run kept no token totals: the model
+    is past HeadSums.MAX_TOKEN_ENTRIES), "example_patterns": {hash: the heads it stores ("*": all) for each
     of the head's examples whose patterns are stored}}.
 
 The look-back and token totals are each run's (storage.read_sums); a run some of whose prompts a later run
@@ -20,6 +21,7 @@ from pathlib import Path
 import numpy as np
 
 import datadir
+import examples
 import lens
 import storage
 
@@ -53,21 +55,6 @@ def read_token_strings(save_path: Path, model: str) -> dict[int, str]:
         return {}
 
 
-def example_hashes(save_path: Path, model: str, n_heads: int) -> dict[int, list[str]]:
-    """{flat head: the hashes of its examples} from examples.json and examples.bin ({} when there are none)."""
-    try:
-        index = lens.read_json(datadir.examples_index_path(save_path, model))
-        out = {}
-        with open(datadir.examples_path(save_path, model), "rb") as f:
-            for flat, at in enumerate(index["heads"]):
-                if at and index["n_heads"] == n_heads:
-                    f.seek(at[0])
-                    out[flat] = [e["hash"] for e in json.loads(f.read(at[1]))["examples"]]
-        return out
-    except (lens.UserError, OSError, KeyError, ValueError):
-        return {}
-
-
 def write_head_pages(save_path: Path, model: str, shape: tuple[int, int], rows, stored: dict[str, dict]) -> None:
     """Write head_pages.bin and head_pages.json from stats.json, each statistic's heads.json and the runs' totals
     (`rows`: the index's prompt_index.Rows, which say the parts to leave out of the totals; `stored`: the records
@@ -91,7 +78,7 @@ def write_head_pages(save_path: Path, model: str, shape: tuple[int, int], rows, 
         rank = np.array([1 + int((finite > v).sum()) for v in mean.ravel()])  # tied heads share a rank, as the site's
         ranks[name] = (mean, rank.reshape(mean.shape), int(np.isfinite(mean).sum()))
     sums = storage.read_sums(save_path, model, superseded_parts(rows))
-    shown = example_hashes(save_path, model, n_heads)
+    shown = examples.example_hashes(save_path, model, n_heads)
     strings = read_token_strings(save_path, model) if sums is not None else {}
     blocks, index = bytearray(), []
     for layer in range(n_layers):
@@ -117,7 +104,9 @@ def write_head_pages(save_path: Path, model: str, shape: tuple[int, int], rows, 
                 total = lookback.sum()
                 block["lookback"] = {"edges": sums["edges"].tolist(), "prompts": sums["prompts"],
                                      "share": [round(float(x / total), 6) if total else 0 for x in lookback]}
-            if sums is not None and len(sums["ids"]):  # a model past HeadSums.MAX_TOKEN_ENTRIES has none
+            if sums is not None and not sums["tokens"]:  # a model past HeadSums.MAX_TOKEN_ENTRIES has none
+                block["tokens_skipped"] = True
+            elif sums is not None:
                 tables = [token_table(sums["ids"], sums["counts"], sums[side][layer, head], strings)
                           for side in ("query", "key")]
                 block["tokens"] = {"query": tables[0][0], "key": tables[1][0], "query_by_mean": tables[0][1],
