@@ -595,7 +595,8 @@ class HeadSums:
             host += dev.cpu().numpy()
             dev.zero_()
         seen = np.flatnonzero(self.counts)
-        return {"edges": np.array(LOOKBACK_EDGES), "lookback": self.lookback.copy(), "ids": seen,
+        return {"edges": np.array(LOOKBACK_EDGES), "lookback": self.lookback.copy(), "tokens": np.bool_(self.tokens),
+                "ids": seen,
                 "counts": self.counts[seen], "query": self.query[..., seen].astype("<f4"),
                 "key": self.key[..., seen].astype("<f4")}
 

@@ -327,10 +327,10 @@ class StatsPart:
 
 def read_sums(save_path: Path, model: str, superseded: set[str] = frozenset()) -> dict | None:
     """The model-wide totals of every part (each part's <run>.sums.npz) added up: {"edges", "lookback" [layers,
-    heads, bins], "counts" [vocab ids seen], "ids", "query", "key" [layers, heads, ids], "prompts"}; None when no
-    part has any. A part in `superseded` (a later run computed some of its prompts again) is left out, lest
-    those prompts count twice."""
-    total, prompts, tokens = None, 0, {}
+    heads, bins], "counts" [vocab ids seen], "ids", "query", "key" [layers, heads, ids], "prompts", "tokens" (every
+    run kept token totals)}; None when no part has any. A part in `superseded` (a later run computed some of its
+    prompts again) is left out, lest those prompts count twice."""
+    total, prompts, runs = None, 0, []
     for header in sorted(datadir.parts_dir(save_path, model).glob("*.json")):
         path = header.with_suffix(".sums.npz")
         if header.stem in superseded or not path.is_file():
@@ -343,25 +343,25 @@ def read_sums(save_path: Path, model: str, superseded: set[str] = frozenset()) -
                                  "or token totals)") from None
         prompts += int(got["rows"])
         if total is None:
-            total = {"edges": got["edges"], "lookback": got["lookback"].copy()}
+            total = {"edges": got["edges"], "lookback": got["lookback"].copy(), "tokens": True}
         else:
             total["lookback"] += got["lookback"]
-        for i, c, q, k in zip(got["ids"], got["counts"], np.moveaxis(got["query"], -1, 0),
-                              np.moveaxis(got["key"], -1, 0)):
-            if int(i) in tokens:
-                t = tokens[int(i)]
-                t[0] += int(c)
-                t[1] += q
-                t[2] += k
-            else:
-                tokens[int(i)] = [int(c), q.astype(np.float64), k.astype(np.float64)]
+        total["tokens"] &= bool(got.get("tokens", True))  # a run past HeadSums.MAX_TOKEN_ENTRIES kept none
+        runs.append(got)
     if total is None:
         return None
-    ids = sorted(tokens)
-    shape = total["lookback"].shape[:2]
-    total.update(prompts=prompts, ids=np.array(ids, np.int64), counts=np.array([tokens[i][0] for i in ids], np.int64),
-                 query=np.stack([tokens[i][1] for i in ids], -1) if ids else np.zeros((*shape, 0)),
-                 key=np.stack([tokens[i][2] for i in ids], -1) if ids else np.zeros((*shape, 0)))
+    # each part's token ids are distinct: its columns add into the union's by fancy-index +=
+    ids, where = np.unique(np.concatenate([r["ids"] for r in runs]).astype(np.int64), return_inverse=True)
+    shape = (*total["lookback"].shape[:2], len(ids))
+    total.update(prompts=prompts, ids=ids, counts=np.zeros(len(ids), np.int64), query=np.zeros(shape),
+                 key=np.zeros(shape))
+    at = 0
+    for r in runs:
+        cols = where[at:at + len(r["ids"])]
+        at += len(r["ids"])
+        total["counts"][cols] += r["counts"]
+        total["query"][..., cols] += r["query"]
+        total["key"][..., cols] += r["key"]
     return total
 
 

@@ -478,7 +478,14 @@ function reshade() {
 // ---- look-back and top tokens (the head page block) ----
 
 /** Why a head page has no look-back or token tallies: the runs that computed the prompts kept no totals. */
-function noTotals(what) {
+/** Why the head page has no look-back or token totals: no head page at all, a model too big for token totals,
+ * or prompts computed before the totals were kept. */
+function missingTotals(what) {
+  if (!data.pages?.block) return el("p", { class: "muted" }, "no head page: see the statistics");
+  if (what === "token tallies" && data.pages.block.tokens_skipped) {
+    return el("p", { class: "muted" }, "No token tallies for this model: its heads x vocabulary is past the limit "
+      + "the totals are kept to (2^27 entries; docs/data.md). The look-back is kept.");
+  }
   return el("div", { class: "muted" }, `No ${what} in ${headPagesUrl(state.model)}: the model's prompts were computed `
     + "before compute_activations.py kept the totals it comes from. To compute them again, run",
   el("code", { class: "command" }, `${computeCommand()} --force`));
@@ -493,12 +500,8 @@ function binLabel(edges, i) {
 
 function renderLookback() {
   const box = $("lookback"), lookback = data.pages?.block?.lookback;
-  if (!data.pages?.block) {
-    box.replaceChildren(el("p", { class: "muted" }, "no head page: see the statistics"));
-    return;
-  }
   if (!lookback) {
-    box.replaceChildren(noTotals("look-back"));
+    box.replaceChildren(missingTotals("look-back"));
     return;
   }
   const { edges, share } = lookback, last = Math.max(2, share.findLastIndex((v) => v > 0));
@@ -513,12 +516,8 @@ function renderLookback() {
 
 function renderTokens() {
   const box = $("tokens"), tokens = data.pages?.block?.tokens;
-  if (!data.pages?.block) {
-    box.replaceChildren(el("p", { class: "muted" }, "no head page: see the statistics"));
-    return;
-  }
   if (!tokens) {
-    box.replaceChildren(noTotals("token tallies"));
+    box.replaceChildren(missingTotals("token tallies"));
     return;
   }
   const byMean = state.sort === "mean" && tokens.query_by_mean;

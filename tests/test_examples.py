@@ -181,4 +181,4 @@ def test_a_model_past_the_token_totals_limit_keeps_the_look_back(tmp_path, monke
     run_main(DEMO, prompts, "--save-path", tmp_path / "data", "--patterns", "none", "--no-examples")
     assert "past the token totals' limit" in capsys.readouterr().err
     page = head_pages.read_head_page(tmp_path / "data", MODEL, 0, 1)
-    assert page["tokens"] is None and page["lookback"]["prompts"] == 6
+    assert page["tokens"] is None and page["tokens_skipped"] and page["lookback"]["prompts"] == 6
