@@ -26,10 +26,12 @@ sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
 import torch  # noqa: E402
 from tiny_model import CORPUS, make_checkpoint  # noqa: E402
 
-import compute_activations as ca  # noqa: E402
-import datadir  # noqa: E402
-import forward  # noqa: E402
-import storage
+from attention_lens import compute_activations as ca  # noqa: E402
+from attention_lens import (
+    datadir,  # noqa: E402
+    forward,  # noqa: E402
+    storage,
+)
 
 
 def make_prompts(model, n_prompts: int, target_tokens: int, seed: int = 0) -> list[str]:

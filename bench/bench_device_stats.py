@@ -20,7 +20,7 @@ sys.path.insert(0, str(ROOT))
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-import forward  # noqa: E402
+from attention_lens import forward  # noqa: E402
 
 SHAPES = [(32, 40, 2, 4), (8, 330, 12, 12), (4, 1024, 2, 12)]  # batch, longest prompt, layers, heads
 

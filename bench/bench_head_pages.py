@@ -25,12 +25,14 @@ sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
 
 from tiny_model import CORPUS, train_tokenizer  # noqa: E402
 
-import compute_activations as ca  # noqa: E402
-import datadir  # noqa: E402
-import examples  # noqa: E402
-import forward  # noqa: E402
-import lens  # noqa: E402
-from build_index import build_index  # noqa: E402
+from attention_lens import compute_activations as ca  # noqa: E402
+from attention_lens import (
+    datadir,  # noqa: E402
+    examples,  # noqa: E402
+    forward,  # noqa: E402
+    lens,  # noqa: E402
+)
+from attention_lens.build_index import build_index  # noqa: E402
 
 SHAPES = {"gpt2-small": dict(n_layer=12, n_head=12, n_embd=768, vocab=50257),
           "32x32": dict(n_layer=32, n_head=32, n_embd=256, vocab=512)}

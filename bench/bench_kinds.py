@@ -28,13 +28,15 @@ sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
 
 import numpy as np  # noqa: E402
 
-import build_index  # noqa: E402
-import compute_activations as ca  # noqa: E402
-import datadir  # noqa: E402
-import forward  # noqa: E402
-import kinds  # noqa: E402
-import lens  # noqa: E402
-import prompt_index  # noqa: E402
+from attention_lens import (
+    build_index,  # noqa: E402
+    datadir,  # noqa: E402
+    forward,  # noqa: E402
+    kinds,  # noqa: E402
+    lens,  # noqa: E402
+    prompt_index,  # noqa: E402
+)
+from attention_lens import compute_activations as ca  # noqa: E402
 
 
 def random_checkpoint(path: Path, n_layer: int, n_head: int, n_embd: int, init: float, seed: int) -> Path:

@@ -26,9 +26,11 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
 from fake_data import make_data  # noqa: E402
 
-import lens  # noqa: E402
-import render_figures  # noqa: E402
-import storage
+from attention_lens import (
+    lens,  # noqa: E402
+    render_figures,  # noqa: E402
+    storage,
+)
 
 RUNS = itertools.count()
 

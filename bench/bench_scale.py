@@ -34,11 +34,13 @@ sys.path[:0] = [str(ROOT), str(ROOT / "tests"), str(ROOT / "bench")]
 import torch  # noqa: E402
 from bench_activations import forward_seconds, padded_batches  # noqa: E402
 
-import compute_activations as ca  # noqa: E402
-import examples  # noqa: E402
-import forward  # noqa: E402
-from build_index import build_index  # noqa: E402
-from compute_activations import top_prompts  # noqa: E402
+from attention_lens import compute_activations as ca  # noqa: E402
+from attention_lens import (
+    examples,  # noqa: E402
+    forward,  # noqa: E402
+)
+from attention_lens.build_index import build_index  # noqa: E402
+from attention_lens.compute_activations import top_prompts  # noqa: E402
 
 WORDS = ("the of and to in is for that with as on by it be from this are was he she they we you not but "
          "cat sat mat dog ran river stone cloud north lamp seven house light water tree").split()

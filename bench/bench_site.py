@@ -27,9 +27,11 @@ import fake_data  # noqa: E402
 from browser import CHROMIUM, CHROMIUM_ARGS, served  # noqa: E402
 from fake_data import make_data  # noqa: E402
 
-import build_index  # noqa: E402
-import datadir  # noqa: E402
-import lens  # noqa: E402
+from attention_lens import (
+    build_index,  # noqa: E402
+    datadir,  # noqa: E402
+    lens,  # noqa: E402
+)
 
 # ms since navigation start: first image loaded (grid.js marks it), then the viewport's images, then all
 MEASURE = """async (waitAll) => {

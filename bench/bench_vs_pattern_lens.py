@@ -163,8 +163,7 @@ def png_reference(data: Path, n_images: int) -> tuple[Clock, float]:
     import numpy as np
     from PIL import Image
 
-    import lens
-    import storage
+    from attention_lens import lens, storage
     matrices = []
     for h in lens.finished_prompts(data, MODEL_NAME):
         patterns = storage.load_patterns(data, MODEL_NAME, h)
@@ -194,7 +193,7 @@ def timed(cmd: list, **kwargs) -> Clock:
 
 def pack_images(path: Path) -> list[bytes]:
     """Every head's image in one of our figure packs (what pattern-lens writes as one file per head)."""
-    import storage
+    from attention_lens import storage
     with open(path, "rb") as f:
         n_layers, n_heads = struct.unpack("<II", f.read(storage.PACK_HEADER)[8:])
     images = [storage.read_pack_image(path, l, h) for l in range(n_layers) for h in range(n_heads)]
@@ -207,7 +206,7 @@ def sizes(data: Path, pattern: str) -> list[int]:
 
 def one_repeat(r: int, ctx: dict, tmp: Path) -> dict:
     """Every measurement once, both tools and the references, on fresh data dirs."""
-    import compute_activations as ca
+    from attention_lens import compute_activations as ca
     env = {**os.environ, "HF_HUB_OFFLINE": "1"}
     ours, theirs = tmp / f"ours{r}", tmp / f"pattern-lens{r}"
     reference = hf_reference(ctx["hf_model"], ctx["batches"], ctx["pad_id"])
@@ -244,7 +243,7 @@ def setup(args, tmp: Path) -> dict:
     from tiny_model import make_checkpoint
     from transformers import AutoTokenizer, GPT2Model
 
-    import compute_activations as ca
+    from attention_lens import compute_activations as ca
 
     ckpt = make_checkpoint(tmp / MODEL_NAME, n_layer=12, n_head=12, n_embd=768, n_positions=1024,
                            model_vocab_size=50257)
@@ -254,7 +253,7 @@ def setup(args, tmp: Path) -> dict:
     prompts.write_text("".join(json.dumps({"text": t}) + "\n" for t in texts))
     token_lists = [[tokenizer.bos_token_id] + tokenizer(t)["input_ids"] for t in texts]
     hf_model = GPT2Model.from_pretrained(ckpt, attn_implementation="eager").eval()
-    import forward
+    from attention_lens import forward
     model = forward.load_model(str(ckpt), "cpu", "float32")
     batches = length_sorted_batches(token_lists, args.batch_size)
     hf_reference(hf_model, batches[:1], tokenizer.pad_token_id)  # warm-ups, untimed

@@ -21,8 +21,7 @@ from PIL import Image, ImageDraw
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-import lens  # noqa: E402  (after the path: this script lives in docs/)
-import serve  # noqa: E402
+from attention_lens import lens, serve  # noqa: E402  (after the path: this script lives in docs/)
 
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking"]

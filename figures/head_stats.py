@@ -9,7 +9,7 @@ from functools import lru_cache
 
 import numpy as np
 
-from lens import statistic
+from attention_lens import statistic
 
 
 @statistic

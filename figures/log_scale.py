@@ -1,7 +1,7 @@
 """Log-scale view: makes the faint structure under a few dominant weights visible."""
 import numpy as np
 
-from lens import figure
+from attention_lens import figure
 
 
 @figure(cmap="magma", normalize=True, normalize_min=-4.0)

@@ -1,7 +1,7 @@
 """Attention with the BOS column removed: what a head reads once its attention sink is ignored."""
 import numpy as np
 
-from lens import figure
+from attention_lens import figure
 
 
 @figure(cmap="viridis")

@@ -1,5 +1,5 @@
 """The attention pattern itself."""
-from lens import figure
+from attention_lens import figure
 
 
 @figure(cmap="viridis")

@@ -1,6 +1,6 @@
 import numpy as np
 
-from lens import figure
+from attention_lens import figure
 
 
 @figure(cmap="viridis", normalize=True, normalize_min=0.0)

@@ -1,7 +1,7 @@
 """Attention compared with uniform causal attention (1 / number of visible tokens)."""
 import numpy as np
 
-from lens import figure
+from attention_lens import figure
 
 
 @figure(diverging=True, normalize=True, outputs=["excess", "log_ratio"])

@@ -56,7 +56,10 @@ async function load() {
     state.figures = data.outputs.some((o) => o.output === "raw") ? "raw" : data.outputs[0].output;
   }
   await loadModels();
-  if (!state.prompts && data.table?.count) state.prompts = (await data.table.rows(0, 1))[0].hash;
+  if (!state.prompts && data.table?.count) {  // build_index.py names a prompt where the kinds show, if it can
+    const first = models.find((m) => m.model_dir === list(state.models)[0]);
+    state.prompts = first?.start_prompt ?? (await data.table.rows(0, 1))[0].hash;
+  }
   await loadChosen();
 }
 

@@ -16,8 +16,7 @@ from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import serve
-import storage
+from attention_lens import serve, storage
 
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking"]
@@ -91,7 +90,7 @@ def screenshot(session: Session, name: str, full_page: bool = False) -> Path:
 # The site tests' own figures and statistics, a plug-in file as a user writes one: the tests do not
 # depend on which figures are built in, and their oracles compute the same values from storage.Patterns.
 TEST_FIGURES = '''"""Figures and statistics for the site's tests."""
-from lens import figure, statistic
+from attention_lens import figure, statistic
 
 
 @figure

@@ -4,7 +4,7 @@ from pathlib import Path
 
 import pytest
 
-import datadir
+from attention_lens import datadir
 
 os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ["TRANSFORMERS_OFFLINE"] = "1"
@@ -54,8 +54,7 @@ def partial_heads_data_dir(tmp_path) -> Path:
     from browser import render
     from fake_data import TEXTS, make_data
 
-    import lens
-    import storage
+    from attention_lens import lens, storage
     data = tmp_path / "data"
     make_data(data)
     pdir = datadir.prompt_dir(data, "fake-model", lens.prompt_hash(TEXTS[1]))
@@ -82,7 +81,8 @@ def _demo_site(tmp_path_factory) -> Path:
     assert len(STEPS) >= 2, "demo/checkpoints holds fewer than two checkpoints"
     tmp = tmp_path_factory.mktemp("demo")
     proc = subprocess.run([sys.executable, str(ROOT / "compute_activations.py"), "demo", str(ROOT / "prompts.jsonl"),
-                           "--checkpoint", ",".join(map(str, STEPS)), "--n-samples", "4", "--save-path", "data"],
+                           "--checkpoint", ",".join(map(str, STEPS)), "--n-samples", "4", "--no-probe",
+                           "--save-path", "data"],
                           cwd=tmp, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr
     render(tmp / "data")

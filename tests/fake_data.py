@@ -4,12 +4,7 @@ from pathlib import Path
 
 import numpy as np
 
-import aggregate
-import build_index
-import datadir
-import lens
-import prompt_index
-import storage
+from attention_lens import aggregate, build_index, datadir, lens, prompt_index, storage
 
 TEXTS = [
     "The cat sat on the mat.",

@@ -11,11 +11,8 @@ import pytest
 import torch
 from tiny_model import train_tokenizer
 
-import compute_activations as ca
-import datadir
-import forward
-import lens
-import storage
+from attention_lens import compute_activations as ca
+from attention_lens import datadir, forward, lens, storage
 
 TEXTS = [
     "The cat sat on the mat.",

@@ -7,9 +7,8 @@ import pytest
 from fake_data import index_rows, read_stats
 from test_compute_stats import DEMO, TEXTS, run_main
 
-import attn_frames as af
-import datadir
-import lens
+from attention_lens import attn_frames as af
+from attention_lens import datadir, lens
 
 MODEL = "model"
 LONG = "a long prompt: " + " ".join(["the cat sat on the mat"] * 20)  # more than the index keeps of a text

@@ -12,9 +12,8 @@ import pytest
 from fake_data import TEXTS, index_rows, make_data
 from PIL import Image
 
-import datadir
-import lens
-from build_index import build_index, figure_records
+from attention_lens import datadir, lens
+from attention_lens.build_index import build_index, figure_records
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -215,7 +214,7 @@ def test_imports_neither_torch_nor_transformer_lens():
 
 
 MINE = '''
-from lens import figure, statistic
+from attention_lens import figure, statistic
 
 @figure(cmap="Greys")
 def mine(attn):
@@ -240,10 +239,10 @@ def test_custom_figures_stay_indexed_after_a_later_compute_run(tiny_checkpoint, 
     for name, texts in [("first.jsonl", TEXTS[:2]), ("more.jsonl", TEXTS[2:3])]:
         (tmp_path / name).write_text("".join(json.dumps({"text": t}) + "\n" for t in texts))
     data = tmp_path / "data"
-    run_script("compute_activations.py", tiny_checkpoint, tmp_path / "first.jsonl", "--save-path", data)
+    run_script("compute_activations.py", tiny_checkpoint, tmp_path / "first.jsonl", "--no-probe", "--save-path", data)
     run_script("render_figures.py", "--save-path", data, "--figures-dir", tmp_path / "mine", "--jobs", "1")
     assert figure_names(data) == ["mine", "my_sink"]
-    run_script("compute_activations.py", tiny_checkpoint, tmp_path / "more.jsonl", "--save-path", data)
+    run_script("compute_activations.py", tiny_checkpoint, tmp_path / "more.jsonl", "--no-probe", "--save-path", data)
     assert figure_names(data) == ["mine", "my_sink"]
     assert [m["n_prompts"] for m in read_lines(data / "models.jsonl")] == [3]
 

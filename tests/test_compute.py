@@ -11,12 +11,8 @@ import numpy as np
 import pytest
 import torch
 
-import compute_activations as ca
-import datadir
-import forward
-import lens
-import prompt_sources
-import storage
+from attention_lens import compute_activations as ca
+from attention_lens import datadir, forward, lens, prompt_sources, storage
 
 ROOT = Path(__file__).resolve().parent.parent
 TEXTS = [
@@ -46,7 +42,8 @@ def write_prompts(path: Path, texts: list[str]) -> Path:
 
 
 def run_script(*args: str, cwd: Path) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, str(ROOT / "compute_activations.py"), *args],
+    """compute_activations.py with these flags on the given prompts only (--no-probe: counts are the test's own)."""
+    return subprocess.run([sys.executable, str(ROOT / "compute_activations.py"), *args, "--no-probe"],
                           cwd=cwd, capture_output=True, text=True, timeout=300)
 
 

@@ -13,14 +13,10 @@ import pytest
 import torch
 from fake_data import index_rows, read_stats
 
-import compute_activations as ca
-import datadir
-import forward
-import lens
-import prompt_index
-import storage
-from build_index import build_index
-from datadir import index_cache_path, index_state_path
+from attention_lens import compute_activations as ca
+from attention_lens import datadir, forward, lens, prompt_index, storage
+from attention_lens.build_index import build_index
+from attention_lens.datadir import index_cache_path, index_state_path
 
 ROOT = Path(__file__).resolve().parent.parent
 DEMO = ROOT / "demo" / "model"
@@ -53,7 +49,8 @@ def prompts_file(tmp_path) -> Path:
 
 
 def run_main(*args) -> None:
-    ca.main([str(a) for a in args])
+    """compute_activations.py's main() on the test's prompts alone (--no-probe: its counts are the test's own)."""
+    ca.main([str(a) for a in args] + ([] if "--probe" in args else ["--no-probe"]))
 
 
 def stored(data: Path, model: str = "model") -> set[str]:
@@ -179,7 +176,7 @@ def test_top_k_stores_each_heads_extremes_and_is_idempotent(prompts_file, tmp_pa
 def test_a_plugin_statistic_runs_at_compute_time_from_the_stored_form(prompts_file, tmp_path, demo_model):
     figs = tmp_path / "figs"
     figs.mkdir()
-    (figs / "mine.py").write_text("from lens import statistic\n\n@statistic\ndef first_key(attn):\n"
+    (figs / "mine.py").write_text("from attention_lens import statistic\n\n@statistic\ndef first_key(attn):\n"
                                   "    '''Mean attention to key 0.'''\n    return float(attn[:, 0].mean())\n")
     data = tmp_path / "data"
     run_main(DEMO, prompts_file, "--patterns", "none", "--figures-dir", figs, "--save-path", data)
@@ -199,7 +196,7 @@ def test_a_plugin_statistic_runs_at_compute_time_from_the_stored_form(prompts_fi
 def test_a_plugin_statistic_that_fails_at_compute_time_is_missing_there_and_counted(demo_model, tmp_path, capsys):
     figs = tmp_path / "figs"
     figs.mkdir()
-    (figs / "picky.py").write_text("from lens import statistic\n\n@statistic\ndef picky(attn):\n"
+    (figs / "picky.py").write_text("from attention_lens import statistic\n\n@statistic\ndef picky(attn):\n"
                                    "    if len(attn) > 8:\n        raise ValueError('too long')\n    return 1.0\n\n"
                                    "@statistic\ndef endless(attn):\n    return float('inf')\n\n"
                                    "@statistic\ndef quits(attn):\n    raise SystemExit(5)\n")
@@ -425,7 +422,7 @@ def test_a_statistics_values_follow_its_current_code(prompts_file, tmp_path):
     data, mine = tmp_path / "data", tmp_path / "mine"
     run_main(DEMO, prompts_file, "--patterns", "4", "--save-path", data)
     mine.mkdir()
-    (mine / "bos.py").write_text("from lens import statistic\n\n@statistic\ndef bos(attn):\n"
+    (mine / "bos.py").write_text("from attention_lens import statistic\n\n@statistic\ndef bos(attn):\n"
                                  "    '''A half, everywhere.'''\n    return 0.5\n")
     r = subprocess.run([sys.executable, str(ROOT / "render_figures.py"), "--save-path", str(data), "--force",
                         "--figures-dir", str(mine), "--jobs", "1"], capture_output=True, text=True, timeout=300)
@@ -444,7 +441,7 @@ def test_a_statistics_values_follow_its_current_code(prompts_file, tmp_path):
 def test_a_plugin_statistic_over_the_time_limit_fails_and_is_skipped_from_then_on(demo_model, tmp_path, capsys):
     figs = tmp_path / "figs"
     figs.mkdir()
-    (figs / "slow.py").write_text("import time\n\nfrom lens import statistic\n\n@statistic\ndef slow(attn):\n"
+    (figs / "slow.py").write_text("import time\n\nfrom attention_lens import statistic\n\n@statistic\ndef slow(attn):\n"
                                   "    time.sleep(0.3)\n    return 1.0\n")
     s = ca.compute_activations(TEXTS[:3], demo_model, tmp_path / "data", model_name="model", patterns="none",
                                figures_dir=figs, progress=False, time_limit=0.1)

@@ -12,13 +12,9 @@ import numpy as np
 import pytest
 from fake_data import index_rows, read_stats
 
-import compute_activations as ca
-import datadir
-import forward
-import kinds
-import lens
-import storage
-from build_index import build_index
+from attention_lens import compute_activations as ca
+from attention_lens import datadir, forward, kinds, lens, storage
+from attention_lens.build_index import build_index
 
 ROOT = Path(__file__).resolve().parent.parent
 DEMO = ROOT / "demo" / "model"
@@ -80,7 +76,7 @@ def prompts_file(tmp_path_factory) -> Path:
 @pytest.fixture(scope="module")
 def one_after_another(prompts_file, tmp_path_factory) -> dict:
     data = tmp_path_factory.mktemp("sequential") / "data"
-    compute = ["compute_activations.py", DEMO, prompts_file, "--save-path", data, "--patterns", "8"]
+    compute = ["compute_activations.py", DEMO, prompts_file, "--save-path", data, "--patterns", "8", "--no-probe"]
     finish(start(*compute, "--shard", "1/2"))
     finish(start(*compute, "--shard", "2/2"))
     finish(start("render_figures.py", "--save-path", data, "--figures", "raw,bos", "--jobs", "1"))
@@ -91,7 +87,7 @@ def one_after_another(prompts_file, tmp_path_factory) -> dict:
 @pytest.mark.parametrize("round_", range(3))
 def test_runs_at_once_on_one_data_dir_end_as_one_after_another(prompts_file, one_after_another, tmp_path, round_):
     data = tmp_path / "data"
-    compute = ["compute_activations.py", DEMO, prompts_file, "--save-path", data, "--patterns", "8"]
+    compute = ["compute_activations.py", DEMO, prompts_file, "--save-path", data, "--patterns", "8", "--no-probe"]
     # two shards of an array and an accidental second run of the whole set, each ending in build_index.py
     finish(start(*compute, "--shard", "1/2"), start(*compute, "--shard", "2/2"), start(*compute))
     render = ["render_figures.py", "--save-path", data, "--figures", "raw,bos", "--jobs", "1"]

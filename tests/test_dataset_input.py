@@ -6,9 +6,8 @@ import json
 import pytest
 from test_compute_stats import DEMO, TEXTS
 
-import compute_activations as ca
-import datadir
-import lens
+from attention_lens import compute_activations as ca
+from attention_lens import datadir, lens
 
 MODEL = "model"
 
@@ -19,7 +18,7 @@ def part_rows(data) -> list[dict]:
 
 
 def run(*args):
-    ca.main([str(DEMO), *map(str, args), "--no-examples"])
+    ca.main([str(DEMO), *map(str, args), "--no-examples", "--no-probe"])
 
 
 def error_of(capsys, *args) -> str:

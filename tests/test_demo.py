@@ -10,9 +10,7 @@ import numpy as np
 import pytest
 from fake_data import index_rows
 
-import datadir
-import lens
-import storage
+from attention_lens import datadir, kinds, lens, storage
 
 ROOT = Path(__file__).resolve().parent.parent
 DEMO = ROOT / "demo"
@@ -60,7 +58,7 @@ def detect_head_scores(model_dir: Path) -> dict[str, np.ndarray]:
     """transformer_lens.head_detector.detect_head, the oracle, on the repeated prompts: {head name: [layer, head]}."""
     from transformer_lens.head_detector import HEAD_NAMES, detect_head
 
-    import forward
+    from attention_lens import forward
 
     model = forward.load_model(str(model_dir), "cpu", "float32")
     return {name: detect_head(model, repeated_texts(), name).numpy() for name in HEAD_NAMES}
@@ -83,8 +81,8 @@ def final_scores() -> dict[str, np.ndarray]:
 
 def test_first_run_writes_everything_the_site_reads(demo_data):
     [model] = read_jsonl(datadir.models_path(demo_data))
-    assert (model["model_dir"], model["n_layers"], model["n_heads"], model["n_prompts"]) == \
-        (MODEL, 2, 4, len({r["text"] for r in prompt_rows()}))
+    texts = {r["text"] for r in prompt_rows()} | {p["text"] for p in kinds.probe_prompts()}  # the probe by default
+    assert (model["model_dir"], model["n_layers"], model["n_heads"], model["n_prompts"]) == (MODEL, 2, 4, len(texts))
     assert (demo_data / "index.html").is_file() and datadir.figures_path(demo_data).is_file()
     for p in stored_prompts(demo_data):
         folder = datadir.prompt_dir(demo_data, MODEL, p["hash"])
@@ -92,6 +90,20 @@ def test_first_run_writes_everything_the_site_reads(demo_data):
         pack = datadir.figure_pack_path(demo_data, MODEL, p["hash"], "raw")
         assert all(storage.read_pack_image(pack, l, h).startswith(b"\x89PNG") for l in range(2) for h in range(4))
         assert not list(folder.glob("*.errors.json"))
+
+
+def test_first_run_labels_the_readmes_heads_and_opens_on_a_prompt_that_shows_them(demo_data):
+    """No flag needed: the probe set comes with the first run, so heads.json labels the previous-token head and all
+    four induction heads, and the grid opens (models.jsonl start_prompt) on a stored repeated probe sequence."""
+    info = lens.read_json(datadir.heads_json_path(demo_data, MODEL))
+    labelled = lambda kind: [(l, h) for l, row in enumerate(info["heads"]) for h, head in enumerate(row)
+                             if any(k["name"] == kind for k in head["kinds"])]
+    assert info["prompts"]["source"] == "probe"
+    assert labelled("previous-token") == [PREVIOUS_TOKEN_HEAD] and labelled("induction") == INDUCTION_HEADS
+    [model] = read_jsonl(datadir.models_path(demo_data))
+    repeats = [p["text"] for p in kinds.probe_prompts() if p["meta"]["probe"] == "repeat"]
+    assert model["start_prompt"] == min(lens.prompt_hash(t) for t in repeats)
+    assert lens.is_finished(datadir.prompt_dir(demo_data, MODEL, model["start_prompt"]))
 
 
 def repeat_period(ids: list[int]) -> int:
@@ -184,20 +196,20 @@ def test_head_pages_show_what_the_known_heads_do(demo_data):
     induction head's top examples are the repeated sequences, its strongest kept weights one past an earlier copy
     of the query's token; the previous-token head's look-back histogram peaks at distance 1, its top query tokens
     counted over every prompt."""
-    import examples
-    import head_pages
+    from attention_lens import examples, head_pages
 
     assert lens.read_json(datadir.examples_index_path(demo_data, MODEL))["statistic"] == "max_attention"
     data = demo_data.parent / "by_induction"
     shutil.copytree(demo_data, data)
     run("compute_activations.py", "demo", "--examples", "--examples-by", "induction_head", "--save-path", str(data),
         cwd=ROOT)
-    repeated = {lens.prompt_hash(t) for t in repeated_texts()}
+    repeated = {lens.prompt_hash(t) for t in repeated_texts()} | {  # and the probe's, which the first run adds
+        lens.prompt_hash(p["text"]) for p in kinds.probe_prompts() if p["meta"]["probe"] == "repeat"}
     for layer, head in INDUCTION_HEADS:
         block = examples.read_head_examples(data, MODEL, layer, head)
         top = [e for e in block["examples"] if e["interval"] == 5]
         # the repeated random words, and the counting prompts (", " again and again; the weekdays twice)
-        assert len(top) == 6 and len({e["hash"] for e in top} & repeated) >= 4, (layer, head)
+        assert len(top) == 10 and len({e["hash"] for e in top} & repeated) >= 7, (layer, head)
         for e in (e for e in top if e["hash"] in repeated):  # on the second copy
             ids = lens.read_json(datadir.prompt_json_path(data, MODEL, e["hash"]))["token_ids"]
             strong = [(q, k) for q, k, w in zip(e["q"], e["k"], e["w"]) if w > 0.5 and q > len(ids) // 2 + 2]

@@ -11,12 +11,7 @@ import pytest
 from fake_data import index_rows
 from test_compute_stats import TEXTS, run_main
 
-import datadir
-import examples
-import head_pages
-import lens
-import prompt_index
-import storage
+from attention_lens import datadir, examples, head_pages, lens, prompt_index, storage
 
 MODEL = "model"
 DEMO = Path(__file__).resolve().parent.parent / "demo" / "model"
@@ -174,7 +169,7 @@ def test_examples_patterns_stores_each_example_prompt(computed, tmp_path):
 
 def test_a_model_past_the_token_totals_limit_keeps_the_look_back(tmp_path, monkeypatch, capsys):
     """Heads x vocabulary past HeadSums.MAX_TOKEN_ENTRIES: no token totals (said once), the look-back still."""
-    import forward
+    from attention_lens import forward
     monkeypatch.setattr(forward.HeadSums, "MAX_TOKEN_ENTRIES", 100)
     prompts = tmp_path / "p.jsonl"
     prompts.write_text("".join(json.dumps({"text": t}) + "\n" for t in TEXTS[:6]))

@@ -4,8 +4,7 @@ import io
 import numpy as np
 from PIL import Image
 
-import lens
-import render_figures
+from attention_lens import lens, render_figures
 
 FIGURES, _ = lens.load_figures()
 

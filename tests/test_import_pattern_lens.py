@@ -14,9 +14,7 @@ from fake_data import fake_patterns, index_rows
 from PIL import Image
 from tiny_model import train_tokenizer
 
-import datadir
-import lens
-import storage
+from attention_lens import datadir, lens, storage
 
 ROOT = Path(__file__).resolve().parent.parent
 MODEL, N_LAYERS, N_HEADS = "gpt2-tiny", 2, 3

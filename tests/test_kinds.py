@@ -8,9 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-import datadir
-import kinds
-import lens
+from attention_lens import datadir, kinds, lens
 
 ROOT = Path(__file__).resolve().parent.parent
 STEPS = (0, 2000, 4000)
@@ -62,7 +60,7 @@ def test_probe_needs_no_prompts_file_and_stores_its_patterns(demo_data):
 def test_probe_patterns_are_stored_whatever_patterns_says(tmp_path, tiny_checkpoint):
     prompts = tmp_path / "p.jsonl"
     prompts.write_text('{"text": "a user prompt of a few words"}\n')
-    run(str(tiny_checkpoint), str(prompts), "--probe", "--patterns", "none", "--save-path", str(tmp_path / "d"))
+    run(str(tiny_checkpoint), str(prompts), "--patterns", "none", "--save-path", str(tmp_path / "d"))  # adds it
     stored = lens.finished_prompts(tmp_path / "d", "tiny-gpt2")
     assert sorted(stored) == sorted(lens.prompt_hash(p["text"]) for p in kinds.probe_prompts())
 
@@ -86,7 +84,7 @@ def test_kind_scores_are_detect_head_on_the_probe(demo_data):
     """The oracle: TransformerLens's detect_head over the probe's repeated sequences (its "mul" default)."""
     from transformer_lens.head_detector import detect_head
 
-    import forward
+    from attention_lens import forward
 
     model = forward.load_model("demo", "cpu", "float32")
     info = heads_json(demo_data, "demo")

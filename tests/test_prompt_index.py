@@ -10,10 +10,7 @@ import pytest
 from browser import assert_only_local, browser_session
 from fake_data import index_rows, make_data
 
-import build_index
-import datadir
-import lens
-import prompt_index
+from attention_lens import build_index, datadir, lens, prompt_index
 
 ROOT = Path(__file__).resolve().parent.parent
 MODEL = "fake-model"
@@ -102,7 +99,7 @@ def statistics_only(tmp_path_factory, tiny_checkpoint) -> Path:
     (tmp / "prompts.jsonl").write_text("".join(json.dumps({"text": t, "meta": {"i": i}}) + "\n"
                                                for i, t in enumerate(TEXTS[:4])))
     proc = subprocess.run([sys.executable, str(ROOT / "compute_activations.py"), str(tiny_checkpoint), "prompts.jsonl",
-                           "--patterns", "1", "--save-path", "data"],
+                           "--patterns", "1", "--no-probe", "--save-path", "data"],
                           cwd=tmp, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr
     return tmp / "data"

@@ -10,10 +10,8 @@ import numpy as np
 import pytest
 from test_compute_stats import DEMO, TEXTS, run_main
 
-import datadir
-import lens
-import storage
-from render_figures import render_figures
+from attention_lens import datadir, lens, storage
+from attention_lens.render_figures import render_figures
 
 ROOT = Path(__file__).resolve().parent.parent
 MODEL = "model"

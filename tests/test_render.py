@@ -12,10 +12,7 @@ import pytest
 from fake_data import read_stats
 from PIL import Image
 
-import build_index
-import datadir
-import lens
-import storage
+from attention_lens import build_index, datadir, lens, storage
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -127,7 +124,7 @@ def test_palette_png_is_small():
 # ---- plug-in discovery ----
 
 GOOD = '''
-from lens import figure, statistic
+from attention_lens import figure, statistic
 
 @figure(cmap="Blues", normalize=True)
 def doubled(attn):
@@ -170,16 +167,18 @@ def test_load_figures_reports_broken_files_and_keeps_the_rest(tmp_path):
 
 def test_duplicate_names_are_an_error(tmp_path):
     d = tmp_path / "figs"
-    write_figure_file(d, "a.py", "from lens import figure\n@figure\ndef same(attn):\n    return attn\n")
-    write_figure_file(d, "b.py", "from lens import statistic\n@statistic\ndef same(attn):\n    return 0.0\n")
+    write_figure_file(d, "a.py", "from attention_lens import figure\n@figure\ndef same(attn):\n    return attn\n")
+    write_figure_file(d, "b.py", "from attention_lens import statistic\n@statistic\ndef same(attn):\n    return 0.0\n")
     with pytest.raises(lens.UserError, match=r"'same' is defined twice: in figs/a.py and in figs/b.py"):
         lens.load_figures(d)
 
 
 def test_bad_decorator_options_are_reported_as_that_files_error(tmp_path):
     d = tmp_path / "figs"
-    write_figure_file(d, "a.py", "from lens import figure\n@figure(cmap='nope')\ndef f(attn):\n    return attn\n")
-    write_figure_file(d, "b.py", "from lens import figure\n@figure(colour='red')\ndef g(attn):\n    return attn\n")
+    write_figure_file(d, "a.py", "from attention_lens import figure\n@figure(cmap='nope')\n"
+                                 "def f(attn):\n    return attn\n")
+    write_figure_file(d, "b.py", "from attention_lens import figure\n@figure(colour='red')\n"
+                                 "def g(attn):\n    return attn\n")
     figures, errors = lens.load_figures(d)
     assert figures == {}
     assert "a.py" in errors[0] and "unknown colormap 'nope'" in errors[0]
@@ -325,7 +324,7 @@ def test_shards_split_the_prompts(fake_data_dir):
 
 FAILING = '''
 import numpy as np
-from lens import figure
+from attention_lens import figure
 
 @figure
 def fine(attn):
@@ -462,7 +461,7 @@ def test_a_model_given_as_a_relative_path_is_found_from_any_directory(tiny_check
     (tmp_path / "p.jsonl").write_text(json.dumps({"text": "The cat sat on the mat."}) + "\n")
     (tmp_path / "elsewhere").mkdir()
     r = subprocess.run([sys.executable, str(ROOT / "compute_activations.py"), "./ckpt", "p.jsonl",
-                        "--save-path", "data"],
+                        "--no-probe", "--save-path", "data"],
                        capture_output=True, text=True, cwd=tmp_path, timeout=300)
     assert r.returncode == 0, r.stderr
     assert lens.model_dirs(tmp_path / "data") == ["ckpt"]
@@ -488,7 +487,7 @@ import time
 
 import numpy as np
 
-from lens import figure, statistic
+from attention_lens import figure, statistic
 
 @figure
 def a_exits(attn):
@@ -519,7 +518,7 @@ def test_plugins_that_exit_edit_their_input_or_hang_fail_on_their_heads_only(fak
     figs = tmp_path / "figs"
     write_figure_file(figs, "unruly.py", UNRULY)
     write_figure_file(figs, "exits_at_import.py", "import sys\nsys.exit(2)\n")
-    write_figure_file(figs, "escapes.py", "from lens import figure\ndef f(attn):\n    return attn\n"
+    write_figure_file(figs, "escapes.py", "from attention_lens import figure\ndef f(attn):\n    return attn\n"
                                           "f.__name__ = '../../../escaped'\nfigure(f)\n")
     r = run_render("--save-path", fake_data_dir, "--figures-dir", figs, "--jobs", jobs, "--time-limit", "0.2")
     assert "exits_at_import.py: SystemExit: 2" in r.stderr and "escapes.py" in r.stderr  # skipped, named

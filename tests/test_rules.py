@@ -10,13 +10,10 @@ import numpy as np
 import pytest
 from browser import browser_session
 
-import datadir
-import lens
-import standalone
-import storage
-from build_index import colormaps_json
-from lens import SITE_DIR, format_heads, parse_heads, search_words
-from prompt_index import shard_name
+from attention_lens import datadir, lens, standalone, storage
+from attention_lens.build_index import colormaps_json
+from attention_lens.lens import SITE_DIR, format_heads, parse_heads, search_words
+from attention_lens.prompt_index import shard_name
 
 RULES = json.loads((Path(__file__).parent / "rules.json").read_text(encoding="utf-8"))
 
@@ -67,7 +64,8 @@ def test_python_paths_follow_the_table(case):
 
 
 def test_every_python_path_is_in_the_table():
-    functions = {name for name, f in inspect.getmembers(datadir, inspect.isfunction) if f.__module__ == "datadir"}
+    functions = {name for name, f in inspect.getmembers(datadir, inspect.isfunction)
+                 if f.__module__ == datadir.__name__}
     assert functions == {c["py"] for c in RULES["paths"]}
 
 

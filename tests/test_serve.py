@@ -18,8 +18,7 @@ import pytest
 from browser import served
 from fake_data import fake_patterns
 
-import serve
-import storage
+from attention_lens import serve, storage
 
 ROOT = Path(__file__).resolve().parent.parent
 

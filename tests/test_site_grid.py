@@ -10,10 +10,8 @@ from browser import assert_only_local, bos, browser_session, render, screenshot
 from conftest import FINAL
 from fake_data import TEXTS, drop_images, fake_patterns, index_rows, make_data
 
-import datadir
-import lens
-import storage
-from build_index import build_index
+from attention_lens import datadir, lens, storage
+from attention_lens.build_index import build_index
 
 MODEL = "fake-model"  # 2 layers x 3 heads, 4 prompts (tests/fake_data.py)
 HASHES = sorted(lens.prompt_hash(t) for t in TEXTS)  # the prompt index's order
@@ -320,7 +318,7 @@ def test_whole_pipeline_on_a_tiny_model(tiny_checkpoint, tmp_path):
     texts = ["When Mary and John went to the store, John gave a drink to Mary.", "def add(a, b):\n    return a + b"]
     (tmp_path / "prompts.jsonl").write_text("".join(json.dumps({"text": t, "meta": {"src": "test"}}) + "\n"
                                                     for t in texts))
-    for script, *args in [("compute_activations.py", str(tiny_checkpoint), "prompts.jsonl"),
+    for script, *args in [("compute_activations.py", str(tiny_checkpoint), "prompts.jsonl", "--no-probe"),
                           ("render_figures.py", "--jobs", "1")]:
         proc = subprocess.run([sys.executable, str(root / script), *args, "--save-path", "data"],
                               cwd=tmp_path, capture_output=True, text=True, timeout=300)

@@ -12,11 +12,7 @@ import numpy as np
 import pytest
 from browser import assert_only_local, browser_session, screenshot
 
-import datadir
-import examples
-import head_pages
-import lens
-import storage
+from attention_lens import datadir, examples, head_pages, lens, storage
 
 ROOT = Path(__file__).resolve().parent.parent
 MODEL, STEP0 = "demo", "demo_step0"  # STEP0: a training checkpoint of MODEL (checkpointOf: base "demo", step 0)
@@ -28,7 +24,8 @@ def data(tmp_path_factory) -> Path:
     data = tmp_path_factory.mktemp("head-page") / "data"
     for extra in [["--patterns", "4"], ["--checkpoint", "0", "--no-examples"]]:
         done = subprocess.run([sys.executable, str(ROOT / "compute_activations.py"), "demo",
-                               str(ROOT / "prompts.jsonl"), "--n-samples", "12", *extra, "--save-path", str(data)],
+                               str(ROOT / "prompts.jsonl"), "--n-samples", "12", "--no-probe", *extra,
+                               "--save-path", str(data)],
                               cwd=ROOT, capture_output=True, text=True, timeout=300)
         assert done.returncode == 0, done.stderr
     for path in (datadir.head_pages_index_path(data, STEP0), datadir.head_pages_path(data, STEP0)):

@@ -12,10 +12,8 @@ from conftest import FINAL, MODELS
 from fake_data import make_data, read_stats, write_stat_aggregates
 from test_site_single import MODEL, oracle, prompt_hashes, url_state
 
-import datadir
-import lens
-import storage
-from build_index import build_index
+from attention_lens import datadir, lens, storage
+from attention_lens.build_index import build_index
 
 
 def long_only(data_dir) -> np.ndarray:
@@ -143,7 +141,7 @@ def test_tied_heads_share_a_rank(rendered_data_dir):
 
 
 def test_model_without_stats(fake_data_dir):
-    from build_index import build_index
+    from attention_lens.build_index import build_index
     build_index(fake_data_dir)
     with browser_session(fake_data_dir) as s:
         s.page.goto(f"{s.url}heads.html")

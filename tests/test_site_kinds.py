@@ -9,9 +9,7 @@ from urllib.parse import parse_qs, urlsplit
 import pytest
 from browser import assert_only_local, browser_session, screenshot
 
-import datadir
-import kinds
-import lens
+from attention_lens import datadir, kinds, lens
 
 ROOT = Path(__file__).resolve().parent.parent
 MAP_PAD = 14  # site/kinds.js drawMap's margin

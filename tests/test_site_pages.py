@@ -15,12 +15,12 @@ TEXTS = [f"{i}. the cat sat on the mat and the cat sat on the mat again, said {w
 def half_done(tmp_path_factory) -> Path:
     """The demo model's statistics of six prompts, the patterns of two, no figure rendered: a data dir just
     after `compute_activations.py --patterns 2`."""
-    import compute_activations as ca
+    from attention_lens import compute_activations as ca
     data = tmp_path_factory.mktemp("half") / "data"
-    import forward
+    from attention_lens import forward
     model = forward.load_model(str(ROOT / "demo" / "model"), "cpu", "float32")
     ca.compute_activations(TEXTS, model, data, model_name="demo", patterns=2, progress=False)
-    from build_index import build_index
+    from attention_lens.build_index import build_index
     build_index(data)
     return data
 
@@ -93,9 +93,9 @@ def test_a_static_host_without_cache_headers_never_shows_a_stale_index(half_done
     from browser import CHROMIUM, CHROMIUM_ARGS
     from playwright.sync_api import sync_playwright
 
-    import compute_activations as ca
-    import forward
-    from build_index import build_index
+    from attention_lens import compute_activations as ca
+    from attention_lens import forward
+    from attention_lens.build_index import build_index
 
     data = tmp_path / "data"
     shutil.copytree(half_done, data)

@@ -10,7 +10,7 @@ import pytest
 from browser import assert_only_local, browser_session, screenshot
 from conftest import FINAL, MODELS
 
-import datadir
+from attention_lens import datadir
 
 
 def stats_json(data: Path, model: str) -> dict:

@@ -13,9 +13,7 @@ from browser import assert_only_local, bos, browser_session, render, screenshot
 from conftest import FINAL, MODELS
 from fake_data import TEXTS, drop_images, index_rows, make_data
 
-import datadir
-import lens
-import storage
+from attention_lens import datadir, lens, storage
 
 MODEL = "fake-model"
 

@@ -12,10 +12,7 @@ from browser import browser_session, render, screenshot
 from fake_data import index_rows
 from test_site_single import formatted, hover_cell, read_svg, shown
 
-import datadir
-import lens
-import standalone
-import storage
+from attention_lens import datadir, lens, standalone, storage
 
 ROOT = Path(__file__).resolve().parent.parent
 MODEL = lens.model_dir_name("demo")
@@ -26,8 +23,8 @@ def demo_data(tmp_path_factory) -> Path:
     """compute_activations.py demo on 4 prompts, then render_figures.py, as a user runs them."""
     tmp = tmp_path_factory.mktemp("standalone")
     proc = subprocess.run([sys.executable, str(ROOT / "compute_activations.py"), "demo", str(ROOT / "prompts.jsonl"),
-                           "--n-samples", "4", "--save-path", "data"], cwd=tmp, capture_output=True, text=True,
-                          timeout=600)
+                           "--n-samples", "4", "--no-probe", "--save-path", "data"], cwd=tmp, capture_output=True,
+                          text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr
     render(tmp / "data")
     return tmp / "data"
@@ -218,7 +215,7 @@ def notebook_page(view, path: Path) -> Path:
 
 
 def test_notebook_output_works_offline(demo_data, tmp_path):
-    from notebook import attention_view
+    from attention_lens.notebook import attention_view
     rows = index_rows(demo_data, MODEL)
     view = attention_view("demo", save_path=demo_data, prompts=rows[3]["hash"], layer=1, head=2, height=1000)
     patterns = storage.load_patterns(demo_data, MODEL, rows[3]["hash"])
@@ -276,7 +273,7 @@ def test_html_into_a_directory_is_refused(demo_data, tmp_path):
 def test_notebook_view_of_a_model_name_in_a_temporary_dir(tmp_path, monkeypatch):
     """A model name is loaded; without save_path nothing stays on disk; heads limit the grid and the first of
     them is the single view's head."""
-    from notebook import attention_view
+    from attention_lens.notebook import attention_view
     monkeypatch.chdir(tmp_path)
     view = attention_view("demo", "one two three one two three", heads="L1H2-3")
     panes = json.loads(re.search(r'<script type="application/json" id="attn-panes">(.*?)</script>', view.document)[1])
@@ -326,8 +323,9 @@ def test_a_shared_file_names_no_local_path(tiny_checkpoint, tmp_path):
     data, figs = tmp_path / "data", tmp_path / "figs"
     (tmp_path / "p.jsonl").write_text('{"text": "one two three four five"}\n')
     figs.mkdir()
-    (figs / "boom.py").write_text("from lens import figure\n\n@figure\ndef boom(attn):\n    raise ValueError('no')\n")
-    for script, *args in [("compute_activations.py", tiny_checkpoint, tmp_path / "p.jsonl"),
+    (figs / "boom.py").write_text("from attention_lens import figure\n\n@figure\n"
+                                  "def boom(attn):\n    raise ValueError('no')\n")
+    for script, *args in [("compute_activations.py", tiny_checkpoint, tmp_path / "p.jsonl", "--no-probe"),
                           ("render_figures.py", "--figures-dir", figs, "--jobs", "1")]:
         r = subprocess.run([sys.executable, str(ROOT / script), *map(str, args), "--save-path", str(data)],
                            capture_output=True, text=True, timeout=300)

@@ -10,9 +10,7 @@ import numpy as np
 import pytest
 from fake_data import index_rows
 
-import datadir
-import lens
-import storage
+from attention_lens import datadir, lens, storage
 
 ROOT = Path(__file__).resolve().parent.parent
 DEMO = ROOT / "demo" / "model"
@@ -105,7 +103,7 @@ def run_pipeline(ckpt: Path, texts: list[str], data: Path, *render_args: str) ->
     """compute_activations.py + render_figures.py on these texts, as a user runs them; returns the model dir."""
     prompts = data.parent / "prompts.jsonl"
     prompts.write_text("".join(json.dumps({"text": t}) + "\n" for t in texts))
-    for script, args in [("compute_activations.py", [ckpt, prompts]),
+    for script, args in [("compute_activations.py", [ckpt, prompts, "--no-probe"]),
                          ("render_figures.py", ["--jobs", "1", *render_args])]:
         r = subprocess.run([sys.executable, script, *map(str, args), "--save-path", str(data)],
                            cwd=ROOT, capture_output=True, text=True, timeout=300)
@@ -130,7 +128,7 @@ def assert_equal_to_detect_head(ckpt: Path, texts: list[str], tmp_path: Path) ->
     """Every prompt's stored TL scores equal detect_head's within 1e-4, and the stored means its mean."""
     from transformer_lens.head_detector import detect_head
 
-    from forward import load_model
+    from attention_lens.forward import load_model
 
     model_dir = run_pipeline(ckpt, texts, tmp_path / "data", "--figures", ",".join(TL_SCORES))
     index = json.loads((model_dir / "stats.json").read_text())
@@ -186,7 +184,7 @@ def test_stats_tables_on_disk(fake_data_dir):
 def test_failing_statistic_is_isolated(fake_data_dir, tmp_path):
     figs = tmp_path / "figs"
     figs.mkdir()
-    (figs / "s.py").write_text("from lens import statistic\n\n@statistic\ndef picky(attn):\n"
+    (figs / "s.py").write_text("from attention_lens import statistic\n\n@statistic\ndef picky(attn):\n"
                                "    if attn.shape[0] > 6:\n        raise ValueError('too long')\n    return 1.0\n")
     r = subprocess.run([sys.executable, "render_figures.py", "--save-path", str(fake_data_dir),
                         "--figures-dir", str(figs), "--jobs", "2"],

@@ -8,9 +8,7 @@ import numpy as np
 import pytest
 from test_render import pack_png
 
-import datadir
-import lens
-import storage
+from attention_lens import datadir, lens, storage
 
 ROOT = Path(__file__).resolve().parent.parent
 TEXTS = ["When Mary and John went to the store, John gave a drink to Mary.", "The cat sat on the mat."]
@@ -25,7 +23,7 @@ def run(script: str, *args: str, cwd: Path) -> subprocess.CompletedProcess:
 def data_dir(tiny_checkpoint, tmp_path_factory) -> Path:
     work = tmp_path_factory.mktemp("vw")
     (work / "p.jsonl").write_text("".join(json.dumps({"text": t}) + "\n" for t in TEXTS))
-    r = run("compute_activations.py", str(tiny_checkpoint), "p.jsonl", "--save-path", "data", cwd=work)
+    r = run("compute_activations.py", str(tiny_checkpoint), "p.jsonl", "--no-probe", "--save-path", "data", cwd=work)
     assert r.returncode == 0, r.stderr
     r = run("render_figures.py", "--save-path", "data", "--figures", "value_weighted,raw", "--jobs", "1", cwd=work)
     assert r.returncode == 0, r.stderr
@@ -49,7 +47,7 @@ def test_value_weighted_figure_is_attention_times_value_norms(data_dir):
 
 def test_a_users_statistic_receives_value_norms_by_name(data_dir):
     namespace = {}
-    exec("from lens import statistic\n"
+    exec("from attention_lens import statistic\n"
          "@statistic\n"
          "def moved(attn, token_ids, value_norms):\n"
          "    return float((attn * value_norms).sum(-1).mean()) + 0 * len(token_ids)\n", namespace)

@@ -11,9 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
-import datadir
-import lens
-import storage
+from attention_lens import datadir, lens, storage
 
 INDEX_CHUNK_ROWS = 200  # rows per index/rows/<k>.jsonl: a page of search results touches at most 100 of them
 

@@ -2,7 +2,7 @@
 full text, the heads' kinds, and the per-head summaries; and a parquet export that pandas, polars and duckdb read
 directly. What build_index.py wrote is read as it is (the statistics tables memory-mapped), nothing recomputed.
 
-    import attn_frames as af
+    from attention_lens import attn_frames as af
     stats = af.statistics("attn_data", "gpt2")                  # model, hash, row, layer, head, a column per statistic
     prompts = af.prompts("attn_data", "gpt2")                   # hash, row, text, n_tokens, truncated, stored, meta
     top = (stats.query("layer == 1 and head == 2").nlargest(20, "induction_head")
@@ -15,9 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-import datadir
-import lens
-import prompt_index
+from attention_lens import datadir, lens, prompt_index
 
 
 def model_dir(save_path: Path | str, model: str) -> tuple[Path, str]:

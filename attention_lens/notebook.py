@@ -1,7 +1,7 @@
 """Attention patterns inline in a notebook: the grid and the single view in the cell's output, with no server and
 no network (the site's own pages and the data in one document, standalone.py, shown in a srcdoc iframe).
 
-    from notebook import attention_view
+    from attention_lens.notebook import attention_view
     attention_view(model, "When Mary and John went to the store, John gave a drink to")   # compute, render, show
     attention_view("demo", save_path="attn_data", prompts="repeated", heads="L1H*")     # a data dir's prompts
 """
@@ -12,8 +12,7 @@ from contextlib import nullcontext
 from pathlib import Path
 from urllib.parse import urlencode
 
-import lens
-import standalone
+from attention_lens import lens, standalone
 
 
 class AttentionView:
@@ -56,9 +55,9 @@ def attention_view(model, texts: str | list[str] | None = None, *, save_path: Pa
 def compute_and_render(model, texts: list[str], save_path: Path, heads: str | None, figures: str,
                        compute: dict) -> str:
     """compute_activations() then render_figures(), as the command lines run them; returns the model dir."""
-    import forward
-    from compute_activations import compute_activations
-    from render_figures import render_figures
+    from attention_lens import forward
+    from attention_lens.compute_activations import compute_activations
+    from attention_lens.render_figures import render_figures
     if isinstance(model, str):
         compute.setdefault("model_name", model)
         model = forward.load_model(model, forward.pick_device(compute.pop("device", None), None),

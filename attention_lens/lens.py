@@ -24,10 +24,10 @@ from typing import Callable
 
 import numpy as np
 
-import datadir
+from attention_lens import datadir
 
 DEFAULT_SAVE_PATH = Path("attn_data")
-SITE_DIR = Path(__file__).resolve().parent / "site"
+SITE_DIR = Path(__file__).resolve().parent.parent / "site"
 # model_cfg.json keys we keep of TransformerLens's config (import_pattern_lens.py keeps the same of pattern-lens's)
 MODEL_CFG_KEYS = ("n_layers", "n_heads", "d_model", "d_head", "n_ctx", "d_vocab", "act_fn",
                   "default_prepend_bos", "positional_embedding_type", "original_architecture")
@@ -442,7 +442,7 @@ def matrix_as_svg(matrix: np.ndarray, cmap: str = "viridis", normalize: bool = F
 
 # ---- Figure registry: plug-ins in figures/*.py --------------------------------------
 
-FIGURES_DIR = Path(__file__).resolve().parent / "figures"
+FIGURES_DIR = Path(__file__).resolve().parent.parent / "figures"
 _NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_-]*$")
 
 

@@ -21,11 +21,9 @@ from pathlib import Path
 
 import numpy as np
 
-import datadir
-import lens
-import storage
+from attention_lens import datadir, lens, storage
 
-PROBE_PATH = Path(__file__).resolve().parent / "probe.jsonl"
+PROBE_PATH = Path(__file__).resolve().parent.parent / "probe.jsonl"
 MAX_SHAPE_PROMPTS = 32  # stored prompts whose patterns give the shape features: the probe set has 20
 N_OFFSETS = 8  # attention mass at offsets 0 (self) ... 7 back
 N_NEAREST = 8

@@ -30,8 +30,7 @@ from pathlib import Path
 
 import numpy as np
 
-import datadir
-import lens
+from attention_lens import datadir, lens
 
 PATTERN_MAGIC = b"ATTNPAT2"
 PATTERN_MAGIC_V1 = b"ATTNPAT1"  # format 1: header first, every head stored

@@ -15,13 +15,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
-import datadir
-import lens
-import storage
+from attention_lens import datadir, lens, storage
 
 # ---- loading a model ----
 
-DEMO_DIR = Path(__file__).resolve().parent / "demo"
+DEMO_DIR = Path(__file__).resolve().parent.parent / "demo"
 
 
 def demo_path(checkpoint: int | None) -> Path:

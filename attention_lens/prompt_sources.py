@@ -6,7 +6,7 @@ import random
 import sys
 from pathlib import Path
 
-import lens
+from attention_lens import lens
 
 
 def split_document(text: str, min_chars: int, max_chars: int) -> list[str]:

@@ -16,11 +16,8 @@ from pathlib import Path
 
 import numpy as np
 
-import datadir
-import lens
-import prompt_index
-import storage
-from prompt_index import Rows, Update
+from attention_lens import datadir, lens, prompt_index, storage
+from attention_lens.prompt_index import Rows, Update
 
 QUANTILES = (0.05, 0.25, 0.5, 0.75, 0.95)
 

@@ -20,10 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
-import datadir
-import examples
-import lens
-import storage
+from attention_lens import datadir, examples, lens, storage
 
 TOP_TOKENS = 50
 MIN_COUNT = 5  # a token's mean weight is ranked once it was seen this often

@@ -32,9 +32,7 @@ from pathlib import Path
 
 import numpy as np
 
-import datadir
-import lens
-import storage
+from attention_lens import datadir, lens, storage
 
 STATISTIC = "max_attention"
 VERSION = 1
@@ -137,8 +135,8 @@ def compute_examples(model, save_path: Path, model_dir: str, sampling: Sampling 
     write examples.json and examples.bin. Nothing is run when the stored choice was made from the same data.
     Returns a summary (None when there is nothing to choose from). Not `required` (the end of a run), a figures
     dir without the statistic is a warning, not an error."""
-    import forward  # torch: only here
-    from build_index import data_dir_lock
+    from attention_lens import forward  # torch: only here
+    from attention_lens.build_index import data_dir_lock
 
     sampling.check()
     try:
