@@ -19,6 +19,7 @@ import {
 } from "./scatter.js";
 import { changeState, go, gridUrl, headPageUrl, latest, pageUrl, readState, singleUrl, writeState } from "./url.js";
 
+const DEFAULT_STAT = "induction_head";  // figures/head_stats.py; absent: the first statistic
 const state = readState("heads");
 const data = {
   models: [], model: null, stats: null, index: null, colormap: null, diverging: null,
@@ -47,7 +48,8 @@ async function loadModel() {
   const [stats, index] = await fetchEach([fetchData(statsUrl(state.model)), promptIndex(state.model)]);
   Object.assign(data, { model: data.models.find((m) => m.model_dir === state.model), stats, index, heads: null });
   const names = Object.keys(stats?.stats || {});
-  if (!names.includes(state.stat)) state.stat = names[0] || "";
+  // the first screen shows the statistic with the most visible structure in most models: the induction heads
+  if (!names.includes(state.stat)) state.stat = names.includes(DEFAULT_STAT) ? DEFAULT_STAT : names[0] || "";
   for (const key of ["x", "y", "cstat"]) if (!names.includes(state[key])) state[key] = "";  // "": the default
   data.prompt = (state.prompt && await index.find(state.prompt)) || await promptAt(index, 0);
   state.prompt = data.prompt?.record.hash ?? "";

@@ -1,9 +1,14 @@
-"""The README's examples as written: the "Write a figure" block saved into a copy of figures/ passes ruff with the
-repo's settings, computes and renders, and its statistics equal their definitions on the stored patterns."""
+"""The README's and docs' examples as written: the "Write a figure" block saved into a copy of figures/ passes ruff
+with the repo's settings, computes and renders, and its statistics equal their definitions on the stored patterns;
+the Python blocks run; every command line they show parses with its script's own parser."""
+import argparse
+import importlib
 import json
 import re
+import shlex
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -64,3 +69,90 @@ def test_the_dataframe_example_runs(heading, tmp_path, monkeypatch):
     assert sorted(p.name for p in (tmp_path / "tables").iterdir()) == [
         "kinds.parquet", "prompts.parquet", "statistics.parquet", "summary.parquet"]
     assert lens.model_dir_name("model") == MODEL
+
+
+# ---- every example of README.md and docs/*.md --------------------------------------------------------------
+
+DOCS = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
+SHELL_VALUES = {'"${SLURM_ARRAY_TASK_ID}/8"': "1/8", '"${SLURM_ARRAY_TASK_ID}/4"': "1/4",
+                '"${STEPS[$SLURM_ARRAY_TASK_ID]}"': "1000"}  # what docs/clusters.md's job arrays expand to
+
+
+def code_blocks(path: Path, language: str | None = None) -> list[tuple[int, str]]:
+    """(line, body) of each fenced block of a Markdown file, of one language ("" for unmarked ones) or all."""
+    text = path.read_text()
+    return [(text[:m.start()].count("\n") + 1, m.group(2)) for m in re.finditer(r"```(\w*)\n(.*?)```", text, re.S)
+            if language is None or m.group(1) == language]
+
+
+def command_lines() -> list[tuple[str, str]]:
+    """("file:line", command) of every `python <script>.py ...` the docs show, line continuations joined, each
+    part of an `a && b` on its own, shell variables as a job array expands them; usage synopses ([--flag X])
+    and the benchmarks' and the docs' own scripts are left out."""
+    scripts = {p.name for p in ROOT.glob("*.py")}
+    found = []
+    for path in DOCS:
+        for line, body in code_blocks(path):
+            for command in body.replace("\\\n", " ").splitlines():
+                command = re.sub(r"(^|\s)#.*$", "", command).strip()
+                for key, value in SHELL_VALUES.items():
+                    command = command.replace(key, value)
+                for part in command.split("&&"):
+                    words = shlex.split(part) if part.strip().startswith("python ") else []
+                    if len(words) >= 2 and words[1] in scripts and "[" not in part:
+                        found.append((f"{path.relative_to(ROOT)}:{line}", part.strip()))
+    return found
+
+
+class Parsed(Exception):
+    """Raised once a script's parser accepted its command line: the test stops there, before any work."""
+
+
+@pytest.mark.parametrize("where,command", command_lines(), ids=[w for w, _ in command_lines()])
+def test_every_command_line_in_the_docs_parses(where, command, monkeypatch):
+    """Each shown command's flags and values are ones its script's parser accepts (models from a hub and cluster
+    paths cannot run here; the demo's commands run in test_demo, test_kinds and test_standalone)."""
+    original = argparse.ArgumentParser.parse_args
+
+    def parse_args(parser, args=None, namespace=None):  # lens.ArgumentParser's errors are UserErrors: they fail
+        raise Parsed(original(parser, args, namespace))
+
+    words = shlex.split(command)
+    monkeypatch.setattr(argparse.ArgumentParser, "parse_args", parse_args)
+    monkeypatch.setattr(sys, "argv", words[1:])
+    module = importlib.import_module(f"attention_lens.{words[1].removesuffix('.py')}")
+    with pytest.raises(Parsed):
+        module.main()
+
+
+def test_the_docs_show_the_commands_of_every_script():
+    """The parse test sees what it should: commands of each script, and enough of them."""
+    shown = {shlex.split(c)[1] for _, c in command_lines()}
+    assert shown == {p.name for p in ROOT.glob("*.py")} and len(command_lines()) >= 40
+
+
+@pytest.fixture(scope="module")
+def deep_model(tmp_path_factory):
+    """A 10-layer random GPT-2, deep enough for the examples' L5H1 and L9H*."""
+    from tiny_model import make_checkpoint
+
+    from attention_lens import forward
+    return forward.load_model(str(make_checkpoint(tmp_path_factory.mktemp("deep") / "ckpt", n_layer=10)), "cpu",
+                              "float32")
+
+
+@pytest.mark.parametrize("path,heading", [("README.md", "### compute_activations.py"),
+                                          ("docs/scripts.md", "## compute_activations.py")])
+def test_the_compute_examples_run_as_written(path, heading, deep_model, tmp_path, monkeypatch):
+    """The python block under `heading`, run as written with `model` a TransformerLens model: the head it reads is
+    the stored L5H1, and only the heads it names were stored."""
+    text = (ROOT / path).read_text()
+    code = re.search(r"```python\n(.*?)```", text[text.index(heading):], re.S).group(1)
+    monkeypatch.chdir(tmp_path)
+    scope = {"model": deep_model}
+    exec(compile(code, path, "exec"), scope)
+    attn = scope.get("attn")
+    assert attn.shape[0] == attn.shape[1] > 5 and np.allclose(attn.sum(1), 1, atol=2e-3)
+    [phash] = lens.finished_prompts(tmp_path / "attn_data", "my-model")
+    patterns = storage.load_patterns(tmp_path / "attn_data", "my-model", phash)
+    assert patterns.heads == [(5, 1), *[(9, h) for h in range(4)]]

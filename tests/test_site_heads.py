@@ -357,7 +357,8 @@ def fetched(data: Path, name: str) -> tuple[int, list[tuple[str, str | None, int
 
 
 def test_bytes_fetched_do_not_grow_with_the_prompts(tmp_path, monkeypatch):
-    monkeypatch.setattr("prompt_index.INDEX_CHUNK_ROWS", 10)  # both indexes' first chunk of rows is a full one
+    # both indexes' first chunk of rows is a full one
+    monkeypatch.setattr("attention_lens.prompt_index.INDEX_CHUNK_ROWS", 10)
     dirs = {n: many_prompts_dir(tmp_path / f"p{n}", n) for n in (10, 2000)}
     small, small_requests = fetched(dirs[10], "heads-panel-10-prompts")
     large, large_requests = fetched(dirs[2000], "heads-panel-2000-prompts")

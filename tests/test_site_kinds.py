@@ -34,7 +34,7 @@ def labelled(info: dict) -> dict[str, list[str]]:
             for h, head in enumerate(row) if head["kinds"]}
 
 
-def test_heads_page_opens_on_the_kinds_summary(demo_data):
+def test_heads_page_shows_the_kinds_summary(demo_data):
     info = heads_json(demo_data, "demo")
     with browser_session(demo_data) as s:
         s.page.goto(f"{s.url}heads.html?model=demo")
@@ -56,6 +56,28 @@ def test_heads_page_opens_on_the_kinds_summary(demo_data):
         screenshot(s, "heads-kinds")
         assert not s.errors
         assert_only_local(s)
+
+
+def test_first_screens_land_on_structure(demo_data):
+    """With no URL parameters, at 1400 x 900: the grid opens on models.jsonl's start_prompt (a repeated probe
+    sequence) with the kinds on its tiles, and the heads page on induction_head, its heatmap above the fold."""
+    [model] = [m for _, m in lens.iter_jsonl(datadir.models_path(demo_data)) if m["model_dir"] == "demo"]
+    info = heads_json(demo_data, "demo")
+    with browser_session(demo_data, width=1400, height=900) as s:
+        s.page.goto(f"{s.url}index.html")
+        s.page.wait_for_selector("body[data-ready='1'] a.tile .kind")
+        hrefs = s.page.eval_on_selector_all("a.tile", "ts => ts.map(t => t.getAttribute('href'))")
+        assert {parse_qs(urlsplit(h).query)["prompt"][0] for h in hrefs} == {model["start_prompt"]}
+        tiles = s.page.eval_on_selector_all("a.tile", "ts => ts.map(t => [...t.querySelectorAll('.kind')]"
+                                            ".map(k => k.dataset.kind).join(','))")
+        assert [bool(k) for k in tiles] == [bool(h["kinds"]) for row in info["heads"] for h in row]
+        s.page.goto(f"{s.url}heads.html?model=demo")
+        s.page.wait_for_selector("body[data-ready='1'] #heatmap .heatmap-grid")
+        assert s.page.input_value("#stat") == "induction_head"
+        box = s.page.locator("#heatmap .heatmap-grid").bounding_box()
+        assert box["height"] > 100 and box["y"] + box["height"] <= 900
+        screenshot(s, "first-screens-heads")
+        assert not s.errors
 
 
 def map_position(points: list[tuple[float, float]], xy: tuple[float, float], width: float, height: float):
