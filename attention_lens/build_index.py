@@ -2,6 +2,7 @@
 
     python build_index.py                    # for attn_data/
     python build_index.py --save-path DIR
+    python build_index.py --export-headvis DIR [--models MODEL]   # then one model as HeadVis's data/ (headvis.py)
 
 Writes models.jsonl (every <model>/model_cfg.json), <model>/index/ (every prompt with statistics or
 stored patterns, in chunks a page fetches as it needs them, and a word index to search them; a rerun
@@ -167,25 +168,40 @@ def main() -> None:
     parser.add_argument("--html", type=Path, metavar="OUT.html",
                         help="instead of indexing, write one self-contained file of the site and the data chosen by "
                         "--models, --prompts and --heads, which opens from disk with no server and no network")
-    parser.add_argument("--models", help="--html: model dirs, comma separated (default: all)")
+    parser.add_argument("--export-headvis", type=Path, metavar="DIR",
+                        help="after indexing, write one model's heads (--models) as the data tree Anthropic's HeadVis "
+                        "frontend and Neuronpedia's loaders read: docs/headvis.md")
+    parser.add_argument("--models", help="--html: model dirs, comma separated (default: all); --export-headvis: the "
+                        "model (default: the data dir's only one)")
     parser.add_argument("--prompts",
                         help="--html: prompt hashes, comma separated, or a search as the grid's (default: all)")
     parser.add_argument("--heads", help="--html: heads as the grid's spec, e.g. L0-3H*,L5H1 (default: all)")
     parser.add_argument("--max-size", type=float, default=50, metavar="MB",
                         help="--html: refuse to write a file larger than this (default: %(default)s MB)")
     args = parser.parse_args()
+    if args.html and args.export_headvis:
+        raise lens.UserError("--html and --export-headvis: one at a time")
     if args.html:  # an alias of standalone.py, the one-file view's own script
         from attention_lens import standalone
         standalone.write_html(args.save_path, args.html, standalone.model_list(args.models), args.prompts, args.heads,
                               args.max_size)
         return
-    for flag, value in [("--models", args.models), ("--prompts", args.prompts), ("--heads", args.heads)]:
+    if args.models is not None and not args.export_headvis:
+        raise lens.UserError("--models: chooses what --html embeds or --export-headvis writes; add one of them")
+    for flag, value in [("--prompts", args.prompts), ("--heads", args.heads)]:
         if value is not None:
             raise lens.UserError(f"{flag}: chooses what --html embeds; add --html OUT.html")
+    if args.export_headvis:  # a target it may not write is told before the indexing
+        from attention_lens import headvis
+        headvis.check_target(args.save_path, args.export_headvis)
     if args.import_pattern_lens:  # an alias of import_pattern_lens.py
         from attention_lens import import_pattern_lens
         import_pattern_lens.import_pattern_lens(args.save_path)
     build_index(args.save_path, args.figures_dir)
+    if args.export_headvis:
+        with data_dir_lock(args.save_path, "build_index.py"):
+            headvis.export_headvis(args.save_path, args.models, args.export_headvis,
+                                   args.figures_dir or rendered_figures_dir(args.save_path))
 
 
 if __name__ == "__main__":

@@ -266,6 +266,7 @@ def compute_activations(prompts: list[dict | str], model, save_path: Path | str 
                         figures_dir: Path = lens.FIGURES_DIR, time_limit: float | None = TIME_LIMIT) -> dict:
     """Compute the head statistics of `prompts` for `model`, and save the attention patterns of those
     `patterns` names ("all", "none", a number of prompts to sample, or a set of prompt hashes); return a summary.
+    The heads' copying scores, from the weights alone, are computed once per model (write_weight_scores).
 
     `model` is anything with the TransformerLens interface (HookedTransformer, TransformerBridge,
     a wrapper passing calls through). Prompts already saved are skipped unless `force`; `heads`
@@ -288,6 +289,7 @@ def compute_activations(prompts: list[dict | str], model, save_path: Path | str 
     plan = plan_run(prompts, model, save_path=save_path, model_name=model_name, force=force, heads=heads,
                     max_tokens=max_tokens, patterns=patterns, figures_dir=Path(figures_dir))
     lens.write_json(datadir.model_cfg_path(save_path, plan.model_dir), forward.model_config(model, model_name))
+    write_weight_scores(model, save_path, plan.model_dir, force)
     stored = [j for j in plan.jobs if j.heads]
     if stored and progress:
         print(size_estimate_line(plan.model_dir, [j.n_tokens for j in stored], len(plan.wanted),
@@ -324,6 +326,21 @@ def compute_activations(prompts: list[dict | str], model, save_path: Path | str 
             "stored": len(stored), "tokens": sum(j.n_tokens for j in plan.jobs),
             "seconds": time.perf_counter() - start, "bytes": n_bytes,
             "failed": sum(count for _, count in stream.plugin_errors.values())}
+
+
+def write_weight_scores(model, save_path: Path, model_dir: str, force: bool) -> None:
+    """<model>/weight_scores.json: each head's copying and copy suppression from its weights alone (docs/kinds.md),
+    once per model and checkpoint (`force` recomputes them)."""
+    path = datadir.weight_scores_path(save_path, model_dir)
+    if path.is_file() and not force:
+        return
+    scores = forward.copying_scores(model)
+    if scores is None:
+        print(f"note: {model_dir}: no copying scores: the model does not expose readable W_E, W_U and per-head "
+              "W_V, W_O of one vocabulary", file=sys.stderr)
+        return
+    table = lambda a: [[None if np.isnan(v) else round(float(v), 6) for v in row] for row in a]
+    lens.write_json(path, {"copying": table(scores[..., 0]), "copy_suppression": table(scores[..., 1])})
 
 
 def save_token_strings(save_path: Path, model_dir: str, counts: np.ndarray, to_str) -> None:

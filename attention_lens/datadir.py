@@ -109,6 +109,12 @@ def heads_json_path(save_path: Path, model: str) -> Path:
     return Path(save_path) / model / "heads.json"
 
 
+def weight_scores_path(save_path: Path, model: str) -> Path:
+    """Each head's scores from the weights alone, no prompts (compute_activations.py; kinds.py copies them into
+    heads.json, which is what the site reads)."""
+    return Path(save_path) / model / "weight_scores.json"
+
+
 def examples_index_path(save_path: Path, model: str) -> Path:
     """Where each head's examples and each example prompt's tokens sit in examples.bin, and the sampling's settings
     (compute_activations.py writes both; see examples.py)."""

@@ -224,9 +224,15 @@ class PromptJob:
         return len(self.ids)
 
     def part_row(self) -> dict:
-        """Its line in the run's statistics part (storage.StatsPart)."""
+        """Its line in the run's statistics part (storage.StatsPart); n_repeated weighs its induction_score in a
+        pooled one (headvis.py)."""
         return {"hash": self.hash, "text": self.prompt["text"], "n_tokens": self.n_tokens,
-                "meta": self.prompt.get("meta", {}), "truncated": self.truncated}
+                "meta": self.prompt.get("meta", {}), "truncated": self.truncated, "n_repeated": n_repeated(self.ids)}
+
+
+def n_repeated(ids) -> int:
+    """How many positions hold a token seen earlier in the prompt: Neuronpedia's induction score's denominator."""
+    return len(ids) - len(set(ids))
 
 
 @dataclass
@@ -398,7 +404,8 @@ def quantize_on_device(attn, keep) -> torch.Tensor:
 
 
 DEVICE_STATISTICS = ("bos", "diagonal", "entropy", "previous_token_head", "duplicate_token_head", "induction_head",
-                     "max_attention", "qk_distance", "qk_distance_variance")
+                     "max_attention", "qk_distance", "qk_distance_variance", "induction_score")
+INDUCTION_THRESHOLD = 0.01  # induction_score drops the weights under it (Neuronpedia's; figures/head_stats.py)
 LOOKBACK_EDGES = (0, 1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 2048, 4096)  # bin i: [edge i, edge i+1); last: 4096+
 
 
@@ -424,18 +431,22 @@ class DeviceStats:
         valid = (q[None] < n[:, None]).astype(np.float32)  # [batch, pos]: a real query
         after_first = valid * (q[None] >= 1)
         per_query = np.maximum(n - 1, 1).astype(np.float32)[:, None]
-        # The five linear scores are sums of pattern entries with weights: gather each prompt's entries (first
+        # The six linear scores are sums of pattern entries with weights: gather each prompt's entries (first
         # key, diagonal, previous token, its repeat pairs, the keys after them) and one matmul weighs them.
         idx, weight = repeat_pairs(tokens, n)
         first = np.broadcast_to(q * width, (b, width))
         # a real pair's key is before its query, so the key after it is in the pattern; the padding slots
-        # (weight 0) are kept in range for a batch of one-token prompts
-        idx = np.concatenate([first, first + q, first + np.maximum(q - 1, 0), idx,
-                              np.minimum(idx + 1, width * width - 1)], 1)
-        weights = np.zeros((b, idx.shape[1], 5), np.float32)
-        at = np.cumsum([0, width, width, width, weight.shape[1], weight.shape[1]])
-        for s, w in enumerate([after_first / per_query, after_first / per_query, after_first, weight, weight]):
+        # (weight 0) are kept in range for a batch of one-token prompts; the keys after the pairs come twice, the
+        # second copy for induction_score, whose weights under INDUCTION_THRESHOLD add_layer drops
+        after = np.minimum(idx + 1, width * width - 1)
+        idx = np.concatenate([first, first + q, first + np.maximum(q - 1, 0), idx, after, after], 1)
+        self.repeated = np.array([n_repeated(t[:m].tolist()) for t, m in zip(tokens, n)])
+        weights = np.zeros((b, idx.shape[1], 6), np.float32)
+        at = np.cumsum([0, width, width, width] + [weight.shape[1]] * 3)
+        for s, w in enumerate([after_first / per_query, after_first / per_query, after_first, weight, weight,
+                               weight / np.maximum(self.repeated, 1)[:, None]]):
             weights[:, at[s]:at[s + 1], s] = w
+        self.thresholded = int(at[5])
         rows = np.stack([valid, -after_first / (per_query * math.log(2))], 2)  # weights of sum(A) and entropy
 
         def put(a, dtype):
@@ -445,9 +456,9 @@ class DeviceStats:
         self.valid, self.after_first = put(valid, torch.float32), put(after_first, torch.float32)
         self.n, self.causal, self.sums = n, causal, sums
         self.defined = n >= 2  # detect_head refuses one-token prompts; the means need two
-        # per layer: the five linear sums; sum(A) over the real queries (detect_head's denominator) and the
+        # per layer: the six linear sums; sum(A) over the real queries (detect_head's denominator) and the
         # mean entropy of those after the first, each read from a product with both row weights
-        self.linear = torch.empty((n_layers, b, n_heads, 5), device=device)
+        self.linear = torch.empty((n_layers, b, n_heads, 6), device=device)
         self.total = torch.empty((n_layers, b, n_heads, 2), device=device)
         self.entropy = torch.empty((n_layers, b, n_heads, 2), device=device)
         self.peak = torch.zeros((n_layers, b, n_heads), device=device)
@@ -466,6 +477,8 @@ class DeviceStats:
         here = pattern.device == self.linear.device  # else a model split over devices: the small sums come back
         idx, weights, rows = (x if here else x.to(pattern.device) for x in (self.idx, self.weights, self.rows))
         picked = torch.gather(pattern.reshape(*pattern.shape[:2], -1), 2, idx).float()
+        induction = picked[..., self.thresholded:]
+        induction.masked_fill_(induction < INDUCTION_THRESHOLD, 0)
         row_sums = pattern.sum(-1, dtype=torch.float32)
         for out, x, w in [(self.linear, picked, weights), (self.total, row_sums, rows),
                           (self.entropy, self.bits(pattern), rows)]:
@@ -536,8 +549,9 @@ class DeviceStats:
         with np.errstate(invalid="ignore", divide="ignore"):
             v = np.stack([linear[..., 0], linear[..., 1], entropy[..., 1],
                           *(linear[..., k] / total[..., 0] for k in (2, 3, 4)),
-                          self.peak.cpu().numpy().transpose(1, 0, 2), mean, variance], 1)
+                          self.peak.cpu().numpy().transpose(1, 0, 2), mean, variance, linear[..., 5]], 1)
         v[~self.defined] = np.nan
+        v[self.repeated == 0, DEVICE_STATISTICS.index("induction_score")] = np.nan  # no query to average over
         if self.sums is not None:
             keep = self.defined if fresh is None else self.defined & fresh
             self.sums.add_lookback(mass[keep].sum(0))
@@ -679,3 +693,43 @@ def forward_batch(model, batch: list[PromptJob], stream: PatternStream, grams: l
     forward_patterns(model, torch.from_numpy(tokens).to(device), on_layer, stream.shape[0] - 1, mask,
                      (lambda layer, v: stream.submit_values(opened, layer, v, grams[layer])) if grams else None)
     return opened, stats.values(fresh)
+
+
+# ---- weight-based scores: each head's full OV circuit, from the weights alone ----
+
+def unembed_embed(model, chunk: int = 8192) -> torch.Tensor:
+    """W_U W_E [d_model, d_model], float64 on W_E's device: the vocab-sized part every head's full OV circuit
+    shares, summed over vocab chunks (float32 products) so no float64 copy of a large vocabulary is made."""
+    w_e, w_u = model.W_E.detach(), model.W_U.detach()
+    g = torch.zeros(w_e.shape[1], w_e.shape[1], dtype=torch.float64, device=w_e.device)
+    for s in range(0, w_e.shape[0], chunk):
+        g += (w_u[:, s:s + chunk].to(w_e.device, torch.float32) @ w_e[s:s + chunk].float()).double()
+    return g
+
+
+def eigenvalue_shares(eigenvalues: torch.Tensor) -> torch.Tensor:
+    """(sum max(Re e, 0), sum max(-Re e, 0)) / sum |e| over the eigenvalues e of the last axis: [..., 2] (NaN for an
+    all-zero circuit); their difference is Elhage et al.'s sum e / sum |e|, and what is left of 1 is imaginary."""
+    re, mass = eigenvalues.real, eigenvalues.abs().sum(-1, keepdim=True)
+    return torch.stack([re.clamp_min(0).sum(-1), (-re).clamp_min(0).sum(-1)], -1) / mass
+
+
+def copying_scores(model) -> np.ndarray | None:
+    """Each head's (copying, copy suppression) [layers, heads, 2] from its full OV circuit W_E W_V W_O W_U's nonzero
+    eigenvalues, those of (W_V W_O)(W_U W_E) in d_head dimensions; None if a weight is unreadable or vocabs differ."""
+    from transformer_lens import FactoredMatrix
+    try:
+        if model.W_E.shape[0] != model.W_U.shape[1]:
+            return None
+        with torch.inference_mode():
+            g = unembed_embed(model)
+            scores = []
+            for block in model.blocks:
+                w_v, w_o = block.attn.W_V.detach(), block.attn.W_O.detach()
+                # grouped-query attention: query head h reads kv head h // group (Hugging Face's repeat_kv)
+                w_v = w_v.repeat_interleave(w_o.shape[0] // w_v.shape[0], 0)
+                ov = FactoredMatrix(w_v.to(g), w_o.to(g)) @ g  # stays factored: eigenvalues of W_O (W_U W_E) W_V
+                scores.append(eigenvalue_shares(ov.eigenvalues).cpu())
+    except (AttributeError, TypeError, NotImplementedError):
+        return None
+    return torch.stack(scores).numpy()

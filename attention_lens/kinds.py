@@ -6,7 +6,8 @@ Each kind is one score per head, a mean over prompts, and a threshold (KINDS: th
 docs/kinds.md says where each comes from). The prompts are the probe set's when the model has computed it, else
 all the model's prompts. The detect_head scores, first-token and diagonal attention come from the statistics
 tables every prompt has; the pattern-shape features (attention by offset, distance, entropy per query, output
-mass) from the stored patterns of at most MAX_SHAPE_PROMPTS of those prompts, one head at a time.
+mass) from the stored patterns of at most MAX_SHAPE_PROMPTS of those prompts, one head at a time. Copying and copy
+suppression come from the weights alone, no prompts (weight_scores.json, written by compute_activations.py).
 
 A head's fingerprint is its vector of FEATURES. Every model's heads are pooled, each feature standardised
 over the pool, and heads compared by cosine similarity; the map is the pool's first two principal components.
@@ -31,7 +32,7 @@ N_NEAREST = 8
 
 @dataclass(frozen=True)
 class Kind:
-    """A kind of head: `feature` (a FEATURES entry, mean over prompts) compared with `threshold` by `op`."""
+    """A kind of head: `feature` (a FEATURES entry) compared with `threshold` by `op`."""
     name: str
     feature: str
     op: str  # ">=" or "<="
@@ -40,8 +41,9 @@ class Kind:
     source: str
 
 
-# Thresholds: Gu et al.'s for the sink; the others sit in the gap measured between the demo model's known heads
-# and every other head of the demo's checkpoints and of random-weight models (docs/kinds.md has the numbers).
+# Thresholds: Gu et al.'s for the sink; copying's above every random-weight head of d_head 16 or more; the others sit
+# in the gap measured between the demo model's known heads and every other head of the demo's checkpoints and of
+# random-weight models (docs/kinds.md has the numbers).
 KINDS = [
     Kind("previous-token", "previous_token_head", ">=", 0.5,
          "share of all attention on the previous token (detect_head previous_token_head); "
@@ -74,11 +76,23 @@ KINDS = [
          "mean over queries of sum_j A_ij ||v_j W_O|| (the value-weighted mass bounding the head's output norm), "
          "divided by the mean of its layer's heads",
          "Sandoval-Segura et al. 2025 (arXiv 2504.03889): head output norm, layer-normalised"),
+    Kind("copying", "copying", ">=", 0.7,
+         "from the weights alone, no prompts: the share of the eigenvalue mass of the full OV circuit "
+         "W_E W_V W_O W_U on positive real parts, sum max(Re e, 0) / sum |e| over its eigenvalues e; 1 when the head "
+         "raises the logits of the tokens it attends to; random weights score about 0.33",
+         "Elhage et al. 2021 (A Mathematical Framework for Transformer Circuits), OV eigenvalues: their "
+         "sum e / sum |e| equals copying - copy_suppression"),
+    Kind("copy-suppression", "copy_suppression", ">=", 0.7,
+         "from the weights alone, no prompts: the share on negative real parts, sum max(-Re e, 0) / sum |e|; 1 when "
+         "the head lowers the logits of the tokens it attends to",
+         "McDougall et al. 2023 (Copy Suppression: Comprehensively Understanding an Attention Head); "
+         "in the eigenvalue form of Elhage et al. 2021, sign reversed"),
 ]
 STAT_FEATURES = ["previous_token_head", "duplicate_token_head", "induction_head", "bos", "diagonal"]
 SHAPE_FEATURES = ["entropy_ratio", "effective_tokens", "mean_distance", "output_ratio",
                   *(f"offset_{k}" for k in range(N_OFFSETS))]
-FEATURES = [*STAT_FEATURES, "offset_peak", *SHAPE_FEATURES]
+WEIGHT_FEATURES = ["copying", "copy_suppression"]  # weight_scores.json: the weights alone, no prompts
+FEATURES = [*STAT_FEATURES, "offset_peak", *SHAPE_FEATURES, *WEIGHT_FEATURES]
 REPEAT_FEATURES = ("duplicate_token_head", "induction_head")  # measured on the repeated probe prompts only
 
 
@@ -163,6 +177,24 @@ def shape_features(save_path: Path, model: str, hashes: list[str], shape: tuple[
     return features
 
 
+def weight_features(save_path: Path, model: str, shape: tuple[int, int]) -> np.ndarray:
+    """WEIGHT_FEATURES per head from weight_scores.json: float64 [layers, heads, 2], NaN without the file (a data dir
+    computed before it existed, or a model whose weights could not be read)."""
+    path = datadir.weight_scores_path(save_path, model)
+    out = np.full((*shape, len(WEIGHT_FEATURES)), np.nan)
+    try:
+        scores = lens.read_json(path) if path.is_file() else {}
+        values = [np.array(scores[name], np.float64) for name in WEIGHT_FEATURES] if scores else []
+        if values and any(v.shape != shape for v in values):
+            raise ValueError(f"expected {shape[0]} layers x {shape[1]} heads")
+    except (lens.UserError, KeyError, TypeError, ValueError) as e:  # a damaged file must not hide the other kinds
+        print(f"warning: {path}: {e}; the heads' copying kinds are left out", file=sys.stderr)
+        return out
+    if values:
+        out[:] = np.stack(values, -1)
+    return out
+
+
 def kind_rows(records: list[dict]) -> tuple[str, list[int], list[int]]:
     """Which prompts the kinds use: ("probe", its rows, its repeated rows) when the model has the probe set,
     else ("prompts", every row, every row); in hash order, so that the kinds do not depend on the order the
@@ -202,7 +234,8 @@ def model_features(save_path: Path, model: str, records: list[dict]) -> tuple[np
             features[..., FEATURES.index(name)] = mean
     stored = [records[r]["hash"] for r in rows if records[r]["stored"]][:MAX_SHAPE_PROMPTS]  # the first by hash
     shapes = shape_features(save_path, model, stored, shape)
-    features[..., len(STAT_FEATURES) + 1:] = shapes
+    features[..., FEATURES.index(SHAPE_FEATURES[0]):FEATURES.index(SHAPE_FEATURES[-1]) + 1] = shapes
+    features[..., FEATURES.index(WEIGHT_FEATURES[0]):] = weight_features(save_path, model, shape)
     offsets = shapes[..., SHAPE_FEATURES.index("offset_2"):]
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)
@@ -219,7 +252,8 @@ def head_kinds(f: np.ndarray) -> list[dict]:
         if np.isfinite(score) and (score >= kind.threshold if kind.op == ">=" else score <= kind.threshold):
             found.append({"name": kind.name, "score": round(float(score), 4), "threshold": kind.threshold})
             if kind.name == "positional":
-                found[-1]["offset"] = 2 + int(np.nanargmax(f[FEATURES.index("offset_2"):]))
+                offsets = f[FEATURES.index("offset_2"):FEATURES.index(f"offset_{N_OFFSETS - 1}") + 1]
+                found[-1]["offset"] = 2 + int(np.nanargmax(offsets))
     return found
 
 

@@ -269,8 +269,8 @@ def read_pack_image(path: Path, layer: int, head: int) -> bytes | None:
 # ---- Statistic parts: what compute_activations.py writes for every prompt, patterns stored or not ----
 # <model>/parts/<run>.json: {"stats": [names], "docs": {name: doc}, "n_layers", "n_heads"}, written when the run starts;
 # <run>.f32: float32 [len(stats), n_layers, n_heads] per prompt, appended batch by batch;
-# <run>.jsonl: one {"hash", "text", "n_tokens", "meta", "truncated"} per prompt, appended after its values,
-# so a line means its values are whole. A killed run leaves at most a partial last line, which is ignored.
+# <run>.jsonl: one {"hash", "text", "n_tokens", "meta", "truncated", "n_repeated"} per prompt, appended after its
+# values, so a line means its values are whole. A killed run leaves at most a partial last line, which is ignored.
 
 
 @dataclass

@@ -3,7 +3,9 @@
 previous_token_head, duplicate_token_head and induction_head are TransformerLens's
 `transformer_lens.head_detector.detect_head` scores with its defaults (error measure "mul", nothing
 excluded): the share of the head's attention, sum(A * D) / sum(A), that falls on the (query, key)
-pairs D marks. The test compares them with detect_head prompt by prompt.
+pairs D marks. The test compares them with detect_head prompt by prompt. induction_score is Neuronpedia's
+(hijohnnylin/neuronpedia, headvis/compute-head-metrics.py) on one prompt; `build_index.py --export-headvis` pools it
+over the prompts as Neuronpedia does (docs/headvis.md).
 """
 from functools import lru_cache
 
@@ -81,6 +83,18 @@ def qk_distance_variance(attn):
     d = distances(n)
     mean = float((attn * d).sum()) / n
     return float((attn * d * d).sum()) / n - mean * mean
+
+
+@statistic
+def induction_score(attn, token_ids):
+    """Neuronpedia's induction score on one prompt: for each query whose token occurred earlier, the attention on the
+    token after each earlier copy (weights under 0.01 dropped), summed, then averaged over those queries; NaN if
+    no token repeats."""
+    repeated = len(token_ids) - len(set(token_ids))  # queries whose token occurred earlier
+    if len(attn) < 2 or not repeated:
+        return float("nan")
+    w = np.take(attn, repeat_pairs(tuple(token_ids))[1])
+    return float(w[w >= 0.01].sum()) / repeated
 
 
 def detection_score(attn: np.ndarray, pairs: np.ndarray) -> float:

@@ -35,11 +35,12 @@ export function kindBadges(info, layer, head) {
 /** Which prompts the kinds were measured on, in words. */
 export function promptsLine(info) {
   const p = info.prompts;
-  return p.source === "probe"
+  const weights = info.kinds.some((k) => k.name === "copying") ? " Copying and copy-suppression: from the weights." : "";
+  return (p.source === "probe"
     ? `Measured on the probe set (${p.n_prompts} prompts, ${p.n_repeat_prompts} of them repeated random words; `
       + `patterns of ${p.n_shape_prompts}).`
     : `Measured on this model's own ${p.n_prompts} prompts (patterns of ${p.n_shape_prompts}): no probe set; `
-      + "run compute_activations.py MODEL --probe for kinds that do not depend on the prompts.";
+      + "run compute_activations.py MODEL --probe for kinds that do not depend on the prompts.") + weights;
 }
 
 /** The summary: how many heads of each kind per layer, the table of labelled heads, the kinds' definitions. */

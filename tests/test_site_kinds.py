@@ -49,7 +49,8 @@ def test_heads_page_shows_the_kinds_summary(demo_data):
             n = sum(any(k["name"] == kind for k in h["kinds"]) for h in info["heads"][layer])
             assert text == (str(n) if n else "")
         summary = s.page.text_content(".kinds-summary > p")
-        assert summary.startswith("demo: 6 of 8 heads labelled. Measured on the probe set")
+        assert summary.startswith("demo: 7 of 8 heads labelled. Measured on the probe set")
+        assert summary.endswith("Copying and copy-suppression: from the weights.")
         definitions = s.page.text_content(".kinds-definitions")
         assert all(f"{k.name}: {k.feature} {k.op} {k.threshold:g}" in definitions and k.source in definitions
                    for k in kinds.KINDS)
@@ -102,7 +103,7 @@ def test_map_shows_every_head_of_the_checkpoints_and_opens_one(demo_data):
         box = s.page.eval_on_selector("#map-canvas", "c => [c.clientWidth, c.clientHeight]")
         x, y = map_position(points, infos["demo"]["heads"][0][1]["xy"], *box)
         s.page.locator("#map-canvas").hover(position={"x": x, "y": y})  # offsetX, offsetY: the padding box
-        assert s.page.text_content("#map-hover") == "demo L0H1: previous-token, local, sparse"
+        assert s.page.text_content("#map-hover") == "demo L0H1: previous-token, local, sparse, copying"
         s.page.locator("#map-canvas").click(position={"x": x, "y": y})
         s.page.wait_for_url("**/single.html*")
         q = {k: v[0] for k, v in parse_qs(urlsplit(s.page.url).query).items()}
