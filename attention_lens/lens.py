@@ -397,7 +397,8 @@ def quantize(matrix: np.ndarray, normalize: bool = False, diverging: bool = Fals
     return np.clip(scaled, 0, 255).astype(np.uint8)
 
 
-def _png_chunk(kind: bytes, data: bytes) -> bytes:
+def png_chunk(kind: bytes, data: bytes) -> bytes:
+    """One PNG chunk: length, type, data, CRC (the palette PNGs here, the notebook's RGB picture)."""
     return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
 
 
@@ -415,9 +416,9 @@ def indices_as_png(indices: np.ndarray, cmap: str = "viridis") -> bytes:
     # attention patterns it is both smaller and faster than the default strategy at any level.
     z = zlib.compressobj(1, zlib.DEFLATED, 15, 8, zlib.Z_RLE)
     palette = colormap_table(cmap)[used]
-    return (b"\x89PNG\r\n\x1a\n" + _png_chunk(b"IHDR", struct.pack(">IIBBBBB", w, h, 8, 3, 0, 0, 0))
-            + _png_chunk(b"PLTE", palette.tobytes()) + _png_chunk(b"IDAT", z.compress(raw.tobytes()) + z.flush())
-            + _png_chunk(b"IEND", b""))
+    return (b"\x89PNG\r\n\x1a\n" + png_chunk(b"IHDR", struct.pack(">IIBBBBB", w, h, 8, 3, 0, 0, 0))
+            + png_chunk(b"PLTE", palette.tobytes()) + png_chunk(b"IDAT", z.compress(raw.tobytes()) + z.flush())
+            + png_chunk(b"IEND", b""))
 
 
 def matrix_as_png(matrix: np.ndarray, cmap: str = "viridis", normalize: bool = False,

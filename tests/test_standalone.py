@@ -220,7 +220,7 @@ def test_notebook_output_works_offline(demo_data, tmp_path):
     view = attention_view("demo", save_path=demo_data, prompts=rows[3]["hash"], layer=1, head=2, height=1000)
     patterns = storage.load_patterns(demo_data, MODEL, rows[3]["hash"])
     stored = {(1, h): patterns.head(1, h) for h in range(4)}
-    with browser_session(notebook_page(view, tmp_path / "notebook.html"), height=1100) as s:
+    with browser_session(notebook_page(view, tmp_path / "notebook.html"), height=1900) as s:  # the grid is above
         s.page.goto(s.url)
         grid, single = pane(s.page, "index.html"), pane(s.page, "single.html")
         assert len(grid.query_selector_all(".tile")) == 8
@@ -246,13 +246,15 @@ def test_notebook_md_runs(tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
     space = {}
     blocks = code_blocks(ROOT / "docs" / "notebook.md")
-    assert len(blocks) == 3
-    exec(blocks[0], space)
+    assert len(blocks) == 4
+    exec(blocks[0], space)  # the model, in a cell of its own
     capsys.readouterr()
     exec(blocks[1], space)
+    assert capsys.readouterr() == ("", "")  # nothing above the view
+    exec(blocks[2], space)
     printed = capsys.readouterr().out.strip()
     first = space["view"]
-    exec(blocks[2], space)
+    exec(blocks[3], space)
     assert (tmp_path / "lighthouse.html").is_file()
     with browser_session(notebook_page(first, tmp_path / "notebook.html"), height=1100) as s:
         s.page.goto(s.url)
@@ -278,7 +280,7 @@ def test_notebook_view_of_a_model_name_in_a_temporary_dir(tmp_path, monkeypatch)
     view = attention_view("demo", "one two three one two three", heads="L1H2-3")
     panes = json.loads(re.search(r'<script type="application/json" id="attn-panes">(.*?)</script>', view.document)[1])
     phash = lens.prompt_hash("one two three one two three")
-    assert [p["url"] for p in panes] == [f"index.html?models=demo&heads=L1H2-3&prompts={phash}&controls=hide",
+    assert [p["url"] for p in panes] == [f"index.html?models=demo&heads=L1H2-3&prompts={phash}&controls=hide&cols=4",
                                          f"single.html?model=demo&prompt={phash}&layer=1&head=2"]
     assert list(tmp_path.iterdir()) == []
     with pytest.raises(lens.UserError, match="give texts to compute, or save_path="):
