@@ -156,3 +156,31 @@ def test_the_compute_examples_run_as_written(path, heading, deep_model, tmp_path
     [phash] = lens.finished_prompts(tmp_path / "attn_data", "my-model")
     patterns = storage.load_patterns(tmp_path / "attn_data", "my-model", phash)
     assert patterns.heads == [(5, 1), *[(9, h) for h in range(4)]]
+
+
+def test_the_notebook_and_one_file_examples_run_as_written(tmp_path, monkeypatch):
+    """README's "In a notebook" block and its standalone.py line, on the demo's prompts in ./attn_data: each view
+    holds the prompts it names (the repeated-random ones), and the file opens on its own."""
+    from attention_lens import forward
+    from attention_lens.notebook import AttentionView
+
+    run_main("demo", ROOT / "prompts.jsonl", "--save-path", tmp_path / "attn_data", "--no-examples")
+    monkeypatch.chdir(tmp_path)
+    scope = {"model": forward.load_model("demo", "cpu", "float32")}
+    code = readme_block("### In a notebook").splitlines()
+    exec(compile("\n".join(f"view_{i} = {line}" if line.startswith("attention_view(") else line
+                           for i, line in enumerate(code)), "README.md", "exec"), scope)
+    views = [v for k, v in scope.items() if k.startswith("view_")]
+    assert len(views) == 2 and all(isinstance(v, AttentionView) for v in views)
+    repeated = [json.loads(line)["text"] for line in (ROOT / "prompts.jsonl").read_text().splitlines()
+                if json.loads(line).get("meta", {}).get("kind") == "repeated-random"]
+    everything = [json.loads(line)["text"] for line in (ROOT / "prompts.jsonl").read_text().splitlines()]
+    assert all(lens.prompt_hash(t) in views[1].document for t in repeated)
+    assert not any(lens.prompt_hash(t) in views[1].document for t in everything if t not in repeated)
+    [command] = [c for w, c in command_lines() if c.startswith("python standalone.py view.html")
+                 and w.startswith("README.md")]
+    done = subprocess.run([sys.executable, str(ROOT / "standalone.py"), *shlex.split(command)[2:], "--save-path",
+                           "attn_data"], cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    document = (tmp_path / "view.html").read_text()
+    assert all(lens.prompt_hash(t) in document for t in repeated)
