@@ -10,7 +10,9 @@
 
 Every head's statistics are computed on the model's device for every prompt; the patterns of those
 --patterns chooses are stored per prompt (all heads in one compact file). Prompts longer than the
-model's context (n_ctx) are truncated to n_ctx tokens, with a warning naming them.
+model's context (n_ctx) are truncated to n_ctx tokens, with a warning naming them. A batch that stores no
+pattern computes its statistics from attention a block of query rows at a time, in memory linear in the
+prompts' length (docs/scale.md); one that would not fit eager attention's memory stops before it starts.
 
 From a notebook, with any model object that has the TransformerLens interface:
 
@@ -20,6 +22,7 @@ From a notebook, with any model object that has the TransformerLens interface:
 import argparse
 import contextlib
 import functools
+import math
 import os
 import sys
 import tempfile
@@ -29,7 +32,18 @@ from pathlib import Path
 
 import numpy as np
 
-from attention_lens import aggregate, datadir, examples, forward, kinds, lens, prompt_index, prompt_sources, storage
+from attention_lens import (
+    aggregate,
+    datadir,
+    examples,
+    forward,
+    kinds,
+    lens,
+    projections,
+    prompt_index,
+    prompt_sources,
+    storage,
+)
 
 BATCH_SIZE = 8
 TIME_LIMIT = 60.0  # seconds a plug-in statistic may take on one head
@@ -86,6 +100,17 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--examples-by", default=d.statistic, metavar="STAT",
                    help="the per-prompt statistic whose range the examples cover (default: %(default)s, "
                    "Neuronpedia's activation; e.g. induction_head)")
+    p.add_argument("--projections", action="store_true",
+                   help="only compute each head's query, key and output projections over the prompts already "
+                   "computed (every part in the data dir: run it once shards are together); no PROMPTS needed")
+    p.add_argument("--no-projections", action="store_true",
+                   help="do not compute the projections at the end of the run")
+    dp = projections.Sampling()
+    p.add_argument("--projections-size", type=lens.positive_int, default=dp.size, metavar="N",
+                   help="query positions sampled over all prompts, the same for every head (default: %(default)s)")
+    p.add_argument("--projections-per-prompt", type=lens.positive_int, default=dp.per_prompt, metavar="K",
+                   help="... at most K of them from one prompt (default: %(default)s)")
+    p.add_argument("--projections-seed", type=int, default=dp.seed, help="their sampling seed (default: 0)")
     p.add_argument("--figures-dir", type=Path, default=lens.FIGURES_DIR,
                    help="where the @statistic plug-ins computed for every prompt live (default: figures/)")
     p.add_argument("--time-limit", type=float, default=TIME_LIMIT, metavar="SECONDS",
@@ -114,7 +139,8 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help="store only these heads, in the grid's syntax, e.g. 'L0-3H*,L5H1,L*H0' (default: all); "
                    "asking later for heads a prompt lacks recomputes it")
     p.add_argument("--max-tokens", type=lens.positive_int, metavar="N",
-                   help="truncate prompts to N tokens, below the model's context (stored bytes grow with N squared)")
+                   help="truncate prompts to N tokens, up to the model's context (statistics alone take memory linear "
+                   "in N, docs/scale.md; stored patterns bytes that grow with N squared)")
     p.add_argument("--revision", help="Hugging Face revision (branch, tag or commit) of the model to load")
     p.add_argument("--checkpoint", metavar="STEP[,STEP...]",
                    help="training checkpoints (Pythia-style, or the demo model's): each is stored as its own "
@@ -143,6 +169,14 @@ def make_batches(items: list, lengths: list[int], batch_size: int) -> list[list]
     """Group items of similar length (sorted by length) so batches waste little padding."""
     order = sorted(range(len(items)), key=lambda i: lengths[i])
     return [[items[i] for i in order[s:s + batch_size]] for s in range(0, len(order), batch_size)]
+
+
+def plan_batches(plan: "RunPlan", batch_size: int) -> list[list[forward.PromptJob]]:
+    """The run's batches: the prompts that need whole patterns (stored, or read by plug-ins: eager attention) apart
+    from the others (attention in blocks: memory linear in their length), each of like lengths."""
+    eager = [j for j in plan.jobs if forward.needs_patterns(j, plan.plugins)]
+    blocks = [j for j in plan.jobs if not forward.needs_patterns(j, plan.plugins)]
+    return [b for jobs in (eager, blocks) for b in make_batches(jobs, [j.n_tokens for j in jobs], batch_size)]
 
 
 def stored_heads(pdir: Path) -> set[tuple[int, int]] | None:
@@ -288,6 +322,8 @@ def compute_activations(prompts: list[dict | str], model, save_path: Path | str 
         raise lens.UserError(f"patterns={patterns!r}: expected 'all', 'none', a number of prompts or prompt hashes")
     plan = plan_run(prompts, model, save_path=save_path, model_name=model_name, force=force, heads=heads,
                     max_tokens=max_tokens, patterns=patterns, figures_dir=Path(figures_dir))
+    batches = plan_batches(plan, batch_size)
+    check_memory(model, plan, batches)
     lens.write_json(datadir.model_cfg_path(save_path, plan.model_dir), forward.model_config(model, model_name))
     write_weight_scores(model, save_path, plan.model_dir, force)
     stored = [j for j in plan.jobs if j.heads]
@@ -302,7 +338,7 @@ def compute_activations(prompts: list[dict | str], model, save_path: Path | str 
                                    device=plan.device, with_norms=plan.grams is not None, time_limit=time_limit)
     try:
         results, flushed = [], time.monotonic()
-        for batch in make_batches(plan.jobs, [j.n_tokens for j in plan.jobs], batch_size):
+        for batch in batches:
             results += run_batch(model, batch, plan, stream)
             bar.update(len(batch))
             if plan.sums is not None and time.monotonic() - flushed > SUMS_SECONDS:
@@ -326,6 +362,32 @@ def compute_activations(prompts: list[dict | str], model, save_path: Path | str 
             "stored": len(stored), "tokens": sum(j.n_tokens for j in plan.jobs),
             "seconds": time.perf_counter() - start, "bytes": n_bytes,
             "failed": sum(count for _, count in stream.plugin_errors.values())}
+
+
+def check_memory(model, plan: RunPlan, batches: list[list[forward.PromptJob]]) -> None:
+    """Stop before the first batch, in one line naming what fits, when a batch's eager attention would need more
+    memory than the device has free (else the allocator fails, or the machine swaps, mid-run)."""
+    blockwise = forward.block_attention_of(model).problem is None
+    eager = [b for b in batches if not blockwise or any(forward.needs_patterns(j, plan.plugins) for j in b)]
+    need = lambda b: forward.eager_bytes(len(b), plan.n_heads, max(j.n_tokens for j in b))  # noqa: E731
+    worst = max(eager, key=need, default=None)
+    free = forward.free_memory(plan.device) if worst else None
+    if free is None or need(worst) <= free:
+        return
+    n, fits = max(j.n_tokens for j in worst), []
+    if blockwise:
+        fits.append("--patterns none (statistics in memory linear in the tokens" +
+                    (f"; without the plug-in statistics {', '.join(f.name for f in plan.plugins)}, which read whole "
+                     "patterns)" if plan.plugins else ")"))
+    one = forward.eager_bytes(1, plan.n_heads, n)
+    if len(worst) > 1 and one <= free:
+        fits.append(f"--batch-size {free // one}")
+    else:
+        longest = math.isqrt(free // (forward.EAGER_BYTES * plan.n_heads))
+        fits.append(("--batch-size 1 " if len(worst) > 1 else "") + f"--max-tokens {longest}")
+    raise lens.UserError(f"{plan.model_dir}: eager attention over {len(worst)} prompt(s) of {n:,} tokens needs about "
+                         f"{human_bytes(need(worst))}, more than the {human_bytes(free)} free on {plan.device}; "
+                         f"what fits: {' or '.join(fits)}")
 
 
 def write_weight_scores(model, save_path: Path, model_dir: str, force: bool) -> None:
@@ -436,16 +498,18 @@ def check_flags(args) -> None:
     """What argparse's types cannot check alone (counts are checked by lens.positive_int)."""
     if args.device_map and args.device:
         raise lens.UserError("--device-map and --device are exclusive: --device-map places the model itself")
-    if args.dataset and (args.prompts or args.top or args.examples):
-        raise lens.UserError("--dataset is where the prompts come from: not with PROMPTS, --top or --examples")
-    if args.examples and (args.top or args.probe or args.prompts):
-        raise lens.UserError("--examples chooses from what is computed: no PROMPTS, --top or --probe with it")
+    if args.dataset and (args.prompts or args.top or args.examples or args.projections):
+        raise lens.UserError("--dataset is where the prompts come from: not with PROMPTS, --top, --examples or "
+                             "--projections")
+    for flag, what in (("examples", "chooses"), ("projections", "samples")):
+        if getattr(args, flag) and (args.top or args.probe or args.prompts):
+            raise lens.UserError(f"--{flag} {what} from what is computed: no PROMPTS, --top or --probe with it")
+        if getattr(args, flag) and getattr(args, f"no_{flag}"):
+            raise lens.UserError(f"--{flag} and --no-{flag} contradict each other")
     if args.examples_patterns and (args.no_examples or args.shard):
         raise lens.UserError("--examples-patterns stores the examples' patterns: not with --no-examples or --shard")
     if args.probe and args.no_probe:
         raise lens.UserError("--probe and --no-probe contradict each other")
-    if args.examples and args.no_examples:
-        raise lens.UserError("--examples and --no-examples contradict each other")
     if not args.time_limit >= 0:
         raise lens.UserError(f"--time-limit {args.time_limit:g}: expected seconds, 0 or more (0: no limit)")
 
@@ -533,6 +597,28 @@ def top_prompts(save_path: Path, model_name: str, k: int, stat_spec: str | None)
     return [{"text": records[r]["text"], "meta": records[r]["meta"]} for r in sorted(chosen)], "all"
 
 
+def finish_model(model, args, name: str, model_name: str, sampling: examples.Sampling) -> None:
+    """What a model's run ends with, over every prompt computed: the examples, then the projections (--examples,
+    --projections: only those; a --shard: neither, and what to run once the shards are together)."""
+    only, model_dir = args.examples or args.projections, lens.model_dir_name(model_name)
+    if args.examples or not (only or args.shard or args.no_examples):
+        examples.compute_examples(model, args.save_path, model_dir, sampling, args.batch_size, required=args.examples)
+        if args.examples_patterns:
+            chosen = examples.example_prompts(args.save_path, model_dir)
+            s = compute_activations(chosen, model, args.save_path, model_name=model_name,
+                                    batch_size=args.batch_size, heads=args.heads, patterns="all",
+                                    figures_dir=args.figures_dir, time_limit=args.time_limit or None)
+            print(f"{model_name}: the patterns of {len(chosen)} example prompts stored ({s['done']} computed)")
+    if args.projections or not (only or args.shard or args.no_projections):
+        chosen = projections.Sampling(args.projections_size, args.projections_per_prompt, args.projections_seed)
+        projections.compute_projections(model, args.save_path, model_dir, chosen, args.batch_size,
+                                        required=args.projections)
+    if args.shard and not (only or args.no_examples and args.no_projections):
+        print(f"{model_name}: examples and projections are chosen over every prompt: once the shards are together, "
+              f"run `python compute_activations.py {name} --examples --projections --save-path {args.save_path}`",
+              file=sys.stderr)
+
+
 def main(argv=None) -> None:
     args = parse_args(argv)
     shard = lens.parse_shard(args.shard)
@@ -543,11 +629,11 @@ def main(argv=None) -> None:
     sampling = examples.Sampling(args.examples_intervals, args.examples_per_interval, args.examples_top,
                                  args.examples_keys, args.examples_threshold, args.examples_seed, args.examples_by)
     sampling.check()
-    if args.examples:
+    if args.examples or args.projections:
         for *_, model_name in runs:
             if not datadir.parts_dir(args.save_path, lens.model_dir_name(model_name)).is_dir():
-                raise lens.UserError(f"--examples: {model_name} has no statistics in {args.save_path}; "
-                                     "compute its prompts first")
+                raise lens.UserError(f"--{'examples' if args.examples else 'projections'}: {model_name} has no "
+                                     f"statistics in {args.save_path}; compute its prompts first")
         work = {model_name: ([], "none") for _, _, model_name in runs}
     elif args.top:
         work = {model_name: top_prompts(args.save_path, model_name, args.top, args.stat) for _, _, model_name in runs}
@@ -580,23 +666,12 @@ def main(argv=None) -> None:
     for name, step, model_name in runs:
         prompts, store = work[model_name]
         model = forward.load_model(name, device, args.dtype, args.revision, step, args.device_map, args.n_devices)
-        if not args.examples:
+        if not (args.examples or args.projections):
             s = compute_activations(prompts, model, args.save_path, model_name=model_name, batch_size=args.batch_size,
                                     force=args.force, heads=args.heads, max_tokens=args.max_tokens, patterns=store,
                                     figures_dir=args.figures_dir, time_limit=args.time_limit or None)
             print(summary_line(s, args.save_path))
-        if args.examples or not (shard or args.no_examples):
-            examples.compute_examples(model, args.save_path, lens.model_dir_name(model_name), sampling,
-                                      args.batch_size, required=args.examples)
-            if args.examples_patterns:
-                chosen = examples.example_prompts(args.save_path, lens.model_dir_name(model_name))
-                s = compute_activations(chosen, model, args.save_path, model_name=model_name,
-                                        batch_size=args.batch_size, heads=args.heads, patterns="all",
-                                        figures_dir=args.figures_dir, time_limit=args.time_limit or None)
-                print(f"{model_name}: the patterns of {len(chosen)} example prompts stored ({s['done']} computed)")
-        elif shard:
-            print(f"{model_name}: examples are chosen over every prompt: once the shards are together, run "
-                  f"`python compute_activations.py {name} --examples --save-path {args.save_path}`", file=sys.stderr)
+        finish_model(model, args, name, model_name, sampling)
         del model
     from attention_lens.build_index import build_index
     build_index(args.save_path)

@@ -126,6 +126,17 @@ def examples_path(save_path: Path, model: str) -> Path:
     return Path(save_path) / model / "examples.bin"
 
 
+def projections_index_path(save_path: Path, model: str) -> Path:
+    """The sample's settings and hooks, and where the points and each head's record sit in projections.bin
+    (compute_activations.py writes both; see projections.py)."""
+    return Path(save_path) / model / "projections.json"
+
+
+def projections_path(save_path: Path, model: str) -> Path:
+    """The sampled points with their prompts' tokens, then per head its 2-D PCA of queries, keys and outputs."""
+    return Path(save_path) / model / "projections.bin"
+
+
 def head_pages_index_path(save_path: Path, model: str) -> Path:
     """Where each head's block sits in head_pages.bin (build_index.py writes both; see head_pages.py)."""
     return Path(save_path) / model / "head_pages.json"

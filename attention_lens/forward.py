@@ -2,15 +2,21 @@
 done on the model's device inside the forward pass (the built-in statistics, quantising patterns to their stored
 form, value norms) plus the threads that stream the stored patterns to disk meanwhile. The one module that
 imports torch; compute_activations.py plans a run and drives it through here."""
+import functools
 import inspect
 import math
+import sys
 import threading
 import time
+import types
+import weakref
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from contextlib import contextmanager
+from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 import torch
@@ -235,6 +241,16 @@ def n_repeated(ids) -> int:
     return len(ids) - len(set(ids))
 
 
+def runs_plugins(job: PromptJob, plugins: list) -> bool:
+    """Whether the host's plug-in statistics run on a prompt (they read each head's whole pattern)."""
+    return bool(plugins) and job.needs_stats
+
+
+def needs_patterns(job: PromptJob, plugins: list) -> bool:
+    """Whether a prompt needs its whole patterns (heads to store, plug-ins to run): eager attention, n^2 per head."""
+    return bool(job.heads) or runs_plugins(job, plugins)
+
+
 @dataclass
 class OpenPrompt:
     """A prompt during its forward pass (PatternStream.open): the files and arrays its hooks fill in."""
@@ -280,7 +296,7 @@ class PatternStream:
         for l, h in job.heads:
             layer_heads.setdefault(l, []).append(h)
         plugin_values = (np.full((len(self.plugins), *self.shape), np.nan, np.float32)
-                         if self.plugins and job.needs_stats else None)
+                         if runs_plugins(job, self.plugins) else None)
         keep = (torch.from_numpy(storage.tril_positions(n, "tril")).to(self.device)  # what reaches the host is cut
                 if self.causal and (job.heads or plugin_values is not None) else None)  # to the lower triangle
         norms = np.full((*self.shape, n), np.nan, np.float32) if self.with_norms else None
@@ -428,9 +444,7 @@ class DeviceStats:
         prompts whose statistics are new (only those go into `sums`)."""
         b, width = tokens.shape
         q = np.arange(width)
-        valid = (q[None] < n[:, None]).astype(np.float32)  # [batch, pos]: a real query
-        after_first = valid * (q[None] >= 1)
-        per_query = np.maximum(n - 1, 1).astype(np.float32)[:, None]
+        valid, after_first, per_query = self.allocate(n, tokens, device, n_layers, n_heads, causal, sums, fresh)
         # The six linear scores are sums of pattern entries with weights: gather each prompt's entries (first
         # key, diagonal, previous token, its repeat pairs, the keys after them) and one matmul weighs them.
         idx, weight = repeat_pairs(tokens, n)
@@ -440,7 +454,6 @@ class DeviceStats:
         # second copy for induction_score, whose weights under INDUCTION_THRESHOLD add_layer drops
         after = np.minimum(idx + 1, width * width - 1)
         idx = np.concatenate([first, first + q, first + np.maximum(q - 1, 0), idx, after, after], 1)
-        self.repeated = np.array([n_repeated(t[:m].tolist()) for t, m in zip(tokens, n)])
         weights = np.zeros((b, idx.shape[1], 6), np.float32)
         at = np.cumsum([0, width, width, width] + [weight.shape[1]] * 3)
         for s, w in enumerate([after_first / per_query, after_first / per_query, after_first, weight, weight,
@@ -448,29 +461,42 @@ class DeviceStats:
             weights[:, at[s]:at[s + 1], s] = w
         self.thresholded = int(at[5])
         rows = np.stack([valid, -after_first / (per_query * math.log(2))], 2)  # weights of sum(A) and entropy
+        self.idx = self.put(idx, torch.long)[:, None].expand(-1, n_heads, -1)
+        self.weights, self.rows = self.put(weights, torch.float32), self.put(rows, torch.float32)
 
-        def put(a, dtype):
-            return torch.from_numpy(np.ascontiguousarray(a)).to(device=device, dtype=dtype)
-        self.idx = put(idx, torch.long)[:, None].expand(-1, n_heads, -1)
-        self.weights, self.rows = put(weights, torch.float32), put(rows, torch.float32)
-        self.valid, self.after_first = put(valid, torch.float32), put(after_first, torch.float32)
+    def allocate(self, n: np.ndarray, tokens: np.ndarray, device, n_layers: int, n_heads: int, causal: bool,
+                 sums: "HeadSums | None", fresh: np.ndarray | None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """The sums (zero) and each query's weights, as DeviceStats and BlockStats share them; returns the host's
+        (real query [batch, pos], real query after the first [batch, pos], queries after the first [batch, 1])."""
+        b, width = tokens.shape
+        q = np.arange(width)
+        valid = (q[None] < n[:, None]).astype(np.float32)  # [batch, pos]: a real query
+        after_first = valid * (q[None] >= 1)
+        per_query = np.maximum(n - 1, 1).astype(np.float32)[:, None]
+        self.device = device
+        self.repeated = np.array([n_repeated(t[:m].tolist()) for t, m in zip(tokens, n)])
+        self.valid, self.after_first = self.put(valid, torch.float32), self.put(after_first, torch.float32)
         self.n, self.causal, self.sums = n, causal, sums
         self.defined = n >= 2  # detect_head refuses one-token prompts; the means need two
         # per layer: the six linear sums; sum(A) over the real queries (detect_head's denominator) and the
         # mean entropy of those after the first, each read from a product with both row weights
-        self.linear = torch.empty((n_layers, b, n_heads, 6), device=device)
-        self.total = torch.empty((n_layers, b, n_heads, 2), device=device)
-        self.entropy = torch.empty((n_layers, b, n_heads, 2), device=device)
+        self.linear = torch.zeros((n_layers, b, n_heads, 6), device=device)
+        self.total = torch.zeros((n_layers, b, n_heads, 2), device=device)
+        self.entropy = torch.zeros((n_layers, b, n_heads, 2), device=device)
         self.peak = torch.zeros((n_layers, b, n_heads), device=device)
-        self.by_distance = torch.empty((n_layers, b, n_heads, width), device=device)  # mass at q - k = d
+        self.by_distance = torch.zeros((n_layers, b, n_heads, width), device=device)  # mass at q - k = d
         self.tokens = sums is not None and sums.tokens
         if self.tokens:  # each layer's token masses, added to the totals once per batch (values)
             use = after_first * (np.ones(b) if fresh is None else fresh)[:, None]
-            self.token_ids = put(tokens, torch.long).flatten()
-            self.token_use = put(use, torch.float32)
-            self.query_mass = torch.empty((n_layers, n_heads, b, width), device=device)
-            self.key_mass = torch.empty((n_layers, n_heads, b, width), device=device)
-            sums.count_tokens(tokens, use)
+            self.token_ids = self.put(tokens, torch.long).flatten()
+            self.token_use = self.put(use, torch.float32)
+            self.query_mass = torch.zeros((n_layers, n_heads, b, width), device=device)
+            self.key_mass = torch.zeros((n_layers, n_heads, b, width), device=device)
+            self.counted = (tokens, use)  # counted into `sums` with the masses, once the pass is done
+        return valid, after_first, per_query
+
+    def put(self, a: np.ndarray, dtype) -> torch.Tensor:
+        return torch.from_numpy(np.ascontiguousarray(a)).to(device=self.device, dtype=dtype)
 
     def add_layer(self, layer: int, pattern) -> None:
         """One layer's sums from its pattern [batch, heads, pos, pos]."""
@@ -556,8 +582,32 @@ class DeviceStats:
             keep = self.defined if fresh is None else self.defined & fresh
             self.sums.add_lookback(mass[keep].sum(0))
             if self.tokens:
+                self.sums.count_tokens(*self.counted)
                 self.sums.add_tokens(self.token_ids, self.query_mass, self.key_mass)
         return v
+
+
+EAGER_BYTES = 18  # bytes per attention weight (head, query, key) of a layer an eager pass holds at its peak
+
+
+def eager_bytes(batch: int, n_heads: int, n_tokens: int) -> int:
+    """Peak memory of a forward pass through eager attention beyond the model: a layer's [batch, heads, n, n]
+    weights, about four float32 copies of them at once (measured: bench/bench_long_context.py)."""
+    return EAGER_BYTES * batch * n_heads * n_tokens ** 2
+
+
+def free_memory(device) -> int | None:
+    """Bytes `device` can still give: the GPU's free memory (and what torch holds unused), the host's MemAvailable;
+    None where unknown."""
+    device = torch.device(device)
+    if device.type == "cuda":
+        return torch.cuda.mem_get_info(device)[0] + torch.cuda.memory_reserved(device) - \
+            torch.cuda.memory_allocated(device)
+    try:
+        with open("/proc/meminfo") as f:
+            return next(int(line.split()[1]) * 1024 for line in f if line.startswith("MemAvailable:"))
+    except (OSError, StopIteration):
+        return None
 
 
 @lru_cache(maxsize=64)
@@ -631,51 +681,532 @@ def repeat_pairs(tokens: np.ndarray, n: np.ndarray) -> tuple[np.ndarray, np.ndar
     return idx, weight
 
 
+# ---- statistics at any length: attention a block of query rows at a time, its weights reduced and dropped ----
+
+class BlockStats(DeviceStats):
+    """DeviceStats' sums filled a block of query rows at a time by block_attention, never from a whole pattern:
+    every buffer is linear in the prompt length. The repeat pairs are found per block from the tokens (a whole
+    prompt's list can be quadratic: one token repeated n times makes n^2 / 2 pairs)."""
+
+    def __init__(self, n: np.ndarray, tokens: np.ndarray, device, n_layers: int, n_heads: int,
+                 causal: bool = True, sums: "HeadSums | None" = None, fresh: np.ndarray | None = None):
+        _, after_first, per_query = self.allocate(n, tokens, device, n_layers, n_heads, causal, sums, fresh)
+        # per query: the weight of its bos and diagonal entries, of its previous-token entry, of its sum x log x
+        weights = np.stack([after_first / per_query, after_first, -after_first / (per_query * math.log(2))])
+        self.host = {"valid": self.valid, "query": self.put(weights, torch.float32),
+                     "tokens": self.put(tokens, torch.long),
+                     "per_repeat": self.put(1 / np.maximum(self.repeated, 1), torch.float32),
+                     "use": self.token_use if self.tokens else None}
+        self.copies = {self.linear.device: self.host}  # those tensors on each device of a model split over several
+        self.host_tokens = tokens
+        self.skewed = None  # distance_mass's zeroed buffer, kept across blocks
+
+    def on(self, device) -> dict:
+        """The per-query tensors on `device` (a layer of a model split over devices has its own copy)."""
+        if device not in self.copies:
+            self.copies[device] = {k: None if v is None else v.to(device) for k, v in self.host.items()}
+        return self.copies[device]
+
+    def add_block(self, layer: int, q0: int, k0: int, p, s) -> None:
+        """Rows q0 .. q0 + r - 1 of a layer's weights p [batch, heads, r, w] over keys k0 .. k0 + w - 1, and the scores
+        s they come from (every key outside has weight 0: block_attention leaves out the keys the mask rules out for
+        the whole block)."""
+        b, h, r, w = p.shape
+        t, rows, home = self.on(p.device), slice(q0, q0 + r), self.linear.device
+        valid, (w_mean, w_sum, w_bits) = t["valid"][:, rows], t["query"][:, :, rows]
+        qi = torch.arange(q0, q0 + r, device=p.device)
+        first = p[..., 0] if k0 == 0 else p.new_zeros((b, h, r))
+        row_sums = p.sum(-1)
+        per_head = lambda x, weight: torch.einsum("bhr,br->bh", x, weight)  # noqa: E731
+        linear = torch.stack([per_head(first, w_mean), per_head(column(p, qi - k0), w_mean),
+                              per_head(column(p, qi - 1 - k0), w_sum), *self.repeats(p, q0, k0, t)], -1)
+        self.linear[layer] += linear.to(home)
+        self.total[layer, ..., 0] += per_head(row_sums, valid).to(home)
+        peak, largest, at = self.largest(p, first, k0)
+        xlogx = bits(p, s, largest, s.gather(-1, at[..., None])[..., 0])
+        self.entropy[layer, ..., 1] += per_head(xlogx, w_bits).to(home)
+        torch.maximum(self.peak[layer], (peak * w_sum[:, None]).amax(-1).to(home), out=self.peak[layer])
+        self.by_distance[layer, ..., :w] += self.distance_mass(p, q0 - k0, valid).to(home)
+        if self.tokens:  # to the keys after the first, from the queries after the first
+            use = t["use"]
+            self.query_mass[layer, :, :, rows] = ((row_sums - first) * use[:, None, rows]).transpose(0, 1).to(home)
+            key_mass = torch.matmul(use[:, None, None, rows], p).squeeze(2) * use[:, None, k0:k0 + w]
+            self.key_mass[layer, ..., k0:k0 + w] += key_mass.transpose(0, 1).to(home)
+
+    @staticmethod
+    def largest(p, first, k0: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Each row's largest weight over the keys after the first (max_attention's), over all keys, and the
+        column of the latter [batch, heads, rows]: one pass."""
+        later = p[..., 1:] if k0 == 0 else p
+        if not later.shape[-1]:
+            return first, first, torch.zeros(first.shape, dtype=torch.long, device=p.device)
+        peak, at = later.max(-1)
+        if k0 > 0:
+            return peak, peak, at
+        return peak, torch.maximum(peak, first), torch.where(first > peak, 0, at + 1)
+
+    def repeats(self, p, q0: int, k0: int, t: dict) -> list:
+        """[batch, heads] sums over the block's repeat pairs (query q, an earlier key k holding q's token): of p[q, k]
+        (duplicate), of p[q, k + 1] (induction), of those at least INDUCTION_THRESHOLD per repeat (induction_score)."""
+        b, h, r, w = p.shape
+        out = p.new_zeros((3, b, h))
+        for j in range(b):  # a flat index_select per prompt (advanced indexing and index_add_ are ~100x slower)
+            at = self.pairs(j, q0, r, k0, w, p.device)
+            if len(at):
+                flat = p[j].reshape(h, r * w)
+                induction = flat.index_select(1, at + 1)
+                out[0, j] = flat.index_select(1, at).sum(1)
+                out[1, j] = induction.sum(1)
+                out[2, j] = induction.masked_fill_(induction < INDUCTION_THRESHOLD, 0).sum(1)
+        if k0 > 0:  # a pair whose key k0 - 1 is left out has its induction key k0 in the block
+            tokens, qi = t["tokens"], torch.arange(q0, q0 + r, device=p.device)
+            before = ((tokens[:, q0:q0 + r] == tokens[:, k0 - 1, None]) & (qi > k0 - 1)).float()
+            before *= t["valid"][:, q0:q0 + r]
+            x = p[..., 0]
+            out[1] += torch.einsum("bhr,br->bh", x, before)
+            out[2] += torch.einsum("bhr,br->bh", x.masked_fill(x < INDUCTION_THRESHOLD, 0), before)
+        out[2] *= t["per_repeat"][:, None]
+        return list(out)
+
+    def pairs(self, j: int, q0: int, r: int, k0: int, w: int, device) -> torch.Tensor:
+        """Flat indices row * w + key of prompt j's repeat pairs in a block: query q0 + row, an earlier key k0 + key
+        holding its token (the key after it is then in the same row). On a CPU from the host's tokens with numpy
+        (torch's CPU nonzero is ~100x slower), elsewhere on the device."""
+        rows = max(0, min(r, int(self.n[j]) - q0))
+        if device.type == "cpu":
+            tokens = self.host_tokens[j]
+            return torch.from_numpy(np.flatnonzero(np.tril(tokens[q0:q0 + rows, None] == tokens[None, k0:k0 + w],
+                                                           q0 - k0 - 1)))
+        tokens = self.on(device)["tokens"][j]
+        return (tokens[q0:q0 + rows, None] == tokens[None, k0:k0 + w]).tril_(q0 - k0 - 1).flatten().nonzero()[:, 0]
+
+    def distance_mass(self, p, q0: int, valid) -> torch.Tensor:
+        """[batch, heads, w]: the block's mass at distance |q - k| over its real queries (row i is query q0 + i,
+        counted from the block's first key): DeviceStats.distance_mass's skew, through a zeroed buffer of twice
+        the prompt's width kept across blocks (a fresh padded copy per block costs a fill more; a strided view of
+        the block itself, read with a stride of w + 1, makes the matmul copy it anyway, and slower)."""
+        b, h, r, w = p.shape
+        width = self.by_distance.shape[-1]
+        if self.skewed is None or self.skewed.shape[:2] != (b, h) or self.skewed.shape[2] < r \
+                or self.skewed.device != p.device:
+            self.skewed = torch.zeros((b, h, r, 2 * width), device=p.device)
+        buf, rows = self.skewed, self.skewed.shape[2]
+        buf[:, :, :r, width:width + w] = p  # key k of row i at column width + k; the columns before stay 0
+        strides = (h * rows * 2 * width, rows * 2 * width, 2 * width + 1, 1)
+        back = buf.as_strided((b, h, r, w), strides, q0 + 1 + width - w)  # row i: keys q + 1 - w .. q
+        weights = valid[:, None, None, :]
+        out = torch.matmul(weights, back).squeeze(2).flip(-1)
+        if not self.causal:  # an encoder's keys after the query: zeros on the right
+            padded = torch.nn.functional.pad(p, (0, w))
+            ahead = padded.as_strided((b, h, r, w), (h * r * 2 * w, r * 2 * w, 2 * w + 1, 1), q0)
+            out[..., 1:] += torch.matmul(weights, ahead).squeeze(2)[..., 1:]
+        return out
+
+
+def column(p, cols) -> torch.Tensor:
+    """p[..., i, cols[i]] for every row i [batch, heads, rows]: 0 where cols[i] < 0 (a key left out of the block)."""
+    b, h, r, _ = p.shape
+    picked = p.gather(-1, cols.clamp_min(0).view(1, 1, r, 1).expand(b, h, r, 1)).squeeze(-1)
+    return picked * (cols >= 0)
+
+
+def bits(p, s, largest, s_largest) -> torch.Tensor:
+    """sum_k p log p of every row [batch, heads, rows] from softmax weights p, their scores s, each row's largest
+    weight and its score: log p_k = log p_j + s_k - s_j for any key j, taken where p_j is largest (never 0), so
+    there is no logarithm over the block (rows that no key may attend, which nothing reads, come out finite)."""
+    return torch.einsum("bhrk,bhrk->bhr", p, s).sub_(s_largest).add_(largest.log()).clamp_min_(-1e30)
+
+
+BLOCK_ATTENTION = "attention_lens_blocks"  # the name transformers dispatches block_attention by
+BLOCK_BYTES = {"cpu": 32 * 2**20, "cuda": 512 * 2**20}  # float32 bytes of a block's weights [batch, heads, rows, keys]
+HARMLESS_KWARGS = {"position_ids", "use_cache", "cache_position", "sliding_window", "encoder_hidden_states",
+                   "output_attentions", "is_causal", "past_key_values", "head_mask"}
+
+
+class BlockUnsupported(Exception):
+    """Raised inside a forward pass when block_attention meets what it cannot reproduce exactly."""
+
+
+@dataclass
+class BlockPass:
+    """One forward pass through block_attention: who takes each block of weights, and the layers that called."""
+    layer_of: dict  # id(attention module or a part of it) -> layer
+    last_layer: int
+    on_block: object  # on_block(layer, q0, k0, p, s): a block's weights and scores, rows q0.., keys k0..
+    block_bytes: int
+    called: set = field(default_factory=set)
+    buffers: dict = field(default_factory=dict)  # name -> a flat float32 buffer the blocks' scores and weights reuse
+
+    def scratch(self, name: str, shape: tuple, device) -> torch.Tensor:
+        """A contiguous float32 [shape] view of the buffer `name`, the same memory block after block and layer after
+        layer (fresh tensors of every size, one block after another, fragment the host's heap: at 32,768 tokens its
+        peak came out twice as high, and different from run to run)."""
+        size = math.prod(shape)
+        buf = self.buffers.get(name)
+        if buf is None or buf.numel() < size or buf.device != device:
+            buf = self.buffers[name] = torch.empty(size, device=device)
+        return buf[:size].view(shape)
+
+
+ACTIVE: list[BlockPass] = []  # the pass under way (block_attention is called by transformers, with no room for it)
+
+
+@dataclass
+class RowMask:
+    """The mask a model asks for, made a block of query rows at a time (the whole [batch, 1, n, n] mask is
+    quadratic): sdpa_mask's arguments, kept, and each block's split (rows_of) for the layers after the first."""
+    batch_size: int
+    kv_length: int
+    q_offset: int
+    kv_offset: int
+    mask_function: object
+    attention_mask: object
+    use_vmap: bool
+    device: object
+    blocks: dict = field(default_factory=dict)
+
+    def rows(self, q0: int, q1: int) -> "RowsMask":
+        """Queries q0 .. q1 - 1's keys (every layer with this mask asks for the same blocks)."""
+        if (q0, q1) not in self.blocks:
+            from transformers.masking_utils import sdpa_mask
+            allowed = sdpa_mask(self.batch_size, q1 - q0, self.kv_length, self.q_offset + q0, self.kv_offset,
+                                self.mask_function, self.attention_mask, allow_is_causal_skip=False,
+                                allow_is_bidirectional_skip=False, use_vmap=self.use_vmap, device=self.device)
+            self.blocks[(q0, q1)] = rows_of(allowed, q0, q1)
+        return self.blocks[(q0, q1)]
+
+
+class RowsMask(NamedTuple):
+    """A block of query rows' mask: the keys [k0, k1) some row may attend, and inside them the columns c0 .. where
+    some row may not (`allowed`, bool [batch or 1, 1, rows, columns]; None: none), or an additive float mask."""
+    k0: int
+    k1: int
+    c0: int = 0
+    allowed: torch.Tensor | None = None
+    additive: torch.Tensor | None = None
+
+
+def rows_of(allowed, q0: int, q1: int) -> RowsMask:
+    """Split a block's bool mask [batch or 1, 1, rows, keys]: all keys unless the keys any row may attend hold the
+    block's own positions (the causal future and what lies outside a sliding window are left out)."""
+    n_k = allowed.shape[-1]
+    columns = allowed.reshape(-1, n_k)
+    inside = columns.any(0).nonzero()
+    k0, k1 = (int(inside[0]), int(inside[-1]) + 1) if len(inside) else (0, n_k)
+    k0, k1 = (k0, k1) if k0 <= q0 and q1 <= k1 else (0, n_k)
+    partial = (~columns[:, k0:k1].all(0)).nonzero()
+    if not len(partial):
+        return RowsMask(k0, k1)
+    c0, c1 = int(partial[0]), int(partial[-1]) + 1
+    return RowsMask(k0, k1, c0, allowed[..., k0 + c0:k0 + c1].clone())  # a copy: the cache must not keep all keys
+
+
+def row_mask(batch_size: int, q_length: int, kv_length: int, q_offset: int = 0, kv_offset: int = 0,
+             mask_function=None, attention_mask=None, use_vmap: bool = False, device="cpu", **_) -> RowMask:
+    """transformers' mask interface for block_attention: every mask (causal, sliding window, padding, an encoder's)
+    kept as its function, so the model's own rules reach block_attention without an [n, n] tensor."""
+    from transformers.masking_utils import causal_mask_function
+    return RowMask(batch_size, kv_length, q_offset, kv_offset, mask_function or causal_mask_function,
+                   attention_mask, use_vmap, device)
+
+
+def rows_mask(mask, module, q0: int, q1: int, n_q: int, n_k: int, device) -> RowsMask:
+    """The mask of query rows q0 .. q1 - 1, whatever form the model passed it in."""
+    if isinstance(mask, RowMask):
+        return mask.rows(q0, q1)
+    if isinstance(mask, torch.Tensor) and mask.dtype == torch.bool:  # a prepared 4D mask
+        return rows_of(mask[:, :, q0:q1, :n_k], q0, q1)
+    if isinstance(mask, torch.Tensor):
+        return RowsMask(0, n_k, additive=mask[:, :, q0:q1, :n_k])
+    if getattr(module, "is_causal", True) and n_q > 1:  # none given: causal unless the module says not, as SDPA
+        q = torch.arange(q0, q1, device=device) + n_k - n_q
+        return rows_of(torch.arange(n_k, device=device) <= q[:, None], q0, q1)
+    return RowsMask(0, n_k)
+
+
+def checked_layer(run: BlockPass, module, dropout: float, kwargs: dict) -> int:
+    """The layer calling block_attention; BlockUnsupported if it asks for what the function does not do."""
+    layer = run.layer_of.get(id(module))
+    strange = sorted(k for k, v in kwargs.items() if k not in HARMLESS_KWARGS and v is not None)
+    if strange:
+        raise BlockUnsupported(f"{type(module).__name__} passes {', '.join(strange)}")
+    if layer is None:
+        raise BlockUnsupported(f"{type(module).__name__} is not a layer's attention")
+    if module.training and dropout:
+        raise BlockUnsupported("the model is in training mode (dropout)")
+    run.called.add(layer)
+    return layer
+
+
+def block_attention(module, query, key, value, attention_mask, scaling: float | None = None, dropout: float = 0.0,
+                    softcap: float | None = None, **kwargs):
+    """transformers' attention interface: a layer's output from post-rotary query [batch, heads, n, d] and key,
+    value [batch, kv_heads, n_k, d], a block of query rows at a time. Each block's exact weights (eager's float32
+    softmax, softcap and mask) go to the pass's on_block, which must not keep them (the next block reuses their
+    memory); nothing [n, n] is ever made."""
+    run = ACTIVE[-1]
+    layer = checked_layer(run, module, dropout, kwargs)
+    b, n_heads, n, d = query.shape
+    kv_heads, n_k = key.shape[1], key.shape[2]
+    keys_t, values = key.float().transpose(-1, -2), value.float()
+    out = torch.empty((b, n, n_heads, value.shape[-1]), dtype=value.dtype, device=query.device)
+    rows = max(1, min(n, run.block_bytes // (4 * b * n_heads * n_k)))
+    for q0 in range(0, n, rows):
+        q1 = min(n, q0 + rows)
+        mask = rows_mask(attention_mask, module, q0, q1, n, n_k, query.device)
+        q = query[:, :, q0:q1].float() * (scaling if scaling is not None else d ** -0.5)
+        s, p = block_weights(run, q, keys_t, mask, softcap)
+        o = torch.matmul(p.view(b, kv_heads, -1, mask.k1 - mask.k0), values[:, :, mask.k0:mask.k1])
+        out[:, q0:q1] = o.view(b, n_heads, q1 - q0, -1).transpose(1, 2)
+        if layer <= run.last_layer:
+            run.on_block(layer, q0, mask.k0, p, s)
+    if layer >= run.last_layer:
+        raise StopForward
+    return out, None
+
+
+def block_weights(run: BlockPass, q, keys_t, mask: RowsMask, softcap: float | None) -> tuple[torch.Tensor, ...]:
+    """The scores and exact weights [batch, heads, rows, k1 - k0] of query rows q [batch, heads, rows, d] (scaled),
+    in the pass's two scratch buffers.
+
+    Grouped-query attention: query head h reads kv head h // group (repeat_kv), so the group's heads are read as
+    more rows of their kv head instead of copying keys and values."""
+    b, n_heads, r, d = q.shape
+    kv_heads, w = keys_t.shape[1], mask.k1 - mask.k0
+    s = run.scratch("scores", (b, kv_heads, n_heads // kv_heads * r, w), q.device)
+    torch.matmul(q.reshape(b, kv_heads, -1, d), keys_t[..., mask.k0:mask.k1], out=s)
+    s = s.view(b, n_heads, r, w)
+    if softcap is not None:  # before the mask, as eager
+        s.div_(softcap).tanh_().mul_(softcap)
+    if mask.allowed is not None:
+        s[..., mask.c0:mask.c0 + mask.allowed.shape[-1]].masked_fill_(~mask.allowed, torch.finfo(s.dtype).min)
+    if mask.additive is not None:
+        s.add_(mask.additive)
+    return s, torch.softmax(s, -1, out=run.scratch("weights", s.shape, s.device))
+
+
+@lru_cache(maxsize=1)
+def register_block_attention() -> None:
+    """Register block_attention and its mask with transformers (both under one name, or the model passes no mask)."""
+    from transformers import AttentionInterface
+    from transformers.masking_utils import AttentionMaskInterface
+    AttentionInterface.register(BLOCK_ATTENTION, block_attention)
+    AttentionMaskInterface.register(BLOCK_ATTENTION, row_mask)
+
+
+def block_attention_problem(model) -> str | None:
+    """Why the model's attention cannot go through block_attention (None: it can): it must be a TransformerBridge
+    whose Hugging Face model dispatches attention by name, with attention components the block path was checked on."""
+    hf, blocks = getattr(model, "original_model", None), getattr(model, "blocks", None)
+    if hf is None or blocks is None:
+        return f"{type(model).__name__} is not a TransformerLens 4 TransformerBridge"
+    try:
+        from transformer_lens.model_bridge import generalized_components as tl
+        from transformers.masking_utils import AttentionMaskInterface  # noqa: F401
+    except ImportError as e:
+        return f"this transformers or transformer-lens lacks {e.name}"
+    can_switch = getattr(hf, "_can_set_attn_implementation", None)
+    if can_switch is None:
+        return "this transformers cannot switch a model's attention at run time"
+    if not can_switch():
+        return f"{type(hf).__name__} computes its attention itself (ALiBi models such as BLOOM and MPT do)"
+    known = (tl.AttentionBridge, tl.JointQKVAttentionBridge, tl.PositionEmbeddingsAttentionBridge,
+             tl.JointQKVPositionEmbeddingsAttentionBridge)
+    odd = {type(block.attn).__name__ for block in blocks if type(block.attn) not in known}
+    return f"its attention component {', '.join(sorted(odd))} is not one the block path is checked on" if odd else None
+
+
+class BlockAttention:
+    """A model's forward passes through block_attention, one pass at a time (eager outside it): the Hugging Face
+    model switched to it by name, and each TransformerLens attention component pointed back at the generic
+    AttentionBridge.forward (most re-implement eager attention rather than call the Hugging Face module)."""
+
+    def __init__(self, model):
+        self.model, self.problem, self.said = model, block_attention_problem(model), False
+        self.layer_of, self.fused = {}, {}
+        if self.problem is None:
+            attns = [block.attn for block in model.blocks]
+            self.layer_of = {id(m): i for i, attn in enumerate(attns) for m in attn.original_component.modules()}
+            self.fused = {i: fused_order(attn) for i, attn in enumerate(attns) if is_fused(attn)}
+            odd = [i for i, order in self.fused.items() if order is None]
+            self.problem = f"layer {odd[0]}'s fused q, k, v projection is not its split's rows" if odd else None
+        self.block_bytes = BLOCK_BYTES["cuda" if model_device(model).type == "cuda" else "cpu"]
+
+    def usable(self) -> bool:
+        """Whether the next pass can go through block_attention; the first time not, one line says why."""
+        if self.problem and not self.said:
+            name = getattr(self.model.cfg, "model_name", "the model")
+            print(f"note: {name}: statistics come from eager attention, whose memory grows with tokens squared: "
+                  f"{self.problem}", file=sys.stderr)
+            self.said = True
+        return self.problem is None
+
+    def run(self, tokens, attention_mask, last_layer: int, on_block) -> bool:
+        """One forward pass handing each block of layers 0 .. last_layer to on_block(layer, q0, k0, weights, scores);
+        False (then eager from now on, said once) if a layer's attention did not come through block_attention."""
+        run = BlockPass(self.layer_of, last_layer, on_block, self.block_bytes)
+        kwargs = {"attention_mask": attention_mask} if attention_mask is not None else {}
+        ACTIVE.append(run)
+        try:
+            with self.switched(), torch.inference_mode():
+                self.model(tokens, return_type=None, **kwargs)
+        except StopForward:
+            pass
+        except BlockUnsupported as e:
+            self.problem = str(e)
+        finally:
+            ACTIVE.pop()
+        missing = sorted(set(range(last_layer + 1)) - run.called)
+        if missing and not self.problem:
+            self.problem = f"layers {missing} did not call it"
+        return self.usable()
+
+    @contextmanager
+    def switched(self):
+        """Within: attention through block_attention; the fused q, k, v projections remade from the component's
+        split ones (which hold the processed weights: compatibility mode folds the norms into those alone)."""
+        from transformer_lens.model_bridge.generalized_components.attention import AttentionBridge
+        register_block_attention()
+        hf, blocks = self.model.original_model, self.model.blocks
+        before = hf.config._attn_implementation
+        # not `attn.forward = ...`: a component's __setattr__ hands names the Hugging Face module has to that module
+        patched = [block.attn for block in blocks if type(block.attn).forward is not AttentionBridge.forward]
+        for attn in patched:
+            attn.__dict__["forward"] = types.MethodType(AttentionBridge.forward, attn)
+        hooks = []
+        for i, order in self.fused.items():
+            hook = functools.partial(remade, blocks[i].attn, order)
+            hooks.append(fused_projection(blocks[i].attn).register_forward_hook(hook))
+        try:
+            try:
+                hf.set_attn_implementation(BLOCK_ATTENTION)
+            except ValueError as e:
+                raise BlockUnsupported(f"transformers refuses it: {str(e).splitlines()[0]}") from None
+            yield
+        finally:
+            hf.set_attn_implementation(before)
+            for hook in hooks:
+                hook.remove()
+            for attn in patched:
+                attn.__dict__.pop("forward", None)
+
+
+def is_fused(attn) -> bool:
+    """Whether a TransformerLens attention component split a fused q, k, v projection into three (GPT-2, NeoX)."""
+    from transformer_lens.model_bridge.generalized_components import JointQKVAttentionBridge
+    return isinstance(attn, JointQKVAttentionBridge)
+
+
+def fused_projection(attn):
+    return getattr(attn.original_component, attn.submodules["qkv"].name)
+
+
+def fused_order(attn) -> torch.Tensor | None:
+    """Where each output of the component's split q, k, v (in turn) sits in the fused projection's output, found by
+    splitting the fused weights as the component does and matching rows exactly; None if they do not all match."""
+    fused = fused_projection(attn)
+    fused = getattr(fused, "original_component", None) or fused
+    parts = attn.split_qkv_matrix(attn.original_component)
+    with_bias = lambda w, b: torch.cat([w, b[:, None] if b is not None else w[:, :0]], 1)  # noqa: E731
+    split = torch.cat([with_bias(p.weight, p.bias) for p in parts]).detach().float().cpu().numpy()
+    weight = fused.weight.detach()
+    weight = weight if weight.shape == (len(split), parts[0].weight.shape[1]) else weight.T  # Conv1D: [in, out]
+    rows = with_bias(weight, fused.bias.detach() if fused.bias is not None else None).float().cpu().numpy()
+    index = {row.tobytes(): i for i, row in enumerate(rows)}
+    order = [index.get(row.tobytes()) for row in split]
+    return None if rows.shape != split.shape or None in order else torch.tensor(order)
+
+
+def remade(attn, order: torch.Tensor, module, args, output):
+    """Forward hook on a fused q, k, v projection: its output remade from the component's split projections."""
+    split = torch.cat([x.flatten(-2) if x.ndim == 4 else x for x in (attn.q(args[0]), attn.k(args[0]),
+                                                                     attn.v(args[0]))], -1)
+    out = torch.empty_like(split)
+    out[..., order.to(split.device)] = split
+    return out
+
+
+BLOCKS = weakref.WeakKeyDictionary()  # model -> its BlockAttention: checked, and a fall back said, once a model
+
+
+def block_attention_of(model) -> BlockAttention:
+    if model not in BLOCKS:
+        BLOCKS[model] = BlockAttention(model)
+    return BLOCKS[model]
+
+
 def sparse_attention(model, prompts: list[list[int]], heads: list[list[tuple[int, int]]], keys_per_row: int,
                      threshold: float, batch_size: int, progress: bool = True) -> list[dict]:
     """For each prompt (token ids) and each of its `heads`, that head's attention kept sparsely: the
-    `keys_per_row` largest weights of every query row that are at least `threshold`, as {(layer, head): (q, k, w)}
-    arrays in (q, k) order. The top-k is taken on the device; only the kept entries reach the host."""
+    `keys_per_row` largest weights of every query row that are at least `threshold` (and above 0), as
+    {(layer, head): (q, k, w)} arrays in (q, k) order. The top-k is taken on the device, from blocks of rows
+    (block_attention: memory linear in n) where the model allows; only the kept entries reach the host."""
     from tqdm import tqdm
 
-    causal, device = is_causal(model), model_device(model)
     pad_id = getattr(model.tokenizer, "pad_token_id", None) or 0
     out = [{} for _ in prompts]
     order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))  # like lengths together: little padding
-    last = max((l for hs in heads for l, _ in hs), default=-1)
     bar = tqdm(total=len(prompts), unit="prompt", desc="examples", disable=not progress)
     for start in range(0, len(order), batch_size):
         batch = order[start:start + batch_size]
-        n = np.array([len(prompts[i]) for i in batch])
-        width = int(n.max())
+        width = max(len(prompts[i]) for i in batch)
         tokens = np.array([prompts[i] + [pad_id] * (width - len(prompts[i])) for i in batch], np.int64)
-        mask = None if causal else torch.from_numpy(np.arange(width)[None] < n[:, None]).long().to(device)
-
-        def on_layer(layer, pattern, batch=batch, n=n):
-            for j, i in enumerate(batch):
-                mine = [h for l, h in heads[i] if l == layer]
-                if not mine:
-                    continue
-                m = int(n[j])
-                w, k = torch.topk(pattern[j, mine, :m, :m].float(), min(keys_per_row, m), dim=-1)
-                k, by_key = torch.sort(k, dim=-1)  # each row's kept keys in key order
-                w, k = torch.gather(w, -1, by_key).cpu().numpy(), k.cpu().numpy()
-                keep = w >= threshold
-                for c, h in enumerate(mine):
-                    q, slot = np.nonzero(keep[c])  # row-major: by query, then key
-                    out[i][(layer, h)] = (q, k[c][q, slot], w[c][q, slot])
-        if last >= 0:
-            forward_patterns(model, torch.from_numpy(tokens).to(device), on_layer, last, mask)
+        kept = sparse_batch(model, tokens, [len(prompts[i]) for i in batch], [heads[i] for i in batch],
+                            keys_per_row, threshold)
+        for j, i in enumerate(batch):
+            out[i] = kept[j]
         bar.update(len(batch))
     bar.close()
     return out
+
+
+def sparse_batch(model, tokens: np.ndarray, lengths: list[int], heads: list[list[tuple[int, int]]],
+                 keys_per_row: int, threshold: float) -> list[dict]:
+    """sparse_attention of one right-padded batch [batch, width]: blockwise where the model allows, else eager."""
+    causal, device, blocks = is_causal(model), model_device(model), block_attention_of(model)
+    last = max((l for hs in heads for l, _ in hs), default=-1)
+    wanted = [{layer: [h for l, h in hs if l == layer] for layer in range(last + 1)} for hs in heads]
+    n = np.array(lengths)
+    mask = None if causal else torch.from_numpy(np.arange(tokens.shape[1])[None] < n[:, None]).long().to(device)
+    parts = {}  # (prompt, layer, head) -> the kept entries of each block of rows
+
+    def on_block(layer, q0, k0, p, s=None):
+        for j, mine in enumerate(wanted):
+            rows, keys = min(p.shape[2], lengths[j] - q0), min(p.shape[3], lengths[j] - k0)
+            if mine[layer] and rows > 0:
+                found = top_keys(p[j, mine[layer], :rows, :keys], q0, k0, keys_per_row, threshold)
+                for h, entries in zip(mine[layer], found):
+                    parts.setdefault((j, layer, h), []).append(entries)
+    ids = torch.from_numpy(tokens).to(device)
+    if last >= 0 and not (blocks.usable() and blocks.run(ids, mask, last, on_block)):
+        parts.clear()
+        forward_patterns(model, ids, lambda layer, pattern: on_block(layer, 0, 0, pattern), last, mask)
+    kept = [{} for _ in lengths]
+    for (j, layer, h), found in parts.items():
+        kept[j][(layer, h)] = tuple(np.concatenate(x) for x in zip(*found))
+    return kept
+
+
+def top_keys(attn, q0: int, k0: int, keys_per_row: int, threshold: float) -> list[tuple]:
+    """Each head's (q, k, w) arrays, in (q, k) order, of the `keys_per_row` largest weights of each row of attn
+    [heads, rows, keys] that are at least `threshold` and above 0; rows count from q0, keys from k0."""
+    w, k = torch.topk(attn.float(), min(keys_per_row, attn.shape[-1]), dim=-1)
+    k, by_key = torch.sort(k, dim=-1)  # each row's kept keys in key order
+    w, k = torch.gather(w, -1, by_key).cpu().numpy(), k.cpu().numpy()
+    keep = (w >= threshold) & (w > 0)
+    found = []
+    for c in range(len(w)):
+        q, slot = np.nonzero(keep[c])  # row-major: by query, then key
+        found.append((q + q0, k[c][q, slot] + k0, w[c][q, slot]))
+    return found
 
 
 def forward_batch(model, batch: list[PromptJob], stream: PatternStream, grams: list | None,
                   sums: HeadSums | None = None) -> tuple[list[OpenPrompt], np.ndarray]:
     """One forward pass over a batch: every head's built-in statistics [batch, DEVICE_STATISTICS, layers, heads]
     computed on the device, and the patterns of the prompts that store them streamed to disk by `stream`;
-    the prompts whose statistics are new add to `sums`."""
+    the prompts whose statistics are new add to `sums`. A batch that needs no whole pattern (nothing stored, no
+    host plug-in) goes through block_attention where the model allows: memory linear in the prompt length."""
     n = np.array([job.n_tokens for job in batch])
     width, device = int(n.max()), stream.device
     pad_id = getattr(model.tokenizer, "pad_token_id", None) or 0
@@ -684,6 +1215,11 @@ def forward_batch(model, batch: list[PromptJob], stream: PatternStream, grams: l
     # Right padding is harmless under a causal mask; an encoder must be told which keys are padding.
     mask = None if stream.causal else torch.from_numpy(np.arange(width)[None] < n[:, None]).long().to(device)
     fresh = np.array([job.needs_stats for job in batch])
+    blocks = block_attention_of(model)
+    if not any(needs_patterns(job, stream.plugins) for job in batch) and blocks.usable():
+        stats = BlockStats(n, tokens, device, *stream.shape, causal=stream.causal, sums=sums, fresh=fresh)
+        if blocks.run(torch.from_numpy(tokens).to(device), mask, stream.shape[0] - 1, stats.add_block):
+            return opened, stats.values(fresh)
     stats = DeviceStats(n, tokens, device, *stream.shape, causal=stream.causal, sums=sums, fresh=fresh)
 
     def on_layer(layer, pattern):
@@ -733,3 +1269,112 @@ def copying_scores(model) -> np.ndarray | None:
     except (AttributeError, TypeError, NotImplementedError):
         return None
     return torch.stack(scores).numpy()
+
+
+# ---- each head's vectors at chosen query positions (projections.py) ----
+
+VECTOR_HOOKS = ("hook_q", "hook_rot_q", "hook_k", "hook_rot_k", "hook_pattern", "hook_z")  # in the order they fire
+
+
+@dataclass
+class HeadVectors:
+    """Every head's vectors at the chosen query positions, one row per point (prompt by prompt, each prompt's
+    positions in the order given), float32 on the host: its query, the key of the position it attends to most (with
+    grouped-query attention, its kv head's), z (its attention-weighted values, before W_O), that largest weight and
+    the key's position. `query_hook` and `key_hook` name the hooks read: hook_rot_q / hook_rot_k (rotated, as the
+    scores use them) where the model has them, else hook_q / hook_k."""
+    q: np.ndarray  # [points, layers, heads, d_head]
+    k: np.ndarray  # [points, layers, heads, d_head]
+    z: np.ndarray  # [points, layers, heads, d_head]
+    weight: np.ndarray  # [points, layers, heads]
+    key: np.ndarray  # [points, layers, heads], int64
+    query_hook: str = "hook_q"
+    key_hook: str = "hook_k"
+
+
+def head_vectors(model, prompts: list[list[int]], positions: list[list[int]], batch_size: int,
+                 progress: bool = True) -> HeadVectors:
+    """Run the prompts (token ids) in batches of like length and keep every head's vectors at each prompt's
+    `positions` (HeadVectors); only those rows leave the device."""
+    from tqdm import tqdm
+
+    cfg, device = model.cfg, model_device(model)
+    n_points, shape = sum(map(len, positions)), (cfg.n_layers, cfg.n_heads)
+    out = HeadVectors(*(np.zeros((n_points, *shape, cfg.d_head), np.float32) for _ in range(3)),
+                      np.zeros((n_points, *shape), np.float32), np.zeros((n_points, *shape), np.int64))
+    starts = np.cumsum([0] + [len(p) for p in positions])
+    pad_id = getattr(model.tokenizer, "pad_token_id", None) or 0
+    order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
+    bar = tqdm(total=len(prompts), unit="prompt", desc="projections", disable=not progress)
+    for start in range(0, len(order), batch_size):
+        batch = [i for i in order[start:start + batch_size] if positions[i]]
+        if batch:
+            n = np.array([len(prompts[i]) for i in batch])
+            tokens = np.array([prompts[i] + [pad_id] * (int(n.max()) - len(prompts[i])) for i in batch], np.int64)
+            mask = None if is_causal(model) else torch.from_numpy(np.arange(n.max())[None] < n[:, None]).long()
+            rows = np.concatenate([np.arange(starts[i], starts[i + 1]) for i in batch])
+            at = (np.repeat(np.arange(len(batch)), [len(positions[i]) for i in batch]),
+                  np.concatenate([positions[i] for i in batch]))
+            batch_vectors(model, torch.from_numpy(tokens).to(device), mask, at, out, rows)
+        bar.update(min(batch_size, len(order) - start))
+    bar.close()
+    return out
+
+
+def batch_vectors(model, tokens, mask, at: tuple[np.ndarray, np.ndarray], out: HeadVectors, rows: np.ndarray) -> None:
+    """One forward pass, stopped after the last layer's z: at the points `at` (prompt in the batch, position), each
+    layer's vectors into `out`'s `rows`. A model that does not fire the hooks read is a lens.UserError."""
+    caught, fired, last = {}, set(), model.cfg.n_layers - 1
+
+    def on_vector(x, name: str) -> None:
+        layer, kind = int(name.split(".")[1]), name.rsplit(".", 1)[-1]
+        b, p = (torch.from_numpy(a).to(x.device) for a in at)
+        fired.add(kind.replace("rot_", ""))
+        if kind in ("hook_q", "hook_rot_q", "hook_k", "hook_rot_k"):  # a rotated one fires later and replaces it
+            caught[kind[-1]] = x
+            if layer == 0:
+                setattr(out, "query_hook" if kind[-1] == "q" else "key_hook", kind)
+        elif kind == "hook_pattern":
+            check_vector_hooks(fired, {"hook_q", "hook_k"}, name)
+            weight, key = x[b, :, p, :].float().max(-1)  # [points, heads]: the largest weight, its first key
+            kv = caught["k"]  # [batch, pos, kv heads, d_head]: query head h reads kv head h // group (repeat_kv)
+            group = torch.arange(x.shape[1], device=kv.device) // (x.shape[1] // kv.shape[2])
+            out.q[rows, layer] = caught["q"][b, p].float().cpu().numpy()
+            out.k[rows, layer] = kv[b[:, None].to(kv.device), key.to(kv.device), group].float().cpu().numpy()
+            out.weight[rows, layer], out.key[rows, layer] = weight.cpu().numpy(), key.cpu().numpy()
+        elif kind == "hook_z":
+            check_vector_hooks(fired, {"hook_pattern"}, name)
+            out.z[rows, layer] = x[b, p].float().cpu().numpy()
+            if layer >= last:
+                raise StopForward
+
+    is_vector_hook = lambda name: ".attn." in name and name.rsplit(".", 1)[-1] in VECTOR_HOOKS  # noqa: E731
+    kwargs = {"attention_mask": mask.to(tokens.device)} if mask is not None else {}
+    with torch.inference_mode():
+        try:
+            if hasattr(model, "run_with_hooks"):
+                model.run_with_hooks(tokens, fwd_hooks=[(is_vector_hook, lambda x, hook: on_vector(x, hook.name))],
+                                     return_type=None, **kwargs)
+            else:  # a wrapper without run_with_hooks (auto_circuit's PatchableModel): the cache, in the order they fire
+                _, cache = model.run_with_cache(tokens, names_filter=is_vector_hook, return_type=None, **kwargs)
+                for name in sorted(cache.keys(), key=lambda n: (int(n.split(".")[1]),
+                                                                VECTOR_HOOKS.index(n.rsplit(".", 1)[-1]))):
+                    on_vector(cache[name], name)
+        except StopForward:
+            pass
+    check_vector_hooks(fired, {"hook_q", "hook_k", "hook_pattern", "hook_z"}, "the forward pass's end")
+
+
+def check_vector_hooks(fired: set[str], needed: set[str], where: str) -> None:
+    """A lens.UserError naming the hooks head_vectors reads that have not fired by `where`."""
+    missing = needed - fired
+    if missing:
+        raise lens.UserError(f"{where}: no {', '.join(sorted(missing))} fired before it: no projections (they read "
+                             "TransformerLens's hook_q or hook_rot_q, hook_k or hook_rot_k, hook_pattern and hook_z)")
+
+
+def layer_output_weights(model, layer: int) -> np.ndarray | None:
+    """One layer's W_O [n_heads, d_head, d_model] as float32 on the host (projections.py: z W_O per head), None when
+    the model does not expose it."""
+    w_o = output_weights(model)
+    return None if w_o is None else w_o[layer].float().cpu().numpy()

@@ -6,7 +6,9 @@
 1. compute_activations with --patterns none (every built-in statistic on the device, the look-back and token
    totals, no pattern stored), timed whole (tokenizing, forward, statistics, writing the part), against the same
    tokenizing and TransformerLens forward stopped at the last pattern with hooks that keep nothing; then the
-   examples pass (examples.py: the choice, and the chosen prompts run again). Target: >= 0.85x.
+   examples pass (examples.py: the choice, and the chosen prompts run again) and the projections pass
+   (projections.py: the sample, its prompts run again, every head's PCA). Target: >= 0.85x; each pass <= 10% of
+   the statistics' time.
 2. Bytes and files on disk per prompt.
 3. build_index.py over them: the merged statistics tables, per-head summaries and top lists, the prompt index.
 4. The site (headless chromium, served by serve.py): the grid's first page and a text search, the heads
@@ -38,6 +40,7 @@ from attention_lens import compute_activations as ca  # noqa: E402
 from attention_lens import (
     examples,  # noqa: E402
     forward,  # noqa: E402
+    projections,  # noqa: E402
 )
 from attention_lens.build_index import build_index  # noqa: E402
 from attention_lens.compute_activations import top_prompts  # noqa: E402
@@ -106,6 +109,11 @@ def bench_compute(model, texts: list[str], data: Path, args) -> None:
     seconds = time.perf_counter() - start
     print(f"  examples (every head's 5 intervals, 22 examples each, sparse attention): {seconds:.1f} s, "
           f"{e['prompts']} prompts run again; with them, {ref / (mine + seconds):.2f}x the reference's throughput")
+    start = time.perf_counter()
+    pj = projections.compute_projections(model, data, "demo", projections.Sampling(), args.batch_size, progress=False)
+    took = time.perf_counter() - start
+    print(f"  projections (every head's query, key and output PCA at {pj['points']} positions): {took:.1f} s, "
+          f"{pj['prompts']} prompts run again = {100 * took / mine:.1f}% of the statistics' time (target <= 10%)")
 
 
 def bench_build_index(data: Path, n: int) -> None:

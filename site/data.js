@@ -24,6 +24,9 @@ export const headKindsUrl = (model) => `${model}/heads.json`;
 /** Where each head's examples and each example prompt's tokens sit in examples.bin (examples.py; see site/head.js). */
 export const examplesIndexUrl = (model) => `${model}/examples.json`;
 export const examplesUrl = (model) => `${model}/examples.bin`;
+/** Where the sampled points and each head's PCA of its queries, keys and outputs sit in projections.bin (projections.py). */
+export const projectionsIndexUrl = (model) => `${model}/projections.json`;
+export const projectionsUrl = (model) => `${model}/projections.bin`;
 /** Where each head's block (every statistic's summary, look-back, top tokens) sits in head_pages.bin (head_pages.py). */
 export const headPagesIndexUrl = (model) => `${model}/head_pages.json`;
 export const headPagesUrl = (model) => `${model}/head_pages.bin`;
@@ -56,6 +59,7 @@ const FILES = [
   { path: /^[^/]+\/heads\.json$/, writer: "build_index.py", optional: true },  // none before any statistics
   // none in a data dir, or of a model, computed before head pages existed
   { path: /^[^/]+\/examples\.(json|bin)$/, writer: "compute_activations.py", optional: true },
+  { path: /^[^/]+\/projections\.(json|bin)$/, writer: "compute_activations.py", optional: true },
   { path: /^[^/]+\/head_pages\.(json|bin)$/, writer: "build_index.py", optional: true },
   { path: /\/prompt\.json$/, writer: "compute_activations.py" },
   { path: /\/patterns\.bin$/, writer: "compute_activations.py" },
@@ -398,6 +402,49 @@ export async function loadHeadExamples(model, layer, head) {
   const hashes = [...new Set(block.examples.map((e) => e.hash))].filter((h) => index.prompts[h]);
   const prompts = hashes.length ? await fetchJsonBlocks(url, hashes.map((h) => index.prompts[h])) : [];
   return { index, block, prompts: new Map(hashes.map((h, i) => [h, prompts[i]])) };
+}
+
+// ---- what a head reads and writes (projections.py): projections.json {size, per_prompt, seed, n_prompts, n_points,
+// n_layers, n_heads, sets, dims, query_hook, key_hook, rotary, points: [offset, length], heads_at, head_bytes,
+// page_bytes}; projections.bin: the points' JSON block {prompts: [{hash, n_tokens, tokens}], prompt, position}, then
+// one record per head, layer-major, at heads_at + i * head_bytes: its first page_bytes are explained float32 [sets, 2],
+// coordinates float16 [sets, points, 2], the largest weight uint16 [points] (w * W_SCALE), its key's position uint32
+// [points], little-endian; the rest (means and components) is for Python ----
+
+/** A float16's bits as a number (IEEE 754 half precision). */
+export function halfFloat(bits) {
+  const sign = bits & 0x8000 ? -1 : 1, exp = (bits >> 10) & 0x1f, frac = bits & 0x3ff;
+  if (exp === 0x1f) return frac ? NaN : sign * Infinity;
+  return exp ? sign * 2 ** (exp - 15) * (1 + frac / 1024) : sign * 2 ** -14 * (frac / 1024);
+}
+
+/** A head's part of its record: {explained: [[pc1, pc2] per set], coords: [Float32Array(2 n) per set], weight, key}. */
+export function unpackProjections(bytes, n, nSets) {
+  const view = new DataView(bytes), coordsAt = 8 * nSets, weightsAt = coordsAt + 4 * n * nSets, keysAt = weightsAt + 2 * n;
+  if (keysAt + 4 * n > bytes.byteLength) throw new Error(`projections: a head's record is shorter than ${keysAt + 4 * n} bytes`);
+  const explained = range(nSets).map((s) => [view.getFloat32(8 * s, true), view.getFloat32(8 * s + 4, true)]);
+  const coords = range(nSets).map((s) => Float32Array.from({ length: 2 * n },
+    (_, i) => halfFloat(view.getUint16(coordsAt + 2 * (2 * n * s + i), true))));
+  const weight = Float32Array.from({ length: n }, (_, i) => view.getUint16(weightsAt + 2 * i, true) / W_SCALE);
+  const key = Uint32Array.from({ length: n }, (_, i) => view.getUint32(keysAt + 4 * i, true));
+  return { explained, coords, weight, key };
+}
+
+/** A model's sampled points: {index: projections.json, points: their block}; null when it has no projections. */
+export async function loadProjectionPoints(model) {
+  const index = await fetchData(projectionsIndexUrl(model));
+  if (!index) return null;
+  const blocks = await fetchJsonBlocks(projectionsUrl(model), [index.points]);
+  if (!blocks) throw new Error(`${projectionsUrl(model)}: missing, but ${projectionsIndexUrl(model)} is there; re-run compute_activations.py`);
+  return { index, points: blocks[0] };
+}
+
+/** One head's projections (unpackProjections) from its record: one range request of page_bytes. */
+export async function loadHeadProjections(model, index, layer, head) {
+  const url = projectionsUrl(model), at = index.heads_at + (layer * index.n_heads + head) * index.head_bytes;
+  const bytes = await fetchRange(url, at, index.page_bytes);
+  if (!bytes || bytes.byteLength !== index.page_bytes) throw new Error(`${url}: too short for ${headKey(layer, head)}; re-run compute_activations.py`);
+  return unpackProjections(bytes, index.n_points, index.sets.length);
 }
 
 // ---- figures and colormaps ----

@@ -1,18 +1,23 @@
 // Head page (head.html?model=M&head=L5H1): what one head does across the whole dataset. Its kinds and similar heads
 // (heads.json), each statistic's mean, rank, quantiles, histogram and extreme prompts (its head_pages.bin block;
 // stats.json where a data dir has none), examples across the range of its largest weight with the head's sparse
-// attention drawn on their tokens (examples.bin), its top query and key tokens and look-back (head_pages.bin), and
-// the same head in the model's training checkpoints. Each file may be missing: the page then says which command
+// attention drawn on their tokens (examples.bin), its queries, keys and outputs at sampled positions, each in 2-D by
+// PCA (projections.bin), its top query and key tokens and look-back (head_pages.bin), and the same head in the
+// model's training checkpoints. Each file may be missing: the page then says which command
 // writes it. What it fetches is this head's blocks by byte range, never a whole file that grows with the prompts.
 import {
   MODELS_URL, checkpointOf, examplesIndexUrl, examplesUrl, fetchData, fetchEach, fetchJsonBlocks, headKey,
-  headPagesIndexUrl, headPagesUrl, isStored, loadHeadExamples, openPromptIndex, range, rankHeads, statHeadsUrl,
-  statMeans, statsUrl,
+  headPagesIndexUrl, headPagesUrl, isStored, loadColormap, loadHeadExamples, loadHeadProjections, loadProjectionPoints,
+  openPromptIndex, projectionsIndexUrl, range, rankHeads, statHeadsUrl, statMeans, statsUrl,
 } from "./data.js";
 import {
-  $, el, fillSelect, formatNumber, histogramSvg, notForPage, promptList, showError, startPage, svgEl, visibleToken,
+  $, debounce, el, fillSelect, formatNumber, histogramSvg, notForPage, promptList, showError, startPage, svgEl,
+  visibleToken,
 } from "./dom.js";
 import { kindBadges, kindsTable, loadHeadKinds, similarHeads } from "./kinds.js";
+import {
+  COLOURINGS, drawProjections, markPoint, pointInfo, projectionColours, projectionPoints, setTitle,
+} from "./projections.js";
 import { changeState, gridUrl, headPageUrl, latest, pageUrl, readState, singleUrl, writeState } from "./url.js";
 
 const state = readState("head");
@@ -23,6 +28,9 @@ const data = {
   pages: null,              // {index: head_pages.json, block: this head's block or null}; null without head_pages.json
   stats: null,              // stats.json (the statistics without a head page, and each checkpoint's); null without
   examples: null,           // {index: examples.json, block: this head's or null, prompts: Map(hash -> prompt block)}
+  projections: null,        // {index: projections.json, points: its points' block, head: this head's record}
+  projectionPoints: new Map(),  // model dir -> promise of {index, points} (null: no projections)
+  colormap: null,           // the projections' colours by position or weight, fetched when first needed
   ranks: new Map(),         // statistic -> {rank, of}: this head's rank by mean among the model's (rankHeads)
   records: new Map(),       // an example's hash -> its prompt index row (null: not in the index)
   statHeads: new Map(),     // `${model}/${stat}` -> promise of that statistic's heads.json (no head page: its lists)
@@ -46,9 +54,9 @@ const loaded = latest();  // a load that a newer one (another head or model) ove
 async function loadHead() {
   const current = loaded(), model = data.models.find((m) => m.model_dir === state.model);
   const [layer, head] = chosenHead(model), i = layer * model.n_heads + head;
-  const [kinds, pages, stats, examples] = await fetchEach([
+  const [kinds, pages, stats, examples, projections] = await fetchEach([
     loadHeadKinds(state.model), loadHeadPage(state.model, model, i), modelStats(state.model),
-    loadExamples(state.model, model, layer, head),
+    loadExamples(state.model, model, layer, head), loadProjections(state.model, model, layer, head), loadColours(),
   ]);
   const hashes = [...new Set(examples?.block?.examples.map((e) => e.hash) ?? [])];
   const patterns = pages?.block?.example_patterns;
@@ -57,7 +65,7 @@ async function loadHead() {
       : { stored: false } }))
     : await promptIndex(state.model).then((index) => Promise.all(hashes.map((h) => index.find(h))));
   if (!current()) return;
-  Object.assign(data, { model, layer, head, kinds, pages, stats, examples, ranks: headRanks(stats, layer, head) });
+  Object.assign(data, { model, layer, head, kinds, pages, stats, examples, projections, ranks: headRanks(stats, layer, head) });
   data.records = new Map(hashes.map((h, j) => [h, found[j]?.record ?? null]));
   state.head = headKey(layer, head);
   if (!headStats().some((s) => s.name === state.stat)) state.stat = defaultStat();
@@ -105,6 +113,21 @@ async function loadExamples(dir, model, layer, head) {
   const examples = await loadHeadExamples(dir, layer, head);
   if (examples) checkShape(examplesIndexUrl(dir), examples.index, model, "compute_activations.py");
   return examples;
+}
+
+/** A head's projections: the model's points (fetched once) and the head's record; null without projections.json. */
+async function loadProjections(dir, model, layer, head) {
+  if (!data.projectionPoints.has(dir)) data.projectionPoints.set(dir, loadProjectionPoints(dir));
+  const shared = await data.projectionPoints.get(dir);
+  if (!shared) return null;
+  checkShape(projectionsIndexUrl(dir), shared.index, model, "compute_activations.py");
+  return { ...shared, head: await loadHeadProjections(dir, shared.index, layer, head) };
+}
+
+/** The colormap, once the projections are coloured by a number (position, weight). */
+async function loadColours() {
+  if (!COLOURINGS[state.pcolor]) state.pcolor = "token";
+  if (!data.colormap && (state.pcolor === "position" || state.pcolor === "weight")) data.colormap = await loadColormap();
 }
 
 // ---- what is shown ----
@@ -190,6 +213,7 @@ async function render() {
   renderControls();
   renderKinds();
   renderStats();
+  renderProjections();
   renderExamples();
   renderLookback();
   renderTokens();
@@ -475,6 +499,63 @@ function reshade() {
   }
 }
 
+// ---- what it reads and writes: three scatters of the same sampled positions (site/projections.js) ----
+
+let projectionPlots = { canvases: {}, drawn: {} };  // the scatters drawn: canvas and drawProjections' record by set
+
+function renderProjections() {
+  const box = $("projections"), p = data.projections;
+  projectionPlots = { canvases: {}, drawn: {} };
+  if (!p) {
+    const what = `${state.model} has no projections (each head's queries, keys and outputs at sampled positions)`;
+    box.replaceChildren(data.stats
+      ? missingNote(projectionsIndexUrl(state.model), what, `python compute_activations.py ${modelArgs()} --projections`,
+        "It samples positions over the prompts already computed (no PROMPTS) and runs those prompts again for the "
+        + "heads' vectors; a run with PROMPTS computes them at its end.")
+      : missingNote(projectionsIndexUrl(state.model), what, computeCommand(), COMPUTE_WHY));
+    return;
+  }
+  const points = projectionPoints(p.points, p.head), colours = projectionColours(points, state.pcolor, data.colormap);
+  const canvases = Object.fromEntries(p.index.sets.map((set) => [set, el("canvas", {
+    class: "map-canvas projection-canvas", role: "img", dataset: { set },
+  })]));
+  const choice = el("select", { id: "projection-colour", onchange: (e) => setState({ pcolor: e.target.value }, loadColours, renderProjections) },
+    Object.entries(COLOURINGS).map(([value, label]) => el("option", { value, selected: value === state.pcolor }, label)));
+  box.replaceChildren(el("p", { class: "muted projections-about" }, projectionsAbout(points)),
+    el("div", { class: "row" }, el("label", {}, "colour by ", choice), colours.legend),
+    el("div", { class: "projection-plots" }, p.index.sets.map((set) => el("figure", { class: "projection-plot" },
+      el("figcaption", {}, setTitle(set)), canvases[set]))),
+    el("p", { class: "projection-hover", id: "projection-hover" }, "hover a point: its token in context"));
+  projectionPlots = { canvases, drawn: drawProjections(canvases, p.index, p.head, points, colours) };
+}
+
+function projectionsAbout(points) {
+  const { index, points: block } = data.projections, first = points.filter((p) => p.key === 0).length;
+  const rotation = !index.rotary ? "" : index.query_hook === "hook_rot_q" ? ", after the rotary embedding, as the scores use them"
+    : " (before the rotary embedding: TransformerLens has no hook after it for this model)";
+  return `${points.length} query positions, at most ${index.per_prompt} from each of ${block.prompts.length} prompts drawn `
+    + `from ${index.n_prompts} (seed ${index.seed}), the same for every head. Queries and keys are ${index.query_hook} and `
+    + `${index.key_hook}${rotation}; the key is that of the position the head attends to most. Each plot is its own PCA; `
+    + `nearby points are vectors alike, not tokens alike. ${first} of ${points.length} points attend most to the first `
+    + "token, so their keys are one point.";
+}
+
+/** The point under the mouse in any of the scatters: ringed in all three, its token in context below them (data-*
+ * say which). */
+function wireProjections() {
+  const box = $("projections");
+  box.addEventListener("mousemove", (e) => {
+    const set = e.target.dataset?.set, hover = $("projection-hover"), { canvases, drawn } = projectionPlots;
+    if (!set || !drawn[set] || !hover) return;
+    const p = drawn[set].pick(e.offsetX, e.offsetY);
+    e.target.style.cursor = p ? "crosshair" : "";
+    if (!p) return;
+    markPoint(canvases, drawn, p.i);
+    hover.replaceChildren(...pointInfo(p, data.projections.points));
+    Object.assign(hover.dataset, { set, point: String(p.i), position: String(p.position), token: p.token, key: String(p.key) });
+  });
+}
+
 // ---- look-back and top tokens (the head page block) ----
 
 /** Why a head page has no look-back or token tallies: the runs that computed the prompts kept no totals. */
@@ -605,6 +686,10 @@ function wire() {
   $("next-head").addEventListener("click", () => stepHead(1));
   $("help-button").addEventListener("click", () => $("help").classList.toggle("hidden"));
   wireExamples();
+  wireProjections();
+  for (const [target, event] of [[window, "resize"], [document, "themechange"]]) {  // canvases follow width and theme
+    target.addEventListener(event, debounce(() => data.projections && renderProjections(), 100));
+  }
   document.addEventListener("keydown", (e) => {
     if (notForPage(e)) return;
     const actions = {

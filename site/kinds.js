@@ -177,7 +177,8 @@ export function canvasContext(canvas) {
   return { ctx, W, H };
 }
 
-/** Draw points (each given px, py) as dots in `colours`, the faint ones first so the coloured stay on top. */
+/** Draw points (each given px, py) as dots in `colours` (of radius colours.radius, else 4), the faint ones first so
+ * the coloured stay on top. */
 export function drawPoints(ctx, points, colours) {
   const order = [...points.filter((p) => colours.faint(p)), ...points.filter((p) => !colours.faint(p))];
   ctx.lineWidth = 1;
@@ -185,7 +186,7 @@ export function drawPoints(ctx, points, colours) {
   for (const p of order) {
     ctx.fillStyle = colours.of(p);
     ctx.beginPath();
-    ctx.arc(p.px, p.py, 4, 0, 2 * Math.PI);
+    ctx.arc(p.px, p.py, colours.radius ?? 4, 0, 2 * Math.PI);
     ctx.fill();
     if (colours.outline) ctx.stroke();
   }

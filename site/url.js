@@ -65,6 +65,8 @@ export const PAGES = {
       shade: "q",          // a token of an example shows: q what it attends to (its row) | k what attends to it
       pin: "",             // the token pinned by a click, as <prompt hash>:<position>; "" none
       sort: "mass",        // the top tokens by: mass (total attention) | mean (mass per occurrence)
+      pcolor: "token",     // the projections' points are coloured by: token (the query's) | key (its key's token) |
+                           // position (the query's) | weight (the head's largest weight there)
     },
   },
 };

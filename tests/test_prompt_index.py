@@ -109,7 +109,9 @@ def test_statistic_only_prompts_are_rows_with_stored_false(statistics_only):
     [model] = lens.model_dirs(statistics_only)
     records = prompt_index.prompt_index_records(statistics_only, model)
     rows = index_rows(statistics_only, model)
-    assert [r["hash"] for r in rows] == [r["hash"] for r in records] == [lens.prompt_hash(t) for t in TEXTS[:4]]
+    # rows in the order the run computed them (batches of like lengths, the stored prompts' apart)
+    assert [r["hash"] for r in rows] == [r["hash"] for r in records]
+    assert sorted(r["hash"] for r in rows) == sorted(lens.prompt_hash(t) for t in TEXTS[:4])
     stored = lens.finished_prompts(statistics_only, model)
     assert len(stored) == 1
     assert [r["stored"] for r in rows] == [r["hash"] in stored for r in rows]

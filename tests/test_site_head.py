@@ -1,7 +1,8 @@
 """The head page (site/head.js) in a real offline chromium, on the demo model computed by compute_activations.py
-(examples.py, head_pages.py): 12 prompts, the patterns of 4 stored, and its step-0 checkpoint computed without
-examples and indexed before head pages existed. The files (read by examples.py and head_pages.py), stats.json,
-heads.json and the stored patterns are the oracles for what the page shows. One browser serves every test."""
+(examples.py, head_pages.py, projections.py): 12 prompts, the patterns of 4 stored, and its step-0 checkpoint computed
+without examples or projections and indexed before head pages existed. The files (read by examples.py, head_pages.py
+and projections.py), stats.json, heads.json and the stored patterns are the oracles for what the page shows. One
+browser serves every test."""
 import json
 import subprocess
 import sys
@@ -12,7 +13,7 @@ import numpy as np
 import pytest
 from browser import assert_only_local, browser_session, screenshot
 
-from attention_lens import datadir, examples, head_pages, lens, storage
+from attention_lens import datadir, examples, head_pages, lens, projections, storage
 
 ROOT = Path(__file__).resolve().parent.parent
 MODEL, STEP0 = "demo", "demo_step0"  # STEP0: a training checkpoint of MODEL (checkpointOf: base "demo", step 0)
@@ -22,7 +23,7 @@ HEAD = (1, 2)  # the demo's induction head
 @pytest.fixture(scope="module")
 def data(tmp_path_factory) -> Path:
     data = tmp_path_factory.mktemp("head-page") / "data"
-    for extra in [["--patterns", "4"], ["--checkpoint", "0", "--no-examples"]]:
+    for extra in [["--patterns", "4"], ["--checkpoint", "0", "--no-examples", "--no-projections"]]:
         done = subprocess.run([sys.executable, str(ROOT / "compute_activations.py"), "demo",
                                str(ROOT / "prompts.jsonl"), "--n-samples", "12", "--no-probe", *extra,
                                "--save-path", str(data)],
@@ -232,11 +233,73 @@ def test_missing_files_say_which_command_makes_them(s, data):
     means = s.page.eval_on_selector_all(".head-stats tr[data-stat]",
                                         "rs => rs.map(r => [r.dataset.stat, +r.dataset.mean])")
     assert means == [[name, st["mean"][0][1]] for name, st in stats_json(data, STEP0)["stats"].items()]
+    missing = s.page.text_content("#projections [data-missing]")
+    assert missing.startswith(f"{STEP0}/projections.json is missing")
+    assert "python compute_activations.py demo --checkpoint 0 --projections" in missing
     s.page.wait_for_selector(".stat-detail .head-hist")  # the open statistic's histogram, from its heads.json
     assert s.page.is_hidden("#examples-legend")
     assert "no head page" in s.page.text_content("#lookback") and "no head page" in s.page.text_content("#tokens")
     screenshot(s, "head-page-missing", full_page=True)
     assert not s.errors
+
+
+def canvas_places(s, name: str, coords: np.ndarray) -> np.ndarray:
+    """Where points at these coordinates sit on a projection's canvas, from its data-frame and data-x-domain /
+    data-y-domain (scatter.js: the plot's pixel box and the values at its edges)."""
+    frame, xd, yd = s.page.eval_on_selector(f"#projections canvas[data-set='{name}']",
+                                            "c => [c.dataset.frame, c.dataset.xDomain, c.dataset.yDomain]")
+    (left, top, right, bottom), (x0, x1), (y0, y1) = ([float(v) for v in a.split(",")] for a in (frame, xd, yd))
+    return np.stack([left + (coords[:, 0] - x0) / (x1 - x0) * (right - left),
+                     bottom + (coords[:, 1] - y0) / (y1 - y0) * (top - bottom)], 1)
+
+
+def test_projections_draw_every_point_and_a_hover_names_its_token(s, data):
+    """Each of the three scatters draws every stored point; hovering the point farthest from the others (placed by
+    the stored coordinates) names its token and its key's position as projections.bin holds them; colouring by weight
+    spans the stored weights."""
+    l, h = HEAD
+    index = projections.read_points(data, MODEL)
+    block, stored = index["points"], projections.read_head_projections(data, MODEL, l, h)
+    open_head(s, MODEL, f"L{l}H{h}")
+    assert index["n_points"] > 50
+    for name in index["sets"]:
+        canvas = s.page.locator(f"#projections canvas[data-set='{name}']")
+        assert canvas.get_attribute("data-points") == str(index["n_points"])
+        places = canvas_places(s, name, stored.sets[name].coords)
+        apart = np.linalg.norm(places[:, None] - places[None], axis=-1) + np.eye(len(places)) * 1e9
+        i = int(apart.min(1).argmax())
+        assert apart[i].min() > 8  # no other point within pickPoint's reach
+        canvas.scroll_into_view_if_needed()
+        box = canvas.bounding_box()
+        s.page.mouse.move(box["x"] + places[i, 0], box["y"] + places[i, 1])
+        s.page.wait_for_function(f"() => document.getElementById('projection-hover').dataset.point === '{i}'")
+        hover = s.page.eval_on_selector("#projection-hover", "e => ({...e.dataset})")
+        prompt, position = block["prompts"][block["prompt"][i]], block["position"][i]
+        assert hover == {"set": name, "point": str(i), "position": str(position),
+                         "token": prompt["tokens"][position], "key": str(stored.key_position[i])}
+        assert prompt["hash"] in s.page.text_content("#projection-hover")
+        marked = s.page.eval_on_selector_all("#projections canvas", "cs => cs.map(c => c.dataset.marked)")
+        assert marked == [str(i)] * len(index["sets"])  # the same position ringed in every scatter
+    s.page.select_option("#projection-colour", "weight")
+    s.page.wait_for_function("() => new URLSearchParams(location.search).get('pcolor') === 'weight'")
+    lo, hi = s.page.eval_on_selector("#projections .value-legend", "e => [+e.dataset.lo, +e.dataset.hi]")
+    assert (lo, hi) == pytest.approx((stored.weight.min(), stored.weight.max()), abs=1e-6)
+    screenshot(s, "head-page-projections")
+    assert not s.errors
+    assert_only_local(s)
+
+
+def test_the_site_reads_float16_as_numpy_does(s):
+    """data.halfFloat against numpy's float16 on every bit pattern that is a number."""
+    bits = np.arange(2 ** 16, dtype=np.uint16)
+    values = bits.view(np.float16).astype(np.float64)
+    s.page.goto(f"{s.url}head.html?model={MODEL}")
+    got = np.array(s.page.evaluate("async () => { const { halfFloat } = await import('./data.js'); "
+                                   "return Array.from({ length: 65536 }, (_, b) => { const v = halfFloat(b); "
+                                   "return Number.isNaN(v) ? 'nan' : String(v); }); }"), dtype=object)
+    nan = np.isnan(values)
+    assert (got[nan] == "nan").all()
+    np.testing.assert_array_equal(got[~nan].astype(float), values[~nan])  # infinities and both zeros included
 
 
 def test_checkpoints_link_to_the_same_head(s, data):
