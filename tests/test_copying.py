@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 import torch
 import transformers as tf
+from test_compute import InterfaceOnly  # a wrapper: the interface, no W_E, no blocks
 from tiny_model import train_tokenizer
 
 from attention_lens import build_index, datadir, forward, kinds, lens
@@ -129,24 +130,8 @@ def test_each_checkpoint_is_scored_once_and_force_recomputes(tmp_path):
     np.testing.assert_array_equal(stored_scores(data, "demo_step4000"), trained)
 
 
-class WithoutWeights:
-    """Only what the pattern computation needs, like a wrapper (auto_circuit's PatchableModel): no W_E, no blocks."""
-
-    def __init__(self, model):
-        self._model, self.cfg, self.tokenizer = model, model.cfg, model.tokenizer
-
-    def run_with_cache(self, *args, **kwargs):
-        return self._model.run_with_cache(*args, **kwargs)
-
-    def to_tokens(self, *args, **kwargs):
-        return self._model.to_tokens(*args, **kwargs)
-
-    def to_str_tokens(self, *args, **kwargs):
-        return self._model.to_str_tokens(*args, **kwargs)
-
-
 def test_a_model_without_readable_weights_gets_no_scores_and_a_note(tiny_checkpoint, tmp_path, capsys):
-    model = WithoutWeights(forward.load_model(str(tiny_checkpoint), "cpu", "float32"))
+    model = InterfaceOnly(forward.load_model(str(tiny_checkpoint), "cpu", "float32"))
     ca.compute_activations(["The cat sat on the mat."], model, tmp_path, model_name="wrapped", progress=False)
     assert "note: wrapped: no copying scores" in capsys.readouterr().err
     assert not datadir.weight_scores_path(tmp_path, "wrapped").exists()
